@@ -1,0 +1,439 @@
+//! kvscope's event ABI: the one place where the kernel-side programs and the user
+//! side agree on record layouts, hook ids, lock classes and the load-time config.
+//!
+//! Every record is `#[repr(C)]` with explicit widths and no implicit padding (the
+//! layout tests in `trace-daemon` pin sizes and offsets), so that `aya::Pod` is sound
+//! and a recorded file stays readable.
+#![no_std]
+
+/// Version of [`Event`] and [`ProbeConfig`]. Bump on any layout or meaning change;
+/// recordings carry it and readers refuse other versions.
+pub const ABI_VERSION: u16 = 1;
+
+/// Offset value meaning "this field does not exist on the running kernel".
+/// A datum that needs it is reported unknown, never guessed.
+pub const OFFSET_UNKNOWN: u32 = u32::MAX;
+
+/// Where in a traced call an event was taken.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Phase {
+    Entry = 0,
+    Exit = 1,
+}
+
+impl Phase {
+    pub const fn from_u8(v: u8) -> Option<Self> {
+        match v {
+            0 => Some(Self::Entry),
+            1 => Some(Self::Exit),
+            _ => None,
+        }
+    }
+}
+
+macro_rules! hook_ids {
+    ($($(#[$m:meta])* $name:ident = $val:expr, $sym:expr;)*) => {
+        /// Every kernel site a program of ours sits on. The number is the ABI;
+        /// the name is the kernel function or tracepoint.
+        #[repr(u16)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum HookId { $($(#[$m])* $name = $val,)* }
+
+        impl HookId {
+            pub const ALL: &'static [HookId] = &[$(HookId::$name,)*];
+
+            pub const fn from_u16(v: u16) -> Option<Self> {
+                match v { $($val => Some(HookId::$name),)* _ => None }
+            }
+
+            /// Kernel symbol or `category:tracepoint` this id stands for.
+            pub const fn symbol(self) -> &'static str {
+                match self { $(HookId::$name => $sym,)* }
+            }
+        }
+    };
+}
+
+hook_ids! {
+    KvmCreateVm = 1, "kvm_create_vm";
+    KvmGetKvm = 2, "kvm_get_kvm";
+    KvmGetKvmSafe = 3, "kvm_get_kvm_safe";
+    KvmPutKvm = 4, "kvm_put_kvm";
+    KvmPutKvmNoDestroy = 5, "kvm_put_kvm_no_destroy";
+    KvmDestroyVm = 6, "kvm_destroy_vm";
+    KvmVmRelease = 7, "kvm_vm_release";
+    KvmVfioRelease = 8, "kvm_vfio_release";
+    KvmVfioDestroy = 9, "kvm_vfio_destroy";
+    KvmVfioSetAttr = 10, "kvm_vfio_set_attr";
+    VfioFileSetKvm = 11, "vfio_file_set_kvm";
+    /// 6.1: `vfio_device_open` is static and inlined; the group ioctl stands in.
+    VfioGroupFopsUnlIoctl = 12, "vfio_group_fops_unl_ioctl";
+    VfioDeviceOpen = 13, "vfio_device_open";
+    VfioDfOpen = 14, "vfio_df_open";
+    VfioDeviceFopsRelease = 15, "vfio_device_fops_release";
+    VfioDfClose = 16, "vfio_df_close";
+    VfioDeviceClose = 17, "vfio_device_close";
+    VfioDeviceGetKvmSafe = 18, "vfio_device_get_kvm_safe";
+    VfioDeviceGetKvmSafeOld = 19, "_vfio_device_get_kvm_safe";
+    VfioDevicePutKvm = 20, "vfio_device_put_kvm";
+    MutexLock = 21, "mutex_lock";
+    MutexLockInterruptible = 22, "mutex_lock_interruptible";
+    MutexLockKillable = 23, "mutex_lock_killable";
+    MutexLockNested = 24, "mutex_lock_nested";
+    MutexTrylock = 25, "mutex_trylock";
+    MutexUnlock = 26, "mutex_unlock";
+    /// Tier 3: `ioctl(2)` returning, for the KVM/VFIO commands in [`ioctl`].
+    SysIoctl = 40, "syscalls:sys_exit_ioctl";
+    /// Tier 3: `close(2)` of an fd we track (VM, kvm-vfio device, VFIO group/device).
+    SysClose = 41, "syscalls:sys_enter_close";
+    ContentionBegin = 42, "lock:contention_begin";
+    ContentionEnd = 43, "lock:contention_end";
+    /// A thread group we saw using KVM/VFIO exited (its fds close without close(2)).
+    ProcessExit = 44, "sched:sched_process_exit";
+}
+
+/// Number of slots in the per-hook loss counter map (indexed by `HookId as u32`).
+pub const HOOK_SLOTS: u32 = 64;
+
+/// Lock classes, lockdep-style: the struct and field a watched mutex lives in.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LockClass {
+    Unknown = 0,
+    VfioGroupLock = 1,
+    VfioDevSetLock = 2,
+    KvmLock = 3,
+    KvmVfioLock = 4,
+    /// The global `kvm_lock` (vm_list), registered from user space via kallsyms.
+    KvmGlobalLock = 5,
+}
+
+impl LockClass {
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::VfioGroupLock,
+            2 => Self::VfioDevSetLock,
+            3 => Self::KvmLock,
+            4 => Self::KvmVfioLock,
+            5 => Self::KvmGlobalLock,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// The name kernel engineers know, as lockdep prints it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::VfioGroupLock => "vfio_group.group_lock",
+            Self::VfioDevSetLock => "vfio_device_set.lock",
+            Self::KvmLock => "kvm.lock",
+            Self::KvmVfioLock => "kvm_vfio.lock",
+            Self::KvmGlobalLock => "kvm_lock",
+        }
+    }
+
+    /// Locks of the VFIO side: a VM destroyed under one of these is S1/S3.
+    pub const fn is_vfio(self) -> bool {
+        matches!(self, Self::VfioGroupLock | Self::VfioDevSetLock)
+    }
+}
+
+/// What a lock-hook event says about the lock (carried in [`Event::ret`]'s place
+/// for lock hooks is confusing; it has its own field, [`Event::lock_op`]).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LockOp {
+    None = 0,
+    /// mutex_lock* entered on a watched lock: the thread is about to wait for it.
+    Attempt = 1,
+    /// The lock call returned holding the lock.
+    Acquired = 2,
+    /// The lock call returned without the lock (interrupted, killed, trylock busy).
+    Failed = 3,
+    Released = 4,
+    ContentionBegin = 5,
+    ContentionEnd = 6,
+}
+
+impl LockOp {
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Attempt,
+            2 => Self::Acquired,
+            3 => Self::Failed,
+            4 => Self::Released,
+            5 => Self::ContentionBegin,
+            6 => Self::ContentionEnd,
+            _ => Self::None,
+        }
+    }
+}
+
+/// Bits of [`Event::known`]: which data the program could read. A field whose bit
+/// is clear holds 0 and means "unknown", never "zero".
+pub mod known {
+    pub const KVM: u32 = 1 << 0;
+    pub const DEVICE: u32 = 1 << 1;
+    pub const GROUP: u32 = 1 << 2;
+    pub const FILE: u32 = 1 << 3;
+    pub const LOCK: u32 = 1 << 4;
+    pub const RET: u32 = 1 << 5;
+    pub const USERS: u32 = 1 << 6;
+    pub const OPEN: u32 = 1 << 7;
+    pub const FD: u32 = 1 << 8;
+    pub const STACK: u32 = 1 << 9;
+    pub const ARG: u32 = 1 << 10;
+    pub const FD_KIND: u32 = 1 << 11;
+}
+
+/// Kind of a file descriptor the tracepoint tier tracks, in [`Event::fd_kind`].
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FdKind {
+    None = 0,
+    Vm = 1,
+    KvmVfioDevice = 2,
+    VfioGroup = 3,
+    VfioDevice = 4,
+}
+
+impl FdKind {
+    pub const fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Vm,
+            2 => Self::KvmVfioDevice,
+            3 => Self::VfioGroup,
+            4 => Self::VfioDevice,
+            _ => Self::None,
+        }
+    }
+}
+
+/// ioctl numbers the tracepoint tier decodes (include/uapi/linux/kvm.h, vfio.h).
+pub mod ioctl {
+    /// `_IO(KVMIO, 0x01)`
+    pub const KVM_CREATE_VM: u32 = 0xAE01;
+    /// `_IOWR(KVMIO, 0xe0, struct kvm_create_device)`
+    pub const KVM_CREATE_DEVICE: u32 = 0xC00C_AEE0;
+    /// `_IOW(KVMIO, 0xe1, struct kvm_device_attr)`
+    pub const KVM_SET_DEVICE_ATTR: u32 = 0x4018_AEE1;
+    /// `_IO(VFIO_TYPE, VFIO_BASE + 6)`
+    pub const VFIO_GROUP_GET_DEVICE_FD: u32 = 0x3B6A;
+    pub const KVM_DEV_TYPE_VFIO: u32 = 4;
+    /// `KVM_DEV_VFIO_FILE` (was `KVM_DEV_VFIO_GROUP`, same value).
+    pub const KVM_DEV_VFIO_FILE: u32 = 1;
+    pub const KVM_DEV_VFIO_FILE_ADD: u64 = 1;
+    pub const KVM_DEV_VFIO_FILE_DEL: u64 = 2;
+}
+
+/// Fixed tracepoint field offsets the programs read (checked against tracefs
+/// `format` files at load; a mismatch disables that tracepoint with the reason).
+pub mod tp {
+    pub const SYSCALL_ARG0: usize = 16;
+    pub const SYSCALL_ARG1: usize = 24;
+    pub const SYSCALL_ARG2: usize = 32;
+    pub const SYSCALL_RET: usize = 16;
+    pub const CONTENTION_LOCK: usize = 8;
+    pub const CONTENTION_FLAGS_OR_RET: usize = 16;
+    pub const PROCESS_EXIT_PID: usize = 24;
+    pub const PROCESS_EXIT_GROUP_DEAD: usize = 32;
+}
+
+/// One record from a program. 128 bytes, 8-aligned, no implicit padding.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    pub ts_ns: u64,
+    /// `tgid << 32 | pid`, as `bpf_get_current_pid_tgid` returns it.
+    pub pid_tgid: u64,
+    /// `struct kvm *`
+    pub kvm: u64,
+    /// `struct vfio_device *`
+    pub device: u64,
+    /// `struct vfio_group *`
+    pub group: u64,
+    /// `struct file *` the hook was given or resolved from an fd.
+    pub file: u64,
+    /// Address of a watched lock.
+    pub lock: u64,
+    /// Return value (fexit/kretprobe/sys_exit), sign-extended.
+    pub ret: i64,
+    /// Hook-specific extra: ioctl cmd, set_attr attr, contention flags.
+    pub arg: u64,
+    /// `kvm->users_count` read at this event (before a put, after a get).
+    pub users_count: i32,
+    /// `vfio_device->open_count` read at this event.
+    pub open_count: i32,
+    pub fd: i32,
+    /// Id in the `STACKS` map, or -1.
+    pub stack_id: i32,
+    pub cpu: u32,
+    /// [`known`] bits.
+    pub known: u32,
+    /// [`HookId`]
+    pub hook: u16,
+    /// [`Phase`]
+    pub phase: u8,
+    /// [`LockClass`]
+    pub lock_class: u8,
+    pub comm: [u8; 16],
+    /// [`LockOp`]
+    pub lock_op: u8,
+    /// [`FdKind`]
+    pub fd_kind: u8,
+    /// [`ABI_VERSION`] of the program that wrote it.
+    pub abi: u16,
+    pub _reserved: [u8; 8],
+}
+
+impl Event {
+    pub const ZERO: Event = Event {
+        ts_ns: 0,
+        pid_tgid: 0,
+        kvm: 0,
+        device: 0,
+        group: 0,
+        file: 0,
+        lock: 0,
+        ret: 0,
+        arg: 0,
+        users_count: 0,
+        open_count: 0,
+        fd: 0,
+        stack_id: -1,
+        cpu: 0,
+        known: 0,
+        hook: 0,
+        phase: 0,
+        lock_class: 0,
+        comm: [0; 16],
+        lock_op: 0,
+        fd_kind: 0,
+        abi: ABI_VERSION,
+        _reserved: [0; 8],
+    };
+
+    pub const fn pid(&self) -> u32 {
+        self.pid_tgid as u32
+    }
+
+    pub const fn tgid(&self) -> u32 {
+        (self.pid_tgid >> 32) as u32
+    }
+
+    pub const fn has(&self, bit: u32) -> bool {
+        self.known & bit != 0
+    }
+}
+
+/// Struct field offsets of the running kernel, from its BTF, handed to the
+/// programs at load as the global `KVSCOPE_CONFIG`. Each is [`OFFSET_UNKNOWN`]
+/// where the field does not exist (the datum is then reported unknown).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// `kvm.users_count.refs.counter`
+    pub kvm_users_count: u32,
+    /// `kvm.lock`
+    pub kvm_lock: u32,
+    pub vfio_device_open_count: u32,
+    pub vfio_device_group: u32,
+    pub vfio_device_dev_set: u32,
+    /// `vfio_device.kvm` (absent on the kvm_ops patch)
+    pub vfio_device_kvm: u32,
+    pub vfio_device_set_lock: u32,
+    pub vfio_group_group_lock: u32,
+    pub vfio_group_kvm: u32,
+    /// `vfio_device_file.device` (6.6+; the device fd's private_data is a df)
+    pub vfio_device_file_device: u32,
+    pub file_private_data: u32,
+    /// `kvm_device.kvm`
+    pub kvm_device_kvm: u32,
+    /// `kvm_device.private` (a `struct kvm_vfio *` for the VFIO device)
+    pub kvm_device_private: u32,
+    /// `kvm_vfio.lock`
+    pub kvm_vfio_lock: u32,
+    /// fd -> file, for the tracepoint tier: task_struct.files, files_struct.fdt,
+    /// fdtable.fd, fdtable.max_fds.
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdtable_fd: u32,
+    pub fdtable_max_fds: u32,
+    /// Only events of this thread group (0: all). The `--pid` filter, in-kernel.
+    pub filter_tgid: u32,
+    /// [`config_flags`] bits.
+    pub flags: u32,
+}
+
+pub mod config_flags {
+    /// Collect kernel stacks on path hooks (not on lock hooks: they are hot).
+    pub const STACKS: u32 = 1 << 0;
+    /// Collect stacks on watched-lock attempts too.
+    pub const LOCK_STACKS: u32 = 1 << 1;
+}
+
+impl ProbeConfig {
+    pub const UNKNOWN: ProbeConfig = ProbeConfig {
+        kvm_users_count: OFFSET_UNKNOWN,
+        kvm_lock: OFFSET_UNKNOWN,
+        vfio_device_open_count: OFFSET_UNKNOWN,
+        vfio_device_group: OFFSET_UNKNOWN,
+        vfio_device_dev_set: OFFSET_UNKNOWN,
+        vfio_device_kvm: OFFSET_UNKNOWN,
+        vfio_device_set_lock: OFFSET_UNKNOWN,
+        vfio_group_group_lock: OFFSET_UNKNOWN,
+        vfio_group_kvm: OFFSET_UNKNOWN,
+        vfio_device_file_device: OFFSET_UNKNOWN,
+        file_private_data: OFFSET_UNKNOWN,
+        kvm_device_kvm: OFFSET_UNKNOWN,
+        kvm_device_private: OFFSET_UNKNOWN,
+        kvm_vfio_lock: OFFSET_UNKNOWN,
+        task_files: OFFSET_UNKNOWN,
+        files_fdt: OFFSET_UNKNOWN,
+        fdtable_fd: OFFSET_UNKNOWN,
+        fdtable_max_fds: OFFSET_UNKNOWN,
+        filter_tgid: 0,
+        flags: 0,
+    };
+}
+
+/// Value of the `WATCHED` map: the class of a watched lock.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WatchedLock {
+    pub class: u8,
+    pub _pad: [u8; 7],
+    /// The object the lock belongs to (kvm, group, dev_set), for display.
+    pub owner: u64,
+}
+
+/// Key of the tracked-fd map of the tracepoint tier.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FdKey {
+    pub tgid: u32,
+    pub fd: i32,
+}
+
+/// Names of the maps, shared so that the loader and the ELF test agree.
+pub mod maps {
+    pub const EVENTS: &str = "EVENTS";
+    pub const LOST: &str = "LOST";
+    pub const WATCHED: &str = "WATCHED";
+    pub const STACKS: &str = "STACKS";
+    pub const TRACKED_FDS: &str = "TRACKED_FDS";
+    pub const TRACKED_TGIDS: &str = "TRACKED_TGIDS";
+    pub const ARG_STASH: &str = "ARG_STASH";
+    pub const CONFIG_GLOBAL: &str = "KVSCOPE_CONFIG";
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all are repr(C), explicit-width, with no implicit padding (pinned by
+    // the layout tests), so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::ProbeConfig {}
+    unsafe impl aya::Pod for super::WatchedLock {}
+    unsafe impl aya::Pod for super::FdKey {}
+}

@@ -1,0 +1,334 @@
+//! The typed event model: what the analysis engine, `trace` and the recorders
+//! consume. Decoded from the ABI record (`trace_common::Event`) in one place,
+//! `Event::decode`, so a field that the program marked unknown is `None` here
+//! and never a zero that looks like data.
+use serde::{Deserialize, Serialize};
+use trace_common::{
+    self as abi, FdKind as AbiFdKind, HookId, LockClass, LockOp, Phase, ioctl, known,
+};
+
+/// What happened, independent of which kernel function reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    VmCreated,
+    /// kvm_get_kvm / kvm_get_kvm_safe returned; `ok` false: _safe failed.
+    VmGet,
+    VmPut,
+    VmDestroyed,
+    VmFdRelease,
+    DeviceOpened,
+    DeviceRelease,
+    DeviceClose,
+    VfioKvmGet,
+    VfioKvmPut,
+    /// vfio_file_set_kvm / KVM_DEV_VFIO_FILE_ADD: a VFIO file linked to a VM.
+    FileLink,
+    /// vfio_file_set_kvm(NULL) / KVM_DEV_VFIO_FILE_DEL.
+    FileUnlink,
+    KvmVfioRelease,
+    /// KVM_CREATE_DEVICE(VFIO) returned (tracepoint tier).
+    KvmVfioCreated,
+    /// A tracked fd was closed (tracepoint tier).
+    FdClosed,
+    ProcessExit,
+    LockAttempt,
+    LockAcquired,
+    LockFailed,
+    LockReleased,
+    ContentionBegin,
+    ContentionEnd,
+    /// A record that decodes to nothing we use (e.g. an ioctl we do not model).
+    Other,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FdKind {
+    Vm,
+    KvmVfioDevice,
+    VfioGroup,
+    VfioDevice,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRef {
+    pub addr: u64,
+    pub class: LockClassName,
+    /// The object the lock lives in (kvm, vfio_group, vfio_device_set).
+    pub owner: u64,
+}
+
+/// Serialisable wrapper of `trace_common::LockClass`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct LockClassName(pub LockClass);
+
+impl From<LockClassName> for String {
+    fn from(c: LockClassName) -> String {
+        c.0.name().to_owned()
+    }
+}
+
+impl TryFrom<String> for LockClassName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        (0u8..=5)
+            .map(LockClass::from_u8)
+            .find(|c| c.name() == s)
+            .map(LockClassName)
+            .ok_or_else(|| format!("unknown lock class {s:?}"))
+    }
+}
+
+impl std::fmt::Display for LockClassName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.name())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub cpu: u32,
+    pub comm: String,
+    pub kind: Kind,
+    /// The kernel site (`kvm_put_kvm`, `syscalls:sys_exit_ioctl`, ...).
+    pub hook: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kvm: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<u64>,
+    /// users_count read at this event: before a put, after a get.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_count: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ret: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd_kind: Option<FdKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack_id: Option<u32>,
+    /// For a get: whether it took a reference (kvm_get_kvm_safe can fail).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ok: Option<bool>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Short(usize),
+    Abi(u16),
+    Hook(u16),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Short(n) => write!(
+                f,
+                "record of {n} bytes, expected {}",
+                std::mem::size_of::<abi::Event>()
+            ),
+            DecodeError::Abi(v) => write!(
+                f,
+                "record of ABI version {v}, this kvscope reads {}",
+                abi::ABI_VERSION
+            ),
+            DecodeError::Hook(h) => write!(f, "unknown hook id {h}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+fn opt<T>(e: &abi::Event, bit: u32, v: T) -> Option<T> {
+    e.has(bit).then_some(v)
+}
+
+/// Reads an ABI record from bytes (unaligned safe).
+pub fn record_from_bytes(b: &[u8]) -> Result<abi::Event, DecodeError> {
+    if b.len() < std::mem::size_of::<abi::Event>() {
+        return Err(DecodeError::Short(b.len()));
+    }
+    // SAFETY: Event is Pod (repr(C), no padding, every bit pattern valid) and
+    // the slice is long enough; read_unaligned needs no alignment.
+    Ok(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<abi::Event>()) })
+}
+
+pub fn record_to_bytes(e: &abi::Event) -> &[u8] {
+    // SAFETY: Pod, as above.
+    unsafe {
+        std::slice::from_raw_parts(
+            (e as *const abi::Event).cast::<u8>(),
+            std::mem::size_of::<abi::Event>(),
+        )
+    }
+}
+
+impl Event {
+    pub fn decode(e: &abi::Event) -> Result<Event, DecodeError> {
+        if e.abi != abi::ABI_VERSION {
+            return Err(DecodeError::Abi(e.abi));
+        }
+        let hook = HookId::from_u16(e.hook).ok_or(DecodeError::Hook(e.hook))?;
+        let phase = Phase::from_u8(e.phase).unwrap_or(Phase::Entry);
+        let comm_len = e.comm.iter().position(|&c| c == 0).unwrap_or(e.comm.len());
+        let ret = opt(e, known::RET, e.ret);
+        let mut ev = Event {
+            ts_ns: e.ts_ns,
+            pid: e.pid(),
+            tgid: e.tgid(),
+            cpu: e.cpu,
+            comm: String::from_utf8_lossy(&e.comm[..comm_len]).into_owned(),
+            kind: Kind::Other,
+            hook: hook.symbol().to_owned(),
+            kvm: opt(e, known::KVM, e.kvm),
+            device: opt(e, known::DEVICE, e.device),
+            group: opt(e, known::GROUP, e.group),
+            file: opt(e, known::FILE, e.file),
+            users: opt(e, known::USERS, e.users_count),
+            open_count: opt(e, known::OPEN, e.open_count),
+            ret,
+            fd: opt(e, known::FD, e.fd),
+            fd_kind: if e.has(known::FD_KIND) {
+                match AbiFdKind::from_u8(e.fd_kind) {
+                    AbiFdKind::Vm => Some(FdKind::Vm),
+                    AbiFdKind::KvmVfioDevice => Some(FdKind::KvmVfioDevice),
+                    AbiFdKind::VfioGroup => Some(FdKind::VfioGroup),
+                    AbiFdKind::VfioDevice => Some(FdKind::VfioDevice),
+                    AbiFdKind::None => None,
+                }
+            } else {
+                None
+            },
+            lock: e.has(known::LOCK).then_some(LockRef {
+                addr: e.lock,
+                class: LockClassName(LockClass::from_u8(e.lock_class)),
+                owner: e.arg,
+            }),
+            stack_id: opt(e, known::STACK, e.stack_id as u32),
+            ok: None,
+        };
+        let arg = opt(e, known::ARG, e.arg);
+        ev.kind = match hook {
+            HookId::KvmCreateVm => {
+                if ev.kvm.is_some() {
+                    Kind::VmCreated
+                } else {
+                    Kind::Other
+                }
+            }
+            HookId::KvmGetKvm => {
+                ev.ok = Some(true);
+                Kind::VmGet
+            }
+            HookId::KvmGetKvmSafe => {
+                ev.ok = ret.map(|r| r != 0);
+                Kind::VmGet
+            }
+            HookId::KvmPutKvm | HookId::KvmPutKvmNoDestroy => Kind::VmPut,
+            HookId::KvmDestroyVm => Kind::VmDestroyed,
+            HookId::KvmVmRelease => Kind::VmFdRelease,
+            HookId::KvmVfioRelease | HookId::KvmVfioDestroy => Kind::KvmVfioRelease,
+            HookId::KvmVfioSetAttr => {
+                // arg: group << 32 | attr; only VFIO file add/del are links.
+                match arg {
+                    Some(a) if (a >> 32) as u32 == ioctl::KVM_DEV_VFIO_FILE && ret == Some(0) => {
+                        match a & 0xffff_ffff {
+                            ioctl::KVM_DEV_VFIO_FILE_ADD => Kind::FileLink,
+                            ioctl::KVM_DEV_VFIO_FILE_DEL => Kind::FileUnlink,
+                            _ => Kind::Other,
+                        }
+                    }
+                    _ => Kind::Other,
+                }
+            }
+            HookId::VfioFileSetKvm => {
+                // A group file's private_data is the group (arg).
+                if ev.group.is_none() {
+                    ev.group = arg;
+                }
+                match ev.kvm {
+                    Some(0) => {
+                        ev.kvm = None;
+                        Kind::FileUnlink
+                    }
+                    Some(_) => Kind::FileLink,
+                    None => Kind::Other,
+                }
+            }
+            HookId::VfioGroupFopsUnlIoctl | HookId::VfioDeviceOpen | HookId::VfioDfOpen => {
+                Kind::DeviceOpened
+            }
+            HookId::VfioDeviceFopsRelease => Kind::DeviceRelease,
+            HookId::VfioDfClose | HookId::VfioDeviceClose => Kind::DeviceClose,
+            HookId::VfioDeviceGetKvmSafe | HookId::VfioDeviceGetKvmSafeOld => Kind::VfioKvmGet,
+            HookId::VfioDevicePutKvm => Kind::VfioKvmPut,
+            HookId::MutexLock
+            | HookId::MutexLockInterruptible
+            | HookId::MutexLockKillable
+            | HookId::MutexLockNested
+            | HookId::MutexTrylock
+            | HookId::MutexUnlock
+            | HookId::ContentionBegin
+            | HookId::ContentionEnd => match LockOp::from_u8(e.lock_op) {
+                LockOp::Attempt => Kind::LockAttempt,
+                LockOp::Acquired => Kind::LockAcquired,
+                LockOp::Failed => Kind::LockFailed,
+                LockOp::Released => Kind::LockReleased,
+                LockOp::ContentionBegin => Kind::ContentionBegin,
+                LockOp::ContentionEnd => Kind::ContentionEnd,
+                LockOp::None => Kind::Other,
+            },
+            HookId::SysIoctl => {
+                let cmd = arg.map(|a| a as u32);
+                let succeeded = ret.is_some_and(|r| r >= 0);
+                match cmd {
+                    Some(ioctl::KVM_CREATE_VM) if succeeded => Kind::VmCreated,
+                    Some(ioctl::KVM_CREATE_DEVICE) if succeeded => Kind::KvmVfioCreated,
+                    Some(ioctl::VFIO_GROUP_GET_DEVICE_FD) => Kind::DeviceOpened,
+                    _ => match arg {
+                        // set_attr: attr | cmd << 32
+                        Some(a) if (a >> 32) as u32 == ioctl::KVM_SET_DEVICE_ATTR && succeeded => {
+                            match a & 0xffff_ffff {
+                                ioctl::KVM_DEV_VFIO_FILE_ADD => Kind::FileLink,
+                                ioctl::KVM_DEV_VFIO_FILE_DEL => Kind::FileUnlink,
+                                _ => Kind::Other,
+                            }
+                        }
+                        _ => Kind::Other,
+                    },
+                }
+            }
+            HookId::SysClose => Kind::FdClosed,
+            HookId::ProcessExit => Kind::ProcessExit,
+        };
+        // The ioctl cmd is not kept as a field of its own: `kind` says it.
+        let _ = phase;
+        Ok(ev)
+    }
+
+    pub fn is_lock(&self) -> bool {
+        self.lock.is_some()
+    }
+}
+
+impl Event {
+    /// Seen at the system-call boundary (tracepoint tier), not inside the kernel
+    /// path: the engine uses these for fd lifetimes, and for refcounts only when
+    /// no path hook reports the same thing.
+    pub fn from_syscall(&self) -> bool {
+        self.hook.starts_with("syscalls:") || self.hook.starts_with("sched:")
+    }
+}

@@ -1,0 +1,451 @@
+//! The hook table: each role of DESIGN.md with its candidate kernel functions in
+//! order of preference, and the programs of `trace-ebpf` that serve them. The one
+//! place that ties roles, symbols and program names together.
+use serde::Serialize;
+use trace_common::HookId;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    VmCreated,
+    VmGet,
+    VmPut,
+    VmDestroyed,
+    VmFdRelease,
+    DeviceOpen,
+    DeviceRelease,
+    VfioKvmGet,
+    VfioKvmPut,
+    GroupVmLink,
+    KvmVfioTeardown,
+    LockAcquire,
+    LockRelease,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::VmCreated => "vm-created",
+            Role::VmGet => "vm-get",
+            Role::VmPut => "vm-put",
+            Role::VmDestroyed => "vm-destroyed",
+            Role::VmFdRelease => "vm-fd-release",
+            Role::DeviceOpen => "device-open",
+            Role::DeviceRelease => "device-release",
+            Role::VfioKvmGet => "vfio-kvm-get",
+            Role::VfioKvmPut => "vfio-kvm-put",
+            Role::GroupVmLink => "group-vm-link",
+            Role::KvmVfioTeardown => "kvm-vfio-teardown",
+            Role::LockAcquire => "lock-acquire",
+            Role::LockRelease => "lock-release",
+        }
+    }
+}
+
+/// How many candidates of a role are attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pick {
+    /// The first present candidate: they are alternatives across kernel lines.
+    First,
+    /// Every present candidate: they are all sites of the role.
+    All,
+}
+
+/// One kernel function that can serve a role.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate {
+    pub hook: HookId,
+    /// Base of the program names: `fentry_<base>`, `fexit_<base>`,
+    /// `kprobe_<base>`, `kretprobe_<base>`.
+    pub base: &'static str,
+    /// Has an entry body (fentry_/kprobe_ report at entry).
+    pub entry: bool,
+    /// Has an exit body (fexit_/kretprobe_; the kprobe flavour then also uses
+    /// kprobe_ to keep the arguments).
+    pub exit: bool,
+    /// Kernel lines where it exists, for `check`.
+    pub lines: &'static str,
+}
+
+impl Candidate {
+    pub fn symbol(&self) -> &'static str {
+        self.hook.symbol()
+    }
+
+    /// Programs of the fentry flavour, in attach order.
+    pub fn fentry_programs(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.entry {
+            v.push(format!("fentry_{}", self.base));
+        }
+        if self.exit {
+            v.push(format!("fexit_{}", self.base));
+        }
+        v
+    }
+
+    /// Programs of the kprobe flavour, in attach order.
+    pub fn kprobe_programs(&self) -> Vec<String> {
+        let mut v = vec![format!("kprobe_{}", self.base)];
+        if self.exit {
+            v.push(format!("kretprobe_{}", self.base));
+        }
+        v
+    }
+}
+
+pub struct RoleSpec {
+    pub role: Role,
+    pub pick: Pick,
+    pub candidates: &'static [Candidate],
+    /// What the role yields, for `check`.
+    pub yields: &'static str,
+}
+
+const fn c(
+    hook: HookId,
+    base: &'static str,
+    entry: bool,
+    exit: bool,
+    lines: &'static str,
+) -> Candidate {
+    Candidate {
+        hook,
+        base,
+        entry,
+        exit,
+        lines,
+    }
+}
+
+use HookId as H;
+
+pub const ROLES: &[RoleSpec] = &[
+    RoleSpec {
+        role: Role::VmCreated,
+        pick: Pick::First,
+        candidates: &[c(
+            H::KvmCreateVm,
+            "kvm_create_vm",
+            false,
+            true,
+            "all (often inlined)",
+        )],
+        yields: "kvm pointer, creator",
+    },
+    RoleSpec {
+        role: Role::VmGet,
+        pick: Pick::All,
+        candidates: &[
+            c(H::KvmGetKvm, "kvm_get_kvm", false, true, "all"),
+            c(H::KvmGetKvmSafe, "kvm_get_kvm_safe", false, true, "all"),
+        ],
+        yields: "kvm, users_count after, success of _safe, stack",
+    },
+    RoleSpec {
+        role: Role::VmPut,
+        pick: Pick::All,
+        candidates: &[
+            c(H::KvmPutKvm, "kvm_put_kvm", true, false, "all"),
+            c(
+                H::KvmPutKvmNoDestroy,
+                "kvm_put_kvm_no_destroy",
+                true,
+                false,
+                "all",
+            ),
+        ],
+        yields: "kvm, users_count before, stack",
+    },
+    RoleSpec {
+        role: Role::VmDestroyed,
+        pick: Pick::First,
+        candidates: &[c(
+            H::KvmDestroyVm,
+            "kvm_destroy_vm",
+            true,
+            false,
+            "all (static)",
+        )],
+        yields: "kvm, stack (held watched locks from the lock roles)",
+    },
+    RoleSpec {
+        role: Role::VmFdRelease,
+        pick: Pick::First,
+        candidates: &[c(H::KvmVmRelease, "kvm_vm_release", true, false, "all")],
+        yields: "VM fd closed: kvm, users_count",
+    },
+    RoleSpec {
+        role: Role::DeviceOpen,
+        pick: Pick::First,
+        candidates: &[
+            c(H::VfioDfOpen, "vfio_df_open", true, true, "6.6+"),
+            c(H::VfioDeviceOpen, "vfio_device_open", true, true, "6.2-6.5"),
+            c(
+                H::VfioGroupFopsUnlIoctl,
+                "vfio_group_fops_unl_ioctl",
+                true,
+                true,
+                "6.1 (and the kvm_ops patch): stands in for the inlined vfio_device_open",
+            ),
+        ],
+        yields: "device, group, kvm, open_count after, return value",
+    },
+    RoleSpec {
+        role: Role::DeviceRelease,
+        pick: Pick::All,
+        candidates: &[
+            c(
+                H::VfioDeviceFopsRelease,
+                "vfio_device_fops_release",
+                true,
+                false,
+                "all",
+            ),
+            c(H::VfioDfClose, "vfio_df_close", true, false, "6.6+"),
+            c(
+                H::VfioDeviceClose,
+                "vfio_device_close",
+                true,
+                false,
+                "6.2-6.5",
+            ),
+        ],
+        yields: "device, open_count before",
+    },
+    RoleSpec {
+        role: Role::VfioKvmGet,
+        pick: Pick::First,
+        candidates: &[
+            c(
+                H::VfioDeviceGetKvmSafe,
+                "vfio_device_get_kvm_safe",
+                false,
+                true,
+                "6.6+",
+            ),
+            c(
+                H::VfioDeviceGetKvmSafeOld,
+                "vfio_device_get_kvm_safe_old",
+                false,
+                true,
+                "6.3-6.5 (_vfio_device_get_kvm_safe)",
+            ),
+        ],
+        yields: "device, kvm, users_count after",
+    },
+    RoleSpec {
+        role: Role::VfioKvmPut,
+        pick: Pick::First,
+        candidates: &[c(
+            H::VfioDevicePutKvm,
+            "vfio_device_put_kvm",
+            true,
+            false,
+            "6.3+",
+        )],
+        yields: "device, kvm, users_count before",
+    },
+    RoleSpec {
+        role: Role::GroupVmLink,
+        pick: Pick::All,
+        candidates: &[
+            c(H::VfioFileSetKvm, "vfio_file_set_kvm", true, false, "all"),
+            c(H::KvmVfioSetAttr, "kvm_vfio_set_attr", false, true, "all"),
+        ],
+        yields: "file, kvm (NULL: unlink), fd, return value",
+    },
+    RoleSpec {
+        role: Role::KvmVfioTeardown,
+        pick: Pick::First,
+        candidates: &[
+            c(
+                H::KvmVfioRelease,
+                "kvm_vfio_release",
+                true,
+                false,
+                "6.2-rc6+, late 6.1.y (.release, under kvm->lock)",
+            ),
+            c(
+                H::KvmVfioDestroy,
+                "kvm_vfio_destroy",
+                true,
+                false,
+                "early 6.1.y (.destroy, from kvm_destroy_vm)",
+            ),
+        ],
+        yields: "kvm, kvm_vfio.lock watched",
+    },
+    RoleSpec {
+        role: Role::LockAcquire,
+        pick: Pick::All,
+        candidates: &[
+            c(H::MutexLock, "mutex_lock", true, true, "all"),
+            c(
+                H::MutexLockInterruptible,
+                "mutex_lock_interruptible",
+                true,
+                true,
+                "all",
+            ),
+            c(
+                H::MutexLockKillable,
+                "mutex_lock_killable",
+                true,
+                true,
+                "all",
+            ),
+            c(
+                H::MutexLockNested,
+                "mutex_lock_nested",
+                true,
+                true,
+                "lockdep kernels",
+            ),
+            c(H::MutexTrylock, "mutex_trylock", false, true, "all"),
+        ],
+        yields: "watched lock attempt/acquired/failed, class, thread",
+    },
+    RoleSpec {
+        role: Role::LockRelease,
+        pick: Pick::All,
+        candidates: &[c(H::MutexUnlock, "mutex_unlock", true, false, "all")],
+        yields: "watched lock released",
+    },
+];
+
+/// The tracepoint tier: program, category, name, the fields it reads.
+pub struct TracepointSpec {
+    pub hook: HookId,
+    pub program: &'static str,
+    pub category: &'static str,
+    pub name: &'static str,
+    pub fields: &'static [(&'static str, usize)],
+    pub yields: &'static str,
+}
+
+use trace_common::tp;
+
+pub const TRACEPOINTS: &[TracepointSpec] = &[
+    TracepointSpec {
+        hook: H::SysIoctl,
+        program: "tp_sys_enter_ioctl",
+        category: "syscalls",
+        name: "sys_enter_ioctl",
+        fields: &[
+            ("fd", tp::SYSCALL_ARG0),
+            ("cmd", tp::SYSCALL_ARG1),
+            ("arg", tp::SYSCALL_ARG2),
+        ],
+        yields: "KVM_CREATE_VM, KVM_CREATE_DEVICE(VFIO), KVM_SET_DEVICE_ATTR(VFIO file add/del), VFIO_GROUP_GET_DEVICE_FD",
+    },
+    TracepointSpec {
+        hook: H::SysIoctl,
+        program: "tp_sys_exit_ioctl",
+        category: "syscalls",
+        name: "sys_exit_ioctl",
+        fields: &[("ret", tp::SYSCALL_RET)],
+        yields: "their results: new fds, kvm pointer and users_count via the fd",
+    },
+    TracepointSpec {
+        hook: H::SysClose,
+        program: "tp_sys_enter_close",
+        category: "syscalls",
+        name: "sys_enter_close",
+        fields: &[("fd", tp::SYSCALL_ARG0)],
+        yields: "close of a tracked VM / kvm-vfio / VFIO fd",
+    },
+    TracepointSpec {
+        hook: H::ContentionBegin,
+        program: "tp_contention_begin",
+        category: "lock",
+        name: "contention_begin",
+        fields: &[
+            ("lock_addr", tp::CONTENTION_LOCK),
+            ("flags", tp::CONTENTION_FLAGS_OR_RET),
+        ],
+        yields: "waits on watched locks",
+    },
+    TracepointSpec {
+        hook: H::ContentionEnd,
+        program: "tp_contention_end",
+        category: "lock",
+        name: "contention_end",
+        fields: &[
+            ("lock_addr", tp::CONTENTION_LOCK),
+            ("ret", tp::CONTENTION_FLAGS_OR_RET),
+        ],
+        yields: "end of waits on watched locks",
+    },
+    TracepointSpec {
+        hook: H::ProcessExit,
+        program: "tp_sched_process_exit",
+        category: "sched",
+        name: "sched_process_exit",
+        fields: &[("group_dead", tp::PROCESS_EXIT_GROUP_DEAD)],
+        yields: "exit of a process holding tracked fds",
+    },
+];
+
+/// Every program name the loader may ask the BPF object for.
+pub fn all_program_names() -> Vec<String> {
+    let mut v: Vec<String> = ROLES
+        .iter()
+        .flat_map(|r| r.candidates.iter())
+        .flat_map(|c| {
+            let mut p = c.fentry_programs();
+            p.extend(c.kprobe_programs());
+            p
+        })
+        .collect();
+    v.extend(TRACEPOINTS.iter().map(|t| t.program.to_owned()));
+    v.sort();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_hook_id_has_one_home() {
+        // Every path hook appears in exactly one role; tracepoint ids in the
+        // tracepoint table.
+        for id in HookId::ALL {
+            let in_roles = ROLES
+                .iter()
+                .flat_map(|r| r.candidates.iter())
+                .filter(|c| c.hook == *id)
+                .count();
+            let in_tps = TRACEPOINTS.iter().filter(|t| t.hook == *id).count();
+            assert!(
+                (in_roles == 1 && in_tps == 0) || (in_roles == 0 && in_tps >= 1),
+                "{id:?}: {in_roles} roles, {in_tps} tracepoints"
+            );
+        }
+    }
+
+    #[test]
+    fn program_names_follow_the_flavour_scheme() {
+        let put = ROLES[2].candidates[0];
+        assert_eq!(put.fentry_programs(), ["fentry_kvm_put_kvm"]);
+        assert_eq!(put.kprobe_programs(), ["kprobe_kvm_put_kvm"]);
+        let get = ROLES[1].candidates[0];
+        assert_eq!(get.fentry_programs(), ["fexit_kvm_get_kvm"]);
+        assert_eq!(
+            get.kprobe_programs(),
+            ["kprobe_kvm_get_kvm", "kretprobe_kvm_get_kvm"]
+        );
+        let lock = ROLES
+            .iter()
+            .find(|r| r.role == Role::LockAcquire)
+            .unwrap()
+            .candidates[0];
+        assert_eq!(
+            lock.fentry_programs(),
+            ["fentry_mutex_lock", "fexit_mutex_lock"]
+        );
+    }
+}

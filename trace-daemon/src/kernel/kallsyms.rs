@@ -1,0 +1,202 @@
+//! /proc/kallsyms: which candidate functions exist (and in which module), and
+//! address -> symbol for stacks.
+use std::{collections::HashMap, fs, path::Path};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sym {
+    pub addr: u64,
+    pub name: String,
+    /// None: vmlinux.
+    pub module: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Kallsyms {
+    /// Text symbols sorted by address.
+    syms: Vec<Sym>,
+    #[serde(skip)]
+    by_name: HashMap<String, usize>,
+    /// False when every address read as 0 (kptr_restrict, not root).
+    pub addresses_visible: bool,
+    /// Addresses of the few data symbols we watch (`DATA_SYMBOLS`).
+    #[serde(default)]
+    pub data: HashMap<String, u64>,
+}
+
+/// Global locks registered as watched from user space.
+pub const DATA_SYMBOLS: &[&str] = &["kvm_lock"];
+
+impl Kallsyms {
+    pub fn read() -> anyhow::Result<Self> {
+        Self::read_from(Path::new("/proc/kallsyms"))
+    }
+
+    pub fn read_from(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Self::parse(&text))
+    }
+
+    /// Parses kallsyms text; lines that do not look like `addr type name [mod]`
+    /// are skipped.
+    pub fn parse(text: &str) -> Self {
+        let mut syms = Vec::new();
+        let mut data = HashMap::new();
+        let mut any_nonzero = false;
+        for line in text.lines() {
+            let mut it = line.split_ascii_whitespace();
+            let (Some(addr), Some(ty), Some(name)) = (it.next(), it.next(), it.next()) else {
+                continue;
+            };
+            let Ok(addr) = u64::from_str_radix(addr, 16) else {
+                continue;
+            };
+            if matches!(ty, "b" | "B" | "d" | "D") && DATA_SYMBOLS.contains(&name) {
+                data.insert(name.to_owned(), addr);
+                continue;
+            }
+            if !matches!(ty, "t" | "T" | "w" | "W") {
+                continue;
+            }
+            any_nonzero |= addr != 0;
+            let module = it
+                .next()
+                .and_then(|m| m.strip_prefix('[')?.strip_suffix(']'))
+                .map(str::to_owned);
+            syms.push(Sym {
+                addr,
+                name: name.to_owned(),
+                module,
+            });
+        }
+        syms.sort_by_key(|s| s.addr);
+        let mut k = Kallsyms {
+            syms,
+            by_name: HashMap::new(),
+            addresses_visible: any_nonzero,
+            data,
+        };
+        k.index();
+        k
+    }
+
+    fn index(&mut self) {
+        self.by_name = self
+            .syms
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
+    }
+
+    /// Rebuilds the name index after deserialising (it is not stored).
+    pub fn reindexed(mut self) -> Self {
+        self.index();
+        self
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Sym> {
+        self.by_name.get(name).map(|&i| &self.syms[i])
+    }
+
+    pub fn len(&self) -> usize {
+        self.syms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.syms.is_empty()
+    }
+
+    /// `name+0xoff [module]` for a kernel text address.
+    pub fn symbolize(&self, addr: u64) -> Option<(&Sym, u64)> {
+        if !self.addresses_visible {
+            return None;
+        }
+        let i = self.syms.partition_point(|s| s.addr <= addr);
+        let s = self.syms.get(i.checked_sub(1)?)?;
+        Some((s, addr - s.addr))
+    }
+
+    /// Only the symbols a recording needs to symbolise its stacks.
+    pub fn subset<'a>(&self, addrs: impl IntoIterator<Item = &'a u64>) -> Kallsyms {
+        let mut keep: Vec<Sym> = addrs
+            .into_iter()
+            .filter_map(|a| self.symbolize(*a).map(|(s, _)| s.clone()))
+            .collect();
+        keep.sort_by_key(|s| s.addr);
+        keep.dedup();
+        let mut k = Kallsyms {
+            syms: keep,
+            by_name: HashMap::new(),
+            addresses_visible: self.addresses_visible,
+            data: HashMap::new(),
+        };
+        k.index();
+        k
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+ffffffff8127c0b0 T kvm_get_kvm
+ffffffff812839c0 t kvm_destroy_vm
+ffffffff81283c60 T kvm_put_kvm
+ffffffff81283cc0 t kvm_vm_release
+ffffffff821fe7f0 T mutex_lock
+ffffffff82300000 D some_data
+ffffffff82300100 b kvm_lock
+ffffffffc0a01000 t vfio_df_open\t[vfio]
+ffffffffc0a02000 T vfio_device_put_kvm\t[vfio]
+garbage line
+";
+
+    #[test]
+    fn parses_text_symbols_and_modules() {
+        let k = Kallsyms::parse(SAMPLE);
+        assert_eq!(k.len(), 7, "data symbol and garbage skipped");
+        assert!(k.addresses_visible);
+        assert_eq!(k.get("kvm_destroy_vm").unwrap().module, None);
+        assert_eq!(
+            k.get("vfio_df_open").unwrap().module.as_deref(),
+            Some("vfio")
+        );
+        assert!(k.get("some_data").is_none());
+        assert_eq!(k.data.get("kvm_lock"), Some(&0xffffffff82300100));
+    }
+
+    #[test]
+    fn symbolizes_to_nearest_lower_symbol() {
+        let k = Kallsyms::parse(SAMPLE);
+        let (s, off) = k.symbolize(0xffffffff81283c60 + 0x14).unwrap();
+        assert_eq!((s.name.as_str(), off), ("kvm_put_kvm", 0x14));
+        assert!(k.symbolize(0x1000).is_none());
+    }
+
+    #[test]
+    fn hidden_addresses_are_detected() {
+        let k = Kallsyms::parse("0000000000000000 T kvm_get_kvm\n0000000000000000 T kvm_put_kvm\n");
+        assert!(!k.addresses_visible);
+        assert!(k.symbolize(0).is_none());
+        assert!(
+            k.get("kvm_put_kvm").is_some(),
+            "names still tell what exists"
+        );
+    }
+
+    #[test]
+    fn subset_keeps_only_needed_symbols() {
+        let k = Kallsyms::parse(SAMPLE);
+        let s = k.subset(&[0xffffffff81283c70, 0xffffffffc0a01010]);
+        assert_eq!(s.len(), 2);
+        assert_eq!(
+            s.symbolize(0xffffffffc0a01010).unwrap().0.name,
+            "vfio_df_open"
+        );
+    }
+}

@@ -1,0 +1,14 @@
+//! kvscope: eBPF tracing and diagnosis of the VFIO <-> KVM path.
+//!
+//! Edges (kernel facts, loading, outputs, CLI) read and write the world; the
+//! analysis engine (`engine`) only takes typed events (`event`) and returns state
+//! and findings, so it runs the same live, in replay and in tests.
+pub mod check;
+pub mod cli;
+pub mod event;
+pub mod hooks;
+pub mod kernel;
+pub mod loader;
+pub mod plan;
+pub mod render;
+pub mod trace;

@@ -1,0 +1,54 @@
+//! The event ABI is shared with the kernel side and with recordings: its size
+//! and every offset are pinned here, so a change is a deliberate ABI bump.
+use std::mem::{align_of, offset_of, size_of};
+
+use trace_common::{ABI_VERSION, Event, FdKey, ProbeConfig, WatchedLock};
+
+#[test]
+fn event_layout_is_pinned() {
+    assert_eq!(size_of::<Event>(), 128);
+    assert_eq!(align_of::<Event>(), 8);
+    let offsets = [
+        (offset_of!(Event, ts_ns), 0),
+        (offset_of!(Event, pid_tgid), 8),
+        (offset_of!(Event, kvm), 16),
+        (offset_of!(Event, device), 24),
+        (offset_of!(Event, group), 32),
+        (offset_of!(Event, file), 40),
+        (offset_of!(Event, lock), 48),
+        (offset_of!(Event, ret), 56),
+        (offset_of!(Event, arg), 64),
+        (offset_of!(Event, users_count), 72),
+        (offset_of!(Event, open_count), 76),
+        (offset_of!(Event, fd), 80),
+        (offset_of!(Event, stack_id), 84),
+        (offset_of!(Event, cpu), 88),
+        (offset_of!(Event, known), 92),
+        (offset_of!(Event, hook), 96),
+        (offset_of!(Event, phase), 98),
+        (offset_of!(Event, lock_class), 99),
+        (offset_of!(Event, comm), 100),
+        (offset_of!(Event, lock_op), 116),
+        (offset_of!(Event, fd_kind), 117),
+        (offset_of!(Event, abi), 118),
+        (offset_of!(Event, _reserved), 120),
+    ];
+    for (i, (got, want)) in offsets.iter().enumerate() {
+        assert_eq!(got, want, "field #{i}");
+    }
+    // No implicit padding: the fields' sizes add up to the struct's.
+    let sum = 9 * 8 + 6 * 4 + 2 + 1 + 1 + 16 + 1 + 1 + 2 + 8;
+    assert_eq!(sum, size_of::<Event>());
+    assert_eq!(Event::ZERO.abi, ABI_VERSION);
+}
+
+#[test]
+fn config_and_map_value_layouts_are_pinned() {
+    // 20 u32 fields, no padding.
+    assert_eq!(size_of::<ProbeConfig>(), 20 * 4);
+    assert_eq!(offset_of!(ProbeConfig, filter_tgid), 18 * 4);
+    assert_eq!(offset_of!(ProbeConfig, flags), 19 * 4);
+    assert_eq!(size_of::<WatchedLock>(), 16);
+    assert_eq!(offset_of!(WatchedLock, owner), 8);
+    assert_eq!(size_of::<FdKey>(), 8);
+}

@@ -1,0 +1,42 @@
+//! Maps shared by all programs. Names are `trace_common::maps` constants.
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+};
+use trace_common::{FdKey, HOOK_SLOTS, WatchedLock};
+
+/// Events to user space. Size is overridable at load (`--ring-bytes`).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Failed ring-buffer reservations per hook (index: `HookId as u32`).
+#[map]
+pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(HOOK_SLOTS, 0);
+
+/// Watched lock addresses, filled by the path hooks (and by user space for global
+/// locks). LRU: bounded without anyone having to remove dead objects' locks.
+#[map]
+pub static WATCHED: LruHashMap<u64, WatchedLock> = LruHashMap::with_max_entries(8192, 0);
+
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// Entry arguments of an in-flight call, for the kretprobe flavour (which has no
+/// arguments) and for sys_exit_ioctl. Key: (pid_tgid, hook id).
+#[map]
+pub static ARG_STASH: HashMap<StashKey, [u64; 3]> = HashMap::with_max_entries(16384, 0);
+
+/// Tier 3: fds of interest per thread group, so that close(2) of them is reported.
+#[map]
+pub static TRACKED_FDS: LruHashMap<FdKey, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// Tier 3: thread groups that own tracked fds, so that their exit is reported.
+#[map]
+pub static TRACKED_TGIDS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StashKey {
+    pub pid_tgid: u64,
+    pub hook: u64,
+}

@@ -1,0 +1,215 @@
+//! KVM core: VM lifetime and references (virt/kvm/kvm_main.c) and the kvm-vfio
+//! device (virt/kvm/vfio.c).
+use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_kernel, programs::tracing::StackIdContext};
+use trace_common::{HookId, LockClass, Phase, known};
+
+use crate::{
+    config::conf,
+    emit::{new_event, set_file, set_kvm, set_ret, submit, wanted, watch},
+    hook::Call,
+    kread::{is_kptr, private_data, ptr_at},
+};
+
+// struct kvm *kvm_create_vm(unsigned long type, const char *fdname): the VM is
+// the return value.
+exit_hook!(
+    HookId::KvmCreateVm,
+    fexit_kvm_create_vm,
+    kprobe_kvm_create_vm,
+    kretprobe_kvm_create_vm,
+    on_create_vm
+);
+
+fn on_create_vm<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) {
+    let Some(ret) = call.ret else { return };
+    if !wanted() {
+        return;
+    }
+    let mut e = new_event(HookId::KvmCreateVm, Phase::Exit);
+    set_ret(&mut e, Some(ret));
+    if is_kptr(ret as u64) {
+        set_kvm(&mut e, ret as u64);
+        watch(ret as u64, conf!(kvm_lock), LockClass::KvmLock);
+    }
+    submit(ctx, e, false);
+}
+
+// void kvm_get_kvm(struct kvm *kvm): count read after the increment.
+exit_hook!(
+    HookId::KvmGetKvm,
+    fexit_kvm_get_kvm,
+    kprobe_kvm_get_kvm,
+    kretprobe_kvm_get_kvm,
+    on_get
+);
+
+fn on_get<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) {
+    if !wanted() {
+        return;
+    }
+    let mut e = new_event(HookId::KvmGetKvm, Phase::Exit);
+    set_kvm(&mut e, call.arg(0));
+    submit(ctx, e, true);
+}
+
+// bool kvm_get_kvm_safe(struct kvm *kvm): false when the VM is already dying.
+exit_hook!(
+    HookId::KvmGetKvmSafe,
+    fexit_kvm_get_kvm_safe,
+    kprobe_kvm_get_kvm_safe,
+    kretprobe_kvm_get_kvm_safe,
+    on_get_safe
+);
+
+fn on_get_safe<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) {
+    if !wanted() {
+        return;
+    }
+    let mut e = new_event(HookId::KvmGetKvmSafe, Phase::Exit);
+    set_kvm(&mut e, call.arg(0));
+    // bool in a register: only the low byte is defined.
+    set_ret(&mut e, call.ret.map(|r| r & 0xff));
+    submit(ctx, e, true);
+}
+
+// void kvm_put_kvm(struct kvm *kvm) and kvm_put_kvm_no_destroy: count read
+// before the decrement (the put may destroy the VM).
+entry_hook!(fentry_kvm_put_kvm, kprobe_kvm_put_kvm, on_put);
+entry_hook!(
+    fentry_kvm_put_kvm_no_destroy,
+    kprobe_kvm_put_kvm_no_destroy,
+    on_put_no_destroy
+);
+
+fn on_put<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    put_event(ctx, HookId::KvmPutKvm, call.arg(0))
+}
+
+fn on_put_no_destroy<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    put_event(ctx, HookId::KvmPutKvmNoDestroy, call.arg(0))
+}
+
+#[inline(always)]
+fn put_event<C: EbpfContext + StackIdContext>(ctx: &C, hook: HookId, kvm: u64) -> bool {
+    if !wanted() {
+        return false;
+    }
+    let mut e = new_event(hook, Phase::Entry);
+    set_kvm(&mut e, kvm);
+    submit(ctx, e, true);
+    false
+}
+
+// static void kvm_destroy_vm(struct kvm *kvm)
+entry_hook!(fentry_kvm_destroy_vm, kprobe_kvm_destroy_vm, on_destroy);
+
+fn on_destroy<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    if !wanted() {
+        return false;
+    }
+    let mut e = new_event(HookId::KvmDestroyVm, Phase::Entry);
+    set_kvm(&mut e, call.arg(0));
+    submit(ctx, e, true);
+    false
+}
+
+// static int kvm_vm_release(struct inode *inode, struct file *filp): the VM fd's
+// last close; filp->private_data is the kvm.
+entry_hook!(fentry_kvm_vm_release, kprobe_kvm_vm_release, on_vm_release);
+
+fn on_vm_release<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    if !wanted() {
+        return false;
+    }
+    let mut e = new_event(HookId::KvmVmRelease, Phase::Entry);
+    let file = call.arg(1);
+    set_file(&mut e, file);
+    if let Some(kvm) = private_data(file) {
+        set_kvm(&mut e, kvm);
+    }
+    submit(ctx, e, false);
+    false
+}
+
+// static void kvm_vfio_release(struct kvm_device *dev) (entered with kvm->lock
+// held) and, before the 51cdc8bc backport, kvm_vfio_destroy (same signature).
+entry_hook!(
+    fentry_kvm_vfio_release,
+    kprobe_kvm_vfio_release,
+    on_kvm_vfio_release
+);
+entry_hook!(
+    fentry_kvm_vfio_destroy,
+    kprobe_kvm_vfio_destroy,
+    on_kvm_vfio_destroy
+);
+
+fn on_kvm_vfio_release<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    kvm_device_event(ctx, HookId::KvmVfioRelease, call.arg(0));
+    false
+}
+
+fn on_kvm_vfio_destroy<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    kvm_device_event(ctx, HookId::KvmVfioDestroy, call.arg(0));
+    false
+}
+
+/// Event for a kvm-vfio device (`struct kvm_device *`): its kvm, and both locks
+/// it can take (kvm_vfio.lock, kvm.lock) become watched.
+#[inline(always)]
+fn kvm_device_event<C: EbpfContext + StackIdContext>(ctx: &C, hook: HookId, kdev: u64) {
+    if !wanted() {
+        return;
+    }
+    let mut e = new_event(hook, Phase::Entry);
+    if let Some(kvm) = ptr_at(kdev, conf!(kvm_device_kvm)) {
+        set_kvm(&mut e, kvm);
+        watch(kvm, conf!(kvm_lock), LockClass::KvmLock);
+    }
+    if let Some(kv) = ptr_at(kdev, conf!(kvm_device_private)) {
+        watch(kv, conf!(kvm_vfio_lock), LockClass::KvmVfioLock);
+    }
+    submit(ctx, e, true);
+}
+
+// static int kvm_vfio_set_attr(struct kvm_device *dev, struct kvm_device_attr *attr):
+// group/device file add (attr 1) or delete (attr 2); `fd` is the VFIO file's fd.
+exit_hook!(
+    HookId::KvmVfioSetAttr,
+    fexit_kvm_vfio_set_attr,
+    kprobe_kvm_vfio_set_attr,
+    kretprobe_kvm_vfio_set_attr,
+    on_set_attr
+);
+
+#[repr(C)]
+struct KvmDeviceAttr {
+    flags: u32,
+    group: u32,
+    attr: u64,
+    addr: u64,
+}
+
+fn on_set_attr<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) {
+    if !wanted() {
+        return;
+    }
+    let mut e = new_event(HookId::KvmVfioSetAttr, Phase::Exit);
+    let kdev = call.arg(0);
+    if let Some(kvm) = ptr_at(kdev, conf!(kvm_device_kvm)) {
+        set_kvm(&mut e, kvm);
+    }
+    if let Some(kv) = ptr_at(kdev, conf!(kvm_device_private)) {
+        watch(kv, conf!(kvm_vfio_lock), LockClass::KvmVfioLock);
+    }
+    // The attr lives in the ioctl's frame, which is still there at our return.
+    if let Ok(attr) = unsafe { bpf_probe_read_kernel(call.arg(1) as *const KvmDeviceAttr) } {
+        e.arg = attr.attr | ((attr.group as u64) << 32);
+        e.known |= known::ARG;
+        if let Ok(fd) = unsafe { aya_ebpf::helpers::bpf_probe_read_user(attr.addr as *const i32) } {
+            crate::emit::set_fd(&mut e, fd);
+        }
+    }
+    set_ret(&mut e, call.ret.map(|r| r as i32 as i64));
+    submit(ctx, e, true);
+}

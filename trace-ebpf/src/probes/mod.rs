@@ -1,0 +1,5 @@
+//! One file per hook family.
+mod kvm;
+mod mutex;
+mod syscalls;
+mod vfio;

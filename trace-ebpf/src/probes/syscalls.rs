@@ -1,0 +1,270 @@
+//! The tracepoint tier: VM, kvm-vfio device and VFIO device lifetimes as seen
+//! from system calls, lock contention, and process exit. This is all a locked-down
+//! kernel (no fentry, no kprobes) allows; where the struct offsets are known the
+//! fd is still followed to its `struct file` and object, so the VM pointer and its
+//! users_count are real here too.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use trace_common::{FdKey, FdKind, HookId, LockOp, Phase, ioctl, known, tp};
+
+use crate::{
+    config::conf,
+    emit::{
+        new_event, set_device, set_fd, set_file, set_kvm, set_ret, submit, wanted, watch,
+        watch_device_locks,
+    },
+    hook::{stash, unstash},
+    kread::{file_of_fd, private_data, ptr_at, vfio_device_of_private},
+    maps::{TRACKED_FDS, TRACKED_TGIDS, WATCHED},
+};
+
+const IOCTL: u16 = HookId::SysIoctl as u16;
+
+#[inline(always)]
+fn interesting(cmd: u32) -> bool {
+    matches!(
+        cmd,
+        ioctl::KVM_CREATE_VM
+            | ioctl::KVM_CREATE_DEVICE
+            | ioctl::KVM_SET_DEVICE_ATTR
+            | ioctl::VFIO_GROUP_GET_DEVICE_FD
+    )
+}
+
+#[tracepoint]
+pub fn tp_sys_enter_ioctl(ctx: TracePointContext) -> u32 {
+    let Ok(cmd) = (unsafe { ctx.read_at::<u64>(tp::SYSCALL_ARG1) }) else {
+        return 0;
+    };
+    if !interesting(cmd as u32) || !wanted() {
+        return 0;
+    }
+    let fd = unsafe { ctx.read_at::<u64>(tp::SYSCALL_ARG0) }.unwrap_or(u64::MAX);
+    let arg = unsafe { ctx.read_at::<u64>(tp::SYSCALL_ARG2) }.unwrap_or(0);
+    stash(IOCTL, &[fd, cmd, arg]);
+    0
+}
+
+#[repr(C)]
+struct KvmCreateDevice {
+    ty: u32,
+    fd: u32,
+    flags: u32,
+}
+
+#[repr(C)]
+struct KvmDeviceAttr {
+    flags: u32,
+    group: u32,
+    attr: u64,
+    addr: u64,
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_ioctl(ctx: TracePointContext) -> u32 {
+    let Some([fd, cmd, arg]) = unstash(IOCTL) else {
+        return 0;
+    };
+    let ret = unsafe { ctx.read_at::<i64>(tp::SYSCALL_RET) }.unwrap_or(-1);
+    let cmd = cmd as u32;
+    let mut e = new_event(HookId::SysIoctl, Phase::Exit);
+    e.arg = cmd as u64;
+    e.known |= known::ARG;
+    set_ret(&mut e, Some(ret));
+    set_fd(&mut e, fd as i32);
+    match cmd {
+        ioctl::KVM_CREATE_VM => {
+            if ret >= 0 {
+                // The new VM: its fd, file and kvm.
+                set_fd(&mut e, ret as i32);
+                track(ret as i32, FdKind::Vm, &mut e);
+                if let Some(file) = file_of_fd(ret as i32) {
+                    set_file(&mut e, file);
+                    if let Some(kvm) = private_data(file) {
+                        set_kvm(&mut e, kvm);
+                        watch(kvm, conf!(kvm_lock), trace_common::LockClass::KvmLock);
+                    }
+                }
+            }
+        }
+        ioctl::KVM_CREATE_DEVICE => {
+            // Only the kvm-vfio device; the VM fd is `fd`.
+            let Ok(cd) = (unsafe { bpf_probe_read_user(arg as *const KvmCreateDevice) }) else {
+                return 0;
+            };
+            if cd.ty != ioctl::KVM_DEV_TYPE_VFIO {
+                return 0;
+            }
+            if ret == 0 {
+                set_fd(&mut e, cd.fd as i32);
+                track(cd.fd as i32, FdKind::KvmVfioDevice, &mut e);
+                if let Some(file) = file_of_fd(cd.fd as i32) {
+                    set_file(&mut e, file);
+                    if let Some(kdev) = private_data(file)
+                        && let Some(kvm) = ptr_at(kdev, conf!(kvm_device_kvm))
+                    {
+                        set_kvm(&mut e, kvm);
+                    }
+                }
+            }
+        }
+        ioctl::KVM_SET_DEVICE_ATTR => {
+            let Ok(a) = (unsafe { bpf_probe_read_user(arg as *const KvmDeviceAttr) }) else {
+                return 0;
+            };
+            if a.group != ioctl::KVM_DEV_VFIO_FILE {
+                return 0;
+            }
+            e.arg = a.attr | ((cmd as u64) << 32);
+            // The VFIO file's fd; the kvm-vfio device's fd stays in `ret`'s event fd.
+            if let Ok(vfio_fd) = unsafe { bpf_probe_read_user(a.addr as *const i32) } {
+                set_fd(&mut e, vfio_fd);
+                if let Some(file) = file_of_fd(vfio_fd) {
+                    set_file(&mut e, file);
+                }
+            }
+            if let Some(dfile) = file_of_fd(fd as i32)
+                && let Some(kdev) = private_data(dfile)
+                && let Some(kvm) = ptr_at(kdev, conf!(kvm_device_kvm))
+            {
+                set_kvm(&mut e, kvm);
+            }
+        }
+        ioctl::VFIO_GROUP_GET_DEVICE_FD => {
+            let key = FdKey {
+                tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+                fd: fd as i32,
+            };
+            let _ = TRACKED_FDS.insert(key, FdKind::VfioGroup as u32, 0);
+            if let Some(gfile) = file_of_fd(fd as i32)
+                && let Some(group) = private_data(gfile)
+            {
+                e.group = group;
+                e.known |= known::GROUP;
+            }
+            if ret >= 0 {
+                set_fd(&mut e, ret as i32);
+                track(ret as i32, FdKind::VfioDevice, &mut e);
+                if let Some(file) = file_of_fd(ret as i32) {
+                    set_file(&mut e, file);
+                    if let Some(dev) = private_data(file).and_then(vfio_device_of_private) {
+                        set_device(&mut e, dev);
+                        watch_device_locks(&e);
+                    }
+                }
+            }
+        }
+        _ => return 0,
+    }
+    submit(&ctx, e, false);
+    0
+}
+
+#[inline(always)]
+fn track(fd: i32, kind: FdKind, e: &mut trace_common::Event) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let _ = TRACKED_FDS.insert(FdKey { tgid, fd }, kind as u32, 0);
+    let _ = TRACKED_TGIDS.insert(tgid, 1, 0);
+    e.fd_kind = kind as u8;
+    e.known |= known::FD_KIND;
+}
+
+#[tracepoint]
+pub fn tp_sys_enter_close(ctx: TracePointContext) -> u32 {
+    let Ok(fd) = (unsafe { ctx.read_at::<u64>(tp::SYSCALL_ARG0) }) else {
+        return 0;
+    };
+    let key = FdKey {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        fd: fd as i32,
+    };
+    let Some(kind) = (unsafe { TRACKED_FDS.get(key) }).copied() else {
+        return 0;
+    };
+    let _ = TRACKED_FDS.remove(key);
+    let mut e = new_event(HookId::SysClose, Phase::Entry);
+    set_fd(&mut e, fd as i32);
+    e.fd_kind = kind as u8;
+    e.known |= known::FD_KIND;
+    // The fd is still installed at sys_enter: read what it points to.
+    if let Some(file) = file_of_fd(fd as i32) {
+        set_file(&mut e, file);
+        if let Some(p) = private_data(file) {
+            match FdKind::from_u8(kind as u8) {
+                FdKind::Vm => set_kvm(&mut e, p),
+                FdKind::KvmVfioDevice => {
+                    if let Some(kvm) = ptr_at(p, conf!(kvm_device_kvm)) {
+                        set_kvm(&mut e, kvm);
+                    }
+                }
+                FdKind::VfioDevice => {
+                    if let Some(dev) = vfio_device_of_private(p) {
+                        set_device(&mut e, dev);
+                    }
+                }
+                FdKind::VfioGroup => {
+                    e.group = p;
+                    e.known |= known::GROUP;
+                }
+                FdKind::None => {}
+            }
+        }
+    }
+    submit(&ctx, e, false);
+    0
+}
+
+/// Exit of a thread group that held tracked fds: its fds are closed by the
+/// kernel without close(2).
+#[tracepoint]
+pub fn tp_sched_process_exit(ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if unsafe { TRACKED_TGIDS.get(tgid) }.is_none() {
+        return 0;
+    }
+    // Only the last thread of the group ends its fd table.
+    let group_dead = unsafe { ctx.read_at::<u8>(tp::PROCESS_EXIT_GROUP_DEAD) }.unwrap_or(0);
+    if group_dead == 0 {
+        return 0;
+    }
+    let _ = TRACKED_TGIDS.remove(tgid);
+    let e = new_event(HookId::ProcessExit, Phase::Entry);
+    submit(&ctx, e, false);
+    0
+}
+
+#[tracepoint]
+pub fn tp_contention_begin(ctx: TracePointContext) -> u32 {
+    contention(&ctx, HookId::ContentionBegin, LockOp::ContentionBegin)
+}
+
+#[tracepoint]
+pub fn tp_contention_end(ctx: TracePointContext) -> u32 {
+    contention(&ctx, HookId::ContentionEnd, LockOp::ContentionEnd)
+}
+
+#[inline(always)]
+fn contention(ctx: &TracePointContext, hook: HookId, op: LockOp) -> u32 {
+    let Ok(lock) = (unsafe { ctx.read_at::<u64>(tp::CONTENTION_LOCK) }) else {
+        return 0;
+    };
+    let Some(w) = (unsafe { WATCHED.get(lock) }).copied() else {
+        return 0;
+    };
+    if !wanted() {
+        return 0;
+    }
+    let mut e = new_event(hook, Phase::Entry);
+    e.lock = lock;
+    e.lock_class = w.class;
+    e.lock_op = op as u8;
+    e.known |= known::LOCK | known::ARG | known::RET;
+    e.arg = w.owner;
+    // begin: flags (LCB_F_*); end: ret.
+    e.ret = unsafe { ctx.read_at::<i32>(tp::CONTENTION_FLAGS_OR_RET) }.unwrap_or(0) as i64;
+    submit(ctx, e, false);
+    0
+}

@@ -1,0 +1,269 @@
+//! VFIO core: device open/release across kernel lines, VFIO's own kvm reference
+//! (6.3+), and the group <-> VM link.
+use aya_ebpf::{EbpfContext, programs::tracing::StackIdContext};
+use trace_common::{HookId, LockClass, Phase, ioctl, known};
+
+use crate::{
+    config::conf,
+    emit::{
+        new_event, set_device, set_fd, set_file, set_kvm, set_ret, submit, wanted, watch,
+        watch_device_locks,
+    },
+    hook::Call,
+    kread::{file_of_fd, private_data, ptr_at, vfio_device_of_private},
+};
+
+// 6.1: long vfio_group_fops_unl_ioctl(struct file *filep, unsigned int cmd,
+// unsigned long arg). vfio_device_open is static and inlined there, so this is
+// the open: the group is filep->private_data at entry, the device is behind the
+// returned fd at exit.
+entry_exit_hook!(
+    HookId::VfioGroupFopsUnlIoctl,
+    fentry_vfio_group_fops_unl_ioctl,
+    fexit_vfio_group_fops_unl_ioctl,
+    kprobe_vfio_group_fops_unl_ioctl,
+    kretprobe_vfio_group_fops_unl_ioctl,
+    on_group_ioctl_entry,
+    on_group_ioctl_exit
+);
+
+fn on_group_ioctl_entry<C>(_ctx: &C, call: &Call) -> bool {
+    if call.arg(1) as u32 != ioctl::VFIO_GROUP_GET_DEVICE_FD || !wanted() {
+        return false;
+    }
+    // Watch the locks the open is about to take, before it takes them.
+    if let Some(group) = private_data(call.arg(0)) {
+        watch(
+            group,
+            conf!(vfio_group_group_lock),
+            LockClass::VfioGroupLock,
+        );
+        if let Some(kvm) = ptr_at(group, conf!(vfio_group_kvm)) {
+            watch(kvm, conf!(kvm_lock), LockClass::KvmLock);
+        }
+    }
+    true
+}
+
+fn on_group_ioctl_exit<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) {
+    if call.arg(1) as u32 != ioctl::VFIO_GROUP_GET_DEVICE_FD || !wanted() {
+        return;
+    }
+    let mut e = new_event(HookId::VfioGroupFopsUnlIoctl, Phase::Exit);
+    e.arg = call.arg(1);
+    e.known |= known::ARG;
+    set_ret(&mut e, call.ret);
+    if let Some(group) = private_data(call.arg(0)) {
+        e.group = group;
+        e.known |= known::GROUP;
+        if let Some(kvm) = ptr_at(group, conf!(vfio_group_kvm)) {
+            set_kvm(&mut e, kvm);
+        }
+    }
+    if let Some(ret) = call.ret
+        && ret >= 0
+    {
+        set_fd(&mut e, ret as i32);
+        if let Some(file) = file_of_fd(ret as i32) {
+            set_file(&mut e, file);
+            if let Some(dev) = private_data(file).and_then(vfio_device_of_private) {
+                set_device(&mut e, dev);
+                watch_device_locks(&e);
+            }
+        }
+    }
+    submit(ctx, e, true);
+}
+
+// 6.2-6.5: int vfio_device_open(struct vfio_device *device, ...).
+entry_exit_hook!(
+    HookId::VfioDeviceOpen,
+    fentry_vfio_device_open,
+    fexit_vfio_device_open,
+    kprobe_vfio_device_open,
+    kretprobe_vfio_device_open,
+    on_device_open_entry,
+    on_device_open_exit
+);
+
+fn on_device_open_entry<C>(_ctx: &C, call: &Call) -> bool {
+    watch_locks_of_device(call.arg(0))
+}
+
+fn on_device_open_exit<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) {
+    open_exit(ctx, HookId::VfioDeviceOpen, call.arg(0), call.ret);
+}
+
+// 6.6+: int vfio_df_open(struct vfio_device_file *df); df->device.
+entry_exit_hook!(
+    HookId::VfioDfOpen,
+    fentry_vfio_df_open,
+    fexit_vfio_df_open,
+    kprobe_vfio_df_open,
+    kretprobe_vfio_df_open,
+    on_df_open_entry,
+    on_df_open_exit
+);
+
+fn on_df_open_entry<C>(_ctx: &C, call: &Call) -> bool {
+    match ptr_at(call.arg(0), conf!(vfio_device_file_device)) {
+        Some(dev) => watch_locks_of_device(dev),
+        None => wanted(),
+    }
+}
+
+fn on_df_open_exit<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) {
+    let dev = ptr_at(call.arg(0), conf!(vfio_device_file_device)).unwrap_or(0);
+    open_exit(ctx, HookId::VfioDfOpen, dev, call.ret);
+}
+
+#[inline(always)]
+fn watch_locks_of_device(dev: u64) -> bool {
+    if !wanted() {
+        return false;
+    }
+    let mut e = trace_common::Event::ZERO;
+    set_device(&mut e, dev);
+    watch_device_locks(&e);
+    true
+}
+
+#[inline(always)]
+fn open_exit<C: EbpfContext + StackIdContext>(ctx: &C, hook: HookId, dev: u64, ret: Option<i64>) {
+    if !wanted() {
+        return;
+    }
+    let mut e = new_event(hook, Phase::Exit);
+    set_device(&mut e, dev);
+    set_ret(&mut e, ret.map(|r| r as i32 as i64));
+    submit(ctx, e, true);
+}
+
+// int vfio_device_fops_release(struct inode *inode, struct file *filep): the
+// device fd's release, all lines. private_data: device (<6.6) or df (6.6+).
+entry_hook!(
+    fentry_vfio_device_fops_release,
+    kprobe_vfio_device_fops_release,
+    on_fops_release
+);
+
+fn on_fops_release<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    if !wanted() {
+        return false;
+    }
+    let mut e = new_event(HookId::VfioDeviceFopsRelease, Phase::Entry);
+    let file = call.arg(1);
+    set_file(&mut e, file);
+    if let Some(dev) = private_data(file).and_then(vfio_device_of_private) {
+        set_device(&mut e, dev);
+        watch_device_locks(&e);
+    }
+    submit(ctx, e, true);
+    false
+}
+
+// 6.6+: void vfio_df_close(struct vfio_device_file *df); 6.2-6.5:
+// void vfio_device_close(struct vfio_device *device, ...). open_count before.
+entry_hook!(fentry_vfio_df_close, kprobe_vfio_df_close, on_df_close);
+entry_hook!(
+    fentry_vfio_device_close,
+    kprobe_vfio_device_close,
+    on_device_close
+);
+
+fn on_df_close<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    let dev = ptr_at(call.arg(0), conf!(vfio_device_file_device)).unwrap_or(0);
+    device_entry(ctx, HookId::VfioDfClose, dev);
+    false
+}
+
+fn on_device_close<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    device_entry(ctx, HookId::VfioDeviceClose, call.arg(0));
+    false
+}
+
+#[inline(always)]
+fn device_entry<C: EbpfContext + StackIdContext>(ctx: &C, hook: HookId, dev: u64) {
+    if !wanted() {
+        return;
+    }
+    let mut e = new_event(hook, Phase::Entry);
+    set_device(&mut e, dev);
+    submit(ctx, e, true);
+}
+
+// 6.6+: void vfio_device_get_kvm_safe(struct vfio_device *device, struct kvm *kvm);
+// 6.3-6.5: _vfio_device_get_kvm_safe, same shape. Count read after the get.
+exit_hook!(
+    HookId::VfioDeviceGetKvmSafe,
+    fexit_vfio_device_get_kvm_safe,
+    kprobe_vfio_device_get_kvm_safe,
+    kretprobe_vfio_device_get_kvm_safe,
+    on_vfio_get_kvm
+);
+exit_hook!(
+    HookId::VfioDeviceGetKvmSafeOld,
+    fexit_vfio_device_get_kvm_safe_old,
+    kprobe_vfio_device_get_kvm_safe_old,
+    kretprobe_vfio_device_get_kvm_safe_old,
+    on_vfio_get_kvm_old
+);
+
+fn on_vfio_get_kvm<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) {
+    vfio_get_kvm(ctx, HookId::VfioDeviceGetKvmSafe, call);
+}
+
+fn on_vfio_get_kvm_old<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) {
+    vfio_get_kvm(ctx, HookId::VfioDeviceGetKvmSafeOld, call);
+}
+
+#[inline(always)]
+fn vfio_get_kvm<C: EbpfContext + StackIdContext>(ctx: &C, hook: HookId, call: &Call) {
+    if !wanted() {
+        return;
+    }
+    let mut e = new_event(hook, Phase::Exit);
+    set_kvm(&mut e, call.arg(1));
+    set_device(&mut e, call.arg(0));
+    submit(ctx, e, true);
+}
+
+// void vfio_device_put_kvm(struct vfio_device *device): device->kvm, count before.
+entry_hook!(
+    fentry_vfio_device_put_kvm,
+    kprobe_vfio_device_put_kvm,
+    on_vfio_put_kvm
+);
+
+fn on_vfio_put_kvm<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    device_entry(ctx, HookId::VfioDevicePutKvm, call.arg(0));
+    false
+}
+
+// void vfio_file_set_kvm(struct file *file, struct kvm *kvm): link (kvm) or
+// unlink (NULL) a group or device file. `arg` carries file->private_data.
+entry_hook!(
+    fentry_vfio_file_set_kvm,
+    kprobe_vfio_file_set_kvm,
+    on_file_set_kvm
+);
+
+fn on_file_set_kvm<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    if !wanted() {
+        return false;
+    }
+    let mut e = new_event(HookId::VfioFileSetKvm, Phase::Entry);
+    let file = call.arg(0);
+    set_file(&mut e, file);
+    if let Some(p) = private_data(file) {
+        e.arg = p;
+        e.known |= known::ARG;
+    }
+    // kvm NULL means unlink: known with value 0.
+    set_kvm(&mut e, call.arg(1));
+    if call.arg(1) == 0 {
+        e.known |= known::KVM;
+    }
+    submit(ctx, e, true);
+    false
+}

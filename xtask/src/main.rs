@@ -1,0 +1,57 @@
+//! kvscope's developer and CI tasks. `cargo xtask --help` lists them.
+mod cmd;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "xtask",
+    about = "kvscope developer and CI tasks",
+    long_about = "kvscope developer and CI tasks.\n\n\
+        Every task first makes sure the toolchain pieces it needs are there \
+        (nightly rust-src, bpf-linker built against the nightly LLVM) and \
+        installs them when missing, into a cache outside the repository \
+        ($KVSCOPE_CACHE, else $XDG_CACHE_HOME/kvscope, else ~/.cache/kvscope)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the build needs (idempotent; a second run takes about a second).
+    Setup,
+    /// Build the `kvscope` binary (release) with its BPF object embedded.
+    Build,
+    /// Build, then run `kvscope` with the arguments after `--` (e.g. `-- check`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the test tiers: fmt and clippy, unit and scenario tests, BPF object
+    /// checks, and the live tracepoint-tier tests (root, /dev/kvm).
+    Test(test::TestArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.task {
+        Task::Setup => setup::setup().map(|_| ()),
+        Task::Build => {
+            let env = setup::setup()?;
+            cmd::build_release(&env)
+        }
+        Task::Run { args } => {
+            let env = setup::setup()?;
+            cmd::build_release(&env)?;
+            cmd::run_kvscope(&env, &args)
+        }
+        Task::Test(args) => {
+            let env = setup::setup()?;
+            test::run(&env, &args)
+        }
+    }
+}

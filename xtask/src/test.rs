@@ -1,0 +1,97 @@
+//! The test tiers. The default runs every tier this machine kind can run; a tier
+//! that cannot run says why and fails, unless `--allow-skip` is given.
+use std::time::Instant;
+
+use clap::{Args, ValueEnum};
+
+use crate::{cmd, setup::Env};
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// Tiers to run (default: all of them).
+    #[arg(long = "tier", value_enum)]
+    tiers: Vec<Tier>,
+    /// Let live tests skip (with their printed reason) when this host lacks root
+    /// or /dev/kvm, instead of failing. CI never sets this.
+    #[arg(long)]
+    allow_skip: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum, Debug)]
+enum Tier {
+    /// rustfmt --check and clippy -D warnings, user side and kernel side.
+    Lint,
+    /// Unit, scenario, ELF and live tests (`cargo test`).
+    Cargo,
+}
+
+const ALL: &[Tier] = &[Tier::Lint, Tier::Cargo];
+
+pub fn run(env: &Env, args: &TestArgs) -> anyhow::Result<()> {
+    let tiers: &[Tier] = if args.tiers.is_empty() {
+        ALL
+    } else {
+        &args.tiers
+    };
+    let started = Instant::now();
+    for tier in tiers {
+        let t = Instant::now();
+        eprintln!("== tier {tier:?}");
+        match tier {
+            Tier::Lint => lint(env)?,
+            Tier::Cargo => cargo_tests(env, args.allow_skip)?,
+        }
+        eprintln!(
+            "== tier {tier:?} passed in {:.0} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    eprintln!(
+        "== all tiers passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn lint(env: &Env) -> anyhow::Result<()> {
+    let mut c = cmd::command(env, "cargo");
+    c.args(["fmt", "--all", "--check"]);
+    cmd::check(c)?;
+    let mut c = cmd::command(env, "cargo");
+    c.args(["clippy", "--all-targets", "--", "-D", "warnings"]);
+    cmd::check(c)?;
+    // The kernel side, for the BPF target, as the build script compiles it.
+    let mut c = cmd::command(env, "cargo");
+    c.args([
+        "+nightly",
+        "clippy",
+        "-p",
+        "trace-ebpf",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--target-dir",
+        "target/bpf-clippy",
+        "--",
+        "-D",
+        "warnings",
+    ]);
+    // aya-ebpf-bindings picks its arch from this cfg (aya-build sets it too).
+    c.env(
+        "RUSTFLAGS",
+        format!("--cfg bpf_target_arch=\"{}\"", std::env::consts::ARCH),
+    );
+    cmd::check(c)
+}
+
+fn cargo_tests(env: &Env, allow_skip: bool) -> anyhow::Result<()> {
+    let mut c = cmd::command(env, "cargo");
+    c.args(["test", "--release"]);
+    if !allow_skip {
+        // Live tests fail instead of skipping when root or /dev/kvm is missing.
+        c.env("KVSCOPE_REQUIRE_LIVE", "1");
+    }
+    cmd::check(c)
+}
