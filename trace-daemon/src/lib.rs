@@ -5,10 +5,12 @@
 //! and findings, so it runs the same live, in replay and in tests.
 pub mod check;
 pub mod cli;
+pub mod engine;
 pub mod event;
 pub mod hooks;
 pub mod kernel;
 pub mod loader;
 pub mod plan;
 pub mod render;
+pub mod scenario;
 pub mod trace;

@@ -1,0 +1,227 @@
+//! A small builder for event streams, for scenario tests and the benchmark:
+//! each method appends the events a kernel path emits, as the probes report
+//! them (counts read before a put, after a get; open_count after an open,
+//! before a close).
+use trace_common::LockClass;
+
+use crate::event::{Event, FdKind, Kind, LockClassName, LockRef};
+
+#[derive(Default)]
+pub struct Script {
+    pub t: u64,
+    pub events: Vec<Event>,
+}
+
+impl Script {
+    pub fn new() -> Self {
+        Script {
+            t: 1_000_000_000,
+            events: Vec::new(),
+        }
+    }
+
+    /// Lets time pass (ms).
+    pub fn sleep_ms(&mut self, ms: u64) -> &mut Self {
+        self.t += ms * 1_000_000;
+        self
+    }
+
+    pub fn ev(&mut self, pid: u32, kind: Kind, hook: &str) -> &mut Event {
+        self.t += 1_000;
+        self.events.push(Event {
+            ts_ns: self.t,
+            pid,
+            tgid: pid,
+            cpu: 0,
+            comm: format!("t{pid}"),
+            kind,
+            hook: hook.to_owned(),
+            kvm: None,
+            device: None,
+            group: None,
+            file: None,
+            users: None,
+            open_count: None,
+            ret: None,
+            fd: None,
+            fd_kind: None,
+            lock: None,
+            stack_id: None,
+            ok: None,
+        });
+        self.events.last_mut().expect("pushed")
+    }
+
+    pub fn create_vm(&mut self, pid: u32, kvm: u64) -> &mut Self {
+        let e = self.ev(pid, Kind::VmCreated, "syscalls:sys_exit_ioctl");
+        e.kvm = Some(kvm);
+        e.users = Some(1);
+        e.fd_kind = Some(FdKind::Vm);
+        self
+    }
+
+    /// KVM_CREATE_DEVICE(VFIO): its kvm_get_kvm is inlined, so only the count shows it.
+    pub fn create_kvm_vfio(&mut self, pid: u32, kvm: u64, users_after: i32) -> &mut Self {
+        let e = self.ev(pid, Kind::KvmVfioCreated, "syscalls:sys_exit_ioctl");
+        e.kvm = Some(kvm);
+        e.users = Some(users_after);
+        self
+    }
+
+    pub fn get(&mut self, pid: u32, kvm: u64, users_after: i32) -> &mut Self {
+        let e = self.ev(pid, Kind::VmGet, "kvm_get_kvm");
+        e.kvm = Some(kvm);
+        e.users = Some(users_after);
+        e.ok = Some(true);
+        self
+    }
+
+    pub fn get_safe(&mut self, pid: u32, kvm: u64, users_after: i32, ok: bool) -> &mut Self {
+        let e = self.ev(pid, Kind::VmGet, "kvm_get_kvm_safe");
+        e.kvm = Some(kvm);
+        e.users = Some(users_after);
+        e.ok = Some(ok);
+        e.ret = Some(ok as i64);
+        self
+    }
+
+    pub fn put(&mut self, pid: u32, kvm: u64, users_before: i32) -> &mut Self {
+        let e = self.ev(pid, Kind::VmPut, "kvm_put_kvm");
+        e.kvm = Some(kvm);
+        e.users = Some(users_before);
+        self
+    }
+
+    pub fn destroy(&mut self, pid: u32, kvm: u64) -> &mut Self {
+        let e = self.ev(pid, Kind::VmDestroyed, "kvm_destroy_vm");
+        e.kvm = Some(kvm);
+        e.users = Some(0);
+        self
+    }
+
+    /// kvm_vm_release then its kvm_put_kvm (and kvm_destroy_vm at 1).
+    pub fn close_vm_fd(&mut self, pid: u32, kvm: u64, users_before: i32) -> &mut Self {
+        let e = self.ev(pid, Kind::VmFdRelease, "kvm_vm_release");
+        e.kvm = Some(kvm);
+        e.users = Some(users_before);
+        self.put(pid, kvm, users_before);
+        if users_before == 1 {
+            self.destroy(pid, kvm);
+        }
+        self
+    }
+
+    /// kvm_device_release: kvm->lock held around .release (kvm_vfio_release,
+    /// which unlinks the group: `unlink` runs inside, under kvm->lock), then the
+    /// device fd's own put.
+    pub fn close_kvm_vfio_fd(
+        &mut self,
+        pid: u32,
+        kvm: u64,
+        kvm_lock: u64,
+        users_before: i32,
+        unlink: impl FnOnce(&mut Self),
+    ) -> &mut Self {
+        self.lock(pid, kvm_lock, LockClass::KvmLock, kvm);
+        let e = self.ev(pid, Kind::KvmVfioRelease, "kvm_vfio_release");
+        e.kvm = Some(kvm);
+        e.users = Some(users_before);
+        unlink(self);
+        self.unlock(pid, kvm_lock, LockClass::KvmLock, kvm);
+        self.put(pid, kvm, users_before);
+        if users_before == 1 {
+            self.destroy(pid, kvm);
+        }
+        self
+    }
+
+    pub fn file_link(&mut self, pid: u32, group: u64, kvm: u64) -> &mut Self {
+        let e = self.ev(pid, Kind::FileLink, "vfio_file_set_kvm");
+        e.group = Some(group);
+        e.kvm = Some(kvm);
+        self
+    }
+
+    pub fn file_unlink(&mut self, pid: u32, group: u64) -> &mut Self {
+        let e = self.ev(pid, Kind::FileUnlink, "vfio_file_set_kvm");
+        e.group = Some(group);
+        self
+    }
+
+    pub fn device_opened(&mut self, pid: u32, dev: u64, group: u64, open_after: i32) -> &mut Self {
+        let e = self.ev(pid, Kind::DeviceOpened, "vfio_df_open");
+        e.device = Some(dev);
+        e.group = Some(group);
+        e.open_count = Some(open_after);
+        e.ret = Some(0);
+        self
+    }
+
+    pub fn device_release(&mut self, pid: u32, dev: u64, open_before: i32) -> &mut Self {
+        let e = self.ev(pid, Kind::DeviceRelease, "vfio_device_fops_release");
+        e.device = Some(dev);
+        e.open_count = Some(open_before);
+        self
+    }
+
+    pub fn device_close(&mut self, pid: u32, dev: u64, open_before: i32) -> &mut Self {
+        let e = self.ev(pid, Kind::DeviceClose, "vfio_df_close");
+        e.device = Some(dev);
+        e.open_count = Some(open_before);
+        self
+    }
+
+    /// 6.3+: vfio_device_get_kvm_safe -> kvm_get_kvm_safe.
+    pub fn vfio_get_kvm(&mut self, pid: u32, dev: u64, kvm: u64, users_after: i32) -> &mut Self {
+        self.get_safe(pid, kvm, users_after, true);
+        let e = self.ev(pid, Kind::VfioKvmGet, "vfio_device_get_kvm_safe");
+        e.device = Some(dev);
+        e.kvm = Some(kvm);
+        e.users = Some(users_after);
+        self
+    }
+
+    /// 6.3+: vfio_device_put_kvm -> kvm_put_kvm (-> kvm_destroy_vm at 1).
+    pub fn vfio_put_kvm(&mut self, pid: u32, dev: u64, kvm: u64, users_before: i32) -> &mut Self {
+        let e = self.ev(pid, Kind::VfioKvmPut, "vfio_device_put_kvm");
+        e.device = Some(dev);
+        e.kvm = Some(kvm);
+        e.users = Some(users_before);
+        self.put(pid, kvm, users_before);
+        if users_before == 1 {
+            self.destroy(pid, kvm);
+        }
+        self
+    }
+
+    fn lock_ev(
+        &mut self,
+        pid: u32,
+        kind: Kind,
+        addr: u64,
+        class: LockClass,
+        owner: u64,
+    ) -> &mut Self {
+        let e = self.ev(pid, kind, "mutex_lock");
+        e.lock = Some(LockRef {
+            addr,
+            class: LockClassName(class),
+            owner,
+        });
+        self
+    }
+
+    pub fn attempt(&mut self, pid: u32, addr: u64, class: LockClass, owner: u64) -> &mut Self {
+        self.lock_ev(pid, Kind::LockAttempt, addr, class, owner)
+    }
+
+    /// mutex_lock: attempt, then acquired.
+    pub fn lock(&mut self, pid: u32, addr: u64, class: LockClass, owner: u64) -> &mut Self {
+        self.attempt(pid, addr, class, owner);
+        self.lock_ev(pid, Kind::LockAcquired, addr, class, owner)
+    }
+
+    pub fn unlock(&mut self, pid: u32, addr: u64, class: LockClass, owner: u64) -> &mut Self {
+        self.lock_ev(pid, Kind::LockReleased, addr, class, owner)
+    }
+}

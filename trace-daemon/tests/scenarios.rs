@@ -1,0 +1,426 @@
+//! Scenario tests: event streams of the kernel paths of notes/kernel-paths.md
+//! (S1-S5, clean lifecycles in both close orders, races, leaks), each asserting
+//! the exact findings and nothing else. Every run ends with the clock moved an
+//! hour on, so a latent zombie or leak would show too.
+use kvscope::{
+    engine::{Config, Engine, Finding, FindingKind, Severity},
+    scenario::Script,
+};
+use trace_common::LockClass::{KvmLock, VfioDevSetLock, VfioGroupLock};
+
+const KVM: u64 = 0xffff_8881_0000_0000;
+const KVM_LOCK: u64 = KVM + 0x40;
+const DEV: u64 = 0xffff_8882_0000_0000;
+const GROUP: u64 = 0xffff_8883_0000_0000;
+const GROUP_LOCK: u64 = GROUP + 0x10;
+const DEV_SET: u64 = 0xffff_8884_0000_0000;
+const DEV_SET_LOCK: u64 = DEV_SET + 0x8;
+const QEMU: u32 = 100;
+
+fn run(s: &Script) -> (Engine, Vec<Finding>) {
+    let mut e = Engine::new(Config::default());
+    for ev in &s.events {
+        e.ingest(ev);
+    }
+    e.tick(s.t + 3_600_000_000_000);
+    let f = e.findings().to_vec();
+    (e, f)
+}
+
+fn kinds(f: &[Finding]) -> Vec<FindingKind> {
+    f.iter().map(|x| x.kind).collect()
+}
+
+/// VM + kvm-vfio device + group link, as every scenario starts.
+fn setup(s: &mut Script) {
+    s.create_vm(QEMU, KVM)
+        .create_kvm_vfio(QEMU, KVM, 2)
+        .file_link(QEMU, GROUP, KVM);
+}
+
+/// 6.6+ group-path open: group_lock -> dev_set->lock, VFIO takes a kvm ref.
+fn open_66(s: &mut Script, users_after: i32) {
+    s.lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+        .lock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .vfio_get_kvm(QEMU, DEV, KVM, users_after)
+        .device_opened(QEMU, DEV, GROUP, 1)
+        .unlock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP);
+}
+
+/// 6.6+ group-path release: group_lock -> dev_set->lock -> close -> put_kvm.
+fn release_66(s: &mut Script, users_before: i32) {
+    s.device_release(QEMU, DEV, 1)
+        .lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+        .lock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .device_close(QEMU, DEV, 1)
+        .vfio_put_kvm(QEMU, DEV, KVM, users_before)
+        .unlock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP);
+}
+
+fn close_kvm_vfio_66(s: &mut Script, users_before: i32) {
+    // 6.3+: vfio_file_set_kvm(NULL) takes only the kvm_ref_lock spinlock.
+    s.close_kvm_vfio_fd(QEMU, KVM, KVM_LOCK, users_before, |s| {
+        s.file_unlink(QEMU, GROUP);
+    });
+}
+
+#[test]
+fn clean_66_device_first_raises_nothing() {
+    let mut s = Script::new();
+    setup(&mut s);
+    open_66(&mut s, 3);
+    release_66(&mut s, 3);
+    close_kvm_vfio_66(&mut s, 2);
+    s.close_vm_fd(QEMU, KVM, 1);
+    let (e, f) = run(&s);
+    assert!(f.is_empty(), "{f:#?}");
+    let vm = &e.vm_history(KVM)[0];
+    assert!(vm.is_destroyed());
+    let counts: Vec<Option<i32>> = vm.timeline.steps.iter().map(|x| x.count_after).collect();
+    assert!(counts.contains(&Some(3)) && counts.last() == Some(&Some(0)));
+    // The kvm-vfio device's inlined get shows as an inferred, attributed step.
+    let inferred: Vec<_> = vm.timeline.steps.iter().filter(|x| x.inferred).collect();
+    assert_eq!(inferred.len(), 1);
+    assert_eq!(inferred[0].delta, 1);
+    assert_eq!(inferred[0].holder.as_deref(), Some("kvm-vfio fd"));
+    // VFIO's get/put attributed to the device.
+    let dev_holder = format!("vfio device {DEV:#x}");
+    let attributed = vm
+        .timeline
+        .steps
+        .iter()
+        .filter(|x| x.holder.as_deref() == Some(dev_holder.as_str()))
+        .count();
+    assert_eq!(attributed, 2, "get and put by the device");
+}
+
+#[test]
+fn s3_66_vm_first_is_destroy_under_both_vfio_locks() {
+    let mut s = Script::new();
+    setup(&mut s);
+    open_66(&mut s, 3);
+    s.close_vm_fd(QEMU, KVM, 3);
+    close_kvm_vfio_66(&mut s, 2);
+    release_66(&mut s, 1);
+    let (_, f) = run(&s);
+    assert_eq!(kinds(&f), [FindingKind::DestroyUnderLock], "{f:#?}");
+    assert_eq!(f[0].severity, Severity::Warning);
+    assert_eq!(
+        f[0].locks,
+        ["vfio_group.group_lock", "vfio_device_set.lock"]
+    );
+    assert_eq!(f[0].object("kvm"), Some(KVM));
+    assert_eq!(f[0].count, 1);
+}
+
+#[test]
+fn cdev_path_66_vm_first_names_only_dev_set_lock() {
+    // cdev bind/unbind: dev_set->lock only.
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM).create_kvm_vfio(QEMU, KVM, 2);
+    s.lock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .vfio_get_kvm(QEMU, DEV, KVM, 3)
+        .device_opened(QEMU, DEV, GROUP, 1)
+        .unlock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET);
+    s.close_vm_fd(QEMU, KVM, 3);
+    s.close_kvm_vfio_fd(QEMU, KVM, KVM_LOCK, 2, |_| {});
+    s.device_release(QEMU, DEV, 1)
+        .lock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .device_close(QEMU, DEV, 1)
+        .vfio_put_kvm(QEMU, DEV, KVM, 1)
+        .unlock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET);
+    let (_, f) = run(&s);
+    assert_eq!(kinds(&f), [FindingKind::DestroyUnderLock]);
+    assert_eq!(f[0].locks, ["vfio_device_set.lock"]);
+}
+
+/// 6.1: dev_set->lock -> group_lock at open; no VFIO kvm ref; the driver's own.
+fn open_61(s: &mut Script, driver_takes_kvm_lock: bool) {
+    s.lock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET).lock(
+        QEMU,
+        GROUP_LOCK,
+        VfioGroupLock,
+        GROUP,
+    );
+    if driver_takes_kvm_lock {
+        // vfio_ap-style open_device: kvm->lock under the VFIO locks, plus its ref.
+        s.lock(QEMU, KVM_LOCK, KvmLock, KVM)
+            .get(QEMU, KVM, 3)
+            .unlock(QEMU, KVM_LOCK, KvmLock, KVM);
+    }
+    s.device_opened(QEMU, DEV, GROUP, 1)
+        .unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+        .unlock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET);
+}
+
+fn release_61(s: &mut Script, driver_put_users_before: Option<i32>) {
+    s.device_release(QEMU, DEV, 1)
+        .lock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+        .device_close(QEMU, DEV, 1);
+    if let Some(u) = driver_put_users_before {
+        s.put(QEMU, KVM, u);
+    }
+    s.unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP).unlock(
+        QEMU,
+        DEV_SET_LOCK,
+        VfioDevSetLock,
+        DEV_SET,
+    );
+}
+
+/// 6.1.y with 51cdc8bc: kvm_vfio_release under kvm->lock takes group_lock.
+fn close_kvm_vfio_61(s: &mut Script, users_before: i32) {
+    s.close_kvm_vfio_fd(QEMU, KVM, KVM_LOCK, users_before, |s| {
+        s.lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+            .file_unlink(QEMU, GROUP)
+            .unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP);
+    });
+}
+
+#[test]
+fn clean_61_both_close_orders_raise_nothing() {
+    for vm_first in [false, true] {
+        let mut s = Script::new();
+        setup(&mut s);
+        open_61(&mut s, false);
+        if vm_first {
+            s.close_vm_fd(QEMU, KVM, 2);
+            close_kvm_vfio_61(&mut s, 1);
+            release_61(&mut s, None);
+        } else {
+            release_61(&mut s, None);
+            close_kvm_vfio_61(&mut s, 2);
+            s.close_vm_fd(QEMU, KVM, 1);
+        }
+        let (e, f) = run(&s);
+        assert!(f.is_empty(), "vm_first={vm_first}: {f:#?}");
+        assert!(e.vm_history(KVM)[0].is_destroyed());
+    }
+}
+
+#[test]
+fn clean_62_order_differs_from_61_and_raises_nothing_by_itself() {
+    // S5: 6.2 opens take group_lock -> dev_set->lock; alone that is no inversion.
+    let mut s = Script::new();
+    setup(&mut s);
+    s.lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+        .lock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .device_opened(QEMU, DEV, GROUP, 1)
+        .unlock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP);
+    s.device_release(QEMU, DEV, 1)
+        .lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+        .lock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .device_close(QEMU, DEV, 1)
+        .unlock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP);
+    close_kvm_vfio_61(&mut s, 2);
+    s.close_vm_fd(QEMU, KVM, 1);
+    let (e, f) = run(&s);
+    assert!(f.is_empty(), "{f:#?}");
+    assert!(
+        e.lock_graph()
+            .contains_key(&(VfioGroupLock, VfioDevSetLock))
+    );
+}
+
+#[test]
+fn s2_61_vfio_ap_style_open_is_an_inversion_with_both_chains() {
+    let mut s = Script::new();
+    setup(&mut s);
+    open_61(&mut s, true);
+    release_61(&mut s, Some(3));
+    close_kvm_vfio_61(&mut s, 2);
+    s.close_vm_fd(QEMU, KVM, 1);
+    let (_, f) = run(&s);
+    assert_eq!(kinds(&f), [FindingKind::LockOrderInversion], "{f:#?}");
+    let inv = &f[0];
+    assert_eq!(inv.locks, ["kvm.lock", "vfio_group.group_lock"]);
+    let text = inv.detail.join("\n");
+    assert!(
+        text.contains("possible circular locking dependency"),
+        "{text}"
+    );
+    assert!(text.contains("vfio_group.group_lock -> kvm.lock"), "{text}");
+    assert!(text.contains("kvm.lock -> vfio_group.group_lock"), "{text}");
+    assert!(text.contains("*** DEADLOCK ***"));
+}
+
+#[test]
+fn s1_61_early_destroy_path_is_destroy_under_lock_then_self_deadlock() {
+    // Early 6.1.y: kvm-vfio has .destroy; the driver holds a kvm ref from open.
+    let mut s = Script::new();
+    setup(&mut s);
+    open_61(&mut s, false);
+    s.get(QEMU, KVM, 3); // driver's ref in open_device
+    s.close_vm_fd(QEMU, KVM, 3);
+    // kvm-vfio fd close only drops its ref (.destroy is deferred).
+    s.put(QEMU, KVM, 2);
+    s.device_release(QEMU, DEV, 1)
+        .lock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+        .put(QEMU, KVM, 1)
+        .destroy(QEMU, KVM);
+    // kvm_destroy_vm -> kvm_vfio_destroy -> vfio_file_set_kvm -> group_lock again.
+    s.attempt(QEMU, GROUP_LOCK, VfioGroupLock, GROUP);
+    let (_, f) = run(&s);
+    assert_eq!(
+        kinds(&f),
+        [FindingKind::DestroyUnderLock, FindingKind::SelfDeadlock],
+        "{f:#?}"
+    );
+    assert_eq!(f[1].severity, Severity::Critical);
+    assert_eq!(f[1].locks, ["vfio_group.group_lock"]);
+    assert!(f[1].detail.join("\n").contains("already holding"));
+}
+
+#[test]
+fn s1_on_the_kvm_ops_patch_leaves_only_destroy_under_dev_set() {
+    // The seed patch drops group_lock before put_kvm(): the final put runs under
+    // dev_set->lock only, so kvm_vfio_destroy's group_lock no longer deadlocks.
+    let mut s = Script::new();
+    setup(&mut s);
+    open_61(&mut s, false);
+    s.get_safe(QEMU, KVM, 3, true); // kvm_ops->get_kvm
+    s.close_vm_fd(QEMU, KVM, 3);
+    s.put(QEMU, KVM, 2);
+    s.device_release(QEMU, DEV, 1)
+        .lock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+        .unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+        .put(QEMU, KVM, 1) // kvm_ops->put_kvm
+        .destroy(QEMU, KVM)
+        .lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+        .file_unlink(QEMU, GROUP)
+        .unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+        .unlock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET);
+    let (_, f) = run(&s);
+    assert_eq!(kinds(&f), [FindingKind::DestroyUnderLock], "{f:#?}");
+    assert_eq!(f[0].locks, ["vfio_device_set.lock"]);
+}
+
+#[test]
+fn open_racing_the_last_put_is_get_safe_failed() {
+    let mut s = Script::new();
+    setup(&mut s);
+    s.close_vm_fd(QEMU, KVM, 2);
+    // Another thread opens the device while the kvm-vfio fd's put drops to 0.
+    s.ev(QEMU, kvscope::event::Kind::VmPut, "kvm_put_kvm").kvm = Some(KVM);
+    s.events.last_mut().unwrap().users = Some(1);
+    s.get_safe(201, KVM, 0, false);
+    s.destroy(QEMU, KVM);
+    let (_, f) = run(&s);
+    assert_eq!(kinds(&f), [FindingKind::GetSafeFailed], "{f:#?}");
+    assert_eq!(f[0].severity, Severity::Info);
+    assert_eq!(f[0].threads[0].pid, 201);
+}
+
+#[test]
+fn leaked_device_ref_is_reported_after_the_grace() {
+    let mut s = Script::new();
+    setup(&mut s);
+    open_66(&mut s, 3);
+    // Release without vfio_device_put_kvm: the reference stays.
+    s.device_release(QEMU, DEV, 1).device_close(QEMU, DEV, 1);
+    let (_, f) = run(&s);
+    assert_eq!(kinds(&f), [FindingKind::LeakedRef], "{f:#?}");
+    assert_eq!(f[0].object("device"), Some(DEV));
+    assert_eq!(f[0].object("kvm"), Some(KVM));
+}
+
+#[test]
+fn zombie_vm_names_its_holders() {
+    let mut s = Script::new();
+    setup(&mut s);
+    s.close_vm_fd(QEMU, KVM, 2);
+    let mut e = Engine::new(Config::default());
+    for ev in &s.events {
+        e.ingest(ev);
+    }
+    assert!(
+        e.tick(s.t + 9_000_000_000).is_empty(),
+        "not before the threshold"
+    );
+    let f = e.tick(s.t + 11_000_000_000);
+    assert_eq!(kinds(&f), [FindingKind::ZombieVm]);
+    assert!(
+        f[0].detail[0].contains("kvm-vfio fd (1)"),
+        "{:?}",
+        f[0].detail
+    );
+    assert!(e.tick(s.t + 20_000_000_000).is_empty(), "reported once");
+}
+
+#[test]
+fn puts_below_zero_and_after_destroy_are_unbalanced() {
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM);
+    s.close_vm_fd(QEMU, KVM, 1);
+    s.put(QEMU, KVM, 0);
+    let (_, f) = run(&s);
+    assert_eq!(kinds(&f), [FindingKind::UnbalancedPut], "{f:#?}");
+    assert!(f[0].summary.contains("after the VM was destroyed"));
+}
+
+#[test]
+fn get_on_a_destroyed_vm_is_get_after_zero_but_reuse_is_a_new_vm() {
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM)
+        .close_vm_fd(QEMU, KVM, 1)
+        .get(QEMU, KVM, 1);
+    let (_, f) = run(&s);
+    assert_eq!(kinds(&f), [FindingKind::GetAfterZero]);
+    // Same address, new VM (its count reads 2: a live VM): a new generation.
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM).close_vm_fd(QEMU, KVM, 1);
+    s.create_vm(QEMU, KVM).create_kvm_vfio(QEMU, KVM, 2);
+    let (e, f) = run(&s);
+    assert!(f.is_empty(), "{f:#?}");
+    let h = e.vm_history(KVM);
+    assert_eq!(h.len(), 2);
+    assert_eq!((h[0].generation, h[1].generation), (1, 2));
+    assert!(h[0].is_destroyed() && !h[1].is_destroyed());
+}
+
+#[test]
+fn repeated_findings_are_counted_not_duplicated() {
+    let mut s = Script::new();
+    for _ in 0..3 {
+        s.lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP).attempt(
+            QEMU,
+            GROUP_LOCK,
+            VfioGroupLock,
+            GROUP,
+        );
+        s.ev(
+            QEMU,
+            kvscope::event::Kind::LockFailed,
+            "mutex_lock_killable",
+        );
+        s.unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP);
+    }
+    let (_, f) = run(&s);
+    assert_eq!(kinds(&f), [FindingKind::SelfDeadlock]);
+    assert_eq!(f[0].count, 3);
+    assert!(f[0].last_ns > f[0].first_ns);
+}
+
+#[test]
+fn long_waits_and_holds_cross_their_thresholds() {
+    let mut s = Script::new();
+    s.attempt(QEMU, KVM_LOCK, KvmLock, KVM);
+    s.sleep_ms(1500);
+    s.ev(QEMU, kvscope::event::Kind::LockAcquired, "mutex_lock")
+        .lock = s.events[0].lock;
+    s.sleep_ms(6000);
+    s.unlock(QEMU, KVM_LOCK, KvmLock, KVM);
+    let (_, f) = run(&s);
+    assert_eq!(
+        kinds(&f),
+        [FindingKind::LongWait, FindingKind::LongHold],
+        "{f:#?}"
+    );
+}
