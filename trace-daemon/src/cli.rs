@@ -18,7 +18,10 @@ use crate::trace::VmSel;
         kvscope check --json          the same, for scripts\n  \
         kvscope trace                 live events, one line each\n  \
         kvscope trace --vm 4242       only VMs created by pid 4242 (and their lock events)\n  \
-        kvscope trace --json --stacks events as JSON lines"
+        kvscope trace --json --stacks events as JSON lines\n  \
+        kvscope record -o run.kvs     capture now (Ctrl-C to stop) ...\n  \
+        kvscope replay run.kvs        ... analyse anywhere\n  \
+        kvscope timeline run.kvs --vm 0xffff888102760000"
 )]
 pub struct Cli {
     /// Log level of kvscope's own diagnostics (error, warn, info, debug).
@@ -34,8 +37,73 @@ pub enum Command {
     /// attach method and why; BTF, kprobes, tracefs; the VFIO/KVM stack variant;
     /// the resulting tier. Exit status 0 when usable.
     Check(CheckArgs),
-    /// Attach and print events live until Ctrl-C or SIGTERM.
+    /// Attach and print events live, with the findings they raise, until
+    /// Ctrl-C or SIGTERM.
     Trace(TraceArgs),
+    /// Attach and write the raw event stream to a file for later analysis.
+    Record(RecordArgs),
+    /// Run the analysis engine over a recording: summary and findings.
+    Replay(ReplayArgs),
+    /// One VM's or one VFIO device's history from a recording.
+    Timeline(TimelineArgs),
+    /// Summarise a recording's findings (text or JSON).
+    Report(ReportArgs),
+}
+
+#[derive(Args)]
+pub struct RecordArgs {
+    /// Output file (overwritten).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: std::path::PathBuf,
+    /// Stop after this many seconds (default: at Ctrl-C / SIGTERM).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
+    /// Only this thread group (filtered in the kernel).
+    #[arg(long)]
+    pub pid: Option<u32>,
+    #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_bytes)]
+    pub ring_bytes: u32,
+}
+
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// A file written by `kvscope record`.
+    pub file: std::path::PathBuf,
+    /// The report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("object").required(true).args(["vm", "device"])))]
+pub struct TimelineArgs {
+    /// A file written by `kvscope record`.
+    pub file: std::path::PathBuf,
+    /// The VM: its struct kvm address (0x...).
+    #[arg(long, value_parser = parse_addr)]
+    pub vm: Option<u64>,
+    /// The VFIO device: its struct vfio_device address (0x...).
+    #[arg(long, value_parser = parse_addr)]
+    pub device: Option<u64>,
+    /// Show the kernel stack under each step that has one.
+    #[arg(long)]
+    pub stacks: bool,
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// A file written by `kvscope record`.
+    pub file: std::path::PathBuf,
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub format: String,
+}
+
+pub fn parse_addr(s: &str) -> Result<u64, String> {
+    let hex = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .ok_or_else(|| format!("{s:?}: give the address in hex, e.g. 0xffff888102760000"))?;
+    u64::from_str_radix(hex, 16).map_err(|e| format!("{s:?} is not a hex address: {e}"))
 }
 
 #[derive(Args)]

@@ -4,9 +4,17 @@ use clap::Parser as _;
 use kvscope::{
     check,
     cli::{Cli, Command},
+    engine,
     loader::{Facts, LoadOptions},
+    offline, record,
     trace::{self, Filter, TraceOptions},
 };
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -46,12 +54,50 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ring_bytes: args.ring_bytes,
                     ..LoadOptions::default()
                 },
+                engine: engine::Config::default(),
                 loss_interval: Duration::from_secs(2),
             };
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(trace::run(opts))?;
+            runtime()?.block_on(trace::run(opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Record(args) => {
+            let opts = record::RecordOptions {
+                output: args.output,
+                duration: args.duration.map(Duration::from_secs),
+                load: LoadOptions {
+                    filter_tgid: args.pid.unwrap_or(0),
+                    ring_bytes: args.ring_bytes,
+                    ..LoadOptions::default()
+                },
+            };
+            runtime()?.block_on(record::run(opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Replay(args) => {
+            let format = if args.json { "json" } else { "text" };
+            print!(
+                "{}",
+                offline::report(&args.file, engine::Config::default(), format)?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report(args) => {
+            print!(
+                "{}",
+                offline::report(&args.file, engine::Config::default(), &args.format)?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Timeline(args) => {
+            let obj = match (args.vm, args.device) {
+                (Some(v), _) => offline::Object::Vm(v),
+                (None, Some(d)) => offline::Object::Device(d),
+                (None, None) => unreachable!("clap requires one"),
+            };
+            print!(
+                "{}",
+                offline::timeline(&args.file, engine::Config::default(), obj, args.stacks)?
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -2,16 +2,12 @@
 //! or SIGTERM, with filters and a periodic line about lost events.
 use std::{io::Write as _, time::Duration};
 
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
-
 use crate::{
-    event::{Event, Kind, record_from_bytes},
-    kernel::kallsyms::Kallsyms,
-    loader::{self, Facts, LoadOptions},
-    render,
+    engine,
+    event::{Event, Kind},
+    live::{self, Session, Sink},
+    loader::LoadOptions,
+    render, report,
 };
 
 /// `--vm`: a VM by `struct kvm` address, or by the pid of the process that
@@ -91,98 +87,93 @@ pub struct TraceOptions {
     pub stacks: bool,
     pub filter: Filter,
     pub load: LoadOptions,
+    pub engine: engine::Config,
     /// Seconds between lost-event checks.
     pub loss_interval: Duration,
 }
 
-fn print_stack(out: &mut impl std::io::Write, probes: &loader::Probes, k: &Kallsyms, id: u32) {
-    let Ok(map) = probes.stacks() else { return };
-    let Ok(st) = map.get(&id, 0) else { return };
-    for f in st.frames() {
-        match k.symbolize(f.ip) {
-            Some((s, off)) => {
-                let m = s
-                    .module
-                    .as_deref()
-                    .map(|m| format!(" [{m}]"))
-                    .unwrap_or_default();
-                let _ = writeln!(out, "    {}+{:#x}{}", s.name, off, m);
-            }
-            None => {
-                let _ = writeln!(out, "    {:#x}", f.ip);
+/// Prints events, and the findings the engine raises from them as they come.
+struct TraceSink {
+    json: bool,
+    stacks: bool,
+    filter: Filter,
+    engine: engine::Engine,
+}
+
+impl TraceSink {
+    fn print_findings(&self, found: &[engine::Finding]) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        for f in found {
+            if self.json {
+                serde_json::to_writer(&mut out, &serde_json::json!({ "finding": f }))?;
+                writeln!(out)?;
+            } else {
+                write!(out, "{}", report::finding_text(f))?;
             }
         }
+        out.flush()?;
+        Ok(())
     }
 }
 
-pub async fn run(mut opts: TraceOptions) -> anyhow::Result<()> {
-    let facts = Facts::gather()?;
-    let mut probes = loader::load(&facts, &opts.load)?;
-    let attached: usize = probes.plan.roles.iter().filter(|r| r.is_covered()).count();
-    eprintln!(
-        "kvscope: tracing on {} ({}); {}/{} roles attached; Ctrl-C to stop",
-        facts.version.release,
-        probes.plan.tier().describe(),
-        attached,
-        probes.plan.roles.len()
-    );
-    let ring = probes.ring()?;
-    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
-    let mut ring = unsafe { AsyncFd::register(ring) }
-        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut tick = tokio::time::interval(opts.loss_interval);
-    let mut reported_lost = 0u64;
-    let mut bad_records = 0u64;
-    let stdout = std::io::stdout();
-    loop {
-        tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard?;
-                let rb = guard.get_inner_mut();
-                let mut out = stdout.lock();
-                while let Some(item) = rb.next() {
-                    let ev = match record_from_bytes(&item).map(|r| Event::decode(&r)) {
-                        Ok(Ok(ev)) => ev,
-                        Ok(Err(_)) | Err(_) => { bad_records += 1; continue; }
-                    };
-                    if ev.kind == Kind::Other || !opts.filter.matches(&ev) {
-                        continue;
-                    }
-                    if opts.json {
-                        serde_json::to_writer(&mut out, &ev)?;
-                        writeln!(out)?;
-                    } else {
-                        writeln!(out, "{}", render::line(&ev))?;
-                        if opts.stacks && let Some(id) = ev.stack_id {
-                            print_stack(&mut out, &probes, &facts.kallsyms, id);
-                        }
+impl Sink for TraceSink {
+    fn event(
+        &mut self,
+        session: &Session,
+        _rec: &trace_common::Event,
+        ev: &Event,
+    ) -> anyhow::Result<()> {
+        let found = self.engine.ingest(ev);
+        if ev.kind != Kind::Other && self.filter.matches(ev) {
+            let mut out = std::io::stdout().lock();
+            if self.json {
+                serde_json::to_writer(&mut out, ev)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "{}", render::line(ev))?;
+                if self.stacks
+                    && let Some(id) = ev.stack_id
+                    && let Some(st) = session.stack(id)
+                {
+                    for s in st.symbols {
+                        writeln!(out, "    {s}")?;
                     }
                 }
-                out.flush()?;
-                guard.clear_ready();
             }
-            _ = tick.tick() => {
-                let lost = probes.lost().unwrap_or_default();
-                let total: u64 = lost.iter().map(|(_, n)| n).sum();
-                if total > reported_lost {
-                    let detail: Vec<String> = lost.iter().map(|(h, n)| format!("{}={n}", h.symbol())).collect();
-                    eprintln!("kvscope: {} events lost so far (ring buffer full): {}", total, detail.join(" "));
-                    reported_lost = total;
-                }
-                if bad_records > 0 {
-                    eprintln!("kvscope: {bad_records} records could not be decoded");
-                    bad_records = 0;
-                }
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            out.flush()?;
         }
+        self.print_findings(&found)
     }
-    drop(ring);
-    drop(probes);
-    eprintln!("kvscope: detached");
+
+    fn tick(
+        &mut self,
+        _s: &Session,
+        _lost: &[(trace_common::HookId, u64)],
+        now_ns: u64,
+    ) -> anyhow::Result<()> {
+        let found = self.engine.tick(now_ns);
+        self.print_findings(&found)
+    }
+}
+
+pub async fn run(opts: TraceOptions) -> anyhow::Result<()> {
+    let mut session = Session::start(&opts.load)?;
+    eprintln!("{}; Ctrl-C to stop", session.banner());
+    let mut sink = TraceSink {
+        json: opts.json,
+        stacks: opts.stacks,
+        filter: opts.filter,
+        engine: engine::Engine::new(session.engine_config(opts.engine)),
+    };
+    let stats = live::run(&mut session, &mut sink, opts.loss_interval).await?;
+    drop(session);
+    eprintln!(
+        "kvscope: detached; {} events, {} lost, {} undecodable, {} findings",
+        stats.events,
+        stats.lost,
+        stats.undecodable,
+        sink.engine.findings().len()
+    );
     Ok(())
 }
 

@@ -307,3 +307,90 @@ fn bad_arguments_fail_clearly() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("power of two"));
 }
+
+#[test]
+fn record_then_replay_and_timeline_offline() {
+    if !live_or_skip("record_then_replay_and_timeline_offline") {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = std::env::temp_dir().join(format!("kvscope-rec-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("run.kvs");
+    let me = std::process::id().to_string();
+    let child = kvscope()
+        .args(["record", "-o", file.to_str().unwrap(), "--pid", &me])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut g = Guard(child);
+    let stderr = g.0.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        let l = lines.next().expect("record ended early").unwrap();
+        if l.contains("Ctrl-C to stop") {
+            break;
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let kvm: OwnedFd = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .unwrap()
+        .into();
+    let v = create_vm_with_vfio_device(&kvm);
+    drop(v.dev);
+    drop(v.vm);
+    std::thread::sleep(Duration::from_millis(1500));
+    unsafe { libc::kill(g.0.id() as i32, libc::SIGTERM) };
+    let st = g.0.wait().unwrap();
+    assert!(st.success(), "record exited {st}");
+
+    let out = kvscope()
+        .args(["replay", "--json", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["events"], 4, "{r:#}");
+    assert_eq!(r["findings"].as_array().unwrap().len(), 0, "{r:#}");
+    let vms = r["vms"].as_array().unwrap();
+    assert_eq!(vms.len(), 1);
+    assert_eq!(
+        vms[0]["destroyed"], true,
+        "inferred from the last close at count 1"
+    );
+    assert_eq!(r["header"]["tier"], "3-tracepoints");
+    let addr = vms[0]["addr"].as_str().unwrap();
+    let out = kvscope()
+        .args(["timeline", file.to_str().unwrap(), "--vm", addr])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let steps: Vec<&str> = text
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().nth(2).unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "created",
+            "~inferred-get",
+            "kvm-vfio-created",
+            "kvm-vfio-fd-close",
+            "~inferred-put",
+            "vm-fd-close",
+            "~inferred-destroy"
+        ],
+        "{text}"
+    );
+    assert!(text.contains("(kvm-vfio fd)"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -424,3 +424,50 @@ fn long_waits_and_holds_cross_their_thresholds() {
         "{f:#?}"
     );
 }
+
+#[test]
+fn tier_three_infers_destroy_from_the_last_close_and_still_finds_zombies() {
+    let cfg = Config {
+        destroy_observable: false,
+        ..Config::default()
+    };
+    let fd_close = |s: &mut Script, kind, users| {
+        let e = s.ev(
+            QEMU,
+            kvscope::event::Kind::FdClosed,
+            "syscalls:sys_enter_close",
+        );
+        e.kvm = Some(KVM);
+        e.users = Some(users);
+        e.fd_kind = Some(kind);
+    };
+    use kvscope::event::FdKind::{KvmVfioDevice, Vm};
+    // Clean: kvm-vfio fd (2), then VM fd (1): destroyed, inferred; no finding.
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM).create_kvm_vfio(QEMU, KVM, 2);
+    fd_close(&mut s, KvmVfioDevice, 2);
+    fd_close(&mut s, Vm, 1);
+    let mut e = Engine::new(cfg.clone());
+    s.events.iter().for_each(|ev| {
+        e.ingest(ev);
+    });
+    assert!(e.tick(s.t + 3_600_000_000_000).is_empty());
+    let vm = e.vm_history(KVM)[0];
+    assert!(vm.is_destroyed());
+    assert!(vm.timeline.steps.back().unwrap().inferred);
+    // VM fd closed while the kvm-vfio fd stays open: a zombie naming it.
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM).create_kvm_vfio(QEMU, KVM, 2);
+    fd_close(&mut s, Vm, 2);
+    let mut e = Engine::new(cfg);
+    s.events.iter().for_each(|ev| {
+        e.ingest(ev);
+    });
+    let f = e.tick(s.t + 3_600_000_000_000);
+    assert_eq!(kinds(&f), [FindingKind::ZombieVm]);
+    assert!(
+        f[0].detail[0].contains("kvm-vfio fd (1)"),
+        "{:?}",
+        f[0].detail
+    );
+}

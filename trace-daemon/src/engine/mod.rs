@@ -35,6 +35,9 @@ pub struct Config {
     pub leak_grace_ms: u64,
     pub long_wait_ms: u64,
     pub long_hold_ms: u64,
+    /// Whether kvm_destroy_vm is hooked. When it is not (tier 3), the last close
+    /// of a VM's fds at count 1 is taken as its destruction, marked inferred.
+    pub destroy_observable: bool,
 }
 
 impl Default for Config {
@@ -46,6 +49,7 @@ impl Default for Config {
             leak_grace_ms: 1_000,
             long_wait_ms: 1_000,
             long_hold_ms: 5_000,
+            destroy_observable: true,
         }
     }
 }
@@ -351,11 +355,31 @@ impl Engine {
                 self.locks.held.retain(|pid, _| *pid != e.pid);
                 self.locks.waiting.remove(&e.pid);
                 // Its VMs' fds close without close(2): the moment they were closed.
+                // Unhooked destroy (tier 3): the exit's implicit closes end them.
+                let cap = self.cfg.timeline_cap;
                 for vm in self.vms.values_mut() {
-                    if vm.creator.as_ref().is_some_and(|c| c.tgid == e.tgid)
-                        && vm.fd_closed_ns.is_none()
-                    {
-                        vm.fd_closed_ns = Some(e.ts_ns);
+                    if vm.creator.as_ref().is_none_or(|c| c.tgid != e.tgid) {
+                        continue;
+                    }
+                    vm.fd_closed_ns.get_or_insert(e.ts_ns);
+                    if !self.cfg.destroy_observable && !vm.is_destroyed() {
+                        vm.timeline.push(
+                            cap,
+                            Step {
+                                ts_ns: e.ts_ns,
+                                pid: e.pid,
+                                comm: e.comm.clone(),
+                                what: "inferred-destroy (process exit closed its fds)".into(),
+                                hook: None,
+                                delta: -vm.users.unwrap_or(0),
+                                count_after: Some(0),
+                                holder: None,
+                                inferred: true,
+                                stack_id: None,
+                            },
+                        );
+                        vm.users = Some(0);
+                        vm.destroyed_ns = Some(e.ts_ns);
                     }
                 }
             }
@@ -444,6 +468,7 @@ impl Engine {
             }
             _ => None,
         };
+        let destroy_observable = self.cfg.destroy_observable;
         let vm = self.vm_mut(addr, e);
         let step =
             |what: &str, delta: i32, after: Option<i32>, holder: Option<String>, inferred: bool| {
@@ -476,7 +501,18 @@ impl Engine {
             } else {
                 "inferred-put"
             };
-            vm.timeline.push(cap, step(what, d, Some(now), None, true));
+            // A drop right after an fd close we saw is that fd's reference.
+            let holder = match vm.timeline.steps.back().map(|s| s.what.as_str()) {
+                Some("kvm-vfio-fd-close") if d < 0 => Some(KVM_VFIO_FD.to_owned()),
+                Some("vm-fd-close") if d < 0 => Some(VM_FD.to_owned()),
+                _ => None,
+            };
+            if let Some(h) = &holder {
+                let n = vm.holders.entry(h.clone()).or_default();
+                *n = (*n + d).max(0);
+            }
+            vm.timeline
+                .push(cap, step(what, d, Some(now), holder, true));
         }
         match e.kind {
             Kind::VmCreated => {
@@ -668,6 +704,16 @@ impl Engine {
                 };
                 vm.timeline.push(cap, step(what, 0, e.users, None, false));
                 vm.users = e.users.or(vm.users);
+                // Read before the close: 1 means this close drops the last reference.
+                if !destroy_observable
+                    && e.users == Some(1)
+                    && matches!(e.fd_kind, Some(FdKind::Vm | FdKind::KvmVfioDevice))
+                {
+                    vm.timeline
+                        .push(cap, step("inferred-destroy", -1, Some(0), None, true));
+                    vm.users = Some(0);
+                    vm.destroyed_ns = Some(e.ts_ns);
+                }
             }
             Kind::VfioKvmGet => {
                 // The get itself was the kvm_get_kvm_safe just before, on this

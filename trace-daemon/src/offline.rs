@@ -1,0 +1,115 @@
+//! Offline analysis of a recording: `replay`, `timeline`, `report`. The same
+//! engine as live, fed from the file.
+use std::path::Path;
+
+use anyhow::bail;
+
+use crate::{
+    engine::{self, Engine},
+    recording::{self, Loaded},
+    report::{self, Report},
+};
+
+pub fn analyse(path: &Path, cfg: engine::Config) -> anyhow::Result<(Loaded, Engine)> {
+    let loaded = recording::load(path)?;
+    let mut cfg = cfg;
+    cfg.destroy_observable = loaded.header.destroy_observable;
+    let mut e = Engine::new(cfg);
+    let mut last = 0;
+    for ev in &loaded.events {
+        e.ingest(ev);
+        last = last.max(ev.ts_ns);
+        // Thresholds are checked as the recorded time passes.
+        e.tick(last);
+    }
+    Ok((loaded, e))
+}
+
+pub fn report(path: &Path, cfg: engine::Config, format: &str) -> anyhow::Result<String> {
+    let (l, e) = analyse(path, cfg)?;
+    let r = Report::new(
+        &e,
+        Some(&l.header),
+        l.undecodable,
+        l.lost.clone(),
+        l.damage.as_ref(),
+    );
+    Ok(match format {
+        "text" => r.text(&l.stacks),
+        "json" => serde_json::to_string_pretty(&r)? + "\n",
+        f => bail!("unknown report format {f:?}: use text or json"),
+    })
+}
+
+pub enum Object {
+    Vm(u64),
+    Device(u64),
+}
+
+pub fn timeline(
+    path: &Path,
+    cfg: engine::Config,
+    obj: Object,
+    stacks: bool,
+) -> anyhow::Result<String> {
+    let (l, e) = analyse(path, cfg)?;
+    let mut out = String::new();
+    match obj {
+        Object::Vm(a) => {
+            let h = e.vm_history(a);
+            if h.is_empty() {
+                let known: Vec<String> = e
+                    .dead_vms()
+                    .chain(e.live_vms())
+                    .map(|v| format!("{:#x}", v.addr))
+                    .collect();
+                bail!(
+                    "no VM {a:#x} in {}; VMs seen: {}",
+                    path.display(),
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+            }
+            for vm in h {
+                out += &report::timeline_text(
+                    &format!("VM {:#x}", vm.addr),
+                    vm.generation,
+                    &vm.timeline,
+                    &l.stacks,
+                    stacks,
+                );
+            }
+        }
+        Object::Device(a) => {
+            let h = e.device_history(a);
+            if h.is_empty() {
+                let known: Vec<String> = e.devices().map(|d| format!("{:#x}", d.addr)).collect();
+                bail!(
+                    "no VFIO device {a:#x} in {}; devices seen: {}",
+                    path.display(),
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                );
+            }
+            for d in h {
+                out += &report::timeline_text(
+                    &format!("VFIO device {:#x}", d.addr),
+                    d.generation,
+                    &d.timeline,
+                    &l.stacks,
+                    stacks,
+                );
+            }
+        }
+    }
+    if let Some(d) = &l.damage {
+        out += &format!("note: {d}\n");
+    }
+    Ok(out)
+}

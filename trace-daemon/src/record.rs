@@ -1,0 +1,108 @@
+//! `kvscope record`: the raw stream to a file, with the stacks it refers to
+//! (symbolised here) and the loss counters, for replay anywhere.
+use std::{
+    collections::{BTreeMap, HashSet},
+    fs::File,
+    io::BufWriter,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    event::Event,
+    live::{self, Session, Sink},
+    loader::LoadOptions,
+    recording::Writer,
+};
+
+pub struct RecordOptions {
+    pub output: PathBuf,
+    pub duration: Option<Duration>,
+    pub load: LoadOptions,
+}
+
+struct RecordSink {
+    w: Writer<BufWriter<File>>,
+    stacks_written: HashSet<u32>,
+    started: Instant,
+    duration: Option<Duration>,
+    last_lost: u64,
+}
+
+impl Sink for RecordSink {
+    fn event(&mut self, s: &Session, rec: &trace_common::Event, ev: &Event) -> anyhow::Result<()> {
+        self.w.event(rec)?;
+        if let Some(id) = ev.stack_id
+            && self.stacks_written.insert(id)
+            && let Some(st) = s.stack(id)
+        {
+            self.w.stack(&st)?;
+        }
+        Ok(())
+    }
+
+    fn tick(
+        &mut self,
+        _s: &Session,
+        lost: &[(trace_common::HookId, u64)],
+        _now: u64,
+    ) -> anyhow::Result<()> {
+        let total: u64 = lost.iter().map(|(_, n)| n).sum();
+        if total != self.last_lost {
+            let m: BTreeMap<String, u64> = lost
+                .iter()
+                .map(|(h, n)| (h.symbol().to_owned(), *n))
+                .collect();
+            self.w.lost(&m)?;
+            self.last_lost = total;
+        }
+        // Flushed every tick: a crash loses at most the last interval.
+        self.w.flush()?;
+        eprintln!(
+            "kvscope: recording: {} frames, {:.0} s",
+            self.w.frames,
+            self.started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    fn done(&self) -> bool {
+        self.duration.is_some_and(|d| self.started.elapsed() >= d)
+    }
+}
+
+pub async fn run(opts: RecordOptions) -> anyhow::Result<()> {
+    let mut session = Session::start(&opts.load)?;
+    let w = Writer::create(&opts.output, &session.header())?;
+    eprintln!(
+        "{}; recording to {}; Ctrl-C to stop",
+        session.banner(),
+        opts.output.display()
+    );
+    let mut sink = RecordSink {
+        w,
+        stacks_written: HashSet::new(),
+        started: Instant::now(),
+        duration: opts.duration,
+        last_lost: 0,
+    };
+    let tick = Duration::from_secs(1).min(opts.duration.unwrap_or(Duration::MAX));
+    let stats = live::run(&mut session, &mut sink, tick).await?;
+    // Final loss counters and flush, then detach.
+    let lost = session.probes.lost().unwrap_or_default();
+    let m: BTreeMap<String, u64> = lost
+        .iter()
+        .map(|(h, n)| (h.symbol().to_owned(), *n))
+        .collect();
+    sink.w.lost(&m)?;
+    sink.w.flush()?;
+    drop(session);
+    eprintln!(
+        "kvscope: detached; wrote {} events ({} frames) to {}; {} lost",
+        stats.events,
+        sink.w.frames,
+        opts.output.display(),
+        m.values().sum::<u64>()
+    );
+    Ok(())
+}
