@@ -471,3 +471,25 @@ fn tier_three_infers_destroy_from_the_last_close_and_still_finds_zombies() {
         f[0].detail
     );
 }
+
+#[test]
+fn a_holder_whose_get_was_inlined_is_not_an_unbalanced_put_but_a_real_one_is() {
+    // No KvmVfioCreated event: the kvm-vfio fd's get is visible only in the count.
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM);
+    s.close_kvm_vfio_fd(QEMU, KVM, KVM_LOCK, 2, |_| {});
+    s.close_vm_fd(QEMU, KVM, 1);
+    let (_, f) = run(&s);
+    assert!(f.is_empty(), "{f:#?}");
+    // A second put by the same holder with nothing unattributed left is real.
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM).create_kvm_vfio(QEMU, KVM, 2);
+    s.close_kvm_vfio_fd(QEMU, KVM, KVM_LOCK, 2, |_| {});
+    s.close_kvm_vfio_fd(QEMU, KVM, KVM_LOCK, 1, |_| {});
+    let (_, f) = run(&s);
+    assert_eq!(kinds(&f), [FindingKind::UnbalancedPut], "{f:#?}");
+    assert!(
+        f[0].summary
+            .contains("kvm-vfio fd which holds no reference")
+    );
+}
