@@ -19,3 +19,4 @@ pub mod render;
 pub mod report;
 pub mod scenario;
 pub mod trace;
+pub mod workload;

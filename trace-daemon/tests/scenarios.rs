@@ -493,3 +493,27 @@ fn a_holder_whose_get_was_inlined_is_not_an_unbalanced_put_but_a_real_one_is() {
             .contains("kvm-vfio fd which holds no reference")
     );
 }
+
+#[test]
+fn findings_are_bounded_with_drops_counted() {
+    let mut s = Script::new();
+    for i in 0..5u64 {
+        let kvm = KVM + i * 0x10000;
+        s.create_vm(QEMU, kvm)
+            .close_vm_fd(QEMU, kvm, 1)
+            .put(QEMU, kvm, 0);
+    }
+    let mut e = Engine::new(Config {
+        max_findings: 3,
+        ..Config::default()
+    });
+    s.events.iter().for_each(|ev| {
+        e.ingest(ev);
+    });
+    assert_eq!(e.findings().len(), 3);
+    assert_eq!(e.findings_dropped, 2);
+    // The newest are kept; repeats still count on the kept ones.
+    assert_eq!(e.findings()[2].object("kvm"), Some(KVM + 4 * 0x10000));
+    e.ingest(s.events.last().unwrap());
+    assert_eq!(e.findings()[2].count, 2);
+}

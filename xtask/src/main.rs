@@ -34,6 +34,12 @@ enum Task {
     /// Run the test tiers: fmt and clippy, unit and scenario tests, BPF object
     /// checks, and the live tracepoint-tier tests (root, /dev/kvm).
     Test(test::TestArgs),
+    /// Replay-analysis benchmark: events/s (median of 3) and memory at two sizes.
+    Bench {
+        /// Events in the larger run (the smaller is half).
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +54,22 @@ fn main() -> anyhow::Result<()> {
             let env = setup::setup()?;
             cmd::build_release(&env)?;
             cmd::run_kvscope(&env, &args)
+        }
+        Task::Bench { events } => {
+            let env = setup::setup()?;
+            let mut c = cmd::command(&env, "cargo");
+            c.args([
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "trace-daemon",
+                "--bin",
+                "kvscope-bench",
+                "--",
+            ]);
+            c.arg(events.to_string());
+            cmd::check(c)
         }
         Task::Test(args) => {
             let env = setup::setup()?;

@@ -38,6 +38,8 @@ pub struct Config {
     /// Whether kvm_destroy_vm is hooked. When it is not (tier 3), the last close
     /// of a VM's fds at count 1 is taken as its destruction, marked inferred.
     pub destroy_observable: bool,
+    /// Distinct findings kept; the oldest are dropped (and counted) past it.
+    pub max_findings: usize,
 }
 
 impl Default for Config {
@@ -50,6 +52,7 @@ impl Default for Config {
             long_wait_ms: 1_000,
             long_hold_ms: 5_000,
             destroy_observable: true,
+            max_findings: 10_000,
         }
     }
 }
@@ -133,12 +136,19 @@ pub struct Engine {
     devices: HashMap<u64, Device>,
     dead_devices: VecDeque<Device>,
     locks: LockState,
-    findings: Vec<Finding>,
-    by_key: HashMap<String, usize>,
+    findings: VecDeque<Finding>,
+    /// Key -> sequence number of the finding (index = seq - dropped).
+    by_key: HashMap<String, u64>,
+    /// Findings dropped by `max_findings`, oldest first.
+    pub findings_dropped: u64,
     /// The holder the next put of this thread on this VM gives back (set by the
     /// entry of the function that will make the put: vfio_device_put_kvm,
     /// kvm_vm_release, kvm_vfio_release).
     pending_put: HashMap<u32, (u64, String)>,
+    /// Last generation number used per VM / device address (not derived from
+    /// the retained dead objects, which are evicted).
+    vm_generations: HashMap<u64, u32>,
+    dev_generations: HashMap<u64, u32>,
     pub anomalies: Anomalies,
     last_ts: u64,
     pub events: u64,
@@ -168,17 +178,22 @@ impl Engine {
             devices: HashMap::new(),
             dead_devices: VecDeque::new(),
             locks: LockState::default(),
-            findings: Vec::new(),
+            findings: VecDeque::new(),
             by_key: HashMap::new(),
+            findings_dropped: 0,
             pending_put: HashMap::new(),
+            vm_generations: HashMap::new(),
+            dev_generations: HashMap::new(),
             anomalies: Anomalies::default(),
             last_ts: 0,
             events: 0,
         }
     }
 
+    /// The findings kept, oldest first.
     pub fn findings(&self) -> &[Finding] {
-        &self.findings
+        // Contiguous after every `record` (see there).
+        self.findings.as_slices().0
     }
 
     pub fn live_vms(&self) -> impl Iterator<Item = &Vm> {
@@ -237,7 +252,6 @@ impl Engine {
             self.anomalies.out_of_order += 1;
         }
         self.last_ts = self.last_ts.max(e.ts_ns);
-        let before = self.findings.len();
         let mut raised: Vec<Finding> = Vec::new();
         self.dispatch(e, &mut raised);
         let mut new = Vec::new();
@@ -246,7 +260,6 @@ impl Engine {
                 new.push(n);
             }
         }
-        debug_assert!(self.findings.len() >= before);
         new
     }
 
@@ -331,14 +344,22 @@ impl Engine {
 
     /// Adds a finding, or counts a repeat of one already raised. Returns it when new.
     fn record(&mut self, f: Finding) -> Option<Finding> {
-        if let Some(&i) = self.by_key.get(&f.key) {
-            let old = &mut self.findings[i];
+        if let Some(&seq) = self.by_key.get(&f.key) {
+            let old = &mut self.findings[(seq - self.findings_dropped) as usize];
             old.count += 1;
             old.last_ns = old.last_ns.max(f.last_ns);
             return None;
         }
-        self.by_key.insert(f.key.clone(), self.findings.len());
-        self.findings.push(f.clone());
+        let seq = self.findings_dropped + self.findings.len() as u64;
+        self.by_key.insert(f.key.clone(), seq);
+        self.findings.push_back(f.clone());
+        while self.findings.len() > self.cfg.max_findings.max(1) {
+            if let Some(old) = self.findings.pop_front() {
+                self.by_key.remove(&old.key);
+                self.findings_dropped += 1;
+            }
+        }
+        self.findings.make_contiguous();
         Some(f)
     }
 
@@ -408,8 +429,6 @@ impl Engine {
             zombie_reported: false,
         };
         let creating = e.kind == Kind::VmCreated;
-        let prior_gen = self.dead_vms.iter().filter(|v| v.addr == addr).count() as u32
-            + u32::from(self.vms.contains_key(&addr));
         let live_reuse = match self.vms.get(&addr) {
             // A create at the address of a live VM: its destroy was missed.
             Some(v) => creating && !v.timeline.is_empty(),
@@ -423,7 +442,10 @@ impl Engine {
             if !creating {
                 self.anomalies.unseen_creation += 1;
             }
-            self.vms.insert(addr, new_vm(prior_gen + 1, creating));
+            let g = self.vm_generations.entry(addr).or_default();
+            *g += 1;
+            let generation = *g;
+            self.vms.insert(addr, new_vm(generation, creating));
         }
         self.vms.get_mut(&addr).expect("inserted")
     }
@@ -779,7 +801,10 @@ impl Engine {
                 self.dead_devices.pop_front();
             }
         }
-        let generation = self.dead_devices.iter().filter(|d| d.addr == addr).count() as u32 + 1;
+        if !self.devices.contains_key(&addr) {
+            *self.dev_generations.entry(addr).or_default() += 1;
+        }
+        let generation = self.dev_generations[&addr];
         let d = self.devices.entry(addr).or_insert_with(|| Device {
             addr,
             generation,
