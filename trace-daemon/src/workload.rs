@@ -155,7 +155,7 @@ impl Workload {
             self.lock_pair(&mut v, vcpu, kl, LockClass::KvmLock, kvm);
             self.unlock(&mut v, vcpu, kl, LockClass::KvmLock, kvm);
         }
-        let vm_first = self.rand() % 2 == 0;
+        let vm_first = self.rand().is_multiple_of(2);
         let close_vm = |w: &mut Self, v: &mut Vec<Event>, users: i32| {
             let mut e = w.base(pid, HookId::KvmVmRelease, Phase::Entry);
             Self::kvm(&mut e, kvm, users);
