@@ -46,7 +46,8 @@ pub enum Command {
     Replay(ReplayArgs),
     /// One VM's or one VFIO device's history from a recording.
     Timeline(TimelineArgs),
-    /// Summarise a recording's findings (text or JSON).
+    /// Summarise a recording: text, JSON, a self-contained HTML page with a
+    /// picture of each VM's references, or Perfetto / Chrome trace-event JSON.
     Report(ReportArgs),
 }
 
@@ -94,8 +95,11 @@ pub struct TimelineArgs {
 pub struct ReportArgs {
     /// A file written by `kvscope record`.
     pub file: std::path::PathBuf,
-    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    #[arg(long, default_value = "text", value_parser = ["text", "json", "html", "perfetto"])]
     pub format: String,
+    /// Write to this file instead of standard output.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
 }
 
 pub fn parse_addr(s: &str) -> Result<u64, String> {

@@ -19,4 +19,5 @@ pub mod render;
 pub mod report;
 pub mod scenario;
 pub mod trace;
+pub mod visual;
 pub mod workload;

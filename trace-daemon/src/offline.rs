@@ -37,7 +37,15 @@ pub fn report(path: &Path, cfg: engine::Config, format: &str) -> anyhow::Result<
     Ok(match format {
         "text" => r.text(&l.stacks),
         "json" => serde_json::to_string_pretty(&r)? + "\n",
-        f => bail!("unknown report format {f:?}: use text or json"),
+        "html" => crate::visual::html(
+            &e,
+            &format!(
+                "{} on {} ({}), {} events",
+                l.header.kernel_release, l.header.hostname, l.header.tier, e.events
+            ),
+        ),
+        "perfetto" => serde_json::to_string(&crate::visual::perfetto(&e))? + "\n",
+        f => bail!("unknown report format {f:?}: use text, json, html or perfetto"),
     })
 }
 
