@@ -13,6 +13,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
+pub const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// What later steps need: a PATH with bpf-linker first, and the cache root.
 pub struct Env {
@@ -158,5 +159,31 @@ fn ensure_bpf_linker(cache: &Path) -> anyhow::Result<PathBuf> {
         started.elapsed().as_secs_f64(),
         linker.display()
     );
+    Ok(bin)
+}
+
+/// cargo-fuzz for the fuzz tier, in the cache (bin dir returned). Idempotent.
+pub fn ensure_cargo_fuzz() -> anyhow::Result<PathBuf> {
+    let prefix = cache_dir().join(format!("cargo-fuzz-{CARGO_FUZZ_VERSION}"));
+    let bin = prefix.join("bin");
+    if bin.join("cargo-fuzz").exists() {
+        return Ok(bin);
+    }
+    eprintln!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)");
+    let st = Command::new("cargo")
+        .args([
+            "install",
+            "cargo-fuzz",
+            "--locked",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--root",
+        ])
+        .arg(&prefix)
+        .status()
+        .context("running cargo install cargo-fuzz")?;
+    if !st.success() {
+        bail!("cargo install cargo-fuzz failed: {st}");
+    }
     Ok(bin)
 }

@@ -23,9 +23,14 @@ enum Tier {
     Lint,
     /// Unit, scenario, ELF and live tests (`cargo test`).
     Cargo,
+    /// cargo-fuzz on the recording reader, time-boxed.
+    Fuzz,
 }
 
-const ALL: &[Tier] = &[Tier::Lint, Tier::Cargo];
+const ALL: &[Tier] = &[Tier::Lint, Tier::Cargo, Tier::Fuzz];
+
+/// Seconds of fuzzing per run of the fuzz tier.
+const FUZZ_SECONDS: u32 = 30;
 
 pub fn run(env: &Env, args: &TestArgs) -> anyhow::Result<()> {
     let tiers: &[Tier] = if args.tiers.is_empty() {
@@ -40,6 +45,7 @@ pub fn run(env: &Env, args: &TestArgs) -> anyhow::Result<()> {
         match tier {
             Tier::Lint => lint(env)?,
             Tier::Cargo => cargo_tests(env, args.allow_skip)?,
+            Tier::Fuzz => fuzz(env)?,
         }
         eprintln!(
             "== tier {tier:?} passed in {:.0} s",
@@ -93,5 +99,27 @@ fn cargo_tests(env: &Env, allow_skip: bool) -> anyhow::Result<()> {
         // Live tests fail instead of skipping when root or /dev/kvm is missing.
         c.env("KVSCOPE_REQUIRE_LIVE", "1");
     }
+    cmd::check(c)
+}
+
+fn fuzz(env: &Env) -> anyhow::Result<()> {
+    let fuzz_bin = crate::setup::ensure_cargo_fuzz()?;
+    let mut path = std::ffi::OsString::from(fuzz_bin.as_os_str());
+    path.push(":");
+    path.push(&env.path);
+    let dir = cmd::workspace_root().join("fuzz");
+    let corpus = dir.join("corpus/recording_reader");
+    std::fs::create_dir_all(&corpus)?;
+    let mut c = std::process::Command::new("cargo");
+    c.current_dir(&dir).env("PATH", &path).args([
+        "+nightly",
+        "fuzz",
+        "run",
+        "recording_reader",
+        "corpus/recording_reader",
+        "--",
+    ]);
+    c.arg(format!("-max_total_time={FUZZ_SECONDS}"));
+    c.arg("-rss_limit_mb=2048");
     cmd::check(c)
 }
