@@ -420,6 +420,7 @@ pub struct FdKey {
 pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const LOST: &str = "LOST";
+    pub const RING_FILL: &str = "RING_FILL";
     pub const WATCHED: &str = "WATCHED";
     pub const STACKS: &str = "STACKS";
     pub const TRACKED_FDS: &str = "TRACKED_FDS";

@@ -46,9 +46,33 @@ pub enum Command {
     Replay(ReplayArgs),
     /// One VM's or one VFIO device's history from a recording.
     Timeline(TimelineArgs),
+    /// Run as the fleet service: attach, analyse continuously, write findings to
+    /// a JSON-lines file and the journal, serve Prometheus metrics. SIGHUP
+    /// reloads the config file; SIGTERM detaches and exits.
+    Daemon(DaemonArgs),
+    /// Configuration file tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Summarise a recording: text, JSON, a self-contained HTML page with a
     /// picture of each VM's references, or Perfetto / Chrome trace-event JSON.
     Report(ReportArgs),
+}
+
+#[derive(Args)]
+pub struct DaemonArgs {
+    /// Config file (TOML; see packaging/kvscope.toml). Defaults without one.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
+    /// Prometheus endpoint address, overriding the config's metrics_listen.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config file without starting anything; prints the effective
+    /// configuration.
+    Check { path: std::path::PathBuf },
 }
 
 #[derive(Args)]

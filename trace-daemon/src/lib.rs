@@ -5,12 +5,16 @@
 //! and findings, so it runs the same live, in replay and in tests.
 pub mod check;
 pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod event;
 pub mod hooks;
+pub mod jsonl;
 pub mod kernel;
 pub mod live;
 pub mod loader;
+pub mod metrics;
 pub mod offline;
 pub mod plan;
 pub mod record;

@@ -148,6 +148,10 @@ pub trait Sink {
         lost: &[(HookId, u64)],
         now_ns: u64,
     ) -> anyhow::Result<()>;
+    /// SIGHUP: re-read configuration, keeping state.
+    fn reload(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Ask the loop to end (e.g. `record --duration`).
     fn done(&self) -> bool {
         false
@@ -172,6 +176,7 @@ pub async fn run(
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let mut tick = tokio::time::interval(interval);
     let mut stats = Stats::default();
     let mut reported_lost = 0u64;
@@ -210,6 +215,7 @@ pub async fn run(
                 stats.lost = total;
                 sink.tick(session, &lost, mono_now_ns())?;
             }
+            _ = hup.recv() => sink.reload()?,
             _ = term.recv() => break,
             _ = int.recv() => break,
         }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, bail};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{FEntry, FExit, KProbe, Program, TracePoint},
 };
 use trace_common::{HOOK_SLOTS, HookId, LockClass, ProbeConfig, WatchedLock, config_flags, maps};
@@ -111,6 +111,7 @@ pub struct Probes {
     /// Err: why fentry could not be used here (learnt by loading one).
     pub fentry: Result<(), String>,
     pub config: ProbeConfig,
+    pub ring_bytes: u32,
 }
 
 /// An error with its causes on one line (aya's load errors carry the errno in
@@ -182,6 +183,7 @@ pub fn load(facts: &Facts, opts: &LoadOptions) -> anyhow::Result<Probes> {
         plan,
         fentry,
         config,
+        ring_bytes: opts.ring_bytes,
     })
 }
 
@@ -290,6 +292,13 @@ impl Probes {
             }
         }
         Ok(out)
+    }
+
+    /// Fraction of the ring buffer holding unread events, as of the last event.
+    pub fn ring_fill(&self) -> Option<f64> {
+        let arr: Array<&MapData, u64> = Array::try_from(self.ebpf.map(maps::RING_FILL)?).ok()?;
+        let bytes = arr.get(&0, 0).ok()?;
+        Some(bytes as f64 / self.ring_bytes as f64)
     }
 
     pub fn stacks(&self) -> anyhow::Result<StackTraceMap<&MapData>> {

@@ -73,6 +73,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(record::run(opts))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Daemon(args) => {
+            let config = match &args.config {
+                Some(p) => kvscope::config::DaemonConfig::load(p)?,
+                None => kvscope::config::DaemonConfig::default(),
+            };
+            let opts = kvscope::daemon::DaemonOptions {
+                config,
+                config_path: args.config,
+                metrics_listen: args.metrics_listen,
+            };
+            runtime()?.block_on(kvscope::daemon::run(opts))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Config(kvscope::cli::ConfigCommand::Check { path }) => {
+            let c = kvscope::config::DaemonConfig::load(&path)?;
+            println!("{}: ok", path.display());
+            print!(
+                "{}",
+                toml::to_string(&c).map_err(|e| anyhow::anyhow!("{e}"))?
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Replay(args) => {
             let format = if args.json { "json" } else { "text" };
             print!(

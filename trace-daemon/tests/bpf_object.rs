@@ -88,6 +88,7 @@ fn maps_config_and_license() {
     for m in [
         maps::EVENTS,
         maps::LOST,
+        maps::RING_FILL,
         maps::WATCHED,
         maps::STACKS,
         maps::TRACKED_FDS,

@@ -387,10 +387,12 @@ fn record_then_replay_and_timeline_offline() {
             "kvm-vfio-fd-close",
             "~inferred-put",
             "vm-fd-close",
+            "~inferred-put",
             "~inferred-destroy"
         ],
         "{text}"
     );
-    assert!(text.contains("(kvm-vfio fd)"), "{text}");
+    assert!(text.contains("-1 -> 1 (kvm-vfio fd)"), "{text}");
+    assert!(text.contains("-1 -> 0 (vm fd)"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -470,6 +470,11 @@ fn tier_three_infers_destroy_from_the_last_close_and_still_finds_zombies() {
         "{:?}",
         f[0].detail
     );
+    assert!(
+        !f[0].detail[0].contains("vm fd"),
+        "the closed fd holds nothing: {:?}",
+        f[0].detail
+    );
 }
 
 #[test]

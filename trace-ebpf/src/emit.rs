@@ -11,7 +11,7 @@ use trace_common::{Event, HookId, LockClass, Phase, WatchedLock, config_flags, k
 use crate::{
     config::conf,
     kread::{field_addr, i32_at, ptr_at},
-    maps::{EVENTS, LOST, STACKS, WATCHED},
+    maps::{EVENTS, LOST, RING_FILL, STACKS, WATCHED},
 };
 
 /// False when the `--pid` filter excludes the current thread group.
@@ -119,6 +119,10 @@ pub fn submit<C: EbpfContext + StackIdContext>(ctx: &C, mut e: Event, want_stack
             slot.submit(0);
         }
         None => count_lost(e.hook as u32),
+    }
+    if let Some(p) = RING_FILL.get_ptr_mut(0) {
+        // BPF_RB_AVAIL_DATA = 0
+        unsafe { *p = EVENTS.query(0) };
     }
 }
 

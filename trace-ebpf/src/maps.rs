@@ -1,13 +1,18 @@
 //! Maps shared by all programs. Names are `trace_common::maps` constants.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
 use trace_common::{FdKey, HOOK_SLOTS, WatchedLock};
 
 /// Events to user space. Size is overridable at load (`--ring-bytes`).
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+
+/// Bytes waiting in `EVENTS` as of the last event (BPF_RB_AVAIL_DATA): the
+/// daemon's fill-level gauge.
+#[map]
+pub static RING_FILL: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Failed ring-buffer reservations per hook (index: `HookId as u32`).
 #[map]

@@ -40,6 +40,27 @@ pub struct Config {
     pub destroy_observable: bool,
     /// Distinct findings kept; the oldest are dropped (and counted) past it.
     pub max_findings: usize,
+    /// Collect measurements (lock waits and holds, VM teardown) for the
+    /// caller to drain (`take_observations`); the daemon's histograms.
+    #[serde(skip)]
+    pub observe: bool,
+}
+
+/// A measurement the engine made, for metrics.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Observation {
+    LockWait {
+        class: LockClass,
+        secs: f64,
+    },
+    LockHold {
+        class: LockClass,
+        secs: f64,
+    },
+    /// VM fd closed -> kvm_destroy_vm.
+    Teardown {
+        secs: f64,
+    },
 }
 
 impl Default for Config {
@@ -53,6 +74,7 @@ impl Default for Config {
             long_hold_ms: 5_000,
             destroy_observable: true,
             max_findings: 10_000,
+            observe: false,
         }
     }
 }
@@ -150,6 +172,7 @@ pub struct Engine {
     vm_generations: HashMap<u64, u32>,
     dev_generations: HashMap<u64, u32>,
     pub anomalies: Anomalies,
+    observations: Vec<Observation>,
     last_ts: u64,
     pub events: u64,
 }
@@ -185,8 +208,20 @@ impl Engine {
             vm_generations: HashMap::new(),
             dev_generations: HashMap::new(),
             anomalies: Anomalies::default(),
+            observations: Vec::new(),
             last_ts: 0,
             events: 0,
+        }
+    }
+
+    /// Measurements since the last call (only with `Config::observe`).
+    pub fn take_observations(&mut self) -> Vec<Observation> {
+        std::mem::take(&mut self.observations)
+    }
+
+    fn observe(&mut self, o: Observation) {
+        if self.cfg.observe {
+            self.observations.push(o);
         }
     }
 
@@ -281,7 +316,7 @@ impl Engine {
                     .map(|(h, n)| format!("{h} ({n})"))
                     .collect();
                 let mut detail = vec![format!(
-                    "VM fd closed {:.1} s ago; users_count {} ; still held by: {}",
+                    "VM fd closed {:.1} s ago; users_count {}; still held by: {}",
                     (now_ns - closed) as f64 / 1e9,
                     vm.users.map(|u| u.to_string()).unwrap_or("unknown".into()),
                     if holders.is_empty() {
@@ -491,6 +526,7 @@ impl Engine {
             _ => None,
         };
         let destroy_observable = self.cfg.destroy_observable;
+        let mut teardown_secs = None;
         let vm = self.vm_mut(addr, e);
         let step =
             |what: &str, delta: i32, after: Option<i32>, holder: Option<String>, inferred: bool| {
@@ -663,6 +699,9 @@ impl Engine {
                 vm.users = after;
             }
             Kind::VmDestroyed => {
+                teardown_secs = vm
+                    .fd_closed_ns
+                    .map(|c| e.ts_ns.saturating_sub(c) as f64 / 1e9);
                 vm.timeline
                     .push(cap, step("destroyed", 0, Some(0), None, false));
                 vm.users = Some(0);
@@ -732,15 +771,32 @@ impl Engine {
                 };
                 vm.timeline.push(cap, step(what, 0, e.users, None, false));
                 vm.users = e.users.or(vm.users);
-                // Read before the close: 1 means this close drops the last reference.
-                if !destroy_observable
-                    && e.users == Some(1)
-                    && matches!(e.fd_kind, Some(FdKind::Vm | FdKind::KvmVfioDevice))
-                {
-                    vm.timeline
-                        .push(cap, step("inferred-destroy", -1, Some(0), None, true));
-                    vm.users = Some(0);
-                    vm.destroyed_ns = Some(e.ts_ns);
+                // Without put hooks (tier 3) the close is the put of that fd's
+                // reference (read before it); at 1 it is the VM's end.
+                let holder = match e.fd_kind {
+                    Some(FdKind::Vm) => Some(VM_FD),
+                    Some(FdKind::KvmVfioDevice) => Some(KVM_VFIO_FD),
+                    _ => None,
+                };
+                if !destroy_observable && let (Some(h), Some(before)) = (holder, e.users) {
+                    let n = vm.holders.entry(h.to_owned()).or_default();
+                    *n = (*n - 1).max(0);
+                    vm.timeline.push(
+                        cap,
+                        step(
+                            "inferred-put",
+                            -1,
+                            Some(before - 1),
+                            Some(h.to_owned()),
+                            true,
+                        ),
+                    );
+                    vm.users = Some(before - 1);
+                    if before == 1 {
+                        vm.timeline
+                            .push(cap, step("inferred-destroy", 0, Some(0), None, true));
+                        vm.destroyed_ns = Some(e.ts_ns);
+                    }
                 }
             }
             Kind::VfioKvmGet => {
@@ -785,6 +841,9 @@ impl Engine {
             _ => {
                 vm.users = e.users.or(vm.users);
             }
+        }
+        if let Some(secs) = teardown_secs {
+            self.observe(Observation::Teardown { secs });
         }
     }
 
@@ -1022,6 +1081,10 @@ impl Engine {
             && w.addr == l.addr
         {
             self.check_long(FindingKind::LongWait, e, w, out);
+            self.observe(Observation::LockWait {
+                class: w.class,
+                secs: e.ts_ns.saturating_sub(w.since_ns) as f64 / 1e9,
+            });
         }
         self.locks.push_held(
             e.pid,
@@ -1038,7 +1101,13 @@ impl Engine {
     fn lock_released(&mut self, e: &Event, out: &mut Vec<Finding>) {
         let Some(l) = e.lock else { return };
         match self.locks.release(e.pid, l.addr) {
-            Some(h) => self.check_long(FindingKind::LongHold, e, &h, out),
+            Some(h) => {
+                self.check_long(FindingKind::LongHold, e, &h, out);
+                self.observe(Observation::LockHold {
+                    class: h.class,
+                    secs: e.ts_ns.saturating_sub(h.since_ns) as f64 / 1e9,
+                });
+            }
             None => self.anomalies.unmatched_release += 1,
         }
     }

@@ -1,0 +1,128 @@
+//! The daemon's configuration file (TOML). Every key has a default; unknown keys
+//! and wrong types are errors that name the key. CLI flags override the file.
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::engine;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Address of the Prometheus endpoint (`/metrics`). Loopback by default.
+    pub metrics_listen: String,
+    /// JSON-lines file of findings; "" disables it.
+    pub findings_file: PathBuf,
+    /// Rotate the findings file past this size.
+    pub findings_max_bytes: u64,
+    /// Rotated files kept (findings.jsonl.1 .. .N).
+    pub findings_keep: u32,
+    /// Also log findings to the systemd journal (structured fields) when
+    /// running under systemd.
+    pub journal: bool,
+    /// Ring buffer size, bytes (power of two).
+    pub ring_bytes: u32,
+    /// Collect kernel stacks on path hooks and lock attempts.
+    pub stacks: bool,
+    /// Analysis thresholds and bounds.
+    pub engine: engine::Config,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            metrics_listen: "127.0.0.1:9477".into(),
+            findings_file: PathBuf::from("/var/lib/kvscope/findings.jsonl"),
+            findings_max_bytes: 16 << 20,
+            findings_keep: 5,
+            journal: true,
+            ring_bytes: 4 << 20,
+            stacks: true,
+            engine: engine::Config::default(),
+        }
+    }
+}
+
+impl DaemonConfig {
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let c: DaemonConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.metrics_listen
+            .parse::<std::net::SocketAddr>()
+            .with_context(|| {
+                format!(
+                    "metrics_listen = {:?} is not an address:port (e.g. \"127.0.0.1:9477\")",
+                    self.metrics_listen
+                )
+            })?;
+        crate::cli::parse_ring_bytes(&self.ring_bytes.to_string())
+            .map_err(|e| anyhow::anyhow!("ring_bytes: {e}"))?;
+        if self.engine.timeline_cap == 0 || self.engine.max_findings == 0 {
+            anyhow::bail!("engine.timeline_cap and engine.max_findings must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(DaemonConfig::parse("").unwrap(), DaemonConfig::default());
+    }
+
+    #[test]
+    fn keys_override_defaults() {
+        let c = DaemonConfig::parse(
+            "metrics_listen = \"127.0.0.1:1\"\n[engine]\nzombie_after_ms = 5\n",
+        )
+        .unwrap();
+        assert_eq!(c.metrics_listen, "127.0.0.1:1");
+        assert_eq!(c.engine.zombie_after_ms, 5);
+        assert_eq!(
+            c.engine.long_wait_ms,
+            engine::Config::default().long_wait_ms
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = DaemonConfig::parse("metrics_lisen = \"x\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics_lisen"), "{e}");
+        let e = DaemonConfig::parse("[engine]\nzombie_after_ms = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("zombie_after_ms"), "{e}");
+        let e = DaemonConfig::parse("metrics_listen = \"nowhere\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("metrics_listen"), "{e}");
+        let e = DaemonConfig::parse("ring_bytes = 1000")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("ring_bytes"), "{e}");
+    }
+
+    #[test]
+    fn the_shipped_example_parses() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/kvscope.toml");
+        let c = DaemonConfig::load(&p).unwrap();
+        // It documents every key with its default.
+        assert_eq!(c, DaemonConfig::default());
+    }
+}
