@@ -75,13 +75,45 @@ impl Metrics {
         }
     }
 
-    /// Names of every metric family this registry exports.
-    pub fn names(&self) -> Vec<String> {
-        self.registry
-            .gather()
+    fn collectors(&self) -> [&dyn prometheus::core::Collector; 18] {
+        [
+            &self.events,
+            &self.lost,
+            &self.undecodable,
+            &self.attached,
+            &self.role_missing,
+            &self.tier,
+            &self.live_vms,
+            &self.zombie_vms,
+            &self.open_devices,
+            &self.findings,
+            &self.lock_graph_edges,
+            &self.lock_wait,
+            &self.lock_hold,
+            &self.teardown,
+            &self.lag,
+            &self.ring_fill,
+            &self.reloads,
+            &self.build_info,
+        ]
+    }
+
+    /// (name, HELP) of every metric family the daemon exports, including
+    /// labelled families that have no series yet (a gather would omit those).
+    pub fn describe(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .collectors()
             .iter()
-            .map(|f| f.name().to_owned())
-            .collect()
+            .flat_map(|c| c.desc())
+            .map(|d| (d.fq_name.clone(), d.help.clone()))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.describe().into_iter().map(|(n, _)| n).collect()
     }
 
     /// Sets the gauges that describe what is attached.

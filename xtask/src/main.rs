@@ -1,5 +1,6 @@
 //! kvscope's developer and CI tasks. `cargo xtask --help` lists them.
 mod cmd;
+mod install;
 mod setup;
 mod test;
 
@@ -34,6 +35,12 @@ enum Task {
     /// Run the test tiers: fmt and clippy, unit and scenario tests, BPF object
     /// checks, and the live tracepoint-tier tests (root, /dev/kvm).
     Test(test::TestArgs),
+    /// Build, then install the binary, systemd unit, example config (an existing
+    /// one is kept), dashboards and README under DESTDIR.
+    Install {
+        #[arg(long, default_value = "/")]
+        destdir: std::path::PathBuf,
+    },
     /// Replay-analysis benchmark: events/s (median of 3) and memory at two sizes.
     Bench {
         /// Events in the larger run (the smaller is half).
@@ -54,6 +61,11 @@ fn main() -> anyhow::Result<()> {
             let env = setup::setup()?;
             cmd::build_release(&env)?;
             cmd::run_kvscope(&env, &args)
+        }
+        Task::Install { destdir } => {
+            let env = setup::setup()?;
+            cmd::build_release(&env)?;
+            install::install(&destdir)
         }
         Task::Bench { events } => {
             let env = setup::setup()?;

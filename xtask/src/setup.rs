@@ -187,3 +187,35 @@ pub fn ensure_cargo_fuzz() -> anyhow::Result<PathBuf> {
     }
     Ok(bin)
 }
+
+/// Debian packages some test tiers need (prometheus + promtool for the service
+/// tests). Installed with apt when a command is missing; idempotent.
+pub fn ensure_apt(needs: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = needs
+        .iter()
+        .filter(|(cmd, _)| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {cmd}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing {} from Debian", missing.join(" "));
+    let st = Command::new("apt-get").arg("update").arg("-q").status()?;
+    if !st.success() {
+        bail!("apt-get update failed: {st}");
+    }
+    let st = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()?;
+    if !st.success() {
+        bail!("apt-get install {} failed: {st}", missing.join(" "));
+    }
+    Ok(())
+}

@@ -93,6 +93,13 @@ fn lint(env: &Env) -> anyhow::Result<()> {
 }
 
 fn cargo_tests(env: &Env, allow_skip: bool) -> anyhow::Result<()> {
+    // The service tests scrape the daemon with a real Prometheus and check the
+    // exposition and rules with promtool; the unit with systemd-analyze.
+    crate::setup::ensure_apt(&[
+        ("prometheus", "prometheus"),
+        ("promtool", "prometheus"),
+        ("systemd-analyze", "systemd"),
+    ])?;
     let mut c = cmd::command(env, "cargo");
     c.args(["test", "--release"]);
     if !allow_skip {

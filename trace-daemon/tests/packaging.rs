@@ -1,0 +1,151 @@
+//! Shipped artefacts: alert rules (promtool), the systemd unit
+//! (systemd-analyze verify), and the dashboard and rules against the daemon's
+//! real metric registry.
+use std::{collections::BTreeSet, path::PathBuf, process::Command};
+
+use kvscope::metrics::Metrics;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn tool(name: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("KVSCOPE_REQUIRE_LIVE").as_deref() != Ok("1"),
+            "{name} is missing but KVSCOPE_REQUIRE_LIVE=1 (cargo xtask test installs it)"
+        );
+        eprintln!("skipped: {name} not installed");
+    }
+    found
+}
+
+/// Metric families referenced by PromQL in a text (suffixes of histograms and
+/// the `up` series of Prometheus itself aside).
+fn referenced(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let b = text.as_bytes();
+    let mut i = 0;
+    while let Some(p) = text[i..].find("kvscope_") {
+        let start = i + p;
+        let mut end = start;
+        while end < b.len()
+            && (b[end].is_ascii_lowercase() || b[end].is_ascii_digit() || b[end] == b'_')
+        {
+            end += 1;
+        }
+        let mut name = &text[start..end];
+        for suf in ["_bucket", "_sum", "_count"] {
+            if let Some(n) = name.strip_suffix(suf) {
+                name = n;
+            }
+        }
+        out.insert(name.to_owned());
+        i = end;
+    }
+    out
+}
+
+#[test]
+fn dashboard_and_rules_use_only_exported_metrics_and_cover_them_all() {
+    let exported: BTreeSet<String> = Metrics::new().names().into_iter().collect();
+    assert!(exported.len() >= 18, "{exported:?}");
+    let dash = std::fs::read_to_string(repo().join("dashboards/kvscope-grafana.json")).unwrap();
+    let rules = std::fs::read_to_string(repo().join("dashboards/kvscope-alerts.yml")).unwrap();
+    let d: serde_json::Value = serde_json::from_str(&dash).unwrap();
+    let mut exprs = String::new();
+    for p in d["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().unwrap() {
+            exprs.push_str(t["expr"].as_str().unwrap());
+            exprs.push('\n');
+        }
+    }
+    let in_dash = referenced(&exprs);
+    let in_rules = referenced(&rules);
+    for m in in_dash.iter().chain(in_rules.iter()) {
+        assert!(
+            exported.contains(m),
+            "{m} is queried but the daemon does not export it"
+        );
+    }
+    // Every exported metric has a panel (no metric is exempt today).
+    for m in &exported {
+        assert!(in_dash.contains(m), "{m} has no panel on the dashboard");
+    }
+    // Current schema, a datasource variable and an instance variable.
+    assert!(d["schemaVersion"].as_u64().unwrap() >= 36);
+    let vars: Vec<(&str, &str)> = d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["name"].as_str().unwrap(), v["type"].as_str().unwrap()))
+        .collect();
+    assert!(vars.contains(&("datasource", "datasource")), "{vars:?}");
+    assert!(vars.contains(&("instance", "query")), "{vars:?}");
+    // Every metric has HELP text.
+    for (name, help) in Metrics::new().describe() {
+        assert!(!help.trim().is_empty(), "{name} has no HELP");
+    }
+}
+
+#[test]
+fn alert_rules_pass_promtool() {
+    if !tool("promtool") {
+        return;
+    }
+    let o = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(repo().join("dashboards/kvscope-alerts.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn systemd_unit_passes_systemd_analyze_verify() {
+    if !tool("systemd-analyze") {
+        return;
+    }
+    // verify checks that ExecStart exists: point it at the binary under test.
+    let unit = std::fs::read_to_string(repo().join("packaging/kvscope.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/local/bin/kvscope daemon"));
+    for needed in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "CapabilityBoundingSet=CAP_BPF CAP_PERFMON",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+    ] {
+        assert!(unit.contains(needed), "unit lacks {needed}");
+    }
+    let dir = std::env::temp_dir().join(format!("kvscope-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("kvscope.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/kvscope", env!("CARGO_BIN_EXE_kvscope")),
+    )
+    .unwrap();
+    let o = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.success() && !err.contains("kvscope.service:"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
