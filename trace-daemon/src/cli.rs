@@ -101,9 +101,13 @@ pub struct ReplayArgs {
 
 #[derive(Args)]
 #[command(group(clap::ArgGroup::new("object").required(true).args(["vm", "device"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["file", "live"])))]
 pub struct TimelineArgs {
     /// A file written by `kvscope record`.
-    pub file: std::path::PathBuf,
+    pub file: Option<std::path::PathBuf>,
+    /// Attach and follow live instead; the timeline is printed at Ctrl-C.
+    #[arg(long)]
+    pub live: bool,
     /// The VM: its struct kvm address (0x...).
     #[arg(long, value_parser = parse_addr)]
     pub vm: Option<u64>,

@@ -174,6 +174,12 @@ pub async fn run(
     // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
     let mut ring = unsafe { AsyncFd::register(ring) }
         .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+    // Kernel-side diagnostics (aya-log): printed through `log` as they come.
+    let mut logs = match session.probes.logger.take() {
+        // SAFETY: the logger owns its ring-buffer fd while the AsyncFd holds it.
+        Some(l) => unsafe { AsyncFd::register(l) }.ok(),
+        None => None,
+    };
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
@@ -198,6 +204,11 @@ pub async fn run(
                         Err(_) => stats.undecodable += 1,
                     }
                 }
+                guard.clear_ready();
+            }
+            guard = async { logs.as_mut().expect("guarded").readable_mut().await }, if logs.is_some() => {
+                let mut guard = guard?;
+                guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
             _ = tick.tick() => {

@@ -112,6 +112,8 @@ pub struct Probes {
     pub fentry: Result<(), String>,
     pub config: ProbeConfig,
     pub ring_bytes: u32,
+    /// The kernel side's slow-path diagnostics (aya-log); polled by the live loop.
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
 /// An error with its causes on one line (aya's load errors carry the errno in
@@ -178,12 +180,20 @@ pub fn load(facts: &Facts, opts: &LoadOptions) -> anyhow::Result<Probes> {
         bail!("nothing could be attached on this host; run `kvscope check` for the reasons");
     }
     watch_globals(&mut ebpf, &facts.kallsyms)?;
+    let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::warn!("kernel-side diagnostics unavailable: {e}");
+            None
+        }
+    };
     Ok(Probes {
         ebpf,
         plan,
         fentry,
         config,
         ring_bytes: opts.ring_bytes,
+        logger,
     })
 }
 

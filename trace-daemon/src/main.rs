@@ -116,10 +116,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, Some(d)) => offline::Object::Device(d),
                 (None, None) => unreachable!("clap requires one"),
             };
-            print!(
-                "{}",
-                offline::timeline(&args.file, engine::Config::default(), obj, args.stacks)?
-            );
+            let text = match &args.file {
+                Some(f) => offline::timeline(f, engine::Config::default(), obj, args.stacks)?,
+                None => runtime()?.block_on(offline::timeline_live(
+                    obj,
+                    args.stacks,
+                    LoadOptions::default(),
+                ))?,
+            };
+            print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -61,6 +61,22 @@ pub fn timeline(
     stacks: bool,
 ) -> anyhow::Result<String> {
     let (l, e) = analyse(path, cfg)?;
+    let mut out = render_timeline(&e, &l.stacks, obj, stacks, &path.display().to_string())?;
+    if let Some(d) = &l.damage {
+        out += &format!("note: {d}\n");
+    }
+    Ok(out)
+}
+
+/// One object's history from an engine (offline or live). `source` names
+/// where the events came from, for the "not found" message.
+pub fn render_timeline(
+    e: &Engine,
+    stack_map: &std::collections::BTreeMap<u32, crate::recording::Stack>,
+    obj: Object,
+    stacks: bool,
+    source: &str,
+) -> anyhow::Result<String> {
     let mut out = String::new();
     match obj {
         Object::Vm(a) => {
@@ -72,8 +88,7 @@ pub fn timeline(
                     .map(|v| format!("{:#x}", v.addr))
                     .collect();
                 bail!(
-                    "no VM {a:#x} in {}; VMs seen: {}",
-                    path.display(),
+                    "no VM {a:#x} in {source}; VMs seen: {}",
                     if known.is_empty() {
                         "none".into()
                     } else {
@@ -86,7 +101,7 @@ pub fn timeline(
                     &format!("VM {:#x}", vm.addr),
                     vm.generation,
                     &vm.timeline,
-                    &l.stacks,
+                    stack_map,
                     stacks,
                 );
             }
@@ -96,8 +111,7 @@ pub fn timeline(
             if h.is_empty() {
                 let known: Vec<String> = e.devices().map(|d| format!("{:#x}", d.addr)).collect();
                 bail!(
-                    "no VFIO device {a:#x} in {}; devices seen: {}",
-                    path.display(),
+                    "no VFIO device {a:#x} in {source}; devices seen: {}",
                     if known.is_empty() {
                         "none".into()
                     } else {
@@ -110,14 +124,62 @@ pub fn timeline(
                     &format!("VFIO device {:#x}", d.addr),
                     d.generation,
                     &d.timeline,
-                    &l.stacks,
+                    stack_map,
                     stacks,
                 );
             }
         }
     }
-    if let Some(d) = &l.damage {
-        out += &format!("note: {d}\n");
-    }
     Ok(out)
+}
+
+/// `timeline --live`: attach, follow until Ctrl-C / SIGTERM, then print.
+pub async fn timeline_live(
+    obj: Object,
+    stacks: bool,
+    load: crate::loader::LoadOptions,
+) -> anyhow::Result<String> {
+    use crate::live::{self, Session, Sink};
+    struct Collect {
+        engine: Engine,
+        stacks: std::collections::BTreeMap<u32, crate::recording::Stack>,
+    }
+    impl Sink for Collect {
+        fn event(
+            &mut self,
+            s: &Session,
+            _r: &trace_common::Event,
+            ev: &crate::event::Event,
+        ) -> anyhow::Result<()> {
+            self.engine.ingest(ev);
+            if let Some(id) = ev.stack_id
+                && !self.stacks.contains_key(&id)
+                && let Some(st) = s.stack(id)
+            {
+                self.stacks.insert(id, st);
+            }
+            Ok(())
+        }
+        fn tick(
+            &mut self,
+            _s: &Session,
+            _l: &[(trace_common::HookId, u64)],
+            now: u64,
+        ) -> anyhow::Result<()> {
+            self.engine.tick(now);
+            Ok(())
+        }
+    }
+    let mut session = Session::start(&load)?;
+    eprintln!(
+        "{}; following until Ctrl-C, then printing the timeline",
+        session.banner()
+    );
+    let mut sink = Collect {
+        engine: Engine::new(session.engine_config(engine::Config::default())),
+        stacks: Default::default(),
+    };
+    live::run(&mut session, &mut sink, std::time::Duration::from_secs(1)).await?;
+    drop(session);
+    render_timeline(&sink.engine, &sink.stacks, obj, stacks, "the live stream")
 }

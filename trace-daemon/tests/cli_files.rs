@@ -48,6 +48,9 @@ fn timeline_needs_an_object_and_a_hex_address() {
     let (code, _, err) = kvscope(&["timeline", &f]);
     assert_eq!(code, Some(2));
     assert!(err.contains("--vm"), "{err}");
+    let (code, _, err) = kvscope(&["timeline", "--vm", "0x1"]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--live"), "a file or --live: {err}");
     let (code, _, err) = kvscope(&["timeline", &f, "--vm", "1234"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("hex"), "{err}");

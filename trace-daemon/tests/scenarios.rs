@@ -522,3 +522,49 @@ fn findings_are_bounded_with_drops_counted() {
     e.ingest(s.events.last().unwrap());
     assert_eq!(e.findings()[2].count, 2);
 }
+
+#[test]
+fn clean_62_vm_first_raises_nothing() {
+    // 6.2: no VFIO kvm reference; kvm-vfio .release (under kvm->lock) takes
+    // group_lock for the unlink; the VM dies at the kvm-vfio fd's put.
+    let mut s = Script::new();
+    setup(&mut s);
+    s.lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+        .lock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .device_opened(QEMU, DEV, GROUP, 1)
+        .unlock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP);
+    s.close_vm_fd(QEMU, KVM, 2);
+    close_kvm_vfio_61(&mut s, 1);
+    s.device_release(QEMU, DEV, 1)
+        .lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+        .lock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .device_close(QEMU, DEV, 1)
+        .unlock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP);
+    let (e, f) = run(&s);
+    assert!(f.is_empty(), "{f:#?}");
+    assert!(e.vm_history(KVM)[0].is_destroyed());
+}
+
+#[test]
+fn clean_66_cdev_device_first_raises_nothing() {
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM).create_kvm_vfio(QEMU, KVM, 2);
+    s.lock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .vfio_get_kvm(QEMU, DEV, KVM, 3)
+        .device_opened(QEMU, DEV, GROUP, 1)
+        .unlock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET);
+    s.device_release(QEMU, DEV, 1)
+        .lock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .device_close(QEMU, DEV, 1)
+        .vfio_put_kvm(QEMU, DEV, KVM, 3)
+        .unlock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET);
+    s.close_kvm_vfio_fd(QEMU, KVM, KVM_LOCK, 2, |_| {});
+    s.close_vm_fd(QEMU, KVM, 1);
+    let (e, f) = run(&s);
+    assert!(f.is_empty(), "{f:#?}");
+    let d = e.device_history(DEV);
+    assert_eq!(d[0].open_count, Some(0));
+    assert_eq!(d[0].kvm_ref, None, "VFIO gave its reference back");
+}

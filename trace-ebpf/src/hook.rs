@@ -5,7 +5,7 @@
 //! `kprobe_`/`kretprobe_` programs around it. kretprobes have no arguments, so
 //! the kprobe flavour stashes them at entry (only when the entry logic asks: the
 //! mutex hooks stash only for watched locks) and the kretprobe takes them back.
-use aya_ebpf::helpers::bpf_get_current_pid_tgid;
+use aya_ebpf::{EbpfContext, helpers::bpf_get_current_pid_tgid};
 
 use crate::maps::{ARG_STASH, StashKey};
 
@@ -31,10 +31,12 @@ fn key(hook: u16) -> StashKey {
 }
 
 #[inline(always)]
-pub fn stash(hook: u16, args: &[u64; 3]) {
+pub fn stash<C: EbpfContext>(ctx: &C, hook: u16, args: &[u64; 3]) {
     if ARG_STASH.insert(key(hook), *args, 0).is_err() {
-        // Full map: the exit event of this call is lost; count it as such.
+        // Full map (slow path): the exit event of this call is lost; count it
+        // and say so.
         crate::emit::count_lost(hook as u32);
+        aya_log_ebpf::warn!(ctx, "ARG_STASH full: exit of hook {} lost", hook);
     }
 }
 
@@ -114,7 +116,7 @@ macro_rules! exit_hook {
                 ret: None,
             };
             if $stash(&call) {
-                $crate::hook::stash($hook as u16, &call.args);
+                $crate::hook::stash(&ctx, $hook as u16, &call.args);
             }
             0
         }
@@ -158,7 +160,7 @@ macro_rules! entry_exit_hook {
                 ret: None,
             };
             if $entry(&ctx, &call) {
-                $crate::hook::stash($hook as u16, &call.args);
+                $crate::hook::stash(&ctx, $hook as u16, &call.args);
             }
             0
         }

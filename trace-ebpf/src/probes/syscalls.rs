@@ -44,7 +44,7 @@ pub fn tp_sys_enter_ioctl(ctx: TracePointContext) -> u32 {
     }
     let fd = unsafe { ctx.read_at::<u64>(tp::SYSCALL_ARG0) }.unwrap_or(u64::MAX);
     let arg = unsafe { ctx.read_at::<u64>(tp::SYSCALL_ARG2) }.unwrap_or(0);
-    stash(IOCTL, &[fd, cmd, arg]);
+    stash(&ctx, IOCTL, &[fd, cmd, arg]);
     0
 }
 
