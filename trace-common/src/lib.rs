@@ -237,7 +237,6 @@ pub mod tp {
     pub const CONTENTION_LOCK: usize = 8;
     pub const CONTENTION_FLAGS_OR_RET: usize = 16;
     pub const PROCESS_EXIT_PID: usize = 24;
-    pub const PROCESS_EXIT_GROUP_DEAD: usize = 32;
 }
 
 /// One record from a program. 128 bytes, 8-aligned, no implicit padding.
@@ -360,6 +359,9 @@ pub struct ProbeConfig {
     pub files_fdt: u32,
     pub fdtable_fd: u32,
     pub fdtable_max_fds: u32,
+    /// Offset of `group_dead` in sched_process_exit's record (6.18+); unknown
+    /// before, where the thread-group leader's exit stands for the group's.
+    pub exit_group_dead: u32,
     /// Only events of this thread group (0: all). The `--pid` filter, in-kernel.
     pub filter_tgid: u32,
     /// [`config_flags`] bits.
@@ -393,6 +395,7 @@ impl ProbeConfig {
         files_fdt: OFFSET_UNKNOWN,
         fdtable_fd: OFFSET_UNKNOWN,
         fdtable_max_fds: OFFSET_UNKNOWN,
+        exit_group_dead: OFFSET_UNKNOWN,
         filter_tgid: 0,
         flags: 0,
     };

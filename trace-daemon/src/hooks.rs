@@ -383,7 +383,7 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
         program: "tp_sched_process_exit",
         category: "sched",
         name: "sched_process_exit",
-        fields: &[("group_dead", tp::PROCESS_EXIT_GROUP_DEAD)],
+        fields: &[("pid", tp::PROCESS_EXIT_PID)],
         yields: "exit of a process holding tracked fds",
     },
 ];

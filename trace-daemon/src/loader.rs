@@ -161,6 +161,11 @@ pub fn load(facts: &Facts, opts: &LoadOptions) -> anyhow::Result<Probes> {
     }
     let mut config = facts.offsets;
     config.filter_tgid = opts.filter_tgid;
+    if let Ok(dir) = &facts.tracing
+        && let Some(off) = tracefs::field_offset(dir, "sched", "sched_process_exit", "group_dead")
+    {
+        config.exit_group_dead = off as u32;
+    }
     config.flags = (if opts.stacks { config_flags::STACKS } else { 0 })
         | (if opts.lock_stacks {
             config_flags::LOCK_STACKS

@@ -44,10 +44,11 @@ fn event_layout_is_pinned() {
 
 #[test]
 fn config_and_map_value_layouts_are_pinned() {
-    // 20 u32 fields, no padding.
-    assert_eq!(size_of::<ProbeConfig>(), 20 * 4);
-    assert_eq!(offset_of!(ProbeConfig, filter_tgid), 18 * 4);
-    assert_eq!(offset_of!(ProbeConfig, flags), 19 * 4);
+    // 21 u32 fields, no padding.
+    assert_eq!(size_of::<ProbeConfig>(), 21 * 4);
+    assert_eq!(offset_of!(ProbeConfig, exit_group_dead), 18 * 4);
+    assert_eq!(offset_of!(ProbeConfig, filter_tgid), 19 * 4);
+    assert_eq!(offset_of!(ProbeConfig, flags), 20 * 4);
     assert_eq!(size_of::<WatchedLock>(), 16);
     assert_eq!(offset_of!(WatchedLock, owner), 8);
     assert_eq!(size_of::<FdKey>(), 8);

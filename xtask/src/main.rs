@@ -1,6 +1,8 @@
 //! kvscope's developer and CI tasks. `cargo xtask --help` lists them.
 mod cmd;
 mod install;
+mod lab;
+mod labrun;
 mod setup;
 mod test;
 
@@ -41,6 +43,16 @@ enum Task {
         #[arg(long, default_value = "/")]
         destdir: std::path::PathBuf,
     },
+    /// The guest lab: boot real Debian kernels under QEMU with KVM and VFIO and
+    /// check that kvscope attaches there (see README, "Guest lab").
+    Lab {
+        /// Kernels to boot (default: all of the matrix).
+        #[arg(long = "kernel")]
+        kernels: Vec<String>,
+        /// Run this shell command in the guest instead of the checks.
+        #[arg(long)]
+        cmd: Option<String>,
+    },
     /// Replay-analysis benchmark: events/s (median of 3) and memory at two sizes.
     Bench {
         /// Events in the larger run (the smaller is half).
@@ -61,6 +73,11 @@ fn main() -> anyhow::Result<()> {
             let env = setup::setup()?;
             cmd::build_release(&env)?;
             cmd::run_kvscope(&env, &args)
+        }
+        Task::Lab { kernels, cmd } => {
+            let env = setup::setup()?;
+            cmd::build_release(&env)?;
+            labrun::run(&kernels, cmd.as_deref())
         }
         Task::Install { destdir } => {
             let env = setup::setup()?;

@@ -77,6 +77,25 @@ pub fn parse_format(text: &str) -> Vec<Field> {
     out
 }
 
+/// Offset of an optional field of a tracepoint, if the kernel has it.
+pub fn field_offset(
+    tracing: &std::path::Path,
+    category: &str,
+    name: &str,
+    field: &str,
+) -> Option<usize> {
+    let path = tracing
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("format");
+    let text = fs::read_to_string(path).ok()?;
+    parse_format(&text)
+        .into_iter()
+        .find(|f| f.name == field)
+        .map(|f| f.offset)
+}
+
 /// Checks that `category:name` exists and has `fields` at the expected offsets.
 /// Err carries the reason, shown by `check`.
 pub fn check_layout(

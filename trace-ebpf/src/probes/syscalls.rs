@@ -225,9 +225,16 @@ pub fn tp_sched_process_exit(ctx: TracePointContext) -> u32 {
     if unsafe { TRACKED_TGIDS.get(tgid) }.is_none() {
         return 0;
     }
-    // Only the last thread of the group ends its fd table.
-    let group_dead = unsafe { ctx.read_at::<u8>(tp::PROCESS_EXIT_GROUP_DEAD) }.unwrap_or(0);
-    if group_dead == 0 {
+    // Only the last thread of the group ends its fd table: `group_dead` says
+    // so where the record has it (6.18+); before, the leader's exit stands in.
+    let off = conf!(exit_group_dead);
+    let group_dead = if off != trace_common::OFFSET_UNKNOWN {
+        unsafe { ctx.read_at::<u8>(off as usize) }.unwrap_or(0) != 0
+    } else {
+        let pid_tgid = bpf_get_current_pid_tgid();
+        pid_tgid as u32 == (pid_tgid >> 32) as u32
+    };
+    if !group_dead {
         return 0;
     }
     let _ = TRACKED_TGIDS.remove(tgid);
