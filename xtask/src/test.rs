@@ -25,9 +25,12 @@ enum Tier {
     Cargo,
     /// cargo-fuzz on the recording reader, time-boxed.
     Fuzz,
+    /// The guest lab: every kernel of the matrix booted under QEMU, kvscope
+    /// attached there for real (about 30 s per kernel once cached).
+    Lab,
 }
 
-const ALL: &[Tier] = &[Tier::Lint, Tier::Cargo, Tier::Fuzz];
+const ALL: &[Tier] = &[Tier::Lint, Tier::Cargo, Tier::Fuzz, Tier::Lab];
 
 /// Seconds of fuzzing per run of the fuzz tier.
 const FUZZ_SECONDS: u32 = 30;
@@ -46,6 +49,10 @@ pub fn run(env: &Env, args: &TestArgs) -> anyhow::Result<()> {
             Tier::Lint => lint(env)?,
             Tier::Cargo => cargo_tests(env, args.allow_skip)?,
             Tier::Fuzz => fuzz(env)?,
+            Tier::Lab => {
+                cmd::build_release(env)?;
+                crate::labrun::run(&[], None)?
+            }
         }
         eprintln!(
             "== tier {tier:?} passed in {:.0} s",
