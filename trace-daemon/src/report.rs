@@ -66,6 +66,9 @@ pub struct VmSummary {
     pub steps: usize,
     pub inferred_steps: usize,
     pub holders: Vec<(String, i32)>,
+    /// users_count after each step that changed it, oldest first (kept steps).
+    pub counts: Vec<i32>,
+    pub destroys: usize,
 }
 
 impl VmSummary {
@@ -78,6 +81,19 @@ impl VmSummary {
             steps: v.timeline.len() + v.timeline.folded as usize,
             inferred_steps: v.timeline.steps.iter().filter(|s| s.inferred).count(),
             holders: v.holders_now(),
+            counts: v
+                .timeline
+                .steps
+                .iter()
+                .filter(|s| s.delta != 0)
+                .filter_map(|s| s.count_after)
+                .collect(),
+            destroys: v
+                .timeline
+                .steps
+                .iter()
+                .filter(|s| s.what == "destroyed" || s.what.starts_with("inferred-destroy"))
+                .count(),
         }
     }
 }

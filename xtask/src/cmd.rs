@@ -47,7 +47,13 @@ pub fn build_release(env: &Env) -> anyhow::Result<()> {
         "--bin",
         "kvscope",
     ]);
+    c.args(["-p", "lab-driver"]);
     check(c)
+}
+
+/// The guest lab's scenario driver (built with kvscope).
+pub fn lab_driver_bin() -> PathBuf {
+    workspace_root().join("target/release/kvscope-lab-driver")
 }
 
 pub fn kvscope_bin() -> PathBuf {
