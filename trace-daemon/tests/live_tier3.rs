@@ -4,93 +4,18 @@
 //! KVSCOPE_REQUIRE_LIVE=1 (set by `cargo xtask test`), where a skip is a failure.
 use std::{
     io::{BufRead as _, BufReader, Read as _},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    process::{Child, Command, Stdio},
-    sync::Mutex,
+    os::fd::{AsRawFd as _, OwnedFd},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use serde_json::Value;
 
-/// Live tests load BPF programs; one at a time so their assertions about what
-/// is loaded do not see each other's programs.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
-const KVM_CREATE_DEVICE: libc::c_ulong = 0xC00C_AEE0;
-const KVM_DEV_TYPE_VFIO: u32 = 4;
-
-fn live_or_skip(test: &str) -> bool {
-    let why = if unsafe { libc::geteuid() } != 0 {
-        Some("not root")
-    } else if !std::path::Path::new("/dev/kvm").exists() {
-        Some("no /dev/kvm")
-    } else {
-        None
-    };
-    match why {
-        None => true,
-        Some(why) if std::env::var("KVSCOPE_REQUIRE_LIVE").as_deref() == Ok("1") => {
-            panic!("{test}: live test cannot run ({why}) but KVSCOPE_REQUIRE_LIVE=1")
-        }
-        Some(why) => {
-            eprintln!("{test}: skipped: {why}");
-            false
-        }
-    }
-}
+mod common;
+use common::{Guard, SERIAL, create_vm_with_kvm_vfio, live_or_skip, open_kvm, our_programs_loaded};
 
 fn kvscope() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kvscope"))
-}
-
-/// Kills the child on drop, so a failing assertion leaves no tracer attached.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn ioctl(fd: i32, cmd: libc::c_ulong, arg: usize) -> i32 {
-    let r = unsafe { libc::ioctl(fd, cmd, arg) };
-    assert!(
-        r >= 0,
-        "ioctl {cmd:#x}: {}",
-        std::io::Error::last_os_error()
-    );
-    r
-}
-
-struct Vm {
-    vm: OwnedFd,
-    dev: OwnedFd,
-    vm_fd: i32,
-    dev_fd: i32,
-}
-
-fn create_vm_with_vfio_device(kvm: &OwnedFd) -> Vm {
-    let vm_fd = ioctl(kvm.as_raw_fd(), KVM_CREATE_VM, 0);
-    #[repr(C)]
-    struct CreateDevice {
-        ty: u32,
-        fd: u32,
-        flags: u32,
-    }
-    let mut cd = CreateDevice {
-        ty: KVM_DEV_TYPE_VFIO,
-        fd: 0,
-        flags: 0,
-    };
-    ioctl(vm_fd, KVM_CREATE_DEVICE, &mut cd as *mut _ as usize);
-    Vm {
-        vm: unsafe { OwnedFd::from_raw_fd(vm_fd) },
-        dev: unsafe { OwnedFd::from_raw_fd(cd.fd as i32) },
-        vm_fd,
-        dev_fd: cd.fd as i32,
-    }
 }
 
 fn start_trace(args: &[&str]) -> (Guard, std::sync::mpsc::Receiver<String>) {
@@ -146,19 +71,6 @@ fn stop(mut g: Guard) -> (Vec<Value>, std::process::ExitStatus) {
     (events, status)
 }
 
-fn our_programs_loaded() -> Vec<String> {
-    // Program names are truncated to 15 characters by the kernel.
-    let ours = kvscope::hooks::all_program_names();
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter_map(|p| p.name_as_str().map(str::to_owned))
-        .filter(|n| {
-            ours.iter()
-                .any(|o| o.starts_with(n.as_str()) && n.len() >= 8)
-        })
-        .collect()
-}
-
 fn kinds(events: &[Value]) -> Vec<(String, Option<i64>)> {
     events
         .iter()
@@ -173,40 +85,36 @@ fn kinds(events: &[Value]) -> Vec<(String, Option<i64>)> {
 
 #[test]
 fn trace_sees_vm_and_kvm_vfio_lifecycles_in_order() {
-    if !live_or_skip("trace_sees_vm_and_kvm_vfio_lifecycles_in_order") {
+    if !live_or_skip("trace_sees_vm_and_kvm_vfio_lifecycles_in_order", &[]) {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let me = std::process::id();
     let (guard, _stderr) = start_trace(&["--json", "--pid", &me.to_string()]);
 
-    let kvm = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .expect("open /dev/kvm");
-    let kvm: OwnedFd = kvm.into();
+    let kvm = open_kvm();
     // Two VMs; the first closes its kvm-vfio device first, the second its VM fd first.
-    let a = create_vm_with_vfio_device(&kvm);
-    let b = create_vm_with_vfio_device(&kvm);
-    let (a_vm, a_dev, b_vm, b_dev) = (a.vm_fd, a.dev_fd, b.vm_fd, b.dev_fd);
-    drop(a.dev);
-    drop(a.vm);
-    drop(b.vm);
-    drop(b.dev);
+    let (a_vm, a_dev) = create_vm_with_kvm_vfio(&kvm);
+    let (b_vm, b_dev) = create_vm_with_kvm_vfio(&kvm);
+    let fd = |f: &OwnedFd| f.as_raw_fd();
+    let (a_vm_fd, a_dev_fd, b_vm_fd, b_dev_fd) = (fd(&a_vm), fd(&a_dev), fd(&b_vm), fd(&b_dev));
+    drop(a_dev);
+    drop(a_vm);
+    drop(b_vm);
+    drop(b_dev);
 
     let (events, status) = stop(guard);
     assert!(status.success(), "kvscope trace exited with {status}");
     let got = kinds(&events);
     let want: Vec<(String, Option<i64>)> = vec![
-        ("vm-created".into(), Some(a_vm as i64)),
-        ("kvm-vfio-created".into(), Some(a_dev as i64)),
-        ("vm-created".into(), Some(b_vm as i64)),
-        ("kvm-vfio-created".into(), Some(b_dev as i64)),
-        ("fd-closed".into(), Some(a_dev as i64)),
-        ("fd-closed".into(), Some(a_vm as i64)),
-        ("fd-closed".into(), Some(b_vm as i64)),
-        ("fd-closed".into(), Some(b_dev as i64)),
+        ("vm-created".into(), Some(a_vm_fd as i64)),
+        ("kvm-vfio-created".into(), Some(a_dev_fd as i64)),
+        ("vm-created".into(), Some(b_vm_fd as i64)),
+        ("kvm-vfio-created".into(), Some(b_dev_fd as i64)),
+        ("fd-closed".into(), Some(a_dev_fd as i64)),
+        ("fd-closed".into(), Some(a_vm_fd as i64)),
+        ("fd-closed".into(), Some(b_vm_fd as i64)),
+        ("fd-closed".into(), Some(b_dev_fd as i64)),
     ];
     assert_eq!(got, want, "events: {events:#?}");
     for e in &events {
@@ -246,7 +154,7 @@ fn trace_sees_vm_and_kvm_vfio_lifecycles_in_order() {
 
 #[test]
 fn check_reports_this_sandbox_as_tier_three() {
-    if !live_or_skip("check_reports_this_sandbox_as_tier_three") {
+    if !live_or_skip("check_reports_this_sandbox_as_tier_three", &[]) {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -310,7 +218,7 @@ fn bad_arguments_fail_clearly() {
 
 #[test]
 fn record_then_replay_and_timeline_offline() {
-    if !live_or_skip("record_then_replay_and_timeline_offline") {
+    if !live_or_skip("record_then_replay_and_timeline_offline", &[]) {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -334,15 +242,10 @@ fn record_then_replay_and_timeline_offline() {
         }
     }
     std::thread::spawn(move || for _ in lines {});
-    let kvm: OwnedFd = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .unwrap()
-        .into();
-    let v = create_vm_with_vfio_device(&kvm);
-    drop(v.dev);
-    drop(v.vm);
+    let kvm = open_kvm();
+    let (vm, dev) = create_vm_with_kvm_vfio(&kvm);
+    drop(dev);
+    drop(vm);
     std::thread::sleep(Duration::from_millis(1500));
     unsafe { libc::kill(g.0.id() as i32, libc::SIGTERM) };
     let st = g.0.wait().unwrap();

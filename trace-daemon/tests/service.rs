@@ -5,49 +5,14 @@
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::{TcpListener, TcpStream},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::OwnedFd,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-/// These tests count our loaded programs: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn live_or_skip(test: &str) -> bool {
-    let why = if unsafe { libc::geteuid() } != 0 {
-        Some("not root")
-    } else if !Path::new("/dev/kvm").exists() {
-        Some("no /dev/kvm")
-    } else if !Command::new("sh")
-        .args(["-c", "command -v prometheus"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        Some("prometheus not installed")
-    } else {
-        None
-    };
-    match why {
-        None => true,
-        Some(w) if std::env::var("KVSCOPE_REQUIRE_LIVE").as_deref() == Ok("1") => {
-            panic!("{test}: cannot run ({w}) but KVSCOPE_REQUIRE_LIVE=1")
-        }
-        Some(w) => {
-            eprintln!("{test}: skipped: {w}");
-            false
-        }
-    }
-}
+mod common;
+use common::{Guard, SERIAL, create_vm_with_kvm_vfio, live_or_skip, open_kvm, our_programs_loaded};
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -90,18 +55,6 @@ fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(200));
     }
-}
-
-fn our_programs_loaded() -> usize {
-    let ours = kvscope::hooks::all_program_names();
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter_map(|p| p.name_as_str().map(str::to_owned))
-        .filter(|n| {
-            ours.iter()
-                .any(|o| o.starts_with(n.as_str()) && n.len() >= 8)
-        })
-        .count()
 }
 
 fn tmpdir(tag: &str) -> PathBuf {
@@ -148,15 +101,6 @@ fn start_daemon(config: &Path) -> Guard {
     Guard(child)
 }
 
-fn create_vm_with_kvm_vfio(kvm: &OwnedFd) -> (OwnedFd, OwnedFd) {
-    let vm = unsafe { libc::ioctl(kvm.as_raw_fd(), 0xAE01, 0) };
-    assert!(vm >= 0);
-    let mut cd = [4u32, 0, 0];
-    let r = unsafe { libc::ioctl(vm, 0xC00C_AEE0, cd.as_mut_ptr()) };
-    assert_eq!(r, 0);
-    unsafe { (OwnedFd::from_raw_fd(vm), OwnedFd::from_raw_fd(cd[1] as i32)) }
-}
-
 fn zombie_lines(findings: &Path) -> usize {
     std::fs::read_to_string(findings)
         .unwrap_or_default()
@@ -167,7 +111,10 @@ fn zombie_lines(findings: &Path) -> usize {
 
 #[test]
 fn daemon_scraped_by_prometheus_reload_and_shutdown() {
-    if !live_or_skip("daemon_scraped_by_prometheus_reload_and_shutdown") {
+    if !live_or_skip(
+        "daemon_scraped_by_prometheus_reload_and_shutdown",
+        &["prometheus", "promtool"],
+    ) {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -207,12 +154,7 @@ fn daemon_scraped_by_prometheus_reload_and_shutdown() {
     });
     assert_eq!(prom_query(pport, "kvscope_tier"), Some(3.0));
 
-    let kvm: OwnedFd = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .unwrap()
-        .into();
+    let kvm: OwnedFd = open_kvm();
     let (vm1, dev1) = create_vm_with_kvm_vfio(&kvm);
     let (vm2, dev2) = create_vm_with_kvm_vfio(&kvm);
     wait_for("live VMs to rise by 2 in Prometheus", 30, || {
@@ -267,7 +209,7 @@ fn daemon_scraped_by_prometheus_reload_and_shutdown() {
     assert!(st.success(), "daemon exited {st}");
     assert_eq!(
         our_programs_loaded(),
-        0,
+        Vec::<String>::new(),
         "programs left loaded after SIGTERM"
     );
     drop((dev1, dev2));
@@ -336,7 +278,7 @@ fn bad_configs_fail_before_anything_starts() {
     if unsafe { libc::geteuid() } == 0 {
         assert_eq!(
             our_programs_loaded(),
-            0,
+            Vec::<String>::new(),
             "a failed start left programs loaded"
         );
     }

@@ -95,15 +95,7 @@ macro_rules! exit_hook {
     // `$stash(&Call) -> bool`: whether the kprobe flavour keeps this call's
     // arguments for its exit (hot hooks keep only the calls they report).
     ($hook:expr, $fexit:ident, $kprobe:ident, $kretprobe:ident, $exit:path, $stash:path) => {
-        #[aya_ebpf::macros::fexit]
-        pub fn $fexit(ctx: aya_ebpf::programs::FExitContext) -> u32 {
-            let call = $crate::hook::Call {
-                args: [ctx.arg(0), ctx.arg(1), ctx.arg(2)],
-                ret: ctx.ret::<i64>().ok(),
-            };
-            $exit(&ctx, &call);
-            0
-        }
+        $crate::hook::fexit_body!($fexit, $exit);
 
         #[aya_ebpf::macros::kprobe]
         pub fn $kprobe(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
@@ -139,15 +131,7 @@ macro_rules! entry_exit_hook {
             0
         }
 
-        #[aya_ebpf::macros::fexit]
-        pub fn $fexit(ctx: aya_ebpf::programs::FExitContext) -> u32 {
-            let call = $crate::hook::Call {
-                args: [ctx.arg(0), ctx.arg(1), ctx.arg(2)],
-                ret: ctx.ret::<i64>().ok(),
-            };
-            $exit(&ctx, &call);
-            0
-        }
+        $crate::hook::fexit_body!($fexit, $exit);
 
         #[aya_ebpf::macros::kprobe]
         pub fn $kprobe(ctx: aya_ebpf::programs::ProbeContext) -> u32 {
@@ -168,6 +152,22 @@ macro_rules! entry_exit_hook {
         $crate::hook::kretprobe_body!($hook, $kretprobe, $exit);
     };
 }
+
+/// The fexit program: arguments and return value straight from the trampoline.
+macro_rules! fexit_body {
+    ($fexit:ident, $exit:path) => {
+        #[aya_ebpf::macros::fexit]
+        pub fn $fexit(ctx: aya_ebpf::programs::FExitContext) -> u32 {
+            let call = $crate::hook::Call {
+                args: [ctx.arg(0), ctx.arg(1), ctx.arg(2)],
+                ret: ctx.ret::<i64>().ok(),
+            };
+            $exit(&ctx, &call);
+            0
+        }
+    };
+}
+pub(crate) use fexit_body;
 
 macro_rules! kretprobe_body {
     ($hook:expr, $kretprobe:ident, $exit:path) => {

@@ -15,6 +15,7 @@ mod hook;
 mod kread;
 mod maps;
 mod probes;
+mod uapi;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -8,6 +8,7 @@ use crate::{
     emit::{new_event, set_file, set_kvm, set_ret, submit, wanted, watch},
     hook::Call,
     kread::{is_kptr, private_data, ptr_at},
+    uapi::KvmDeviceAttr,
 };
 
 // struct kvm *kvm_create_vm(unsigned long type, const char *fdname): the VM is
@@ -181,14 +182,6 @@ exit_hook!(
     kretprobe_kvm_vfio_set_attr,
     on_set_attr
 );
-
-#[repr(C)]
-struct KvmDeviceAttr {
-    flags: u32,
-    group: u32,
-    attr: u64,
-    addr: u64,
-}
 
 fn on_set_attr<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) {
     if !wanted() {

@@ -19,6 +19,7 @@ use crate::{
     hook::{stash, unstash},
     kread::{file_of_fd, private_data, ptr_at, vfio_device_of_private},
     maps::{TRACKED_FDS, TRACKED_TGIDS, WATCHED},
+    uapi::{KvmCreateDevice, KvmDeviceAttr},
 };
 
 const IOCTL: u16 = HookId::SysIoctl as u16;
@@ -46,21 +47,6 @@ pub fn tp_sys_enter_ioctl(ctx: TracePointContext) -> u32 {
     let arg = unsafe { ctx.read_at::<u64>(tp::SYSCALL_ARG2) }.unwrap_or(0);
     stash(&ctx, IOCTL, &[fd, cmd, arg]);
     0
-}
-
-#[repr(C)]
-struct KvmCreateDevice {
-    ty: u32,
-    fd: u32,
-    flags: u32,
-}
-
-#[repr(C)]
-struct KvmDeviceAttr {
-    flags: u32,
-    group: u32,
-    attr: u64,
-    addr: u64,
 }
 
 #[tracepoint]

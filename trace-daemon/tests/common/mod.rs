@@ -1,0 +1,94 @@
+//! Helpers shared by the live test files: the skip rule, process guards,
+//! /dev/kvm set-up, and the count of our programs still in the kernel.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::{
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    path::Path,
+    process::{Child, Command},
+    sync::Mutex,
+};
+
+/// Live tests load BPF programs and count what is loaded: one at a time.
+pub static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Kills (and reaps) the child on drop, so a failing assertion leaves no
+/// tracer attached and no server running.
+pub struct Guard(pub Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// True when a live test can run here: root, /dev/kvm, and `commands` on PATH.
+/// Otherwise it skips with the reason, unless KVSCOPE_REQUIRE_LIVE=1 (set by
+/// `cargo xtask test`), where a skip is a failure.
+pub fn live_or_skip(test: &str, commands: &[&str]) -> bool {
+    let missing_cmd = commands.iter().find(|c| {
+        !Command::new("sh")
+            .args(["-c", &format!("command -v {c}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let why = if unsafe { libc::geteuid() } != 0 {
+        Some("not root".to_owned())
+    } else if !Path::new("/dev/kvm").exists() {
+        Some("no /dev/kvm".to_owned())
+    } else {
+        missing_cmd.map(|c| format!("{c} not installed"))
+    };
+    match why {
+        None => true,
+        Some(w) if std::env::var("KVSCOPE_REQUIRE_LIVE").as_deref() == Ok("1") => {
+            panic!("{test}: live test cannot run ({w}) but KVSCOPE_REQUIRE_LIVE=1")
+        }
+        Some(w) => {
+            eprintln!("{test}: skipped: {w}");
+            false
+        }
+    }
+}
+
+pub fn open_kvm() -> OwnedFd {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .expect("open /dev/kvm")
+        .into()
+}
+
+/// KVM_CREATE_VM, then KVM_CREATE_DEVICE(KVM_DEV_TYPE_VFIO): (vm fd, device fd).
+pub fn create_vm_with_kvm_vfio(kvm: &OwnedFd) -> (OwnedFd, OwnedFd) {
+    let vm = unsafe { libc::ioctl(kvm.as_raw_fd(), 0xAE01, 0) };
+    assert!(
+        vm >= 0,
+        "KVM_CREATE_VM: {}",
+        std::io::Error::last_os_error()
+    );
+    let mut cd = [4u32 /* KVM_DEV_TYPE_VFIO */, 0, 0];
+    let r = unsafe { libc::ioctl(vm, 0xC00C_AEE0, cd.as_mut_ptr()) };
+    assert_eq!(
+        r,
+        0,
+        "KVM_CREATE_DEVICE: {}",
+        std::io::Error::last_os_error()
+    );
+    unsafe { (OwnedFd::from_raw_fd(vm), OwnedFd::from_raw_fd(cd[1] as i32)) }
+}
+
+/// Our programs still loaded in the kernel (names are cut to 15 characters).
+pub fn our_programs_loaded() -> Vec<String> {
+    let ours = kvscope::hooks::all_program_names();
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| p.name_as_str().map(str::to_owned))
+        .filter(|n| {
+            ours.iter()
+                .any(|o| o.starts_with(n.as_str()) && n.len() >= 8)
+        })
+        .collect()
+}
