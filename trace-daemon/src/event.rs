@@ -3,9 +3,7 @@
 //! `Event::decode`, so a field that the program marked unknown is `None` here
 //! and never a zero that looks like data.
 use serde::{Deserialize, Serialize};
-use trace_common::{
-    self as abi, FdKind as AbiFdKind, HookId, LockClass, LockOp, Phase, ioctl, known,
-};
+use trace_common::{self as abi, FdKind as AbiFdKind, HookId, LockClass, LockOp, ioctl, known};
 
 /// What happened, independent of which kernel function reported it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -182,7 +180,6 @@ impl Event {
             return Err(DecodeError::Abi(e.abi));
         }
         let hook = HookId::from_u16(e.hook).ok_or(DecodeError::Hook(e.hook))?;
-        let phase = Phase::from_u8(e.phase).unwrap_or(Phase::Entry);
         let comm_len = e.comm.iter().position(|&c| c == 0).unwrap_or(e.comm.len());
         let ret = opt(e, known::RET, e.ret);
         let mut ev = Event {
@@ -314,8 +311,6 @@ impl Event {
             HookId::SysClose => Kind::FdClosed,
             HookId::ProcessExit => Kind::ProcessExit,
         };
-        // The ioctl cmd is not kept as a field of its own: `kind` says it.
-        let _ = phase;
         Ok(ev)
     }
 
