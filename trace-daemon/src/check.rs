@@ -148,12 +148,12 @@ pub fn render_text(r: &Report) -> String {
     let _ = writeln!(o, "tracefs       {}", status_line(&r.tracefs));
     let _ = writeln!(o, "stack         {}", r.variant_description);
     let _ = writeln!(o);
-    let _ = writeln!(o, "{:<18} {:<28} {:<10} why", "ROLE", "SYMBOL", "METHOD");
+    let _ = writeln!(o, "{:<18} {:<34} {:<10} why", "ROLE", "SYMBOL", "METHOD");
     for role in &r.plan.roles {
         if role.choices.is_empty() {
             let _ = writeln!(
                 o,
-                "{:<18} {:<28} {:<10} {}",
+                "{:<18} {:<34} {:<10} {}",
                 role.name,
                 "-",
                 "none",
@@ -173,7 +173,7 @@ pub fn render_text(r: &Report) -> String {
                 None => c.symbol.to_owned(),
             };
             let why = c.error.as_deref().unwrap_or(&c.reason);
-            let _ = writeln!(o, "{:<18} {:<28} {:<10} {}", role.name, sym, method, why);
+            let _ = writeln!(o, "{:<18} {:<34} {:<10} {}", role.name, sym, method, why);
         }
     }
     for t in &r.plan.tracepoints {
@@ -184,7 +184,7 @@ pub fn render_text(r: &Report) -> String {
         };
         let _ = writeln!(
             o,
-            "{:<18} {:<28} {:<10} {}",
+            "{:<18} {:<34} {:<10} {}",
             "syscalls/locks", t.tracepoint, m, t.reason
         );
     }
