@@ -39,15 +39,16 @@ pub fn check(c: Command) -> anyhow::Result<()> {
 
 pub fn build_release(env: &Env) -> anyhow::Result<()> {
     let mut c = command(env, "cargo");
+    // `--bin` filters every selected package: name both binaries.
     c.args([
         "build",
         "--release",
         "-p",
         "trace-daemon",
-        "--bin",
-        "kvscope",
+        "-p",
+        "lab-driver",
     ]);
-    c.args(["-p", "lab-driver"]);
+    c.args(["--bin", "kvscope", "--bin", "kvscope-lab-driver"]);
     check(c)
 }
 
