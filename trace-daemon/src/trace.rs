@@ -182,27 +182,11 @@ mod tests {
     use super::*;
 
     fn ev(kind: Kind, tgid: u32, kvm: Option<u64>) -> Event {
-        Event {
-            ts_ns: 1,
-            pid: tgid,
-            tgid,
-            cpu: 0,
-            comm: "qemu".into(),
-            kind,
-            hook: "x".into(),
-            kvm,
-            device: None,
-            group: None,
-            file: None,
-            users: None,
-            open_count: None,
-            ret: None,
-            fd: None,
-            fd_kind: None,
-            lock: None,
-            stack_id: None,
-            ok: None,
-        }
+        let mut s = crate::scenario::Script::new();
+        let e = s.ev(tgid, kind, "x");
+        e.kvm = kvm;
+        e.comm = "qemu".into();
+        e.clone()
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-use crate::setup;
+use crate::setup::{self, output};
 
 pub struct Kernel {
     /// Short name used on the command line and in the cache.
@@ -41,18 +41,6 @@ const MODULES: &[&str] = &["kvm_amd", "vfio_pci", "vfio_iommu_type1"];
 
 fn lab_dir() -> PathBuf {
     setup::cache_dir().join("lab")
-}
-
-fn run(c: &mut Command) -> anyhow::Result<String> {
-    let out = c.output().with_context(|| format!("running {c:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{c:?} failed: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// apt with a private configuration: the host's sources plus bookworm-backports,
@@ -94,7 +82,7 @@ fn apt_update_once() -> anyhow::Result<()> {
         .and_then(|m| m.modified())
         .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(24 * 3600));
     if !fresh {
-        run(apt("apt-get")?.args(["update", "-q"]))?;
+        output(apt("apt-get")?.args(["update", "-q"]))?;
         std::fs::write(&stamp, "")?;
     }
     Ok(())
@@ -112,7 +100,7 @@ pub fn ensure_host_tools() -> anyhow::Result<()> {
     }
     eprintln!("lab: installing qemu-system-x86 (bookworm-backports), busybox-static, kmod, cpio");
     apt_update_once()?;
-    run(apt("apt-get")?.args([
+    output(apt("apt-get")?.args([
         "install",
         "-y",
         "-q",
@@ -140,7 +128,7 @@ pub fn kernel(k: &Kernel) -> anyhow::Result<Unpacked> {
     if let Some(s) = k.suite {
         dep.args(["-t", s]);
     }
-    let pkg = run(&mut dep)?
+    let pkg = output(&mut dep)?
         .lines()
         .find_map(|l| {
             l.trim()
@@ -163,7 +151,7 @@ pub fn kernel(k: &Kernel) -> anyhow::Result<Unpacked> {
         if let Some(s) = k.suite {
             dl.args(["-t", s]);
         }
-        run(&mut dl)?;
+        output(&mut dl)?;
         let deb = std::fs::read_dir(&debs)?
             .filter_map(Result::ok)
             .map(|e| e.path())
@@ -173,11 +161,13 @@ pub fn kernel(k: &Kernel) -> anyhow::Result<Unpacked> {
             })
             .context("downloaded .deb not found")?;
         std::fs::create_dir_all(&root)?;
-        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-        run(Command::new("/usr/sbin/depmod")
-            .arg("-b")
-            .arg(&root)
-            .arg(&release))?;
+        output(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+        output(
+            Command::new("/usr/sbin/depmod")
+                .arg("-b")
+                .arg(&root)
+                .arg(&release),
+        )?;
     }
     Ok(Unpacked { release, root })
 }
@@ -203,10 +193,12 @@ pub fn initramfs(k: &Unpacked, binaries: &[PathBuf], cmd: &str, out: &Path) -> a
     // Modules, in the order modprobe would load them.
     let mut order: Vec<String> = Vec::new();
     for m in MODULES {
-        let deps = run(Command::new("/usr/sbin/modprobe")
-            .arg("-d")
-            .arg(&k.root)
-            .args(["-S", &k.release, "--show-depends", m]))?;
+        let deps = output(
+            Command::new("/usr/sbin/modprobe")
+                .arg("-d")
+                .arg(&k.root)
+                .args(["-S", &k.release, "--show-depends", m]),
+        )?;
         for l in deps.lines() {
             if let Some(path) = l
                 .strip_prefix("insmod ")
@@ -240,7 +232,7 @@ pub fn initramfs(k: &Unpacked, binaries: &[PathBuf], cmd: &str, out: &Path) -> a
     for b in binaries {
         let dst = stage.join("usr/bin").join(b.file_name().unwrap());
         std::fs::copy(b, &dst)?;
-        for l in run(Command::new("ldd").arg(b))?.lines() {
+        for l in output(Command::new("ldd").arg(b))?.lines() {
             let lib = l
                 .split("=>")
                 .last()

@@ -31,7 +31,8 @@ pub fn cache_dir() -> PathBuf {
     base.join("kvscope")
 }
 
-fn output(cmd: &mut Command) -> anyhow::Result<String> {
+/// Runs a command; its stdout, or an error with its stderr.
+pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
         bail!(
