@@ -77,58 +77,50 @@ pub fn render_timeline(
     stacks: bool,
     source: &str,
 ) -> anyhow::Result<String> {
+    // (title, generation, timeline) of every generation of the object, and the
+    // addresses seen, for the "not found" message.
+    let (what, addr, entries, known) = match obj {
+        Object::Vm(a) => (
+            "VM",
+            a,
+            e.vm_history(a)
+                .into_iter()
+                .map(|v| (v.generation, &v.timeline))
+                .collect::<Vec<_>>(),
+            e.dead_vms()
+                .chain(e.live_vms())
+                .map(|v| format!("{:#x}", v.addr))
+                .collect::<Vec<_>>(),
+        ),
+        Object::Device(a) => (
+            "VFIO device",
+            a,
+            e.device_history(a)
+                .into_iter()
+                .map(|d| (d.generation, &d.timeline))
+                .collect(),
+            e.devices().map(|d| format!("{:#x}", d.addr)).collect(),
+        ),
+    };
+    if entries.is_empty() {
+        bail!(
+            "no {what} {addr:#x} in {source}; {what}s seen: {}",
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        );
+    }
     let mut out = String::new();
-    match obj {
-        Object::Vm(a) => {
-            let h = e.vm_history(a);
-            if h.is_empty() {
-                let known: Vec<String> = e
-                    .dead_vms()
-                    .chain(e.live_vms())
-                    .map(|v| format!("{:#x}", v.addr))
-                    .collect();
-                bail!(
-                    "no VM {a:#x} in {source}; VMs seen: {}",
-                    if known.is_empty() {
-                        "none".into()
-                    } else {
-                        known.join(", ")
-                    }
-                );
-            }
-            for vm in h {
-                out += &report::timeline_text(
-                    &format!("VM {:#x}", vm.addr),
-                    vm.generation,
-                    &vm.timeline,
-                    stack_map,
-                    stacks,
-                );
-            }
-        }
-        Object::Device(a) => {
-            let h = e.device_history(a);
-            if h.is_empty() {
-                let known: Vec<String> = e.devices().map(|d| format!("{:#x}", d.addr)).collect();
-                bail!(
-                    "no VFIO device {a:#x} in {source}; devices seen: {}",
-                    if known.is_empty() {
-                        "none".into()
-                    } else {
-                        known.join(", ")
-                    }
-                );
-            }
-            for d in h {
-                out += &report::timeline_text(
-                    &format!("VFIO device {:#x}", d.addr),
-                    d.generation,
-                    &d.timeline,
-                    stack_map,
-                    stacks,
-                );
-            }
-        }
+    for (generation, timeline) in entries {
+        out += &report::timeline_text(
+            &format!("{what} {addr:#x}"),
+            generation,
+            timeline,
+            stack_map,
+            stacks,
+        );
     }
     Ok(out)
 }

@@ -227,6 +227,15 @@ impl<R: Read> Reader<R> {
         })
     }
 
+    /// Records damage at `offset` and ends the read.
+    fn corrupt(&mut self, offset: u64, why: impl Into<String>) -> Option<Frame> {
+        self.damage = Some(Damage::Corrupt {
+            offset,
+            why: why.into(),
+        });
+        None
+    }
+
     /// The next frame; None at the end or at the first damage (see `damage`).
     pub fn next_frame(&mut self) -> Option<Frame> {
         loop {
@@ -238,11 +247,7 @@ impl<R: Read> Reader<R> {
             let n = match read_full(&mut self.input, &mut head) {
                 Ok(n) => n,
                 Err(e) => {
-                    self.damage = Some(Damage::Corrupt {
-                        offset: start,
-                        why: e.to_string(),
-                    });
-                    return None;
+                    return self.corrupt(start, e.to_string());
                 }
             };
             if n == 0 {
@@ -255,11 +260,7 @@ impl<R: Read> Reader<R> {
             let len = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
             let tag = head[4];
             if len > MAX_FRAME {
-                self.damage = Some(Damage::Corrupt {
-                    offset: start,
-                    why: format!("frame length {len}"),
-                });
-                return None;
+                return self.corrupt(start, format!("frame length {len}"));
             }
             let mut payload = vec![0u8; len as usize + 4];
             match read_full(&mut self.input, &mut payload) {
@@ -276,11 +277,7 @@ impl<R: Read> Reader<R> {
             crc.update(&[tag]);
             crc.update(body);
             if crc.finalize() != crc_got {
-                self.damage = Some(Damage::Corrupt {
-                    offset: start,
-                    why: "checksum mismatch".into(),
-                });
-                return None;
+                return self.corrupt(start, "checksum mismatch");
             }
             let frame = match tag {
                 TAG_EVENT => match event::record_from_bytes(body) {
@@ -288,31 +285,19 @@ impl<R: Read> Reader<R> {
                         Frame::Event(Box::new(r))
                     }
                     _ => {
-                        self.damage = Some(Damage::Corrupt {
-                            offset: start,
-                            why: format!("event frame of {} bytes", body.len()),
-                        });
-                        return None;
+                        return self.corrupt(start, format!("event frame of {} bytes", body.len()));
                     }
                 },
                 TAG_STACK => match serde_json::from_slice(body) {
                     Ok(s) => Frame::Stack(s),
                     Err(e) => {
-                        self.damage = Some(Damage::Corrupt {
-                            offset: start,
-                            why: format!("stack frame: {e}"),
-                        });
-                        return None;
+                        return self.corrupt(start, format!("stack frame: {e}"));
                     }
                 },
                 TAG_LOST => match serde_json::from_slice(body) {
                     Ok(l) => Frame::Lost(l),
                     Err(e) => {
-                        self.damage = Some(Damage::Corrupt {
-                            offset: start,
-                            why: format!("lost frame: {e}"),
-                        });
-                        return None;
+                        return self.corrupt(start, format!("lost frame: {e}"));
                     }
                 },
                 _ => {
