@@ -3,6 +3,10 @@
 //! to the VM, open the device, then close in the order MODE names:
 //! `dev-first` (device, kvm-vfio, VM), `vm-first` (VM, kvm-vfio, device), or
 //! `exit` (close nothing: process exit closes everything).
+//! Options: `--testdev` uses lab-kernel/testdev's device (kvscope-testdev, an
+//! emulated-IOMMU VFIO device) instead of edu; `--no-kvm` never adds the group
+//! to the kvm-vfio device; `--expect-open-error` expects VFIO_GROUP_GET_DEVICE_FD
+//! to fail (a driver refusing the open) and closes the rest in MODE's order.
 //! Each step prints `[driver] step -> result`, as the traces in
 //! shared/data/kernel-traces do.
 use std::{
@@ -53,14 +57,42 @@ fn edu() -> anyhow::Result<(String, String)> {
     bail!("no edu PCI device (QEMU -device edu)")
 }
 
+/// The test module's device: its name and IOMMU group number.
+fn testdev() -> anyhow::Result<(String, String)> {
+    let p = std::path::Path::new("/sys/bus/platform/devices/kvscope-testdev");
+    let group = std::fs::read_link(p.join("iommu_group")).with_context(|| {
+        format!(
+            "{} has no iommu_group (is kvscope_testdev.ko loaded?)",
+            p.display()
+        )
+    })?;
+    Ok((
+        "kvscope-testdev".into(),
+        group.file_name().unwrap().to_string_lossy().into_owned(),
+    ))
+}
+
 fn main() -> anyhow::Result<()> {
-    let mode = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |f: &str| args.iter().any(|a| a == f);
+    let mode = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .cloned()
         .unwrap_or_else(|| "dev-first".into());
     if !["dev-first", "vm-first", "exit"].contains(&mode.as_str()) {
         bail!("mode {mode:?}: use dev-first, vm-first or exit");
     }
-    let (bdf, group_no) = edu()?;
+    for a in args.iter().filter(|a| a.starts_with("--")) {
+        if !["--testdev", "--no-kvm", "--expect-open-error"].contains(&a.as_str()) {
+            bail!("unknown option {a}: use --testdev, --no-kvm, --expect-open-error");
+        }
+    }
+    let (bdf, group_no) = if flag("--testdev") {
+        testdev()?
+    } else {
+        edu()?
+    };
     let kvm = open("/dev/kvm")?;
     let vm = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_CREATE_VM, 0) };
     let vm = unsafe { OwnedFd::from_raw_fd(step("KVM_CREATE_VM", vm)?) };
@@ -92,12 +124,28 @@ fn main() -> anyhow::Result<()> {
         attr: 1,  // KVM_DEV_VFIO_FILE_ADD
         addr: &gfd as *const i32 as u64,
     };
-    step("KVM_SET_DEVICE_ATTR(VFIO_GROUP_ADD)", unsafe {
-        libc::ioctl(kv.as_raw_fd(), KVM_SET_DEVICE_ATTR, &attr)
-    })?;
+    if flag("--no-kvm") {
+        println!("[driver] group not added to the kvm-vfio device (--no-kvm)");
+    } else {
+        step("KVM_SET_DEVICE_ATTR(VFIO_GROUP_ADD)", unsafe {
+            libc::ioctl(kv.as_raw_fd(), KVM_SET_DEVICE_ATTR, &attr)
+        })?;
+    }
     let name = CString::new(bdf)?;
     let dev = unsafe { libc::ioctl(group.as_raw_fd(), VFIO_GROUP_GET_DEVICE_FD, name.as_ptr()) };
-    let dev = unsafe { OwnedFd::from_raw_fd(step("VFIO_GROUP_GET_DEVICE_FD", dev)?) };
+    let dev = if flag("--expect-open-error") {
+        if dev >= 0 {
+            bail!("VFIO_GROUP_GET_DEVICE_FD succeeded ({dev}) where the driver should refuse it");
+        }
+        println!(
+            "[driver] {:<38} -> {dev} (expected: {})",
+            "VFIO_GROUP_GET_DEVICE_FD",
+            std::io::Error::last_os_error()
+        );
+        None
+    } else {
+        Some(unsafe { OwnedFd::from_raw_fd(step("VFIO_GROUP_GET_DEVICE_FD", dev)?) })
+    };
     match mode.as_str() {
         "dev-first" => {
             drop(dev);

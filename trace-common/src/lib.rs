@@ -185,6 +185,7 @@ pub mod known {
     pub const STACK: u32 = 1 << 9;
     pub const ARG: u32 = 1 << 10;
     pub const FD_KIND: u32 = 1 << 11;
+    pub const KVM_OPS: u32 = 1 << 12;
 }
 
 /// Kind of a file descriptor the tracepoint tier tracks, in [`Event::fd_kind`].
@@ -283,7 +284,10 @@ pub struct Event {
     pub fd_kind: u8,
     /// [`ABI_VERSION`] of the program that wrote it.
     pub abi: u16,
-    pub _reserved: [u8; 8],
+    /// `vfio_device->kvm_ops` (the seed's patch), read with the device: 0 where
+    /// the driver set none. Carved from reserved bytes: older recordings have
+    /// the [`known::KVM_OPS`] bit clear.
+    pub kvm_ops: u64,
 }
 
 impl Event {
@@ -310,7 +314,7 @@ impl Event {
         lock_op: 0,
         fd_kind: 0,
         abi: ABI_VERSION,
-        _reserved: [0; 8],
+        kvm_ops: 0,
     };
 
     pub const fn pid(&self) -> u32 {
@@ -341,6 +345,8 @@ pub struct ProbeConfig {
     pub vfio_device_dev_set: u32,
     /// `vfio_device.kvm` (absent on the kvm_ops patch)
     pub vfio_device_kvm: u32,
+    /// `vfio_device.kvm_ops` (only on the kvm_ops patch)
+    pub vfio_device_kvm_ops: u32,
     pub vfio_device_set_lock: u32,
     pub vfio_group_group_lock: u32,
     pub vfio_group_kvm: u32,
@@ -383,6 +389,7 @@ impl ProbeConfig {
         vfio_device_group: OFFSET_UNKNOWN,
         vfio_device_dev_set: OFFSET_UNKNOWN,
         vfio_device_kvm: OFFSET_UNKNOWN,
+        vfio_device_kvm_ops: OFFSET_UNKNOWN,
         vfio_device_set_lock: OFFSET_UNKNOWN,
         vfio_group_group_lock: OFFSET_UNKNOWN,
         vfio_group_kvm: OFFSET_UNKNOWN,

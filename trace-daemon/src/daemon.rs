@@ -185,9 +185,12 @@ impl Sink for DaemonSink {
                     );
                 }
                 // Thresholds change; state (VMs, locks, findings) stays.
+                // What the attach plan decided stays too.
                 let observable = self.engine.cfg.destroy_observable;
+                let release_closes = self.engine.cfg.release_closes;
                 self.engine.cfg = engine::Config {
                     destroy_observable: observable,
+                    release_closes,
                     observe: true,
                     ..c.engine.clone()
                 };

@@ -121,6 +121,10 @@ pub struct Event {
     /// For a get: whether it took a reference (kvm_get_kvm_safe can fail).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ok: Option<bool>,
+    /// The device's `kvm_ops` (the seed's patch): Some(0) when the driver set
+    /// none, None where the kernel has no such field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kvm_ops: Option<u64>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -198,6 +202,7 @@ impl Event {
             open_count: opt(e, known::OPEN, e.open_count),
             ret,
             fd: opt(e, known::FD, e.fd),
+            kvm_ops: opt(e, known::KVM_OPS, e.kvm_ops),
             fd_kind: if e.has(known::FD_KIND) {
                 match AbiFdKind::from_u8(e.fd_kind) {
                     AbiFdKind::Vm => Some(FdKind::Vm),

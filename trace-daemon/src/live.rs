@@ -45,6 +45,7 @@ impl Session {
     /// Engine settings that depend on what is attached.
     pub fn engine_config(&self, mut cfg: engine::Config) -> engine::Config {
         cfg.destroy_observable = role_covered(&self.probes, Role::VmDestroyed);
+        cfg.release_closes = release_closes(&self.probes);
         cfg
     }
 
@@ -88,6 +89,7 @@ impl Session {
                 .collect(),
             attach,
             destroy_observable: role_covered(&self.probes, Role::VmDestroyed),
+            release_closes: release_closes(&self.probes),
             mono_start_ns: mono_now_ns(),
             wall_start_ns: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -113,6 +115,19 @@ impl Session {
             .collect();
         Some(Stack { id, ips, symbols })
     }
+}
+
+/// The device fd's release is the close (6.1, the kvm_ops patch): the release
+/// role is attached on vfio_device_fops_release alone, no close function exists.
+fn release_closes(p: &Probes) -> bool {
+    let mut release = p
+        .plan
+        .roles
+        .iter()
+        .filter(|r| r.role == Role::DeviceRelease)
+        .flat_map(|r| r.attached().map(|c| c.symbol));
+    let syms: Vec<&str> = release.by_ref().collect();
+    !syms.is_empty() && syms.iter().all(|s| *s == "vfio_device_fops_release")
 }
 
 fn role_covered(p: &Probes, role: Role) -> bool {

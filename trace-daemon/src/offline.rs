@@ -14,6 +14,7 @@ pub fn analyse(path: &Path, cfg: engine::Config) -> anyhow::Result<(Loaded, Engi
     let loaded = recording::load(path)?;
     let mut cfg = cfg;
     cfg.destroy_observable = loaded.header.destroy_observable;
+    cfg.release_closes = loaded.header.release_closes;
     let mut e = Engine::new(cfg);
     let mut last = 0;
     for ev in &loaded.events {

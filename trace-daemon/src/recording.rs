@@ -47,6 +47,9 @@ pub struct Header {
     /// Whether kvm_destroy_vm was hooked (else the engine infers destroys).
     #[serde(default)]
     pub destroy_observable: bool,
+    /// Whether the device fd's release is the close (no close hook follows).
+    #[serde(default)]
+    pub release_closes: bool,
     /// Monotonic time (ns) and wall-clock time (unix ns) at the start, to place
     /// event timestamps in real time.
     pub mono_start_ns: u64,

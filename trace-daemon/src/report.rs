@@ -68,6 +68,9 @@ pub struct VmSummary {
     pub holders: Vec<(String, i32)>,
     /// users_count after each step that changed it, oldest first (kept steps).
     pub counts: Vec<i32>,
+    /// Each change as "+1 HOLDER" / "-1 HOLDER" ("unattributed" when no hook
+    /// named it; "(inferred)" when no probe saw it), oldest first.
+    pub changes: Vec<String>,
     pub destroys: usize,
 }
 
@@ -88,12 +91,52 @@ impl VmSummary {
                 .filter(|s| s.delta != 0)
                 .filter_map(|s| s.count_after)
                 .collect(),
+            changes: v
+                .timeline
+                .steps
+                .iter()
+                .filter(|s| s.delta != 0)
+                .map(|s| {
+                    format!(
+                        "{:+} {}{}",
+                        s.delta,
+                        s.holder.as_deref().unwrap_or("unattributed"),
+                        if s.inferred { " (inferred)" } else { "" }
+                    )
+                })
+                .collect(),
             destroys: v
                 .timeline
                 .steps
                 .iter()
                 .filter(|s| s.what == "destroyed" || s.what.starts_with("inferred-destroy"))
                 .count(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct DeviceSummary {
+    pub addr: String,
+    pub generation: u32,
+    /// open_count after each step that changed it, oldest first (kept steps).
+    pub open_counts: Vec<i32>,
+    pub closed: bool,
+}
+
+impl DeviceSummary {
+    pub fn of(d: &crate::engine::Device) -> Self {
+        DeviceSummary {
+            addr: format!("{:#x}", d.addr),
+            generation: d.generation,
+            open_counts: d
+                .timeline
+                .steps
+                .iter()
+                .filter(|s| s.delta != 0)
+                .filter_map(|s| s.count_after)
+                .collect(),
+            closed: d.closed_ns.is_some(),
         }
     }
 }
@@ -108,6 +151,8 @@ pub struct Report<'a> {
     pub anomalies: Anomalies,
     pub vms: Vec<VmSummary>,
     pub devices: usize,
+    /// Every device generation seen (open and closed), oldest first.
+    pub device_list: Vec<DeviceSummary>,
     pub lock_graph: Vec<String>,
     pub findings: &'a [Finding],
 }
@@ -135,6 +180,7 @@ impl<'a> Report<'a> {
             anomalies: engine.anomalies.clone(),
             vms,
             devices: engine.devices().count(),
+            device_list: engine.device_generations().map(DeviceSummary::of).collect(),
             lock_graph: engine
                 .lock_graph()
                 .keys()

@@ -48,8 +48,22 @@ impl Script {
             lock: None,
             stack_id: None,
             ok: None,
+            kvm_ops: None,
         });
         self.events.last_mut().expect("pushed")
+    }
+
+    /// Marks the last event's device as one whose driver set `kvm_ops` (the
+    /// seed's patch): `ops` is the ops table's address, 0 for none.
+    pub fn with_kvm_ops(&mut self, ops: u64) -> &mut Self {
+        self.events.last_mut().expect("an event first").kvm_ops = Some(ops);
+        self
+    }
+
+    /// Marks the last event with the VM its group had (group->kvm at the open).
+    pub fn with_kvm(&mut self, kvm: u64) -> &mut Self {
+        self.events.last_mut().expect("an event first").kvm = Some(kvm);
+        self
     }
 
     pub fn create_vm(&mut self, pid: u32, kvm: u64) -> &mut Self {

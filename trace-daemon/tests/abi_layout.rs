@@ -31,24 +31,24 @@ fn event_layout_is_pinned() {
         (offset_of!(Event, lock_op), 116),
         (offset_of!(Event, fd_kind), 117),
         (offset_of!(Event, abi), 118),
-        (offset_of!(Event, _reserved), 120),
+        (offset_of!(Event, kvm_ops), 120),
     ];
     for (i, (got, want)) in offsets.iter().enumerate() {
         assert_eq!(got, want, "field #{i}");
     }
     // No implicit padding: the fields' sizes add up to the struct's.
-    let sum = 9 * 8 + 6 * 4 + 2 + 1 + 1 + 16 + 1 + 1 + 2 + 8;
+    let sum = 10 * 8 + 6 * 4 + 2 + 1 + 1 + 16 + 1 + 1 + 2;
     assert_eq!(sum, size_of::<Event>());
     assert_eq!(Event::ZERO.abi, ABI_VERSION);
 }
 
 #[test]
 fn config_and_map_value_layouts_are_pinned() {
-    // 21 u32 fields, no padding.
-    assert_eq!(size_of::<ProbeConfig>(), 21 * 4);
-    assert_eq!(offset_of!(ProbeConfig, exit_group_dead), 18 * 4);
-    assert_eq!(offset_of!(ProbeConfig, filter_tgid), 19 * 4);
-    assert_eq!(offset_of!(ProbeConfig, flags), 20 * 4);
+    // 22 u32 fields, no padding.
+    assert_eq!(size_of::<ProbeConfig>(), 22 * 4);
+    assert_eq!(offset_of!(ProbeConfig, exit_group_dead), 19 * 4);
+    assert_eq!(offset_of!(ProbeConfig, filter_tgid), 20 * 4);
+    assert_eq!(offset_of!(ProbeConfig, flags), 21 * 4);
     assert_eq!(size_of::<WatchedLock>(), 16);
     assert_eq!(offset_of!(WatchedLock, owner), 8);
     assert_eq!(size_of::<FdKey>(), 8);

@@ -72,6 +72,12 @@ pub fn set_device(e: &mut Event, dev: u64) {
     {
         set_kvm(e, k);
     }
+    // The patched stack: whether this device's driver set kvm_ops decides
+    // whether VFIO calls its get_kvm/put_kvm.
+    if let Some(ops) = ptr_at(dev, conf!(vfio_device_kvm_ops)) {
+        e.kvm_ops = ops;
+        e.known |= known::KVM_OPS;
+    }
 }
 
 #[inline(always)]

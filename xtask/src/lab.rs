@@ -18,34 +18,51 @@ use crate::setup::{self, output};
 pub struct Kernel {
     /// Short name used on the command line and in the cache.
     pub name: &'static str,
-    /// Meta package resolving to the current image, and the suite it comes from.
-    pub meta: &'static str,
-    pub suite: Option<&'static str>,
+    pub source: Source,
+}
+
+pub enum Source {
+    /// A Debian image: the meta package resolving to the current one, and the
+    /// suite it comes from.
+    Debian {
+        meta: &'static str,
+        suite: Option<&'static str>,
+    },
+    /// Debian's 6.1 source with the seed's kvm_ops patch, built here (kbuild.rs).
+    Patched,
 }
 
 pub const KERNELS: &[Kernel] = &[
     Kernel {
         name: "6.12",
-        meta: "linux-image-cloud-amd64",
-        suite: Some("bookworm-backports"),
+        source: Source::Debian {
+            meta: "linux-image-cloud-amd64",
+            suite: Some("bookworm-backports"),
+        },
     },
     Kernel {
         name: "6.1",
-        meta: "linux-image-cloud-amd64",
-        suite: None,
+        source: Source::Debian {
+            meta: "linux-image-cloud-amd64",
+            suite: None,
+        },
+    },
+    Kernel {
+        name: "patched",
+        source: Source::Patched,
     },
 ];
 
 /// Modules the lab loads, in dependency order (resolved with modprobe).
 const MODULES: &[&str] = &["kvm_amd", "vfio_pci", "vfio_iommu_type1"];
 
-fn lab_dir() -> PathBuf {
+pub fn lab_dir() -> PathBuf {
     setup::cache_dir().join("lab")
 }
 
 /// apt with a private configuration: the host's sources plus bookworm-backports,
 /// its own lists and cache, nothing of the host's apt state touched.
-fn apt(bin: &str) -> anyhow::Result<Command> {
+pub fn apt(bin: &str) -> anyhow::Result<Command> {
     let dir = lab_dir().join("apt");
     let src = dir.join("src");
     if !src.join("backports.sources").exists() {
@@ -117,15 +134,53 @@ pub fn ensure_host_tools() -> anyhow::Result<()> {
 
 pub struct Unpacked {
     pub release: String,
+    /// Holds boot/vmlinuz-RELEASE and lib/modules/RELEASE.
     pub root: PathBuf,
+    /// Where out-of-tree modules build (`make -C`): headers or the build tree.
+    pub kbuild: PathBuf,
 }
 
-/// Downloads and unpacks the kernel image package (cached by package name).
+/// Downloads a package into the lab's cache (once) and returns the .deb.
+pub fn download(pkg: &str, suite: Option<&str>) -> anyhow::Result<PathBuf> {
+    let debs = lab_dir().join("debs");
+    std::fs::create_dir_all(&debs)?;
+    let find = || {
+        std::fs::read_dir(&debs).ok().and_then(|d| {
+            d.filter_map(Result::ok).map(|e| e.path()).find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{pkg}_")))
+            })
+        })
+    };
+    if let Some(d) = find() {
+        return Ok(d);
+    }
+    apt_update_once()?;
+    eprintln!("lab: downloading {pkg}");
+    let mut dl = apt("apt-get")?;
+    dl.current_dir(&debs).args(["download", "-q", pkg]);
+    if let Some(s) = suite {
+        dl.args(["-t", s]);
+    }
+    output(&mut dl)?;
+    find().with_context(|| format!("downloaded {pkg}, but no .deb of it in {}", debs.display()))
+}
+
+/// The kernel of a matrix entry: downloaded and unpacked, or built.
 pub fn kernel(k: &Kernel) -> anyhow::Result<Unpacked> {
+    match k.source {
+        Source::Debian { meta, suite } => debian_kernel(meta, suite),
+        Source::Patched => crate::kbuild::patched(),
+    }
+}
+
+/// Downloads and unpacks the kernel image package (cached by package name),
+/// with its linux-headers for the test module.
+fn debian_kernel(meta: &str, suite: Option<&str>) -> anyhow::Result<Unpacked> {
     apt_update_once()?;
     let mut dep = apt("apt-cache")?;
-    dep.args(["depends", k.meta]);
-    if let Some(s) = k.suite {
+    dep.args(["depends", meta]);
+    if let Some(s) = suite {
         dep.args(["-t", s]);
     }
     let pkg = output(&mut dep)?
@@ -135,7 +190,7 @@ pub fn kernel(k: &Kernel) -> anyhow::Result<Unpacked> {
                 .strip_prefix("Depends: linux-image-")
                 .map(|v| format!("linux-image-{v}"))
         })
-        .with_context(|| format!("cannot resolve {} to a kernel image package", k.meta))?;
+        .with_context(|| format!("cannot resolve {meta} to a kernel image package"))?;
     let release = pkg.trim_start_matches("linux-image-").to_owned();
     let root = lab_dir().join("kernels").join(&release);
     if !root
@@ -143,23 +198,7 @@ pub fn kernel(k: &Kernel) -> anyhow::Result<Unpacked> {
         .join(format!("vmlinuz-{release}"))
         .exists()
     {
-        let debs = lab_dir().join("debs");
-        std::fs::create_dir_all(&debs)?;
-        eprintln!("lab: downloading {pkg}");
-        let mut dl = apt("apt-get")?;
-        dl.current_dir(&debs).args(["download", "-q", &pkg]);
-        if let Some(s) = k.suite {
-            dl.args(["-t", s]);
-        }
-        output(&mut dl)?;
-        let deb = std::fs::read_dir(&debs)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{pkg}_")))
-            })
-            .context("downloaded .deb not found")?;
+        let deb = download(&pkg, suite)?;
         std::fs::create_dir_all(&root)?;
         output(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
         output(
@@ -169,12 +208,24 @@ pub fn kernel(k: &Kernel) -> anyhow::Result<Unpacked> {
                 .arg(&release),
         )?;
     }
-    Ok(Unpacked { release, root })
+    let kbuild = crate::kbuild::debian_headers(&release, suite)?;
+    Ok(Unpacked {
+        release,
+        root,
+        kbuild,
+    })
 }
 
 /// Builds the initramfs: busybox, the modules (decompressed), kvscope and the
 /// scenario driver with their shared libraries, and an init running `cmd`.
-pub fn initramfs(k: &Unpacked, binaries: &[PathBuf], cmd: &str, out: &Path) -> anyhow::Result<()> {
+/// `extra` modules (the test module) go to /lib/modules for the command to load.
+pub fn initramfs(
+    k: &Unpacked,
+    binaries: &[PathBuf],
+    extra: &[PathBuf],
+    cmd: &str,
+    out: &Path,
+) -> anyhow::Result<()> {
     let stage = out.with_extension("d");
     let _ = std::fs::remove_dir_all(&stage);
     for d in [
@@ -228,6 +279,9 @@ pub fn initramfs(k: &Unpacked, binaries: &[PathBuf], cmd: &str, out: &Path) -> a
         }
     }
     std::fs::write(stage.join("modules.order"), order.join("\n") + "\n")?;
+    for m in extra {
+        std::fs::copy(m, stage.join("lib/modules").join(m.file_name().unwrap()))?;
+    }
     // Binaries and their libraries, at the same paths.
     for b in binaries {
         let dst = stage.join("usr/bin").join(b.file_name().unwrap());

@@ -5,30 +5,67 @@ use std::time::Duration;
 use anyhow::bail;
 use serde_json::Value;
 
-use crate::{cmd, lab};
+use crate::{cmd, kbuild, lab};
 
-/// Roles that must attach on every lab kernel, with the method expected: the
-/// KVM and VFIO functions live in modules there, so kprobes (aya 0.14 takes
-/// fentry targets from vmlinux BTF only); the mutex API is in vmlinux: fentry.
+/// Roles that must attach on each lab kernel, with the method expected. On the
+/// Debian kernels KVM and VFIO are modules: kprobes (aya 0.14 takes fentry
+/// targets from vmlinux BTF only). The patched kernel builds them in: fentry.
+/// The mutex API is in vmlinux everywhere: fentry.
+const MODULAR: &[&str] = &["6.1", "6.12"];
 const EXPECT: &[(&str, &[&str], &str)] = &[
-    ("vm-get", &["6.1", "6.12"], "kprobe"),
-    ("vm-put", &["6.1", "6.12"], "kprobe"),
-    ("vm-destroyed", &["6.1", "6.12"], "kprobe"),
-    ("vm-fd-release", &["6.1", "6.12"], "kprobe"),
-    ("device-open", &["6.1", "6.12"], "kprobe"),
-    ("device-release", &["6.1", "6.12"], "kprobe"),
+    ("vm-get", MODULAR, "kprobe"),
+    ("vm-put", MODULAR, "kprobe"),
+    ("vm-destroyed", MODULAR, "kprobe"),
+    ("vm-fd-release", MODULAR, "kprobe"),
+    ("device-open", MODULAR, "kprobe"),
+    ("device-release", MODULAR, "kprobe"),
     ("vfio-kvm-get", &["6.12"], "kprobe"),
     ("vfio-kvm-put", &["6.12"], "kprobe"),
-    ("group-vm-link", &["6.1", "6.12"], "kprobe"),
-    ("kvm-vfio-teardown", &["6.1", "6.12"], "kprobe"),
-    ("lock-acquire", &["6.1", "6.12"], "fentry"),
-    ("lock-release", &["6.1", "6.12"], "fentry"),
+    ("group-vm-link", MODULAR, "kprobe"),
+    ("kvm-vfio-teardown", MODULAR, "kprobe"),
+    ("vm-get", &["patched"], "fentry"),
+    ("vm-put", &["patched"], "fentry"),
+    ("vm-destroyed", &["patched"], "fentry"),
+    ("vm-fd-release", &["patched"], "fentry"),
+    // vfio_device_open is inlined there: the group ioctl stands in for it.
+    ("device-open", &["patched"], "fentry"),
+    ("device-release", &["patched"], "fentry"),
+    ("group-vm-link", &["patched"], "fentry"),
+    ("kvm-vfio-teardown", &["patched"], "fentry"),
+    ("lock-acquire", ALL, "fentry"),
+    ("lock-release", ALL, "fentry"),
 ];
+
+/// The stack variant `check` must name per kernel.
+fn expect_variant(kernel: &str) -> &'static str {
+    match kernel {
+        "patched" => "kvm_ops patch",
+        "6.12" => "6.6+",
+        _ => "6.1-style",
+    }
+}
 
 fn check_report(kernel: &str, r: &Value) -> Vec<String> {
     let mut bad = Vec::new();
     if r["usable"] != true {
         bad.push(format!("not usable: {}", r["reason"]));
+    }
+    let variant = r.to_string();
+    if !variant.contains(expect_variant(kernel)) {
+        bad.push(format!(
+            "check does not name the {:?} variant",
+            expect_variant(kernel)
+        ));
+    }
+    // Every tracepoint program attaches on every lab kernel (the patched
+    // kernel's config must have FTRACE_SYSCALLS for the syscalls ones).
+    for t in r["plan"]["tracepoints"].as_array().into_iter().flatten() {
+        if t["method"] == "none" {
+            bad.push(format!(
+                "tracepoint {} not attached: {}",
+                t["tracepoint"], t["reason"]
+            ));
+        }
     }
     let roles = r["plan"]["roles"].as_array().cloned().unwrap_or_default();
     for (role, kernels, method) in EXPECT {
@@ -64,74 +101,289 @@ fn check_report(kernel: &str, r: &Value) -> Vec<String> {
     bad
 }
 
-/// Each close order of the driver, recorded in the guest and replayed there.
-const SCENARIOS: &str = r#"kvscope check --json | tr -d '\n'; echo
-for m in dev-first vm-first exit; do
-  kvscope record -o /tmp/$m.kvs 2>/tmp/$m.err & P=$!
-  i=0; until grep -q "Ctrl-C" /tmp/$m.err || [ $i -ge 120 ]; do sleep 0.5; i=$((i+1)); done
-  kvscope-lab-driver $m > /tmp/$m.driver || { echo "driver $m failed"; cat /tmp/$m.driver; }
-  sleep 1; kill -INT $P; wait $P
-  echo "REPORT $m"; kvscope replay --json /tmp/$m.kvs | tr -d '\n'; echo
-done"#;
-
-/// What each close order must show: users_count after every change, and the
-/// findings (kind, locks) the kernel's design implies, and nothing else.
-fn expect_scenario(kernel: &str, mode: &str) -> (Vec<i64>, Vec<(&'static str, Vec<&'static str>)>) {
-    match (kernel, mode) {
-        // 6.6+: VFIO holds a reference from open to last close. The kvm-vfio
-        // device's get is inlined (an inferred +1).
-        ("6.12", "dev-first") => (vec![1, 2, 3, 2, 1, 0], vec![]),
-        // VM fd and kvm-vfio fd closed first: VFIO's put is the last, under
-        // group_lock and dev_set->lock (S3).
-        ("6.12", "vm-first") => (
-            vec![1, 2, 3, 2, 1, 0],
-            vec![(
-                "destroy-under-lock",
-                vec!["vfio_group.group_lock", "vfio_device_set.lock"],
-            )],
-        ),
-        // Exit without closing: the exit's deferred fputs run LIFO from
-        // task_work, so the device goes first and the VM fd drops the last
-        // reference in kvm_vm_release, under no VFIO lock: clean.
-        ("6.12", "exit") => (vec![1, 2, 3, 2, 1, 0], vec![]),
-        // 6.1: vfio-pci holds no kvm reference: the VM dies with its last KVM fd.
-        _ => (vec![1, 2, 1, 0], vec![]),
-    }
+/// One scenario of the lab: what the guest does, and what kvscope must show.
+struct Scenario {
+    /// Kernels of the matrix it runs on.
+    kernels: &'static [&'static str],
+    /// kvscope_testdev's mode (None: the edu device bound to vfio-pci).
+    testdev: Option<&'static str>,
+    /// kvscope-lab-driver's arguments.
+    driver: &'static str,
+    /// The VM's users_count after every change, read from the kernel.
+    counts: &'static [i64],
+    /// The device's open_count after every change.
+    open_counts: &'static [i64],
+    /// Findings (kind, locks named), exactly, in order.
+    findings: &'static [(&'static str, &'static [&'static str])],
+    /// Holders the VM's timeline must name, as "+1 HOLDER" / "-1 HOLDER".
+    attributed: &'static [&'static str],
+    /// Frames the VM's timeline (with stacks) must show.
+    frames: &'static [&'static str],
+    /// Why the kernel's design implies this.
+    why: &'static str,
 }
 
-fn check_scenario(kernel: &str, mode: &str, r: &Value) -> Vec<String> {
+const GROUP_LOCK: &str = "vfio_group.group_lock";
+const DEV_SET_LOCK: &str = "vfio_device_set.lock";
+const KVM_LOCK: &str = "kvm.lock";
+const NO_VFIO_REF: &[&str] = &["6.1", "patched"];
+const ALL: &[&str] = &["6.1", "6.12", "patched"];
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        kernels: &["6.12"],
+        testdev: None,
+        driver: "dev-first",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[],
+        attributed: &[],
+        frames: &[],
+        why: "6.6+: VFIO holds a reference from open to last close; the kvm-vfio get is inlined (an inferred +1)",
+    },
+    Scenario {
+        kernels: &["6.12"],
+        testdev: None,
+        driver: "vm-first",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[("destroy-under-lock", &[GROUP_LOCK, DEV_SET_LOCK])],
+        attributed: &[],
+        frames: &["vfio_device_put_kvm"],
+        why: "VM and kvm-vfio fds closed first: VFIO's put is the last, under group_lock and dev_set->lock (S3)",
+    },
+    Scenario {
+        kernels: &["6.12"],
+        testdev: None,
+        driver: "exit",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[],
+        attributed: &[],
+        frames: &[],
+        why: "exit's deferred fputs run LIFO: the device goes first, the VM fd drops the last reference under no VFIO lock",
+    },
+    Scenario {
+        kernels: NO_VFIO_REF,
+        testdev: None,
+        driver: "dev-first",
+        counts: &[1, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[],
+        attributed: &[],
+        frames: &[],
+        why: "6.1 (and the patch with a driver that sets no kvm_ops): VFIO holds no kvm reference",
+    },
+    Scenario {
+        kernels: NO_VFIO_REF,
+        testdev: None,
+        driver: "vm-first",
+        counts: &[1, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[],
+        attributed: &[],
+        frames: &[],
+        why: "6.1: the VM dies with its last KVM fd, the VFIO device still open",
+    },
+    Scenario {
+        kernels: NO_VFIO_REF,
+        testdev: None,
+        driver: "exit",
+        counts: &[1, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[],
+        attributed: &[],
+        frames: &[],
+        why: "6.1: no VFIO reference, no VFIO lock around the last put",
+    },
+    // S2 with a real driver: open_device takes kvm->lock under the VFIO locks.
+    Scenario {
+        kernels: &["6.1"],
+        testdev: Some("kvmlock"),
+        driver: "--testdev dev-first",
+        counts: &[1, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[("lock-order-inversion", &[KVM_LOCK, GROUP_LOCK])],
+        attributed: &[],
+        frames: &[],
+        why: "6.1: open_device takes kvm->lock under group_lock; kvm_vfio_release takes group_lock under kvm->lock (S2)",
+    },
+    Scenario {
+        kernels: &["6.12"],
+        testdev: Some("kvmlock"),
+        driver: "--testdev dev-first",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[],
+        attributed: &[],
+        frames: &[],
+        why: "6.3+ (2b48f52f2bff): kvm_vfio_release reaches only the kvm_ref_lock spinlock: no reverse edge",
+    },
+    // The 6.1 S1 shape: the driver's own reference is the last, dropped in close_device.
+    Scenario {
+        kernels: &["6.1"],
+        testdev: Some("ownref"),
+        driver: "--testdev vm-first",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[("destroy-under-lock", &[DEV_SET_LOCK, GROUP_LOCK])],
+        attributed: &[],
+        frames: &["testdev_close_device"],
+        why: "6.1: close_device runs under dev_set->lock and group_lock; the driver's put there is the last",
+    },
+    Scenario {
+        kernels: &["6.12"],
+        testdev: Some("ownref"),
+        driver: "--testdev vm-first",
+        counts: &[1, 2, 3, 4, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[("destroy-under-lock", &[GROUP_LOCK, DEV_SET_LOCK])],
+        attributed: &[],
+        frames: &["vfio_device_put_kvm"],
+        why: "6.12: the driver's put comes first; VFIO's own reference is still the last, dropped after close_device (S3)",
+    },
+    // The patched stack: a driver that uses kvm_ops.
+    Scenario {
+        kernels: &["patched"],
+        testdev: Some("kvmops"),
+        driver: "--testdev vm-first",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[("destroy-under-lock", &[DEV_SET_LOCK])],
+        attributed: &["+1 (kvm_ops)", "-1 (kvm_ops)"],
+        // The driver's put_kvm tail-calls kvm_put_kvm: the release is its frame.
+        frames: &["testdev_get_kvm", "vfio_device_fops_release"],
+        why: "the patch: put_kvm() runs after group_lock is dropped but under dev_set->lock",
+    },
+    Scenario {
+        kernels: &["patched"],
+        testdev: Some("kvmops"),
+        driver: "--testdev dev-first",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[],
+        attributed: &["+1 (kvm_ops)", "-1 (kvm_ops)"],
+        // The driver's put_kvm tail-calls kvm_put_kvm: the release is its frame.
+        frames: &["testdev_get_kvm", "vfio_device_fops_release"],
+        why: "device first: the driver's put is not the last",
+    },
+    Scenario {
+        kernels: &["patched"],
+        testdev: Some("kvmops"),
+        driver: "--testdev --no-kvm dev-first",
+        counts: &[1, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[("unbalanced-put", &[])],
+        attributed: &[],
+        frames: &[],
+        why: "the patch's defect: put_kvm() at the last close although get_kvm() was never called",
+    },
+    Scenario {
+        kernels: &["patched"],
+        testdev: Some("kvmops-lock"),
+        driver: "--testdev dev-first",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[("lock-order-inversion", &[KVM_LOCK, GROUP_LOCK])],
+        attributed: &["+1 (kvm_ops)", "-1 (kvm_ops)"],
+        frames: &[],
+        why: "the patch keeps 6.1's kvm_vfio_release under kvm->lock -> group_lock; open_device takes kvm->lock under group_lock (S2)",
+    },
+];
+
+/// The guest's script: `check --json`, then each scenario recorded and replayed.
+fn guest_script(kernel: &str) -> String {
+    let mut s = String::from("kvscope check --json | tr -d '\\n'; echo\n");
+    for (i, sc) in SCENARIOS.iter().enumerate() {
+        if !sc.kernels.contains(&kernel) {
+            continue;
+        }
+        if let Some(m) = sc.testdev {
+            s += &format!(
+                "rmmod kvscope_testdev 2>/dev/null; insmod /lib/modules/kvscope_testdev.ko mode={m} || echo 'insmod kvscope_testdev mode={m} failed'\n"
+            );
+        }
+        s += &format!(
+            r#"kvscope record -o /tmp/s{i}.kvs 2>/tmp/s{i}.err & P=$!
+i=0; until grep -q "Ctrl-C" /tmp/s{i}.err || [ $i -ge 120 ]; do sleep 0.5; i=$((i+1)); done
+kvscope-lab-driver {d} > /tmp/s{i}.driver || {{ echo "driver {d} failed"; cat /tmp/s{i}.driver /tmp/s{i}.err; }}
+sleep 1; kill -INT $P; wait $P
+echo "REPORT s{i}"; kvscope replay --json /tmp/s{i}.kvs | tr -d '\n'; echo
+A=$(kvscope replay --json /tmp/s{i}.kvs | grep -o '"addr": *"0x[0-9a-f]*"' | head -1 | grep -o '0x[0-9a-f]*')
+echo "TIMELINE s{i}"; kvscope timeline --stacks --vm $A /tmp/s{i}.kvs; echo "END s{i}"
+"#,
+            d = sc.driver
+        );
+    }
+    s += "dmesg | grep kvscope_testdev\n";
+    s
+}
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.as_str().map(str::to_owned))
+        .collect()
+}
+
+fn ints(v: &Value) -> Vec<i64> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_i64)
+        .collect()
+}
+
+fn check_scenario(name: &str, sc: &Scenario, r: &Value, timeline: &str) -> Vec<String> {
     let mut bad = Vec::new();
-    let (counts, findings) = expect_scenario(kernel, mode);
     if !r["damage"].is_null() {
-        bad.push(format!("{mode}: damaged recording: {}", r["damage"]));
+        bad.push(format!("{name}: damaged recording: {}", r["damage"]));
     }
     let lost: u64 = r["lost"]
         .as_object()
         .map(|m| m.values().filter_map(Value::as_u64).sum())
         .unwrap_or(0);
     if lost > 0 {
-        bad.push(format!("{mode}: {lost} events lost"));
+        bad.push(format!("{name}: {lost} events lost"));
     }
     let vms = r["vms"].as_array().cloned().unwrap_or_default();
     if vms.len() != 1 {
-        bad.push(format!("{mode}: {} VMs, expected 1", vms.len()));
+        bad.push(format!("{name}: {} VMs, expected 1", vms.len()));
     }
     for vm in &vms {
-        let got: Vec<i64> = vm["counts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_i64)
-            .collect();
-        if got != counts {
-            bad.push(format!("{mode}: users_count {got:?}, expected {counts:?}"));
+        let got = ints(&vm["counts"]);
+        if got != sc.counts {
+            bad.push(format!(
+                "{name}: users_count {got:?}, expected {:?}",
+                sc.counts
+            ));
         }
         if vm["destroys"] != 1 {
             bad.push(format!(
-                "{mode}: kvm_destroy_vm seen {} times, expected once",
+                "{name}: kvm_destroy_vm seen {} times, expected once",
                 vm["destroys"]
             ));
         }
+        let changes = strings(&vm["changes"]);
+        for a in sc.attributed {
+            let (sign, holder) = a.split_once(' ').unwrap_or((a, ""));
+            if !changes
+                .iter()
+                .any(|c| c.starts_with(sign) && c.contains(holder))
+            {
+                bad.push(format!(
+                    "{name}: no step {a} in the VM's timeline: {changes:?}"
+                ));
+            }
+        }
+    }
+    let devs = r["device_list"].as_array().cloned().unwrap_or_default();
+    let opens: Vec<Vec<i64>> = devs.iter().map(|d| ints(&d["open_counts"])).collect();
+    if opens != [sc.open_counts.to_vec()] {
+        bad.push(format!(
+            "{name}: device open_count {opens:?}, expected [{:?}]",
+            sc.open_counts
+        ));
     }
     let got: Vec<(String, Vec<String>)> = r["findings"]
         .as_array()
@@ -140,27 +392,38 @@ fn check_scenario(kernel: &str, mode: &str, r: &Value) -> Vec<String> {
         .map(|f| {
             (
                 f["kind"].as_str().unwrap_or("").to_owned(),
-                f["locks"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|l| l.as_str().map(str::to_owned))
-                    .collect(),
+                strings(&f["locks"]),
             )
         })
         .collect();
-    let want: Vec<(String, Vec<String>)> = findings
+    let want: Vec<(String, Vec<String>)> = sc
+        .findings
         .iter()
         .map(|(k, l)| (k.to_string(), l.iter().map(|x| x.to_string()).collect()))
         .collect();
     if got != want {
-        bad.push(format!("{mode}: findings {got:?}, expected {want:?}"));
+        bad.push(format!("{name}: findings {got:?}, expected {want:?}"));
+    }
+    for f in sc.frames {
+        if !timeline.contains(f) {
+            bad.push(format!("{name}: no {f} frame in the VM's timeline stacks"));
+        }
     }
     eprintln!(
-        "lab: {kernel} {mode}: users_count {}, findings {got:?}",
-        vms.first().map(|v| v["counts"].clone()).unwrap_or_default()
+        "lab:   {name}: users_count {:?}, open_count {opens:?}, findings {got:?}",
+        vms.first().map(|v| ints(&v["counts"])).unwrap_or_default()
     );
     bad
+}
+
+/// Lines after `marker` up to `end` (exclusive).
+fn section<'a>(out: &'a [String], marker: &str, end: &str) -> Vec<&'a str> {
+    out.iter()
+        .skip_while(|l| l.as_str() != marker)
+        .skip(1)
+        .take_while(|l| l.as_str() != end)
+        .map(String::as_str)
+        .collect()
 }
 
 pub fn run(kernels: &[String], custom: Option<&str>) -> anyhow::Result<()> {
@@ -184,13 +447,16 @@ pub fn run(kernels: &[String], custom: Option<&str>) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     for k in selected {
         let un = lab::kernel(k)?;
+        let testdev = kbuild::testdev(&un, matches!(k.source, lab::Source::Patched))?;
         let initrd = crate::setup::cache_dir()
             .join("lab")
             .join(format!("initrd-{}.gz", un.release));
-        let cmdline = custom.unwrap_or(SCENARIOS);
+        let script = guest_script(k.name);
+        let cmdline = custom.unwrap_or(&script);
         lab::initramfs(
             &un,
             &[cmd::kvscope_bin(), cmd::lab_driver_bin()],
+            &[testdev],
             cmdline,
             &initrd,
         )?;
@@ -200,6 +466,12 @@ pub fn run(kernels: &[String], custom: Option<&str>) -> anyhow::Result<()> {
             "lab: {} ran in {:.1} s, rc {:?}",
             k.name, boot.secs, boot.rc
         );
+        // The guest's whole console, kept for reading the evidence later.
+        let log = crate::setup::cache_dir()
+            .join("lab")
+            .join(format!("last-{}.console", k.name));
+        std::fs::write(&log, &boot.console)?;
+        eprintln!("lab: guest console in {}", log.display());
         if custom.is_some() {
             for l in &boot.output {
                 println!("{l}");
@@ -215,17 +487,26 @@ pub fn run(kernels: &[String], custom: Option<&str>) -> anyhow::Result<()> {
             Some(Err(e)) => vec![format!("kvscope check --json output did not parse: {e}")],
             None => vec!["no output from the guest".to_owned()],
         };
-        for mode in ["dev-first", "vm-first", "exit"] {
-            let at = boot
-                .output
-                .iter()
-                .position(|l| l == &format!("REPORT {mode}"));
-            match at
-                .and_then(|i| boot.output.get(i + 1))
-                .map(|l| serde_json::from_str::<Value>(l))
-            {
-                Some(Ok(r)) => verdict.extend(check_scenario(k.name, mode, &r)),
-                _ => verdict.push(format!("{mode}: no replay report from the guest")),
+        for (i, sc) in SCENARIOS.iter().enumerate() {
+            if !sc.kernels.contains(&k.name) {
+                continue;
+            }
+            let name = format!(
+                "{} {}",
+                sc.testdev
+                    .map_or("edu".to_owned(), |m| format!("testdev mode={m}")),
+                sc.driver.trim_start_matches("--testdev ")
+            );
+            eprintln!("lab:   {name}: {}", sc.why);
+            let report = section(&boot.output, &format!("REPORT s{i}"), "");
+            let timeline = section(
+                &boot.output,
+                &format!("TIMELINE s{i}"),
+                &format!("END s{i}"),
+            );
+            match report.first().map(|l| serde_json::from_str::<Value>(l)) {
+                Some(Ok(r)) => verdict.extend(check_scenario(&name, sc, &r, &timeline.join("\n"))),
+                _ => verdict.push(format!("{name}: no replay report from the guest")),
             }
         }
         if verdict.is_empty() && boot.rc == Some(0) {

@@ -1,6 +1,7 @@
 //! kvscope's developer and CI tasks. `cargo xtask --help` lists them.
 mod cmd;
 mod install;
+mod kbuild;
 mod lab;
 mod labrun;
 mod setup;

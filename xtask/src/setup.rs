@@ -190,11 +190,16 @@ pub fn ensure_cargo_fuzz() -> anyhow::Result<PathBuf> {
 }
 
 /// Debian packages some test tiers need (prometheus + promtool for the service
-/// tests). Installed with apt when a command is missing; idempotent.
+/// tests, the kernel build tools for the lab). Installed with apt when a command
+/// (or an absolute path) is missing; idempotent.
 pub fn ensure_apt(needs: &[(&str, &str)]) -> anyhow::Result<()> {
     let missing: Vec<&str> = needs
         .iter()
         .filter(|(cmd, _)| {
+            // A path (a header, a library) is checked for existence.
+            if cmd.starts_with('/') {
+                return !std::path::Path::new(cmd).exists();
+            }
             !Command::new("sh")
                 .args(["-c", &format!("command -v {cmd}")])
                 .output()

@@ -38,6 +38,11 @@ pub struct Config {
     /// Whether kvm_destroy_vm is hooked. When it is not (tier 3), the last close
     /// of a VM's fds at count 1 is taken as its destruction, marked inferred.
     pub destroy_observable: bool,
+    /// Whether the device fd's release does the close itself (6.1 and the
+    /// kvm_ops patch: no vfio_df_close/vfio_device_close hook follows it), so
+    /// open_count drops at the release. Set from the attach plan, not config.
+    #[serde(skip)]
+    pub release_closes: bool,
     /// Distinct findings kept; the oldest are dropped (and counted) past it.
     pub max_findings: usize,
     /// Collect measurements (lock waits and holds, VM teardown) for the
@@ -73,6 +78,7 @@ impl Default for Config {
             long_wait_ms: 1_000,
             long_hold_ms: 5_000,
             destroy_observable: true,
+            release_closes: false,
             max_findings: 10_000,
             observe: false,
         }
@@ -135,6 +141,10 @@ pub struct Device {
     pub kvm_ref: Option<u64>,
     /// When open_count reached 0.
     pub closed_ns: Option<u64>,
+    /// The kvm_ops patch: what the first open we saw did. None: no such open
+    /// seen; Some(None): no get_kvm (the group had no KVM); Some(Some(kvm)):
+    /// get_kvm(kvm), which the last close's put_kvm() gives back.
+    pub kvm_ops_get: Option<Option<u64>>,
     pub timeline: Timeline,
     #[serde(skip)]
     leak_reported: bool,
@@ -187,6 +197,24 @@ fn thread(e: &Event) -> Thread {
 
 fn dev_holder(dev: u64) -> String {
     format!("vfio device {dev:#x}")
+}
+
+/// The holder of a reference a driver took through the patch's get_kvm().
+fn kvm_ops_holder(dev: u64) -> String {
+    format!("vfio device {dev:#x} (kvm_ops)")
+}
+
+/// An open or release of a device whose driver set kvm_ops (the seed's patch).
+fn kvm_ops_set(e: &Event) -> bool {
+    e.kvm_ops.is_some_and(|o| o != 0)
+}
+
+/// The patch's first open: open_count became 1 and the open succeeded.
+fn kvm_ops_first_open(e: &Event) -> bool {
+    e.kind == Kind::DeviceOpened
+        && kvm_ops_set(e)
+        && e.open_count == Some(1)
+        && e.ret.is_none_or(|r| r >= 0)
 }
 
 const VM_FD: &str = "vm fd";
@@ -258,6 +286,11 @@ impl Engine {
 
     pub fn devices(&self) -> impl Iterator<Item = &Device> {
         self.devices.values()
+    }
+
+    /// Retained closed generations, then the current ones.
+    pub fn device_generations(&self) -> impl Iterator<Item = &Device> {
+        self.dead_devices.iter().chain(self.devices.values())
     }
 
     pub fn open_devices(&self) -> usize {
@@ -445,7 +478,7 @@ impl Engine {
             self.vm_event(kvm, e, out);
         }
         if let Some(dev) = e.device {
-            self.device_event(dev, e);
+            self.device_event(dev, e, out);
         }
     }
 
@@ -823,6 +856,27 @@ impl Engine {
                     self.pending_put.insert(e.pid, (addr, dev_holder(d)));
                 }
             }
+            Kind::DeviceOpened if kvm_ops_first_open(e) => {
+                // The patch called get_kvm(group->kvm) inside this open: the
+                // driver's get (kvm_get_kvm_safe from its get_kvm) is this
+                // thread's last unnamed get on the VM.
+                // Named once, however many hooks report the open.
+                if let Some(h) = e.device.map(kvm_ops_holder)
+                    && let Some(last) = vm
+                        .timeline
+                        .steps
+                        .iter_mut()
+                        .rev()
+                        .find(|s| s.pid == e.pid && s.what == "get")
+                    && last.holder.is_none()
+                {
+                    last.holder = Some(h.clone());
+                    *vm.holders.entry(h).or_default() += 1;
+                }
+                vm.timeline
+                    .push(cap, step("device-open", 0, e.users, None, false));
+                vm.users = e.users.or(vm.users);
+            }
             Kind::FileLink
             | Kind::FileUnlink
             | Kind::DeviceOpened
@@ -847,7 +901,7 @@ impl Engine {
         }
     }
 
-    fn device_event(&mut self, addr: u64, e: &Event) {
+    fn device_event(&mut self, addr: u64, e: &Event, out: &mut Vec<Finding>) {
         let cap = self.cfg.timeline_cap;
         let reopen = self
             .devices
@@ -872,6 +926,7 @@ impl Engine {
             kvm_ref: None,
             closed_ns: None,
             timeline: Timeline::default(),
+            kvm_ops_get: None,
             leak_reported: false,
         });
         d.group = e.group.or(d.group);
@@ -891,12 +946,35 @@ impl Engine {
             _ => return,
         };
         // open_count is read at open exit (after) and at release/close entry (before).
+        let release_closes = self.cfg.release_closes;
+        // An open can be seen twice (the open function and the ioctl's exit
+        // tracepoint): the count read from the kernel says whether it rose.
+        let prev_open = if d.closed_ns.is_some() {
+            Some(0)
+        } else {
+            d.open_count
+        };
         let (delta, after) = match (e.kind, e.open_count) {
-            (Kind::DeviceOpened, Some(c)) if e.ret.is_none_or(|r| r >= 0) => (1, Some(c)),
+            (Kind::DeviceOpened, Some(c)) if e.ret.is_none_or(|r| r >= 0) => {
+                (prev_open.map_or(1, |p| c - p), Some(c))
+            }
             (Kind::DeviceClose, Some(c)) => (-1, Some(c - 1)),
+            (Kind::DeviceRelease, Some(c)) if release_closes => (-1, Some(c - 1)),
             (_, c) => (0, c),
         };
-        if e.kind == Kind::DeviceClose && after == Some(0) {
+        let mut kvm_ops_put = None;
+        // Only the report of the open that raised the count knows group->kvm
+        // at the patch's get_kvm (the ioctl's exit tracepoint does not read it).
+        if kvm_ops_first_open(e) && delta > 0 {
+            d.kvm_ops_get = Some(e.kvm.filter(|k| *k != 0));
+        } else if e.kind == Kind::DeviceRelease && kvm_ops_set(e) && e.open_count == Some(1) {
+            // The patch calls put_kvm() whenever open_count drops to 0 and
+            // kvm_ops is set, whether or not get_kvm() was called.
+            kvm_ops_put = d.kvm_ops_get.take();
+        }
+        let closing = matches!(e.kind, Kind::DeviceClose)
+            || (e.kind == Kind::DeviceRelease && release_closes);
+        if closing && after == Some(0) {
             d.closed_ns = Some(e.ts_ns);
         }
         if e.kind == Kind::DeviceOpened && after.is_some_and(|c| c > 0) {
@@ -918,6 +996,39 @@ impl Engine {
                 stack_id: e.stack_id,
             },
         );
+        match kvm_ops_put {
+            Some(Some(kvm)) => {
+                self.pending_put.insert(e.pid, (kvm, kvm_ops_holder(addr)));
+            }
+            Some(None) => {
+                let (generation, group, detail) = (d.generation, d.group, excerpt(&d.timeline, 6));
+                let mut objects = vec![("vfio_device".to_owned(), addr)];
+                objects.extend(group.map(|g| ("vfio_group".to_owned(), g)));
+                let mut lines = vec![
+                    "the device's first open found no KVM on its group, so VFIO never called kvm_ops->get_kvm()".to_owned(),
+                    "its last close calls kvm_ops->put_kvm() anyway: the kvm_ops patch puts whenever open_count drops to 0 and kvm_ops is set".to_owned(),
+                    "put_kvm(void) names no VM: a driver that does not guard its own state drops a reference it never took".to_owned(),
+                ];
+                lines.extend(detail);
+                out.push(Finding {
+                    kind: FindingKind::UnbalancedPut,
+                    severity: Severity::Error,
+                    summary: format!(
+                        "kvm_ops->put_kvm() with no get_kvm() on vfio device {addr:#x} (kvm_ops path)"
+                    ),
+                    objects,
+                    locks: vec![],
+                    threads: vec![thread(e)],
+                    detail: lines,
+                    stacks: e.stack_id.into_iter().collect(),
+                    first_ns: e.ts_ns,
+                    last_ns: e.ts_ns,
+                    count: 1,
+                    key: format!("unbalanced-put/kvm_ops/{addr:#x}/{generation}"),
+                });
+            }
+            None => {}
+        }
     }
 
     fn lock_attempt(&mut self, e: &Event, out: &mut Vec<Finding>) {

@@ -176,6 +176,7 @@ offsets! {
     vfio_device_group: "vfio_device" "group";
     vfio_device_dev_set: "vfio_device" "dev_set";
     vfio_device_kvm: "vfio_device" "kvm";
+    vfio_device_kvm_ops: "vfio_device" "kvm_ops";
     vfio_device_set_lock: "vfio_device_set" "lock";
     vfio_group_group_lock: "vfio_group" "group_lock";
     vfio_group_kvm: "vfio_group" "kvm";

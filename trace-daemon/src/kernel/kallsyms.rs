@@ -5,6 +5,9 @@ use std::{collections::HashMap, fs, path::Path};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
+/// Larger than any kernel function (the biggest are a few tens of KiB).
+pub const MAX_FUNCTION_OFFSET: u64 = 256 * 1024;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Sym {
     pub addr: u64,
@@ -110,14 +113,19 @@ impl Kallsyms {
         self.syms.is_empty()
     }
 
-    /// `name+0xoff [module]` for a kernel text address.
+    /// `name+0xoff [module]` for a kernel text address. None past
+    /// [`MAX_FUNCTION_OFFSET`] from the nearest symbol: such an address is in
+    /// code kallsyms does not list (BPF programs and trampolines when
+    /// bpf_jit_kallsyms is off), and naming the last symbol before the gap
+    /// would be a wrong frame.
     pub fn symbolize(&self, addr: u64) -> Option<(&Sym, u64)> {
         if !self.addresses_visible {
             return None;
         }
         let i = self.syms.partition_point(|s| s.addr <= addr);
         let s = self.syms.get(i.checked_sub(1)?)?;
-        Some((s, addr - s.addr))
+        let off = addr - s.addr;
+        (off <= MAX_FUNCTION_OFFSET).then_some((s, off))
     }
 
     /// Only the symbols a recording needs to symbolise its stacks.
@@ -176,6 +184,15 @@ garbage line
         let (s, off) = k.symbolize(0xffffffff81283c60 + 0x14).unwrap();
         assert_eq!((s.name.as_str(), off), ("kvm_put_kvm", 0x14));
         assert!(k.symbolize(0x1000).is_none());
+    }
+
+    #[test]
+    fn addresses_far_past_the_last_symbol_stay_raw() {
+        // Seen in the lab: a trampoline address named exit_dns_resolver+0x27ca4ce.
+        let k = Kallsyms::parse(SAMPLE);
+        let last = k.syms.last().unwrap().addr;
+        assert!(k.symbolize(last + MAX_FUNCTION_OFFSET).is_some());
+        assert!(k.symbolize(last + MAX_FUNCTION_OFFSET + 1).is_none());
     }
 
     #[test]
