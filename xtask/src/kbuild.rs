@@ -95,7 +95,7 @@ pub fn patched() -> anyhow::Result<Unpacked> {
         return Ok(Unpacked {
             release: release.trim().to_owned(),
             root,
-            kbuild: tree,
+            tree: Some(tree),
         });
     }
     let started = Instant::now();
@@ -225,7 +225,7 @@ pub fn patched() -> anyhow::Result<Unpacked> {
     Ok(Unpacked {
         release,
         root,
-        kbuild: tree,
+        tree: Some(tree),
     })
 }
 
@@ -242,7 +242,7 @@ pub fn debian_headers(release: &str, suite: Option<&str>) -> anyhow::Result<Path
     }
     ensure_build_tools()?;
     let pkg = format!("linux-headers-{release}");
-    let mut dep = lab::apt("apt-cache")?;
+    let mut dep = lab::apt("apt-cache", suite)?;
     dep.args(["depends", &pkg]);
     let deps = output(&mut dep)?;
     let mut pkgs = vec![pkg.clone()];
@@ -271,9 +271,14 @@ pub fn debian_headers(release: &str, suite: Option<&str>) -> anyhow::Result<Path
     Ok(dir)
 }
 
-/// Builds lab-kernel/testdev against `kbuild` (a build tree or a headers
-/// directory); cached per kernel release and module source.
-pub fn testdev(k: &Unpacked, kvm_ops: bool) -> anyhow::Result<PathBuf> {
+/// Builds lab-kernel/testdev against the kernel's build tree or, for a Debian
+/// kernel, its linux-headers; cached per kernel release and module source.
+pub fn testdev(k: &Unpacked, suite: Option<&str>) -> anyhow::Result<PathBuf> {
+    let kvm_ops = k.tree.is_some();
+    let kbuild = match &k.tree {
+        Some(t) => t.clone(),
+        None => debian_headers(&k.release, suite)?,
+    };
     let src = workspace_root().join(TESTDEV);
     let mut parts = vec![k.release.as_bytes().to_vec()];
     let mut names: Vec<_> = std::fs::read_dir(&src)?
@@ -306,7 +311,7 @@ pub fn testdev(k: &Unpacked, kvm_ops: bool) -> anyhow::Result<PathBuf> {
     }
     let mut c = Command::new("make");
     c.arg("-C")
-        .arg(&k.kbuild)
+        .arg(&kbuild)
         .arg(format!("M={}", out.display()))
         .arg("modules");
     if kvm_ops {
@@ -314,7 +319,7 @@ pub fn testdev(k: &Unpacked, kvm_ops: bool) -> anyhow::Result<PathBuf> {
     }
     logged(
         &mut c,
-        &out.with_extension("log"),
+        &PathBuf::from(format!("{}.log", out.display())),
         &format!("building the test module for {}", k.release),
     )?;
     if !ko.exists() {

@@ -47,6 +47,14 @@ pub const KERNELS: &[Kernel] = &[
             suite: None,
         },
     },
+    // The newest kernel the registry offers (sid), where it unpacks and boots.
+    Kernel {
+        name: "sid",
+        source: Source::Debian {
+            meta: "linux-image-cloud-amd64",
+            suite: Some("sid"),
+        },
+    },
     Kernel {
         name: "patched",
         source: Source::Patched,
@@ -60,24 +68,44 @@ pub fn lab_dir() -> PathBuf {
     setup::cache_dir().join("lab")
 }
 
-/// apt with a private configuration: the host's sources plus bookworm-backports,
-/// its own lists and cache, nothing of the host's apt state touched.
-pub fn apt(bin: &str) -> anyhow::Result<Command> {
-    let dir = lab_dir().join("apt");
+/// A suite line for a private sources directory, on the host's mirror.
+fn suite_source(suite: &str) -> anyhow::Result<String> {
+    let host = std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
+        .context("the host's /etc/apt/sources.list.d/debian.sources")?;
+    let uri = host
+        .lines()
+        .find_map(|l| l.strip_prefix("URIs: "))
+        .unwrap_or("http://deb.debian.org/debian")
+        .trim()
+        .to_owned();
+    Ok(format!(
+        "Types: deb\nURIs: {uri}\nSuites: {suite}\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    ))
+}
+
+/// apt with a private configuration, its own lists and cache, nothing of the
+/// host's apt state touched: the host's sources plus bookworm-backports, or
+/// (for `Some("sid")`) sid alone, so that sid never becomes the candidate
+/// for the bookworm kernels.
+pub fn apt(bin: &str, suite: Option<&str>) -> anyhow::Result<Command> {
+    let sid = suite == Some("sid");
+    let dir = lab_dir().join(if sid { "apt-sid" } else { "apt" });
     let src = dir.join("src");
-    if !src.join("backports.sources").exists() {
+    let marker = src.join(if sid { "sid.sources" } else { "backports.sources" });
+    if !marker.exists() {
         for d in ["src", "lists/partial", "cache/archives/partial"] {
             std::fs::create_dir_all(dir.join(d))?;
         }
-        std::fs::copy(
-            "/etc/apt/sources.list.d/debian.sources",
-            src.join("debian.sources"),
-        )
-        .context("the host's /etc/apt/sources.list.d/debian.sources")?;
-        std::fs::write(
-            src.join("backports.sources"),
-            "Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
-        )?;
+        if sid {
+            std::fs::write(&marker, suite_source("sid")?)?;
+        } else {
+            std::fs::copy(
+                "/etc/apt/sources.list.d/debian.sources",
+                src.join("debian.sources"),
+            )
+            .context("the host's /etc/apt/sources.list.d/debian.sources")?;
+            std::fs::write(&marker, suite_source("bookworm-backports")?)?;
+        }
     }
     let mut c = Command::new(bin);
     for o in [
@@ -93,13 +121,14 @@ pub fn apt(bin: &str) -> anyhow::Result<Command> {
     Ok(c)
 }
 
-fn apt_update_once() -> anyhow::Result<()> {
-    let stamp = lab_dir().join("apt/updated");
+fn apt_update_once(suite: Option<&str>) -> anyhow::Result<()> {
+    let dir = if suite == Some("sid") { "apt-sid" } else { "apt" };
+    let stamp = lab_dir().join(dir).join("updated");
     let fresh = std::fs::metadata(&stamp)
         .and_then(|m| m.modified())
         .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(24 * 3600));
     if !fresh {
-        output(apt("apt-get")?.args(["update", "-q"]))?;
+        output(apt("apt-get", suite)?.args(["update", "-q"]))?;
         std::fs::write(&stamp, "")?;
     }
     Ok(())
@@ -116,8 +145,8 @@ pub fn ensure_host_tools() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("lab: installing qemu-system-x86 (bookworm-backports), busybox-static, kmod, cpio");
-    apt_update_once()?;
-    output(apt("apt-get")?.args([
+    apt_update_once(None)?;
+    output(apt("apt-get", None)?.args([
         "install",
         "-y",
         "-q",
@@ -136,8 +165,9 @@ pub struct Unpacked {
     pub release: String,
     /// Holds boot/vmlinuz-RELEASE and lib/modules/RELEASE.
     pub root: PathBuf,
-    /// Where out-of-tree modules build (`make -C`): headers or the build tree.
-    pub kbuild: PathBuf,
+    /// The build tree, for a kernel built here (out-of-tree modules build
+    /// against it); Debian kernels use their linux-headers (kbuild.rs).
+    pub tree: Option<PathBuf>,
 }
 
 /// Downloads a package into the lab's cache (once) and returns the .deb.
@@ -155,9 +185,9 @@ pub fn download(pkg: &str, suite: Option<&str>) -> anyhow::Result<PathBuf> {
     if let Some(d) = find() {
         return Ok(d);
     }
-    apt_update_once()?;
+    apt_update_once(suite)?;
     eprintln!("lab: downloading {pkg}");
-    let mut dl = apt("apt-get")?;
+    let mut dl = apt("apt-get", suite)?;
     dl.current_dir(&debs).args(["download", "-q", pkg]);
     if let Some(s) = suite {
         dl.args(["-t", s]);
@@ -174,11 +204,10 @@ pub fn kernel(k: &Kernel) -> anyhow::Result<Unpacked> {
     }
 }
 
-/// Downloads and unpacks the kernel image package (cached by package name),
-/// with its linux-headers for the test module.
+/// Downloads and unpacks the kernel image package (cached by package name).
 fn debian_kernel(meta: &str, suite: Option<&str>) -> anyhow::Result<Unpacked> {
-    apt_update_once()?;
-    let mut dep = apt("apt-cache")?;
+    apt_update_once(suite)?;
+    let mut dep = apt("apt-cache", suite)?;
     dep.args(["depends", meta]);
     if let Some(s) = suite {
         dep.args(["-t", s]);
@@ -198,9 +227,39 @@ fn debian_kernel(meta: &str, suite: Option<&str>) -> anyhow::Result<Unpacked> {
         .join(format!("vmlinuz-{release}"))
         .exists()
     {
-        let deb = download(&pkg, suite)?;
+        // Newer Debian (sid) splits the image package: the kernel and its
+        // modules are in linux-binary-RELEASE / linux-base-RELEASE.
+        let mut pkgs = vec![pkg.clone()];
+        let mut deps = apt("apt-cache", suite)?;
+        deps.args(["depends", &pkg]);
+        for l in output(&mut deps)?.lines() {
+            if let Some(d) = l.trim().trim_start_matches('|').strip_prefix("Depends: ")
+                && (d == format!("linux-binary-{release}")
+                    || d == format!("linux-base-{release}")
+                    || d == format!("linux-modules-{release}"))
+            {
+                pkgs.push(d.to_owned());
+            }
+        }
         std::fs::create_dir_all(&root)?;
-        output(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+        for p in &pkgs {
+            let deb = download(p, suite)?;
+            output(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+        }
+        // Merged /usr: modules under usr/lib; modprobe -d wants lib/modules.
+        if !root.join("lib").exists() && root.join("usr/lib/modules").exists() {
+            std::os::unix::fs::symlink("usr/lib", root.join("lib"))?;
+        }
+        // ... and the image and config beside them, where the lab looks in boot/.
+        let moddir = root.join("usr/lib/modules").join(&release);
+        for (from, to) in [("vmlinuz", "vmlinuz"), ("config", "config")] {
+            let src = moddir.join(from);
+            let dst = root.join("boot").join(format!("{to}-{release}"));
+            if src.exists() && !dst.exists() {
+                std::fs::create_dir_all(root.join("boot"))?;
+                std::fs::copy(&src, &dst)?;
+            }
+        }
         output(
             Command::new("/usr/sbin/depmod")
                 .arg("-b")
@@ -208,11 +267,10 @@ fn debian_kernel(meta: &str, suite: Option<&str>) -> anyhow::Result<Unpacked> {
                 .arg(&release),
         )?;
     }
-    let kbuild = crate::kbuild::debian_headers(&release, suite)?;
     Ok(Unpacked {
         release,
         root,
-        kbuild,
+        tree: None,
     })
 }
 

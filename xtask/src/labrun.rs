@@ -11,7 +11,9 @@ use crate::{cmd, kbuild, lab};
 /// Debian kernels KVM and VFIO are modules: kprobes (aya 0.14 takes fentry
 /// targets from vmlinux BTF only). The patched kernel builds them in: fentry.
 /// The mutex API is in vmlinux everywhere: fentry.
-const MODULAR: &[&str] = &["6.1", "6.12"];
+const MODULAR: &[&str] = &["6.1", "6.12", "sid"];
+/// Kernels with the 6.6+ shape (vfio_df_*, VFIO's own kvm reference).
+const DF66: &[&str] = &["6.12", "sid"];
 const EXPECT: &[(&str, &[&str], &str)] = &[
     ("vm-get", MODULAR, "kprobe"),
     ("vm-put", MODULAR, "kprobe"),
@@ -19,8 +21,8 @@ const EXPECT: &[(&str, &[&str], &str)] = &[
     ("vm-fd-release", MODULAR, "kprobe"),
     ("device-open", MODULAR, "kprobe"),
     ("device-release", MODULAR, "kprobe"),
-    ("vfio-kvm-get", &["6.12"], "kprobe"),
-    ("vfio-kvm-put", &["6.12"], "kprobe"),
+    ("vfio-kvm-get", DF66, "kprobe"),
+    ("vfio-kvm-put", DF66, "kprobe"),
     ("group-vm-link", MODULAR, "kprobe"),
     ("kvm-vfio-teardown", MODULAR, "kprobe"),
     ("vm-get", &["patched"], "fentry"),
@@ -40,7 +42,7 @@ const EXPECT: &[(&str, &[&str], &str)] = &[
 fn expect_variant(kernel: &str) -> &'static str {
     match kernel {
         "patched" => "kvm_ops patch",
-        "6.12" => "6.6+",
+        "6.12" | "sid" => "6.6+",
         _ => "6.1-style",
     }
 }
@@ -127,11 +129,11 @@ const GROUP_LOCK: &str = "vfio_group.group_lock";
 const DEV_SET_LOCK: &str = "vfio_device_set.lock";
 const KVM_LOCK: &str = "kvm.lock";
 const NO_VFIO_REF: &[&str] = &["6.1", "patched"];
-const ALL: &[&str] = &["6.1", "6.12", "patched"];
+const ALL: &[&str] = &["6.1", "6.12", "sid", "patched"];
 
 const SCENARIOS: &[Scenario] = &[
     Scenario {
-        kernels: &["6.12"],
+        kernels: DF66,
         testdev: None,
         driver: "dev-first",
         counts: &[1, 2, 3, 2, 1, 0],
@@ -142,7 +144,7 @@ const SCENARIOS: &[Scenario] = &[
         why: "6.6+: VFIO holds a reference from open to last close; the kvm-vfio get is inlined (an inferred +1)",
     },
     Scenario {
-        kernels: &["6.12"],
+        kernels: DF66,
         testdev: None,
         driver: "vm-first",
         counts: &[1, 2, 3, 2, 1, 0],
@@ -153,7 +155,7 @@ const SCENARIOS: &[Scenario] = &[
         why: "VM and kvm-vfio fds closed first: VFIO's put is the last, under group_lock and dev_set->lock (S3)",
     },
     Scenario {
-        kernels: &["6.12"],
+        kernels: DF66,
         testdev: None,
         driver: "exit",
         counts: &[1, 2, 3, 2, 1, 0],
@@ -315,7 +317,7 @@ echo "TIMELINE s{i}"; kvscope timeline --stacks --vm $A /tmp/s{i}.kvs; echo "END
             d = sc.driver
         );
     }
-    s += "dmesg | grep kvscope_testdev\n";
+    s += "dmesg | grep kvscope_testdev || true\n";
     s
 }
 fn strings(v: &Value) -> Vec<String> {
@@ -447,7 +449,19 @@ pub fn run(kernels: &[String], custom: Option<&str>) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     for k in selected {
         let un = lab::kernel(k)?;
-        let testdev = kbuild::testdev(&un, matches!(k.source, lab::Source::Patched))?;
+        // The test module, where a scenario of this kernel uses it.
+        let needs_testdev = SCENARIOS
+            .iter()
+            .any(|sc| sc.testdev.is_some() && sc.kernels.contains(&k.name));
+        let suite = match k.source {
+            lab::Source::Debian { suite, .. } => suite,
+            lab::Source::Patched => None,
+        };
+        let extra = if needs_testdev {
+            vec![kbuild::testdev(&un, suite)?]
+        } else {
+            vec![]
+        };
         let initrd = crate::setup::cache_dir()
             .join("lab")
             .join(format!("initrd-{}.gz", un.release));
@@ -456,7 +470,7 @@ pub fn run(kernels: &[String], custom: Option<&str>) -> anyhow::Result<()> {
         lab::initramfs(
             &un,
             &[cmd::kvscope_bin(), cmd::lab_driver_bin()],
-            &[testdev],
+            &extra,
             cmdline,
             &initrd,
         )?;
