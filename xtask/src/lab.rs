@@ -91,7 +91,11 @@ pub fn apt(bin: &str, suite: Option<&str>) -> anyhow::Result<Command> {
     let sid = suite == Some("sid");
     let dir = lab_dir().join(if sid { "apt-sid" } else { "apt" });
     let src = dir.join("src");
-    let marker = src.join(if sid { "sid.sources" } else { "backports.sources" });
+    let marker = src.join(if sid {
+        "sid.sources"
+    } else {
+        "backports.sources"
+    });
     if !marker.exists() {
         for d in ["src", "lists/partial", "cache/archives/partial"] {
             std::fs::create_dir_all(dir.join(d))?;
@@ -122,7 +126,11 @@ pub fn apt(bin: &str, suite: Option<&str>) -> anyhow::Result<Command> {
 }
 
 fn apt_update_once(suite: Option<&str>) -> anyhow::Result<()> {
-    let dir = if suite == Some("sid") { "apt-sid" } else { "apt" };
+    let dir = if suite == Some("sid") {
+        "apt-sid"
+    } else {
+        "apt"
+    };
     let stamp = lab_dir().join(dir).join("updated");
     let fresh = std::fs::metadata(&stamp)
         .and_then(|m| m.modified())

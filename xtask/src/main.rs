@@ -53,6 +53,10 @@ enum Task {
         /// Run this shell command in the guest instead of the checks.
         #[arg(long)]
         cmd: Option<String>,
+        /// After the run, write each kernel's last pass date (kept in the
+        /// cache by every passing run) into the README's support matrix.
+        #[arg(long)]
+        update_readme: bool,
     },
     /// Replay-analysis benchmark: events/s (median of 3) and memory at two sizes.
     Bench {
@@ -75,10 +79,18 @@ fn main() -> anyhow::Result<()> {
             cmd::build_release(&env)?;
             cmd::run_kvscope(&env, &args)
         }
-        Task::Lab { kernels, cmd } => {
+        Task::Lab {
+            kernels,
+            cmd,
+            update_readme,
+        } => {
             let env = setup::setup()?;
             cmd::build_release(&env)?;
-            labrun::run(&kernels, cmd.as_deref())
+            let r = labrun::run(&kernels, cmd.as_deref());
+            if update_readme {
+                labrun::update_readme()?;
+            }
+            r
         }
         Task::Install { destdir } => {
             let env = setup::setup()?;

@@ -1,0 +1,57 @@
+//! Loops for the lab's overhead bench: each prints `BENCH name ns_per_iter`.
+//! Under TCG only ratios between runs of one guest mean anything.
+use std::time::Instant;
+
+use anyhow::bail;
+
+use crate::rig::Rig;
+
+fn report(name: &str, n: u64, t: Instant) {
+    let ns = t.elapsed().as_nanos() as f64 / n as f64;
+    println!("BENCH {name} {ns:.0}");
+}
+
+/// Hooked calls: KVM_SET_DEVICE_ATTR adding then removing the group, which
+/// runs kvm_vfio_set_attr, vfio_file_set_kvm and the watched kv->lock and
+/// group_lock every time.
+pub fn attr(rig: &Rig, n: u64) -> anyhow::Result<()> {
+    // The rig added the group; take it out so the loop starts from "not added".
+    if rig.set_group(false) < 0 {
+        bail!("VFIO_GROUP_DEL: {}", std::io::Error::last_os_error());
+    }
+    let t = Instant::now();
+    for _ in 0..n {
+        if rig.set_group(true) < 0 || rig.set_group(false) < 0 {
+            bail!("KVM_SET_DEVICE_ATTR: {}", std::io::Error::last_os_error());
+        }
+    }
+    report("attr-add-del", n, t);
+    Ok(())
+}
+
+/// An unrelated mutex_lock-heavy loop: a one-byte pipe write and read each
+/// take and release pipe->mutex, a lock kvscope does not watch.
+pub fn pipe(n: u64) -> anyhow::Result<()> {
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } < 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    let (r, w) = (fds[0], fds[1]);
+    let mut b = [0u8; 1];
+    let t = Instant::now();
+    for _ in 0..n {
+        let ok = unsafe {
+            libc::write(w, b.as_ptr().cast(), 1) == 1
+                && libc::read(r, b.as_mut_ptr().cast(), 1) == 1
+        };
+        if !ok {
+            bail!("pipe io: {}", std::io::Error::last_os_error());
+        }
+    }
+    report("pipe-mutex", n, t);
+    unsafe {
+        libc::close(r);
+        libc::close(w);
+    }
+    Ok(())
+}
