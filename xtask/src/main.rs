@@ -3,6 +3,7 @@ mod cmd;
 mod install;
 mod kbuild;
 mod lab;
+mod labbench;
 mod labrun;
 mod setup;
 mod test;
@@ -58,11 +59,21 @@ enum Task {
         #[arg(long)]
         update_readme: bool,
     },
-    /// Replay-analysis benchmark: events/s (median of 3) and memory at two sizes.
+    /// Replay-analysis benchmark: events/s (median of 3) and memory at two
+    /// sizes; with --lab, probe overhead in a guest (kvscope vs bpftrace vs none).
     Bench {
         /// Events in the larger run (the smaller is half).
         #[arg(long, default_value_t = 10_000_000)]
         events: u64,
+        /// Measure probe overhead in the guest lab instead.
+        #[arg(long)]
+        lab: bool,
+        /// The lab kernel for --lab.
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+        /// Iterations of the hooked loop per run for --lab (the mutex loop does 10x).
+        #[arg(long, default_value_t = 2000)]
+        iterations: u64,
     },
 }
 
@@ -97,7 +108,17 @@ fn main() -> anyhow::Result<()> {
             cmd::build_release(&env)?;
             install::install(&destdir)
         }
-        Task::Bench { events } => {
+        Task::Bench {
+            lab: true,
+            kernel,
+            iterations,
+            ..
+        } => {
+            let env = setup::setup()?;
+            cmd::build_release(&env)?;
+            labbench::run(&kernel, iterations)
+        }
+        Task::Bench { events, .. } => {
             let env = setup::setup()?;
             let mut c = cmd::command(&env, "cargo");
             c.args([
