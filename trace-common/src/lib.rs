@@ -77,6 +77,9 @@ hook_ids! {
     VfioDeviceGetKvmSafe = 18, "vfio_device_get_kvm_safe";
     VfioDeviceGetKvmSafeOld = 19, "_vfio_device_get_kvm_safe";
     VfioDevicePutKvm = 20, "vfio_device_put_kvm";
+    /// 6.1 (and the kvm_ops patch): called first in the inlined
+    /// vfio_device_open with the device: an open attempt, even one that fails.
+    VfioDeviceAssignContainer = 27, "vfio_device_assign_container";
     MutexLock = 21, "mutex_lock";
     MutexLockInterruptible = 22, "mutex_lock_interruptible";
     MutexLockKillable = 23, "mutex_lock_killable";

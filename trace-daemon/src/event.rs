@@ -16,6 +16,9 @@ pub enum Kind {
     VmDestroyed,
     VmFdRelease,
     DeviceOpened,
+    /// The device a VFIO_GROUP_GET_DEVICE_FD is about to open (6.1 / kvm_ops
+    /// patch), known even when the open then fails.
+    DeviceOpenAttempt,
     DeviceRelease,
     DeviceClose,
     VfioKvmGet,
@@ -274,6 +277,7 @@ impl Event {
                 Kind::DeviceOpened
             }
             HookId::VfioDeviceFopsRelease => Kind::DeviceRelease,
+            HookId::VfioDeviceAssignContainer => Kind::DeviceOpenAttempt,
             HookId::VfioDfClose | HookId::VfioDeviceClose => Kind::DeviceClose,
             HookId::VfioDeviceGetKvmSafe | HookId::VfioDeviceGetKvmSafeOld => Kind::VfioKvmGet,
             HookId::VfioDevicePutKvm => Kind::VfioKvmPut,

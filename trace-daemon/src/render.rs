@@ -12,6 +12,7 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::VmDestroyed => "vm-destroyed",
         Kind::VmFdRelease => "vm-fd-release",
         Kind::DeviceOpened => "device-open",
+        Kind::DeviceOpenAttempt => "device-open-attempt",
         Kind::DeviceRelease => "device-release",
         Kind::DeviceClose => "device-close",
         Kind::VfioKvmGet => "vfio-kvm-get",

@@ -171,6 +171,24 @@ impl Script {
         self
     }
 
+    /// 6.1 / the kvm_ops patch: vfio_device_assign_container, first in the
+    /// inlined vfio_device_open.
+    pub fn device_open_attempt(&mut self, pid: u32, dev: u64, open_before: i32) -> &mut Self {
+        let e = self.ev(pid, Kind::DeviceOpenAttempt, "vfio_device_assign_container");
+        e.device = Some(dev);
+        e.open_count = Some(open_before);
+        self
+    }
+
+    /// The group ioctl's exit after a failed VFIO_GROUP_GET_DEVICE_FD: no
+    /// device fd, so no device; the group and its kvm read from the group.
+    pub fn device_open_failed(&mut self, pid: u32, group: u64, ret: i64) -> &mut Self {
+        let e = self.ev(pid, Kind::DeviceOpened, "vfio_group_fops_unl_ioctl");
+        e.group = Some(group);
+        e.ret = Some(ret);
+        self
+    }
+
     pub fn device_release(&mut self, pid: u32, dev: u64, open_before: i32) -> &mut Self {
         let e = self.ev(pid, Kind::DeviceRelease, "vfio_device_fops_release");
         e.device = Some(dev);

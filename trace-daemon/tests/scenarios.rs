@@ -404,6 +404,45 @@ fn kvm_ops_put_without_get_is_an_unbalanced_put_on_the_device() {
 }
 
 #[test]
+fn kvm_ops_put_after_a_failed_get_on_the_open_error_path() {
+    // The driver's get_kvm() refuses: the patch's err_undo_count still calls
+    // put_kvm() when open_count drops back to 0.
+    let mut s = Script::new();
+    setup(&mut s);
+    s.device_open_attempt(QEMU, DEV, 0).with_kvm_ops(KVM_OPS);
+    s.lock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+        .unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+        .unlock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET);
+    s.device_open_failed(QEMU, GROUP, -16).with_kvm(KVM);
+    s.close_kvm_vfio_fd(QEMU, KVM, KVM_LOCK, 2, |_| {});
+    s.close_vm_fd(QEMU, KVM, 1);
+    let (_, f) = run_release_closes(&s);
+    assert_eq!(kinds(&f), [FindingKind::UnbalancedPut], "{f:#?}");
+    assert_eq!(f[0].object("vfio_device"), Some(DEV));
+    assert!(
+        f[0].summary.contains("after get_kvm() failed"),
+        "{}",
+        f[0].summary
+    );
+}
+
+#[test]
+fn kvm_ops_open_failing_after_a_good_get_is_balanced() {
+    // open_device fails after get_kvm() took its reference: the put_kvm() on
+    // the error path gives that reference back.
+    let mut s = Script::new();
+    setup(&mut s);
+    s.device_open_attempt(QEMU, DEV, 0).with_kvm_ops(KVM_OPS);
+    s.get_safe(QEMU, KVM, 3, true).put(QEMU, KVM, 3);
+    s.device_open_failed(QEMU, GROUP, -5).with_kvm(KVM);
+    s.close_kvm_vfio_fd(QEMU, KVM, KVM_LOCK, 2, |_| {});
+    s.close_vm_fd(QEMU, KVM, 1);
+    let (_, f) = run_release_closes(&s);
+    assert!(f.is_empty(), "{f:#?}");
+}
+
+#[test]
 fn a_device_without_kvm_ops_and_no_kvm_is_clean() {
     // The same stream, the driver setting no kvm_ops: VFIO calls nothing.
     let mut s = Script::new();

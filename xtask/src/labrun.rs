@@ -34,6 +34,8 @@ const EXPECT: &[(&str, &[&str], &str)] = &[
     ("device-release", &["patched"], "fentry"),
     ("group-vm-link", &["patched"], "fentry"),
     ("kvm-vfio-teardown", &["patched"], "fentry"),
+    ("device-open-attempt", &["6.1"], "kprobe"),
+    ("device-open-attempt", &["patched"], "fentry"),
     ("lock-acquire", ALL, "fentry"),
     ("lock-release", ALL, "fentry"),
 ];
@@ -295,6 +297,19 @@ const SCENARIOS: &[Scenario] = &[
         attributed: &[],
         frames: &[],
         why: "the patch's defect: put_kvm() at the last close although get_kvm() was never called",
+        exact: true,
+    },
+    Scenario {
+        kernels: &["patched"],
+        testdev: Some("kvmops-fail"),
+        driver: "--testdev --expect-open-error dev-first",
+        counts: &[1, 2, 1, 0],
+        // The device is seen at the attempt; its open_count never rises.
+        open_counts: &[],
+        findings: &[("unbalanced-put", &[])],
+        attributed: &[],
+        frames: &[],
+        why: "the patch's open error path calls put_kvm() although the driver's get_kvm() failed",
         exact: true,
     },
     Scenario {

@@ -177,6 +177,9 @@ pub struct Engine {
     /// entry of the function that will make the put: vfio_device_put_kvm,
     /// kvm_vm_release, kvm_vfio_release).
     pending_put: HashMap<u32, (u64, String)>,
+    /// The kvm_ops patch: a device open under way on this thread (from the
+    /// open-attempt hook), and the successful gets the thread made since.
+    pending_open: HashMap<u32, PendingOpen>,
     /// Last generation number used per VM / device address (not derived from
     /// the retained dead objects, which are evicted).
     vm_generations: HashMap<u64, u32>,
@@ -185,6 +188,15 @@ pub struct Engine {
     observations: Vec<Observation>,
     last_ts: u64,
     pub events: u64,
+}
+
+#[derive(Clone, Debug)]
+struct PendingOpen {
+    device: u64,
+    open_before: Option<i32>,
+    kvm_ops: bool,
+    gets: u32,
+    stack_id: Option<u32>,
 }
 
 fn thread(e: &Event) -> Thread {
@@ -233,6 +245,7 @@ impl Engine {
             by_key: HashMap::new(),
             findings_dropped: 0,
             pending_put: HashMap::new(),
+            pending_open: HashMap::new(),
             vm_generations: HashMap::new(),
             dev_generations: HashMap::new(),
             anomalies: Anomalies::default(),
@@ -442,6 +455,7 @@ impl Engine {
             Kind::ContentionBegin | Kind::ContentionEnd => self.contention(e, out),
             Kind::ProcessExit => {
                 self.locks.held.retain(|pid, _| *pid != e.pid);
+                self.pending_open.remove(&e.pid);
                 self.locks.waiting.remove(&e.pid);
                 // Its VMs' fds close without close(2): the moment they were closed.
                 // Unhooked destroy (tier 3): the exit's implicit closes end them.
@@ -472,6 +486,30 @@ impl Engine {
                     }
                 }
             }
+            Kind::DeviceOpenAttempt => {
+                if let Some(dev) = e.device {
+                    self.pending_open.insert(
+                        e.pid,
+                        PendingOpen {
+                            device: dev,
+                            open_before: e.open_count,
+                            kvm_ops: kvm_ops_set(e),
+                            gets: 0,
+                            stack_id: e.stack_id,
+                        },
+                    );
+                }
+            }
+            Kind::VmGet if e.ok != Some(false) => {
+                if let Some(p) = self.pending_open.get_mut(&e.pid) {
+                    p.gets += 1;
+                }
+            }
+            Kind::DeviceOpened => {
+                if let Some(p) = self.pending_open.remove(&e.pid) {
+                    self.failed_kvm_ops_open(e, &p, out);
+                }
+            }
             _ => {}
         }
         if let Some(kvm) = e.kvm {
@@ -480,6 +518,48 @@ impl Engine {
         if let Some(dev) = e.device {
             self.device_event(dev, e, out);
         }
+    }
+
+    /// The kvm_ops patch's open error path: once open_count was bumped, a
+    /// failed open drops it back and calls put_kvm() at 0, whether get_kvm()
+    /// succeeded, failed, or was never called.
+    fn failed_kvm_ops_open(&mut self, e: &Event, p: &PendingOpen, out: &mut Vec<Finding>) {
+        if e.ret.is_none_or(|r| r >= 0) || !p.kvm_ops || p.open_before != Some(0) || p.gets > 0 {
+            return;
+        }
+        let dev = p.device;
+        let generation = self.dev_generations.get(&dev).copied().unwrap_or(0);
+        let why = if e.kvm.is_some() {
+            "after get_kvm() failed"
+        } else {
+            "with no get_kvm() (its group had no KVM)"
+        };
+        let mut objects = vec![("vfio_device".to_owned(), dev)];
+        objects.extend(e.group.map(|g| ("vfio_group".to_owned(), g)));
+        objects.extend(e.kvm.map(|k| ("kvm".to_owned(), k)));
+        out.push(Finding {
+            kind: FindingKind::UnbalancedPut,
+            severity: Severity::Error,
+            summary: format!(
+                "kvm_ops->put_kvm() on the open error path of vfio device {dev:#x}, {why} (kvm_ops path)"
+            ),
+            objects,
+            locks: vec![],
+            threads: vec![thread(e)],
+            detail: vec![
+                format!(
+                    "VFIO_GROUP_GET_DEVICE_FD failed with {} on the device's first open, and this thread took no reference in between",
+                    e.ret.unwrap_or(0)
+                ),
+                "the kvm_ops patch's err_undo_count path calls put_kvm() whenever open_count drops back to 0 and kvm_ops is set".to_owned(),
+                "so the driver is asked to drop a reference it never got (unless the open failed before get_kvm(), at try_module_get)".to_owned(),
+            ],
+            stacks: p.stack_id.into_iter().chain(e.stack_id).collect(),
+            first_ns: e.ts_ns,
+            last_ns: e.ts_ns,
+            count: 1,
+            key: format!("unbalanced-put/kvm_ops-open-error/{dev:#x}/{generation}"),
+        });
     }
 
     fn vm_mut(&mut self, addr: u64, e: &Event) -> &mut Vm {

@@ -183,6 +183,20 @@ fn on_device_close<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> boo
 }
 
 #[inline(always)]
+// 6.1 and the kvm_ops patch: int vfio_device_assign_container(struct vfio_device *)
+// runs first in the inlined vfio_device_open: the device of an open attempt,
+// which the group ioctl's exit cannot name when the open fails.
+entry_hook!(
+    fentry_vfio_device_assign_container,
+    kprobe_vfio_device_assign_container,
+    on_assign_container
+);
+
+fn on_assign_container<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    device_entry(ctx, HookId::VfioDeviceAssignContainer, call.arg(0));
+    false
+}
+
 fn device_entry<C: EbpfContext + StackIdContext>(ctx: &C, hook: HookId, dev: u64) {
     if !wanted() {
         return;
