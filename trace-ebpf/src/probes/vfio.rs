@@ -182,7 +182,6 @@ fn on_device_close<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> boo
     false
 }
 
-#[inline(always)]
 // 6.1 and the kvm_ops patch: int vfio_device_assign_container(struct vfio_device *)
 // runs first in the inlined vfio_device_open: the device of an open attempt,
 // which the group ioctl's exit cannot name when the open fails.
@@ -197,6 +196,7 @@ fn on_assign_container<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) ->
     false
 }
 
+#[inline(always)]
 fn device_entry<C: EbpfContext + StackIdContext>(ctx: &C, hook: HookId, dev: u64) {
     if !wanted() {
         return;
