@@ -171,7 +171,11 @@ pub fn plan(facts: &HostFacts<'_>) -> Plan {
                 continue;
             }
             let module = found.module.clone();
-            let (method, reason) = choose(facts, sym, module.as_deref());
+            let (method, mut reason) = choose(facts, sym, module.as_deref());
+            // A later alternative stands in for the preferred ones: say for what.
+            if spec.pick == Pick::First && !rp.absent.is_empty() {
+                reason = format!("{reason}; {}", cand.lines);
+            }
             let programs = match method {
                 Method::Fentry => cand.fentry_programs(),
                 Method::Kprobe => cand.kprobe_programs(),
