@@ -429,12 +429,28 @@ pub struct FdKey {
     pub fd: i32,
 }
 
+/// Slots of the watched-lock hint array: 2^15 flags (256 KiB of u64 slots).
+pub const WATCH_HINT_SLOTS: u32 = 1 << 15;
+
+/// The hint slot of a lock address. A zero slot means "not watched" for
+/// certain; a set one means "look in WATCHED" (slots are never cleared, so a
+/// lock evicted from the LRU map only costs a lookup). Slots are whole u64s
+/// set to 1, an idempotent store, so no atomic read-modify-write is needed
+/// (the BPF target has none in `core`). The array lookup is inlined by the
+/// verifier: the unrelated-mutex path skips the hash lookup.
+#[inline(always)]
+pub const fn watch_hint_slot(addr: u64) -> u32 {
+    // Fibonacci hashing of the address (mutexes are 8-byte aligned).
+    ((addr >> 3).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - 15)) as u32
+}
+
 /// Names of the maps, shared so that the loader and the ELF test agree.
 pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const LOST: &str = "LOST";
     pub const RING_FILL: &str = "RING_FILL";
     pub const WATCHED: &str = "WATCHED";
+    pub const WATCH_HINT: &str = "WATCH_HINT";
     pub const STACKS: &str = "STACKS";
     pub const TRACKED_FDS: &str = "TRACKED_FDS";
     pub const TRACKED_TGIDS: &str = "TRACKED_TGIDS";

@@ -295,7 +295,8 @@ pub const ROLES: &[RoleSpec] = &[
         role: Role::LockAcquire,
         pick: Pick::All,
         candidates: &[
-            c(H::MutexLock, "mutex_lock", true, true, "all"),
+            // Entry only: void, cannot fail (the engine infers the acquire).
+            c(H::MutexLock, "mutex_lock", true, false, "all"),
             c(
                 H::MutexLockInterruptible,
                 "mutex_lock_interruptible",
@@ -314,7 +315,7 @@ pub const ROLES: &[RoleSpec] = &[
                 H::MutexLockNested,
                 "mutex_lock_nested",
                 true,
-                true,
+                false,
                 "lockdep kernels",
             ),
             c(H::MutexTrylock, "mutex_trylock", false, true, "all"),
@@ -457,9 +458,8 @@ mod tests {
             .find(|r| r.role == Role::LockAcquire)
             .unwrap()
             .candidates[0];
-        assert_eq!(
-            lock.fentry_programs(),
-            ["fentry_mutex_lock", "fexit_mutex_lock"]
-        );
+        // Entry only: no fexit trampoline on the hottest hook.
+        assert_eq!(lock.fentry_programs(), ["fentry_mutex_lock"]);
+        assert_eq!(lock.kprobe_programs(), ["kprobe_mutex_lock"]);
     }
 }

@@ -180,11 +180,11 @@ pub fn load(facts: &Facts, opts: &LoadOptions) -> anyhow::Result<Probes> {
     let aya_btf = Btf::from_sys_fs().ok();
     let fentry = probe_fentry(&mut ebpf, aya_btf.as_ref());
     let mut plan = facts.plan(fentry.clone());
+    watch_globals(&mut ebpf, &facts.kallsyms)?;
     attach(&mut ebpf, &mut plan, aya_btf.as_ref());
     if plan.tier() == plan::Tier::None {
         bail!("nothing could be attached on this host; run `kvscope check` for the reasons");
     }
-    watch_globals(&mut ebpf, &facts.kallsyms)?;
     let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -280,6 +280,11 @@ fn watch_globals(ebpf: &mut Ebpf, k: &Kallsyms) -> anyhow::Result<()> {
             owner: 0,
         };
         watched.insert(addr, v, 0)?;
+        let mut hint: aya::maps::Array<&mut MapData, u64> = aya::maps::Array::try_from(
+            ebpf.map_mut(maps::WATCH_HINT)
+                .context("WATCH_HINT map missing")?,
+        )?;
+        hint.set(trace_common::watch_hint_slot(addr), 1, 0)?;
     }
     Ok(())
 }

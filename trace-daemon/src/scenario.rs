@@ -53,6 +53,12 @@ impl Script {
         self.events.last_mut().expect("pushed")
     }
 
+    /// Sets the last event's hook (e.g. an attempt by mutex_lock_killable).
+    pub fn with_hook(&mut self, hook: &str) -> &mut Self {
+        self.events.last_mut().expect("an event first").hook = hook.to_owned();
+        self
+    }
+
     /// Marks the last event's device as one whose driver set `kvm_ops` (the
     /// seed's patch): `ops` is the ops table's address, 0 for none.
     pub fn with_kvm_ops(&mut self, ops: u64) -> &mut Self {

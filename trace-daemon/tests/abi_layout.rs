@@ -53,3 +53,18 @@ fn config_and_map_value_layouts_are_pinned() {
     assert_eq!(offset_of!(WatchedLock, owner), 8);
     assert_eq!(size_of::<FdKey>(), 8);
 }
+
+#[test]
+fn watch_hint_slots_stay_in_the_array_and_spread_neighbours() {
+    use trace_common::{WATCH_HINT_SLOTS, watch_hint_slot};
+    assert!(watch_hint_slot(u64::MAX) < WATCH_HINT_SLOTS);
+    assert!(watch_hint_slot(0) < WATCH_HINT_SLOTS);
+    // Mutexes of neighbouring objects (a slab of 4 KiB structs) land apart.
+    let base = 0xffff_8881_0000_0000u64;
+    let mut slots: Vec<u32> = (0..1024)
+        .map(|i| watch_hint_slot(base + i * 4096 + 0x40))
+        .collect();
+    slots.sort();
+    slots.dedup();
+    assert!(slots.len() > 1000, "{} distinct slots of 1024", slots.len());
+}

@@ -565,12 +565,10 @@ fn get_on_a_destroyed_vm_is_get_after_zero_but_reuse_is_a_new_vm() {
 fn repeated_findings_are_counted_not_duplicated() {
     let mut s = Script::new();
     for _ in 0..3 {
-        s.lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP).attempt(
-            QEMU,
-            GROUP_LOCK,
-            VfioGroupLock,
-            GROUP,
-        );
+        // A killable attempt on the held lock, then killed out of the wait.
+        s.lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+            .attempt(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+            .with_hook("mutex_lock_killable");
         s.ev(
             QEMU,
             kvscope::event::Kind::LockFailed,
@@ -582,6 +580,73 @@ fn repeated_findings_are_counted_not_duplicated() {
     assert_eq!(kinds(&f), [FindingKind::SelfDeadlock]);
     assert_eq!(f[0].count, 3);
     assert!(f[0].last_ns > f[0].first_ns);
+}
+
+/// mutex_lock is hooked at entry only: an attempt, then whatever the thread
+/// does next. The held set, the lock graph and the findings must be as with
+/// explicit acquisitions.
+fn entry_only(s: &mut Script) {
+    s.events
+        .retain(|e| !(e.kind == kvscope::event::Kind::LockAcquired && e.hook == "mutex_lock"));
+}
+
+#[test]
+fn entry_only_mutex_lock_still_sees_s3_and_the_inversion() {
+    // S3 on 6.6+ with attempts only.
+    let mut s = Script::new();
+    setup(&mut s);
+    open_66(&mut s, 3);
+    s.close_vm_fd(QEMU, KVM, 3);
+    close_kvm_vfio_66(&mut s, 2);
+    release_66(&mut s, 1);
+    entry_only(&mut s);
+    let (_, f) = run(&s);
+    assert_eq!(kinds(&f), [FindingKind::DestroyUnderLock], "{f:#?}");
+    assert_eq!(
+        f[0].locks,
+        ["vfio_group.group_lock", "vfio_device_set.lock"]
+    );
+    // S2 on 6.1 with attempts only.
+    let mut s = Script::new();
+    setup(&mut s);
+    open_61(&mut s, true);
+    s.close_kvm_vfio_fd(QEMU, KVM, KVM_LOCK, 3, |s| {
+        s.lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+            .file_unlink(QEMU, GROUP)
+            .unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP);
+    });
+    entry_only(&mut s);
+    let (e, f) = run(&s);
+    assert_eq!(kinds(&f), [FindingKind::LockOrderInversion], "{f:#?}");
+    assert_eq!(e.anomalies.unmatched_release, 0);
+}
+
+#[test]
+fn entry_only_mutex_lock_waits_until_its_contention_ends() {
+    let mut s = Script::new();
+    s.attempt(QEMU, KVM_LOCK, KvmLock, KVM);
+    s.ev(
+        QEMU,
+        kvscope::event::Kind::ContentionBegin,
+        "lock:contention_begin",
+    )
+    .lock = s.events[0].lock;
+    s.sleep_ms(3_000);
+    s.ev(
+        QEMU,
+        kvscope::event::Kind::ContentionEnd,
+        "lock:contention_end",
+    )
+    .lock = s.events[0].lock;
+    s.unlock(QEMU, KVM_LOCK, KvmLock, KVM);
+    let (e, f) = run(&s);
+    assert_eq!(kinds(&f), [FindingKind::LongWait], "{f:#?}");
+    assert_eq!(e.anomalies.unmatched_release, 0);
+    // A thread that never returns from its mutex_lock stays waiting.
+    let mut s = Script::new();
+    s.attempt(QEMU, KVM_LOCK, KvmLock, KVM);
+    let (e, _) = run(&s);
+    assert!(e.held_locks(QEMU).is_empty());
 }
 
 #[test]

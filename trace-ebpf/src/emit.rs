@@ -11,7 +11,7 @@ use trace_common::{Event, HookId, LockClass, Phase, WatchedLock, config_flags, k
 use crate::{
     config::conf,
     kread::{field_addr, i32_at, ptr_at},
-    maps::{EVENTS, LOST, RING_FILL, STACKS, WATCHED},
+    maps::{EVENTS, LOST, RING_FILL, STACKS, WATCH_HINT, WATCHED},
 };
 
 /// False when the `--pid` filter excludes the current thread group.
@@ -150,6 +150,19 @@ pub fn watch(obj: u64, off: u32, class: LockClass) {
         };
         // LRU map: an insert never fails for lack of room.
         let _ = WATCHED.insert(addr, v, 0);
+        if let Some(p) = WATCH_HINT.get_ptr_mut(trace_common::watch_hint_slot(addr)) {
+            unsafe { p.write_volatile(1) };
+        }
+    }
+}
+
+/// The watched lock at `addr`, if any: the hint bit first (an inlined array
+/// read), the hash lookup only when it is set.
+#[inline(always)]
+pub fn watched(addr: u64) -> Option<WatchedLock> {
+    match WATCH_HINT.get(trace_common::watch_hint_slot(addr)) {
+        Some(f) if *f != 0 => unsafe { WATCHED.get(addr) }.copied(),
+        _ => None,
     }
 }
 

@@ -22,6 +22,23 @@ impl Call {
     }
 }
 
+/// The first three arguments of an fentry/fexit program, as plain numbers.
+/// Read directly, the trampoline's context gives typed BTF pointers, on which
+/// the verifier refuses any arithmetic (hashing a lock address, for one);
+/// bpf_get_func_arg hands back scalars, as the kprobe flavour sees them, and
+/// the verifier inlines it into the same loads.
+#[inline(always)]
+pub fn trampoline_args<C: aya_ebpf::EbpfContext>(ctx: &C) -> [u64; 3] {
+    let mut a = [0u64; 3];
+    for (n, v) in a.iter_mut().enumerate() {
+        // Fails (leaving 0) past the function's own argument count.
+        let _ = unsafe {
+            aya_ebpf::helpers::generated::bpf_get_func_arg(ctx.as_ptr(), n as u32, v as *mut u64)
+        };
+    }
+    a
+}
+
 #[inline(always)]
 fn key(hook: u16) -> StashKey {
     StashKey {
@@ -56,7 +73,7 @@ macro_rules! entry_hook {
         #[aya_ebpf::macros::fentry]
         pub fn $fentry(ctx: aya_ebpf::programs::FEntryContext) -> u32 {
             let call = $crate::hook::Call {
-                args: [ctx.arg(0), ctx.arg(1), ctx.arg(2)],
+                args: $crate::hook::trampoline_args(&ctx),
                 ret: None,
             };
             let _ = $logic(&ctx, &call);
@@ -124,7 +141,7 @@ macro_rules! entry_exit_hook {
         #[aya_ebpf::macros::fentry]
         pub fn $fentry(ctx: aya_ebpf::programs::FEntryContext) -> u32 {
             let call = $crate::hook::Call {
-                args: [ctx.arg(0), ctx.arg(1), ctx.arg(2)],
+                args: $crate::hook::trampoline_args(&ctx),
                 ret: None,
             };
             let _ = $entry(&ctx, &call);
@@ -159,7 +176,7 @@ macro_rules! fexit_body {
         #[aya_ebpf::macros::fexit]
         pub fn $fexit(ctx: aya_ebpf::programs::FExitContext) -> u32 {
             let call = $crate::hook::Call {
-                args: [ctx.arg(0), ctx.arg(1), ctx.arg(2)],
+                args: $crate::hook::trampoline_args(&ctx),
                 ret: ctx.ret::<i64>().ok(),
             };
             $exit(&ctx, &call);

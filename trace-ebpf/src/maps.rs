@@ -3,7 +3,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use trace_common::{FdKey, HOOK_SLOTS, WatchedLock};
+use trace_common::{FdKey, HOOK_SLOTS, WATCH_HINT_SLOTS, WatchedLock};
 
 /// Events to user space. Size is overridable at load (`--ring-bytes`).
 #[map]
@@ -22,6 +22,11 @@ pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(HOOK_SLOTS, 0)
 /// locks). LRU: bounded without anyone having to remove dead objects' locks.
 #[map]
 pub static WATCHED: LruHashMap<u64, WatchedLock> = LruHashMap::with_max_entries(8192, 0);
+
+/// One flag per hashed watched-lock address (`trace_common::watch_hint_slot`),
+/// set with `WATCHED` inserts: the mutex hooks test it before the hash lookup.
+#[map]
+pub static WATCH_HINT: Array<u64> = Array::with_max_entries(WATCH_HINT_SLOTS, 0);
 
 #[map]
 pub static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);

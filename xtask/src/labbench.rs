@@ -32,14 +32,16 @@ fn script(iterations: u64) -> String {
     format!(
         r#"run() {{ for r in $(seq {RUNS}); do kvscope-lab-driver bench {iterations} | grep '^BENCH' | sed "s/^/$1 /"; done; }}
 attached() {{ i=0; until grep -q "$2" "$1" || [ $i -ge 240 ]; do sleep 0.5; i=$((i+1)); done; grep -q "$2" "$1" || echo "NOT ATTACHED: $1"; }}
-run none
+run none0
 kvscope record -o /tmp/b.kvs 2>/tmp/k.err & P=$!; attached /tmp/k.err Ctrl-C
 run kvscope; kill -INT $P; wait $P
+run none1
 bpftrace -e '{eq}' >/tmp/bt.out 2>&1 & P=$!; attached /tmp/bt.out Attaching
 run bpftrace; kill -INT $P; wait $P
+run none2
 bpftrace -e '{empty}' >/tmp/be.out 2>&1 & P=$!; attached /tmp/be.out Attaching
 run empty-fentry; kill -INT $P; wait $P
-run none
+run none3
 grep -m3 -i error /tmp/bt.out /tmp/be.out || true
 "#,
         eq = BPFTRACE_EQUIVALENT,
@@ -103,58 +105,72 @@ pub fn run(kernel: &str, iterations: u64) -> anyhow::Result<()> {
         );
     }
     let loops = ["attr-add-del", "pipe-mutex"];
-    let configs = ["none", "kvscope", "bpftrace", "empty-fentry"];
+    // Each probed block sits between two unprobed ones; its baseline is their
+    // runs together, so that drift across the guest's life (TCG) cancels.
+    let configs = [
+        ("kvscope", "none0", "none1"),
+        ("bpftrace", "none1", "none2"),
+        ("empty-fentry", "none2", "none3"),
+    ];
+    let med_of = |got: &BTreeMap<(String, String), Vec<f64>>, keys: &[&str], l: &str| {
+        let mut v: Vec<f64> = keys
+            .iter()
+            .filter_map(|k| got.get(&(k.to_string(), l.to_owned())))
+            .flatten()
+            .copied()
+            .collect();
+        (!v.is_empty()).then(|| median(&mut v))
+    };
     println!(
-        "guest {} under TCG, {iterations} attr iterations and {} pipe iterations per run, median of {RUNS} (none: of {}):",
+        "guest {} under TCG, {iterations} attr iterations and {} pipe iterations per run, median of {RUNS} runs; baseline: the {} unprobed runs just before and after each block",
         un.release,
         iterations * 10,
         RUNS * 2
     );
     println!(
-        "{:<14} {:>14} {:>12} {:>14} {:>12}",
-        "config", "attr ns/iter", "x none", "pipe ns/iter", "x none"
+        "{:<14} {:>12} {:>10} {:>7} {:>12} {:>10} {:>7}",
+        "config", "attr ns", "baseline", "ratio", "pipe ns", "baseline", "ratio"
     );
-    let mut med: BTreeMap<(&str, &str), f64> = BTreeMap::new();
-    for c in configs {
+    // (config, loop) -> (median, baseline)
+    let mut m: BTreeMap<(&str, &str), (f64, f64)> = BTreeMap::new();
+    for (c, before, after) in configs {
+        let mut cells = Vec::new();
         for l in loops {
-            if let Some(v) = got.get_mut(&(c.to_owned(), l.to_owned())) {
-                med.insert((c, l), median(v));
+            match (med_of(&got, &[c], l), med_of(&got, &[before, after], l)) {
+                (Some(v), Some(b)) => {
+                    m.insert((c, l), (v, b));
+                    cells.push(format!("{v:>12.0} {b:>10.0} {:>7.2}", v / b));
+                }
+                _ => cells.push(format!("{:>12} {:>10} {:>7}", "-", "-", "-")),
             }
         }
+        println!("{c:<14} {} {}", cells[0], cells[1]);
     }
-    for c in configs {
-        let cell = |l: &str| -> (String, String) {
-            match (med.get(&(c, l)), med.get(&("none", l))) {
-                (Some(v), Some(base)) => (format!("{v:.0}"), format!("{:.2}", v / base)),
-                _ => ("-".into(), "-".into()),
-            }
-        };
-        let (a, ar) = cell("attr-add-del");
-        let (p, pr) = cell("pipe-mutex");
-        println!("{c:<14} {a:>14} {ar:>12} {p:>14} {pr:>12}");
-    }
-    if let (Some(k), Some(b), Some(n)) = (
-        med.get(&("kvscope", "attr-add-del")),
-        med.get(&("bpftrace", "attr-add-del")),
-        med.get(&("none", "attr-add-del")),
+    let blocks: Vec<String> = ["none0", "none1", "none2", "none3"]
+        .iter()
+        .filter_map(|n| med_of(&got, &[n], "pipe-mutex").map(|v| format!("{v:.0}")))
+        .collect();
+    println!(
+        "unprobed pipe-loop medians through the guest's life (drift): {}",
+        blocks.join(", ")
+    );
+    let added = |c: &str, l: &str| m.get(&(c, l)).map(|(v, b)| v - b);
+    if let (Some(k), Some(b)) = (
+        added("kvscope", "attr-add-del"),
+        added("bpftrace", "attr-add-del"),
     ) {
         println!(
-            "hooked path, added cost per iteration: kvscope {:.0} ns, bpftrace {:.0} ns (kvscope/bpftrace {:.2})",
-            k - n,
-            b - n,
-            (k - n) / (b - n)
+            "hooked path, added cost per iteration: kvscope {k:.0} ns, bpftrace {b:.0} ns (kvscope/bpftrace {:.2})",
+            k / b
         );
     }
-    if let (Some(k), Some(e), Some(n)) = (
-        med.get(&("kvscope", "pipe-mutex")),
-        med.get(&("empty-fentry", "pipe-mutex")),
-        med.get(&("none", "pipe-mutex")),
+    if let (Some(k), Some(e)) = (
+        added("kvscope", "pipe-mutex"),
+        added("empty-fentry", "pipe-mutex"),
     ) {
         println!(
-            "unrelated mutex loop, added cost per iteration: kvscope's watched-lock filter {:.0} ns, an empty fentry {:.0} ns (filter/empty {:.2})",
-            k - n,
-            e - n,
-            (k - n) / (e - n)
+            "unrelated mutex loop, added cost per iteration: kvscope's watched-lock filter {k:.0} ns, an empty fentry {e:.0} ns (filter/empty {:.2})",
+            k / e
         );
     }
     Ok(())

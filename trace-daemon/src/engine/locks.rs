@@ -33,6 +33,11 @@ pub struct LockState {
     pub held: HashMap<u32, Vec<Held>>,
     /// A pending attempt per thread: lock, since, stack.
     pub waiting: HashMap<u32, Held>,
+    /// Threads whose pending attempt is a mutex_lock (void: it cannot fail, and
+    /// it is hooked at entry only, an fexit costing more than the filter): the
+    /// value says whether a contention began. The lock is held once the thread
+    /// does anything else, or once its contention ends.
+    pub implicit: HashMap<u32, bool>,
     pub graph: BTreeMap<(LockClass, LockClass), EdgeSeen>,
 }
 

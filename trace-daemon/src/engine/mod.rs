@@ -199,6 +199,10 @@ struct PendingOpen {
     stack_id: Option<u32>,
 }
 
+/// Lock hooks taken at entry only: the call cannot fail (void), so no exit is
+/// needed to know the lock is held (see `settle_implicit`).
+const IMPLICIT_ACQUIRE: &[&str] = &["mutex_lock", "mutex_lock_nested"];
+
 fn thread(e: &Event) -> Thread {
     Thread {
         pid: e.pid,
@@ -445,11 +449,13 @@ impl Engine {
     }
 
     fn dispatch(&mut self, e: &Event, out: &mut Vec<Finding>) {
+        self.settle_implicit(e, out);
         match e.kind {
             Kind::LockAttempt => self.lock_attempt(e, out),
             Kind::LockAcquired => self.lock_acquired(e, out),
             Kind::LockFailed => {
                 self.locks.waiting.remove(&e.pid);
+                self.locks.implicit.remove(&e.pid);
             }
             Kind::LockReleased => self.lock_released(e, out),
             Kind::ContentionBegin | Kind::ContentionEnd => self.contention(e, out),
@@ -457,6 +463,7 @@ impl Engine {
                 self.locks.held.retain(|pid, _| *pid != e.pid);
                 self.pending_open.remove(&e.pid);
                 self.locks.waiting.remove(&e.pid);
+                self.locks.implicit.remove(&e.pid);
                 // Its VMs' fds close without close(2): the moment they were closed.
                 // Unhooked destroy (tier 3): the exit's implicit closes end them.
                 let cap = self.cfg.timeline_cap;
@@ -1188,6 +1195,49 @@ impl Engine {
                 stack_id: e.stack_id,
             },
         );
+        if IMPLICIT_ACQUIRE.contains(&e.hook.as_str()) {
+            self.locks.implicit.insert(e.pid, false);
+        } else {
+            self.locks.implicit.remove(&e.pid);
+        }
+    }
+
+    /// A thread waiting in a mutex_lock (entry-hooked only) holds the lock by
+    /// the time it does anything else: at the attempt if it never contended,
+    /// at the end of its contention if it did.
+    fn settle_implicit(&mut self, e: &Event, out: &mut Vec<Finding>) {
+        let Some(&contended) = self.locks.implicit.get(&e.pid) else {
+            return;
+        };
+        let Some(w) = self.locks.waiting.get(&e.pid).cloned() else {
+            self.locks.implicit.remove(&e.pid);
+            return;
+        };
+        let same = e.lock.as_ref().is_some_and(|l| l.addr == w.addr);
+        let at = match e.kind {
+            // An exit was reported after all (a recording with fexit events).
+            Kind::LockAcquired | Kind::LockFailed if same => {
+                self.locks.implicit.remove(&e.pid);
+                return;
+            }
+            Kind::ContentionBegin if same => {
+                self.locks.implicit.insert(e.pid, true);
+                return;
+            }
+            Kind::ContentionEnd if same => e.ts_ns,
+            _ if contended => e.ts_ns,
+            _ => w.since_ns,
+        };
+        self.locks.waiting.remove(&e.pid);
+        self.locks.implicit.remove(&e.pid);
+        if at > w.since_ns {
+            self.check_long(FindingKind::LongWait, e, &w, out);
+        }
+        self.observe(Observation::LockWait {
+            class: w.class,
+            secs: at.saturating_sub(w.since_ns) as f64 / 1e9,
+        });
+        self.locks.push_held(e.pid, Held { since_ns: at, ..w });
     }
 
     fn inversion(

@@ -5,15 +5,9 @@ use aya_ebpf::{EbpfContext, programs::tracing::StackIdContext};
 use trace_common::{HookId, LockOp, Phase, WatchedLock, known};
 
 use crate::{
-    emit::{new_event, submit, wanted},
+    emit::{new_event, submit, wanted, watched},
     hook::Call,
-    maps::WATCHED,
 };
-
-#[inline(always)]
-fn watched(lock: u64) -> Option<WatchedLock> {
-    unsafe { WATCHED.get(lock) }.copied()
-}
 
 #[inline(always)]
 fn lock_event<C: EbpfContext + StackIdContext>(
@@ -73,10 +67,6 @@ fn returned<C: EbpfContext + StackIdContext>(
     }
 }
 
-fn always(_: i64) -> bool {
-    true
-}
-
 fn zero_ok(r: i64) -> bool {
     r as i32 == 0
 }
@@ -99,16 +89,26 @@ macro_rules! blocking_lock {
     };
 }
 
+/// A lock call that cannot fail (void): entry only. The engine takes the lock
+/// as held once the thread does anything else, or when its contention ends,
+/// so the hottest hook pays no fexit (an fexit trampoline calls the function
+/// itself and costs more than the whole filter).
+macro_rules! void_lock {
+    ($hook:expr, $fentry:ident, $kprobe:ident, $entry:ident) => {
+        entry_hook!($fentry, $kprobe, $entry);
+
+        fn $entry<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+            attempt(ctx, $hook, call)
+        }
+    };
+}
+
 // void mutex_lock(struct mutex *lock)
-blocking_lock!(
+void_lock!(
     HookId::MutexLock,
     fentry_mutex_lock,
-    fexit_mutex_lock,
     kprobe_mutex_lock,
-    kretprobe_mutex_lock,
-    mutex_lock_entry,
-    mutex_lock_exit,
-    always
+    mutex_lock_entry
 );
 // int mutex_lock_interruptible(struct mutex *lock): 0 or -EINTR
 blocking_lock!(
@@ -133,15 +133,11 @@ blocking_lock!(
     zero_ok
 );
 // void mutex_lock_nested(struct mutex *lock, unsigned int subclass): lockdep kernels
-blocking_lock!(
+void_lock!(
     HookId::MutexLockNested,
     fentry_mutex_lock_nested,
-    fexit_mutex_lock_nested,
     kprobe_mutex_lock_nested,
-    kretprobe_mutex_lock_nested,
-    mutex_lock_nested_entry,
-    mutex_lock_nested_exit,
-    always
+    mutex_lock_nested_entry
 );
 
 // int mutex_trylock(struct mutex *lock): 1 when taken. Never waits, so no attempt.

@@ -14,11 +14,11 @@ use crate::{
     config::conf,
     emit::{
         new_event, set_device, set_fd, set_file, set_kvm, set_ret, submit, wanted, watch,
-        watch_device_locks,
+        watch_device_locks, watched,
     },
     hook::{stash, unstash},
     kread::{file_of_fd, private_data, ptr_at, vfio_device_of_private},
-    maps::{TRACKED_FDS, TRACKED_TGIDS, WATCHED},
+    maps::{TRACKED_FDS, TRACKED_TGIDS},
     uapi::{KvmCreateDevice, KvmDeviceAttr},
 };
 
@@ -244,7 +244,7 @@ fn contention(ctx: &TracePointContext, hook: HookId, op: LockOp) -> u32 {
     let Ok(lock) = (unsafe { ctx.read_at::<u64>(tp::CONTENTION_LOCK) }) else {
         return 0;
     };
-    let Some(w) = (unsafe { WATCHED.get(lock) }).copied() else {
+    let Some(w) = watched(lock) else {
         return 0;
     };
     if !wanted() {
