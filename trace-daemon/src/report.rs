@@ -84,13 +84,7 @@ impl VmSummary {
             steps: v.timeline.len() + v.timeline.folded as usize,
             inferred_steps: v.timeline.steps.iter().filter(|s| s.inferred).count(),
             holders: v.holders_now(),
-            counts: v
-                .timeline
-                .steps
-                .iter()
-                .filter(|s| s.delta != 0)
-                .filter_map(|s| s.count_after)
-                .collect(),
+            counts: v.timeline.counts_after_changes(),
             changes: v
                 .timeline
                 .steps
@@ -129,13 +123,7 @@ impl DeviceSummary {
         DeviceSummary {
             addr: format!("{:#x}", d.addr),
             generation: d.generation,
-            open_counts: d
-                .timeline
-                .steps
-                .iter()
-                .filter(|s| s.delta != 0)
-                .filter_map(|s| s.count_after)
-                .collect(),
+            open_counts: d.timeline.counts_after_changes(),
             closed: d.closed_ns.is_some(),
         }
     }

@@ -204,12 +204,7 @@ pub fn patched() -> anyhow::Result<Unpacked> {
         &base.join("install.log"),
         "make modules_install",
     )?;
-    output(
-        Command::new("/usr/sbin/depmod")
-            .arg("-b")
-            .arg(&root)
-            .arg(&release),
-    )?;
+    lab::depmod(&root, &release)?;
     // Older builds of other keys are dead weight.
     for e in std::fs::read_dir(&base)?.filter_map(Result::ok) {
         let n = e.file_name().to_string_lossy().into_owned();

@@ -178,6 +178,17 @@ pub struct Unpacked {
     pub tree: Option<PathBuf>,
 }
 
+/// modules.dep for the modules unpacked or installed under `root`.
+pub fn depmod(root: &Path, release: &str) -> anyhow::Result<()> {
+    output(
+        Command::new("/usr/sbin/depmod")
+            .arg("-b")
+            .arg(root)
+            .arg(release),
+    )?;
+    Ok(())
+}
+
 /// Downloads a package into the lab's cache (once) and returns the .deb.
 pub fn download(pkg: &str, suite: Option<&str>) -> anyhow::Result<PathBuf> {
     let debs = lab_dir().join("debs");
@@ -268,12 +279,7 @@ fn debian_kernel(meta: &str, suite: Option<&str>) -> anyhow::Result<Unpacked> {
                 std::fs::copy(&src, &dst)?;
             }
         }
-        output(
-            Command::new("/usr/sbin/depmod")
-                .arg("-b")
-                .arg(&root)
-                .arg(&release),
-        )?;
+        depmod(&root, &release)?;
     }
     Ok(Unpacked {
         release,

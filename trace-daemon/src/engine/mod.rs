@@ -1230,7 +1230,23 @@ impl Engine {
         };
         self.locks.waiting.remove(&e.pid);
         self.locks.implicit.remove(&e.pid);
-        if at > w.since_ns {
+        // Measured to `e` only when the wait lasted until it.
+        let check = at > w.since_ns;
+        self.hold_after_wait(e, w, at, check, out);
+    }
+
+    /// The lock `w` waited for is held from `at` (`e`'s time, or the attempt's
+    /// when it never contended): the wait is observed and, with `check`,
+    /// compared with the threshold (measured to `e`).
+    fn hold_after_wait(
+        &mut self,
+        e: &Event,
+        w: Held,
+        at: u64,
+        check: bool,
+        out: &mut Vec<Finding>,
+    ) {
+        if check {
             self.check_long(FindingKind::LongWait, e, &w, out);
         }
         self.observe(Observation::LockWait {
@@ -1318,25 +1334,29 @@ impl Engine {
     fn lock_acquired(&mut self, e: &Event, out: &mut Vec<Finding>) {
         let Some(l) = e.lock else { return };
         let waited = self.locks.waiting.remove(&e.pid);
-        if let Some(w) = &waited
-            && w.addr == l.addr
-        {
-            self.check_long(FindingKind::LongWait, e, w, out);
-            self.observe(Observation::LockWait {
-                class: w.class,
-                secs: e.ts_ns.saturating_sub(w.since_ns) as f64 / 1e9,
-            });
+        let held = Held {
+            addr: l.addr,
+            class: l.class.0,
+            owner: l.owner,
+            since_ns: e.ts_ns,
+            stack_id: waited.as_ref().and_then(|w| w.stack_id),
+        };
+        match waited {
+            Some(w) if w.addr == l.addr => {
+                let since = w.since_ns;
+                self.hold_after_wait(
+                    e,
+                    Held {
+                        since_ns: since,
+                        ..held
+                    },
+                    e.ts_ns,
+                    true,
+                    out,
+                )
+            }
+            _ => self.locks.push_held(e.pid, held),
         }
-        self.locks.push_held(
-            e.pid,
-            Held {
-                addr: l.addr,
-                class: l.class.0,
-                owner: l.owner,
-                since_ns: e.ts_ns,
-                stack_id: waited.and_then(|w| w.stack_id),
-            },
-        );
     }
 
     fn lock_released(&mut self, e: &Event, out: &mut Vec<Finding>) {

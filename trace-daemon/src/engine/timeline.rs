@@ -48,6 +48,15 @@ impl Timeline {
         }
     }
 
+    /// The count after each kept step that changed it, oldest first.
+    pub fn counts_after_changes(&self) -> Vec<i32> {
+        self.steps
+            .iter()
+            .filter(|s| s.delta != 0)
+            .filter_map(|s| s.count_after)
+            .collect()
+    }
+
     pub fn last_mut(&mut self) -> Option<&mut Step> {
         self.steps.back_mut()
     }
