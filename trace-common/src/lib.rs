@@ -94,6 +94,9 @@ hook_ids! {
     ContentionEnd = 43, "lock:contention_end";
     /// A thread group we saw using KVM/VFIO exited (its fds close without close(2)).
     ProcessExit = 44, "sched:sched_process_exit";
+    /// kvscope's own delivery self-test: its `ioctl(KVSCOPE_SELFTEST)` seen by
+    /// the sys_enter_ioctl program. Consumed by the live session, never analysed.
+    SelfTest = 45, "kvscope:self-test";
 }
 
 /// Number of slots in the per-hook loss counter map (indexed by `HookId as u32`).
@@ -229,6 +232,10 @@ pub mod ioctl {
     pub const KVM_DEV_VFIO_FILE: u32 = 1;
     pub const KVM_DEV_VFIO_FILE_ADD: u64 = 1;
     pub const KVM_DEV_VFIO_FILE_DEL: u64 = 2;
+    /// kvscope's delivery self-test, issued by kvscope itself on /dev/null
+    /// (which has no ioctls: the call fails with ENOTTY and does nothing).
+    /// `_IOW('K', 0x53, 86 bytes)`-shaped; no driver or VFS ioctl uses it.
+    pub const KVSCOPE_SELFTEST: u32 = 0x4056_4B53;
 }
 
 /// Fixed tracepoint field offsets the programs read (checked against tracefs
@@ -375,6 +382,9 @@ pub struct ProbeConfig {
     pub filter_tgid: u32,
     /// [`config_flags`] bits.
     pub flags: u32,
+    /// kvscope's own thread group: only its `KVSCOPE_SELFTEST` ioctl is
+    /// answered with a self-test event.
+    pub self_tgid: u32,
 }
 
 pub mod config_flags {
@@ -408,6 +418,7 @@ impl ProbeConfig {
         exit_group_dead: OFFSET_UNKNOWN,
         filter_tgid: 0,
         flags: 0,
+        self_tgid: 0,
     };
 }
 

@@ -58,6 +58,18 @@ pub enum Command {
     Report(ReportArgs),
 }
 
+impl Command {
+    /// Commands that attach and run until a signal: they hold SIGINT, SIGTERM
+    /// and SIGHUP from the start until their handlers are installed.
+    pub fn is_live(&self) -> bool {
+        match self {
+            Command::Trace(_) | Command::Record(_) | Command::Daemon(_) => true,
+            Command::Timeline(t) => t.live,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct DaemonArgs {
     /// Config file (TOML; see packaging/kvscope.toml). Defaults without one.
@@ -86,8 +98,13 @@ pub struct RecordArgs {
     /// Only this thread group (filtered in the kernel).
     #[arg(long)]
     pub pid: Option<u32>,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
     #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
+    /// Create the file world-readable (0644). By default it is 0600: it holds
+    /// kernel addresses and stacks, which the kernel hides from other users.
+    #[arg(long)]
+    pub share: bool,
 }
 
 #[derive(Args)]
@@ -125,9 +142,13 @@ pub struct ReportArgs {
     pub file: std::path::PathBuf,
     #[arg(long, default_value = "text", value_parser = ["text", "json", "html", "perfetto"])]
     pub format: String,
-    /// Write to this file instead of standard output.
+    /// Write to this file instead of standard output (created 0600: reports
+    /// name kernel addresses).
     #[arg(short, long, value_name = "FILE")]
     pub output: Option<std::path::PathBuf>,
+    /// Create the -o file world-readable (0644) instead of 0600.
+    #[arg(long, requires = "output")]
+    pub share: bool,
 }
 
 pub fn parse_addr(s: &str) -> Result<u64, String> {

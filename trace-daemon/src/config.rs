@@ -18,6 +18,9 @@ pub struct DaemonConfig {
     pub findings_max_bytes: u64,
     /// Rotated files kept (findings.jsonl.1 .. .N).
     pub findings_keep: u32,
+    /// Findings files world-readable (0644) instead of 0600: they name kernel
+    /// addresses, which the kernel hides from unprivileged users.
+    pub share_files: bool,
     /// Also log findings to the systemd journal (structured fields) when
     /// running under systemd.
     pub journal: bool,
@@ -36,6 +39,7 @@ impl Default for DaemonConfig {
             findings_file: PathBuf::from("/var/lib/kvscope/findings.jsonl"),
             findings_max_bytes: 16 << 20,
             findings_keep: 5,
+            share_files: false,
             journal: true,
             ring_bytes: 4 << 20,
             stacks: true,

@@ -18,7 +18,7 @@ use crate::{
     engine::{self, Finding},
     event::Event,
     jsonl::Rotating,
-    live::{self, Session, Sink},
+    live::{self, Session, Signals, Sink},
     loader::LoadOptions,
     metrics::Metrics,
 };
@@ -61,6 +61,7 @@ fn open_findings(c: &DaemonConfig) -> anyhow::Result<Option<Rotating>> {
         &c.findings_file,
         c.findings_max_bytes,
         c.findings_keep,
+        crate::private_file::mode(c.share_files),
     )?))
 }
 
@@ -224,6 +225,7 @@ async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
 }
 
 pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
     let config = opts.effective(opts.config.clone());
     config.validate()?;
     // Everything that can fail on bad configuration happens before any probe is
@@ -234,19 +236,25 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         .with_context(|| format!("metrics_listen {addr}: cannot listen"))?;
     let findings = open_findings(&config)?;
     let metrics = Arc::new(Metrics::new());
-    let mut session = Session::start(&LoadOptions {
+    let load = LoadOptions {
         ring_bytes: config.ring_bytes,
         stacks: config.stacks,
         lock_stacks: config.stacks,
         filter_tgid: 0,
-    })?;
+    };
+    let Some(mut session) = live::attach(&load, &mut signals).await? else {
+        return Ok(());
+    };
     metrics.set_plan(&session.probes.plan);
+    metrics
+        .delivery_verified
+        .set(i64::from(session.delivery.verified));
     for r in &session.probes.plan.roles {
         if let Some(why) = r.missing_reason() {
             eprintln!("kvscope: role {} not attached: {why}", r.name);
         }
     }
-    eprintln!("{}; metrics on http://{addr}/metrics", session.banner());
+    session.announce(&format!("metrics on http://{addr}/metrics"));
     tokio::spawn(serve(listener, metrics.clone()));
     let mut ecfg = session.engine_config(config.engine.clone());
     ecfg.observe = true;
@@ -264,7 +272,13 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         last_event_ts: 0,
     };
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&sink.status())]);
-    let stats = live::run(&mut session, &mut sink, Duration::from_secs(1)).await?;
+    let stats = live::run(
+        &mut session,
+        &mut sink,
+        Duration::from_secs(1),
+        &mut signals,
+    )
+    .await?;
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     drop(session);
     eprintln!(

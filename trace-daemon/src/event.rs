@@ -319,6 +319,8 @@ impl Event {
             }
             HookId::SysClose => Kind::FdClosed,
             HookId::ProcessExit => Kind::ProcessExit,
+            // Consumed by the live session; never analysed.
+            HookId::SelfTest => Kind::Other,
         };
         Ok(ev)
     }

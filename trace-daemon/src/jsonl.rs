@@ -1,11 +1,13 @@
 //! A JSON-lines file with size-based rotation (file, file.1, ... file.N).
 use std::{
-    fs::{File, OpenOptions},
+    fs::File,
     io::Write as _,
     path::{Path, PathBuf},
 };
 
 use anyhow::Context as _;
+
+use crate::private_file::{self, Open};
 
 pub struct Rotating {
     path: PathBuf,
@@ -13,19 +15,18 @@ pub struct Rotating {
     size: u64,
     max_bytes: u64,
     keep: u32,
+    /// File mode of the file and its rotations (see `private_file`).
+    mode: u32,
 }
 
 impl Rotating {
-    pub fn open(path: &Path, max_bytes: u64, keep: u32) -> anyhow::Result<Self> {
+    pub fn open(path: &Path, max_bytes: u64, keep: u32, mode: u32) -> anyhow::Result<Self> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
+        let file = private_file::open(path, Open::Append, mode)
             .with_context(|| format!("opening findings file {}", path.display()))?;
         let size = file.metadata()?.len();
         Ok(Rotating {
@@ -34,6 +35,7 @@ impl Rotating {
             size,
             max_bytes,
             keep,
+            mode,
         })
     }
 
@@ -66,10 +68,7 @@ impl Rotating {
                 }
             }
             std::fs::rename(&self.path, self.rotated(1))?;
-            self.file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?;
+            self.file = private_file::open(&self.path, Open::Append, self.mode)?;
         }
         self.size = 0;
         Ok(())
@@ -85,7 +84,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("kvscope-jsonl-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let p = dir.join("f.jsonl");
-        let mut r = Rotating::open(&p, 100, 2).unwrap();
+        let mut r = Rotating::open(&p, 100, 2, private_file::PRIVATE).unwrap();
         for i in 0..20 {
             r.write(&serde_json::json!({ "i": i, "pad": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx" }))
                 .unwrap();
@@ -95,6 +94,9 @@ mod tests {
         let last = std::fs::read_to_string(&p).unwrap();
         assert!(last.lines().last().unwrap().contains("\"i\":19"));
         for f in ["f.jsonl", "f.jsonl.1", "f.jsonl.2"] {
+            use std::os::unix::fs::MetadataExt as _;
+            let mode = std::fs::metadata(dir.join(f)).unwrap().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{f}: findings name kernel addresses");
             let t = std::fs::read_to_string(dir.join(f)).unwrap();
             assert!(t.len() <= 100, "{f} is {} bytes", t.len());
             for l in t.lines() {

@@ -161,6 +161,8 @@ pub fn load(facts: &Facts, opts: &LoadOptions) -> anyhow::Result<Probes> {
     }
     let mut config = facts.offsets;
     config.filter_tgid = opts.filter_tgid;
+    // Only this process's delivery self-test is answered.
+    config.self_tgid = std::process::id();
     if let Ok(dir) = &facts.tracing
         && let Some(off) = tracefs::field_offset(dir, "sched", "sched_process_exit", "group_dead")
     {

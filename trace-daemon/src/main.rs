@@ -10,14 +10,55 @@ use kvscope::{
     trace::{self, Filter, TraceOptions},
 };
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_current_thread()
+/// Runs a live command to completion. The runtime is not waited for at the
+/// end: an attach thread abandoned at a stop signal must not hold the exit.
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?)
+        .build()?;
+    let r = rt.block_on(f);
+    rt.shutdown_background();
+    r
+}
+
+/// Writes a report to `-o FILE` (private unless shared) or standard output.
+fn emit(text: &str, output: Option<&std::path::Path>, share: bool) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match output {
+        Some(p) => {
+            let mut f = kvscope::private_file::open(
+                p,
+                kvscope::private_file::Open::Truncate,
+                kvscope::private_file::mode(share),
+            )?;
+            f.write_all(text.as_bytes())
+                .and_then(|()| f.sync_all())
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", p.display()))
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes())
+                .and_then(|()| out.flush())
+                .map_err(|e| anyhow::anyhow!("writing to standard output: {e}"))
+        }
+    }
+}
+
+/// Recordings made before the self-test, or whose self-test failed, say so.
+fn warn_delivery(file: &std::path::Path) {
+    if let Ok(h) = kvscope::recording::Reader::open(file).map(|r| r.header)
+        && let Some(w) = h.delivery.warning()
+    {
+        eprintln!("kvscope: warning: {}: {w}", file.display());
+    }
 }
 
 fn main() -> ExitCode {
+    kvscope::live::hold_signals();
     let cli = Cli::parse();
+    if !cli.command.is_live() {
+        kvscope::live::release_signals();
+    }
     env_logger::Builder::new().parse_filters(&cli.log).init();
     match run(cli) {
         Ok(code) => code,
@@ -57,7 +98,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 engine: engine::Config::default(),
                 loss_interval: Duration::from_secs(2),
             };
-            runtime()?.block_on(trace::run(opts))?;
+            block_on(trace::run(opts))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Record(args) => {
@@ -69,8 +110,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ring_bytes: args.ring_bytes,
                     ..LoadOptions::default()
                 },
+                share: args.share,
             };
-            runtime()?.block_on(record::run(opts))?;
+            block_on(record::run(opts))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Daemon(args) => {
@@ -83,7 +125,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config_path: args.config,
                 metrics_listen: args.metrics_listen,
             };
-            runtime()?.block_on(kvscope::daemon::run(opts))?;
+            block_on(kvscope::daemon::run(opts))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Config(kvscope::cli::ConfigCommand::Check { path }) => {
@@ -97,17 +139,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Replay(args) => {
             let format = if args.json { "json" } else { "text" };
-            print!(
-                "{}",
-                offline::report(&args.file, engine::Config::default(), format)?
-            );
+            let text = offline::report(&args.file, engine::Config::default(), format)?;
+            warn_delivery(&args.file);
+            emit(&text, None, false)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Report(args) => {
-            print!(
-                "{}",
-                offline::report(&args.file, engine::Config::default(), &args.format)?
-            );
+            let text = offline::report(&args.file, engine::Config::default(), &args.format)?;
+            warn_delivery(&args.file);
+            emit(&text, args.output.as_deref(), args.share)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Timeline(args) => {
@@ -118,13 +158,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let text = match &args.file {
                 Some(f) => offline::timeline(f, engine::Config::default(), obj, args.stacks)?,
-                None => runtime()?.block_on(offline::timeline_live(
+                None => block_on(offline::timeline_live(
                     obj,
                     args.stacks,
                     LoadOptions::default(),
                 ))?,
             };
-            print!("{text}");
+            if let Some(f) = &args.file {
+                warn_delivery(f);
+            }
+            emit(&text, None, false)?;
             Ok(ExitCode::SUCCESS)
         }
     }

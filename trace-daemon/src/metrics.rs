@@ -33,6 +33,7 @@ pub struct Metrics {
     pub ring_fill: Gauge,
     pub reloads: IntCounter,
     pub build_info: GaugeVec,
+    pub delivery_verified: IntGauge,
 }
 
 /// Buckets from 10 µs to about 40 s: lock holds are µs, teardowns are ms..s.
@@ -71,11 +72,12 @@ impl Metrics {
             ring_fill: reg!(r, Gauge::new("kvscope_ring_buffer_fill_ratio", "Fraction of the event ring buffer holding unread events.")),
             reloads: reg!(r, IntCounter::new("kvscope_config_reloads_total", "Configuration reloads (SIGHUP) applied.")),
             build_info: reg!(r, GaugeVec::new(Opts::new("kvscope_build_info", "Always 1; the kvscope version as a label."), &["version"])),
+            delivery_verified: reg!(r, IntGauge::new("kvscope_delivery_verified", "1 when the attach-time self-test event came back through the ring buffer; 0: an absence of events proves nothing.")),
             registry: r,
         }
     }
 
-    fn collectors(&self) -> [&dyn prometheus::core::Collector; 18] {
+    fn collectors(&self) -> [&dyn prometheus::core::Collector; 19] {
         [
             &self.events,
             &self.lost,
@@ -95,6 +97,7 @@ impl Metrics {
             &self.ring_fill,
             &self.reloads,
             &self.build_info,
+            &self.delivery_verified,
         ]
     }
 

@@ -163,16 +163,22 @@ pub async fn timeline_live(
             Ok(())
         }
     }
-    let mut session = Session::start(&load)?;
-    eprintln!(
-        "{}; following until Ctrl-C, then printing the timeline",
-        session.banner()
-    );
+    let mut signals = live::Signals::install()?;
+    let Some(mut session) = live::attach(&load, &mut signals).await? else {
+        return Ok(String::new());
+    };
+    session.announce("following until Ctrl-C, then printing the timeline");
     let mut sink = Collect {
         engine: Engine::new(session.engine_config(engine::Config::default())),
         stacks: Default::default(),
     };
-    live::run(&mut session, &mut sink, std::time::Duration::from_secs(1)).await?;
+    live::run(
+        &mut session,
+        &mut sink,
+        std::time::Duration::from_secs(1),
+        &mut signals,
+    )
+    .await?;
     drop(session);
     render_timeline(&sink.engine, &sink.stacks, obj, stacks, "the live stream")
 }

@@ -10,8 +10,9 @@ use std::{
 
 use crate::{
     event::Event,
-    live::{self, Session, Sink},
+    live::{self, Session, Signals, Sink},
     loader::LoadOptions,
+    private_file::{self, Open},
     recording::Writer,
 };
 
@@ -19,6 +20,8 @@ pub struct RecordOptions {
     pub output: PathBuf,
     pub duration: Option<Duration>,
     pub load: LoadOptions,
+    /// Create the file 0644 instead of 0600.
+    pub share: bool,
 }
 
 struct RecordSink {
@@ -72,13 +75,19 @@ impl Sink for RecordSink {
 }
 
 pub async fn run(opts: RecordOptions) -> anyhow::Result<()> {
-    let mut session = Session::start(&opts.load)?;
-    let w = Writer::create(&opts.output, &session.header())?;
-    eprintln!(
-        "{}; recording to {}; Ctrl-C to stop",
-        session.banner(),
+    let mut signals = Signals::install()?;
+    // A path that cannot be written fails before anything is attached.
+    let file = private_file::open(&opts.output, Open::Truncate, private_file::mode(opts.share))?;
+    let Some(mut session) = live::attach(&opts.load, &mut signals).await? else {
+        drop(file);
+        remove_if_empty(&opts.output);
+        return Ok(());
+    };
+    let w = Writer::create(file, &session.header())?;
+    session.announce(&format!(
+        "recording to {}; Ctrl-C to stop",
         opts.output.display()
-    );
+    ));
     let mut sink = RecordSink {
         w,
         stacks_written: HashSet::new(),
@@ -87,7 +96,7 @@ pub async fn run(opts: RecordOptions) -> anyhow::Result<()> {
         last_lost: 0,
     };
     let tick = Duration::from_secs(1).min(opts.duration.unwrap_or(Duration::MAX));
-    let stats = live::run(&mut session, &mut sink, tick).await?;
+    let stats = live::run(&mut session, &mut sink, tick, &mut signals).await?;
     // Final loss counters and flush, then detach.
     let lost = session.probes.lost().unwrap_or_default();
     let m: BTreeMap<String, u64> = lost
@@ -96,6 +105,7 @@ pub async fn run(opts: RecordOptions) -> anyhow::Result<()> {
         .collect();
     sink.w.lost(&m)?;
     sink.w.flush()?;
+    let unverified = session.delivery.warning();
     drop(session);
     eprintln!(
         "kvscope: detached; wrote {} events ({} frames) to {}; {} lost",
@@ -104,5 +114,18 @@ pub async fn run(opts: RecordOptions) -> anyhow::Result<()> {
         opts.output.display(),
         m.values().sum::<u64>()
     );
+    if stats.events == 0
+        && let Some(w) = unverified
+    {
+        eprintln!("kvscope: warning: no events, and {w}");
+    }
     Ok(())
+}
+
+/// A recording stopped before it began holds nothing: remove the file we
+/// created (a regular, empty file only, never what a link points to).
+fn remove_if_empty(path: &std::path::Path) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+        let _ = std::fs::remove_file(path);
+    }
 }

@@ -54,6 +54,52 @@ pub struct Header {
     /// event timestamps in real time.
     pub mono_start_ns: u64,
     pub wall_start_ns: u64,
+    /// Whether events were proven to reach user space at attach. Absent in
+    /// recordings older than the self-test: never verified.
+    #[serde(default)]
+    pub delivery: Delivery,
+}
+
+/// The attach-time self-test: kvscope makes the kernel side emit one event
+/// on a harmless trigger and waits for it through the ring buffer. Without
+/// it, an empty recording cannot tell "nothing happened" from "nothing was
+/// delivered".
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Delivery {
+    pub verified: bool,
+    /// From the trigger to the event in user space, microseconds.
+    #[serde(default)]
+    pub latency_us: Option<u64>,
+    /// Why it is not verified (empty when it is).
+    #[serde(default)]
+    pub detail: String,
+}
+
+impl Delivery {
+    /// "verified at attach (41 µs)", or "NOT VERIFIED: why".
+    pub fn summary(&self) -> String {
+        match (self.warning(), self.latency_us) {
+            (Some(w), _) => format!("NOT VERIFIED: {w}"),
+            (None, Some(us)) if us < 1000 => format!("verified at attach ({us} µs)"),
+            (None, Some(us)) => format!("verified at attach ({:.1} ms)", us as f64 / 1e3),
+            (None, None) => "verified at attach".to_owned(),
+        }
+    }
+
+    /// One line for a warning, or None when delivery was verified.
+    pub fn warning(&self) -> Option<String> {
+        if self.verified {
+            return None;
+        }
+        let why = if self.detail.is_empty() {
+            "recorded by a kvscope that did not self-test delivery"
+        } else {
+            &self.detail
+        };
+        Some(format!(
+            "event delivery was never verified for this capture ({why}): an absence of events proves nothing"
+        ))
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -79,9 +125,10 @@ pub struct Writer<W: Write> {
 }
 
 impl Writer<BufWriter<File>> {
-    pub fn create(path: &Path, header: &Header) -> anyhow::Result<Self> {
-        let f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        Writer::new(BufWriter::new(f), header)
+    /// `file` is opened by the caller (see `private_file`: recordings hold
+    /// kernel addresses and are 0600 unless shared).
+    pub fn create(file: File, header: &Header) -> anyhow::Result<Self> {
+        Writer::new(BufWriter::new(file), header)
     }
 }
 

@@ -186,6 +186,7 @@ impl<'a> Report<'a> {
                 "recording of {} on {} (kvscope {}, {}; {})",
                 h.kernel_release, h.hostname, h.kvscope_version, h.tier, h.variant
             );
+            let _ = writeln!(o, "delivery      {}", h.delivery.summary());
         }
         let _ = writeln!(o, "events        {}", self.events);
         if self.undecodable > 0 {

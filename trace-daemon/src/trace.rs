@@ -5,7 +5,7 @@ use std::{io::Write as _, time::Duration};
 use crate::{
     engine,
     event::{Event, Kind},
-    live::{self, Session, Sink},
+    live::{self, Session, Signals, Sink},
     loader::LoadOptions,
     render, report,
 };
@@ -157,15 +157,18 @@ impl Sink for TraceSink {
 }
 
 pub async fn run(opts: TraceOptions) -> anyhow::Result<()> {
-    let mut session = Session::start(&opts.load)?;
-    eprintln!("{}; Ctrl-C to stop", session.banner());
+    let mut signals = Signals::install()?;
+    let Some(mut session) = live::attach(&opts.load, &mut signals).await? else {
+        return Ok(());
+    };
+    session.announce("Ctrl-C to stop");
     let mut sink = TraceSink {
         json: opts.json,
         stacks: opts.stacks,
         filter: opts.filter,
         engine: engine::Engine::new(session.engine_config(opts.engine)),
     };
-    let stats = live::run(&mut session, &mut sink, opts.loss_interval).await?;
+    let stats = live::run(&mut session, &mut sink, opts.loss_interval, &mut signals).await?;
     drop(session);
     eprintln!(
         "kvscope: detached; {} events, {} lost, {} undecodable, {} findings",

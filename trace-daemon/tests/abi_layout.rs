@@ -44,11 +44,12 @@ fn event_layout_is_pinned() {
 
 #[test]
 fn config_and_map_value_layouts_are_pinned() {
-    // 22 u32 fields, no padding.
-    assert_eq!(size_of::<ProbeConfig>(), 22 * 4);
+    // 23 u32 fields, no padding.
+    assert_eq!(size_of::<ProbeConfig>(), 23 * 4);
     assert_eq!(offset_of!(ProbeConfig, exit_group_dead), 19 * 4);
     assert_eq!(offset_of!(ProbeConfig, filter_tgid), 20 * 4);
     assert_eq!(offset_of!(ProbeConfig, flags), 21 * 4);
+    assert_eq!(offset_of!(ProbeConfig, self_tgid), 22 * 4);
     assert_eq!(size_of::<WatchedLock>(), 16);
     assert_eq!(offset_of!(WatchedLock, owner), 8);
     assert_eq!(size_of::<FdKey>(), 8);

@@ -1,5 +1,9 @@
 //! /proc/kallsyms: which candidate functions exist (and in which module), and
-//! address -> symbol for stacks.
+//! address -> symbol for stacks. BPF programs and trampolines are listed there
+//! as `[bpf]` (when bpf_jit_kallsyms is on), but only once they exist: read it
+//! again after attaching. /proc/modules bounds each module's symbols, so an
+//! address past a module's end (a JIT image allocated after it) is never named
+//! after that module's last symbol.
 use std::{collections::HashMap, fs, path::Path};
 
 use anyhow::Context as _;
@@ -27,14 +31,46 @@ pub struct Kallsyms {
     /// Addresses of the few data symbols we watch (`DATA_SYMBOLS`).
     #[serde(default)]
     pub data: HashMap<String, u64>,
+    /// Loaded modules' core extents (/proc/modules), by name.
+    #[serde(default)]
+    modules: HashMap<String, ModuleExtent>,
 }
+
+/// A module's core allocation: its text lies in `[base, base + size)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleExtent {
+    pub base: u64,
+    pub size: u64,
+}
+
+/// The module symbol BPF images are listed under.
+pub const BPF_MODULE: &str = "bpf";
 
 /// Global locks registered as watched from user space.
 pub const DATA_SYMBOLS: &[&str] = &["kvm_lock"];
 
 impl Kallsyms {
     pub fn read() -> anyhow::Result<Self> {
-        Self::read_from(Path::new("/proc/kallsyms"))
+        let mut k = Self::read_from(Path::new("/proc/kallsyms"))?;
+        // Without it, module symbols keep only the distance guard.
+        if let Ok(text) = fs::read_to_string("/proc/modules") {
+            k.set_modules(&text);
+        }
+        Ok(k)
+    }
+
+    /// Module extents from /proc/modules text (`name size refs deps state
+    /// addr`); lines without a visible address are skipped.
+    pub fn set_modules(&mut self, text: &str) {
+        self.modules = text
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_ascii_whitespace().collect();
+                let size = f.get(1)?.parse().ok()?;
+                let base = u64::from_str_radix(f.get(5)?.strip_prefix("0x")?, 16).ok()?;
+                (base != 0).then(|| (f[0].to_owned(), ModuleExtent { base, size }))
+            })
+            .collect();
     }
 
     pub fn read_from(path: &Path) -> anyhow::Result<Self> {
@@ -81,6 +117,7 @@ impl Kallsyms {
             by_name: HashMap::new(),
             addresses_visible: any_nonzero,
             data,
+            modules: HashMap::new(),
         };
         k.index();
         k
@@ -125,7 +162,28 @@ impl Kallsyms {
         let i = self.syms.partition_point(|s| s.addr <= addr);
         let s = self.syms.get(i.checked_sub(1)?)?;
         let off = addr - s.addr;
-        (off <= MAX_FUNCTION_OFFSET).then_some((s, off))
+        if off > MAX_FUNCTION_OFFSET {
+            return None;
+        }
+        if let Some(m) = &s.module
+            && let Some(x) = self.modules.get(m)
+            && addr >= x.base.saturating_add(x.size)
+        {
+            return None;
+        }
+        Some((s, off))
+    }
+
+    /// One stack frame as printed: `name+0xoff [module]` (`[bpf]` for BPF
+    /// programs and trampolines), or the raw address when nothing names it.
+    pub fn frame(&self, addr: u64) -> String {
+        match self.symbolize(addr) {
+            Some((s, off)) => match &s.module {
+                Some(m) => format!("{}+{off:#x} [{m}]", s.name),
+                None => format!("{}+{off:#x}", s.name),
+            },
+            None => format!("{addr:#x}"),
+        }
     }
 
     /// Only the symbols a recording needs to symbolise its stacks.
@@ -141,6 +199,7 @@ impl Kallsyms {
             by_name: HashMap::new(),
             addresses_visible: self.addresses_visible,
             data: HashMap::new(),
+            modules: self.modules.clone(),
         };
         k.index();
         k

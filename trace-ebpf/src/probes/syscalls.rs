@@ -40,13 +40,34 @@ pub fn tp_sys_enter_ioctl(ctx: TracePointContext) -> u32 {
     let Ok(cmd) = (unsafe { ctx.read_at::<u64>(tp::SYSCALL_ARG1) }) else {
         return 0;
     };
-    if !interesting(cmd as u32) || !wanted() {
+    if !interesting(cmd as u32) {
+        if cmd as u32 == ioctl::KVSCOPE_SELFTEST {
+            self_test(&ctx);
+        }
+        return 0;
+    }
+    if !wanted() {
         return 0;
     }
     let fd = unsafe { ctx.read_at::<u64>(tp::SYSCALL_ARG0) }.unwrap_or(u64::MAX);
     let arg = unsafe { ctx.read_at::<u64>(tp::SYSCALL_ARG2) }.unwrap_or(0);
     stash(&ctx, IOCTL, &[fd, cmd, arg]);
     0
+}
+
+/// Answers kvscope's own delivery self-test (and nobody else's: the `--pid`
+/// filter does not apply, the thread group must be kvscope's). The nonce comes
+/// back in `arg` so user space matches the answer to its question.
+#[inline(always)]
+fn self_test(ctx: &TracePointContext) {
+    let me = conf!(self_tgid);
+    if me == 0 || (bpf_get_current_pid_tgid() >> 32) as u32 != me {
+        return;
+    }
+    let mut e = new_event(HookId::SelfTest, Phase::Entry);
+    e.arg = unsafe { ctx.read_at::<u64>(tp::SYSCALL_ARG2) }.unwrap_or(0);
+    e.known |= known::ARG;
+    submit(ctx, e, false);
 }
 
 #[tracepoint]
