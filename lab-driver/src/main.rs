@@ -5,7 +5,9 @@
 //!   `exit` (close nothing: process exit closes everything);
 //! - `race N`: a second thread opens and closes the device N times while the
 //!   main thread closes the VM and kvm-vfio fds (opens racing the last puts);
-//! - `bench N`: the overhead loops of bench.rs, N iterations each.
+//! - `bench N`: the overhead loops of bench.rs, N iterations each;
+//! - `stress N`: kvscope started and stopped in a loop around the dev-first
+//!   scenario (stress.rs): N record cycles, trace, daemon and early stops.
 //!
 //! Options: `--testdev` uses lab-kernel/testdev's device (kvscope-testdev, an
 //! emulated-IOMMU VFIO device) instead of edu; `--no-kvm` never adds the group
@@ -14,6 +16,7 @@
 //! Each step prints `[driver] step -> result`.
 mod bench;
 mod rig;
+mod stress;
 
 use std::os::fd::{FromRawFd as _, OwnedFd};
 
@@ -22,7 +25,7 @@ use anyhow::bail;
 use rig::Rig;
 
 const OPTIONS: &[&str] = &["--testdev", "--no-kvm", "--expect-open-error"];
-const MODES: &[&str] = &["dev-first", "vm-first", "exit", "race", "bench"];
+const MODES: &[&str] = &["dev-first", "vm-first", "exit", "race", "bench", "stress"];
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -45,6 +48,9 @@ fn main() -> anyhow::Result<()> {
                 .map_err(|_| anyhow::anyhow!("{mode} N: {n:?} is not a count")),
         }
     };
+    if mode == "stress" {
+        return stress::run(count(50)?);
+    }
     let rig = Rig::new(flag("--testdev"), !flag("--no-kvm"))?;
     match mode {
         "race" => return race(rig, count(20)?),

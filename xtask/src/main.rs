@@ -5,6 +5,7 @@ mod kbuild;
 mod lab;
 mod labbench;
 mod labrun;
+mod labstress;
 mod setup;
 mod test;
 
@@ -58,6 +59,10 @@ enum Task {
         /// cache by every passing run) into the README's support matrix.
         #[arg(long)]
         update_readme: bool,
+        /// Record cycles of the stop/delivery stress test (run with the 6.12
+        /// kernel, host loaded); 0 skips it.
+        #[arg(long, default_value_t = labstress::CYCLES)]
+        stress: u64,
     },
     /// Replay-analysis benchmark: events/s (median of 3) and memory at two
     /// sizes; with --lab, probe overhead in a guest (kvscope vs bpftrace vs none).
@@ -94,10 +99,18 @@ fn main() -> anyhow::Result<()> {
             kernels,
             cmd,
             update_readme,
+            stress,
         } => {
             let env = setup::setup()?;
             cmd::build_release(&env)?;
-            let r = labrun::run(&kernels, cmd.as_deref());
+            let r = labrun::run(&kernels, cmd.as_deref()).and_then(|()| {
+                let wanted = kernels.is_empty() || kernels.iter().any(|k| k == labstress::KERNEL);
+                if stress > 0 && cmd.is_none() && wanted {
+                    labstress::run(stress)
+                } else {
+                    Ok(())
+                }
+            });
             if update_readme {
                 labrun::update_readme()?;
             }

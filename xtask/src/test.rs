@@ -26,7 +26,8 @@ enum Tier {
     /// cargo-fuzz on the recording reader, time-boxed.
     Fuzz,
     /// The guest lab: every kernel of the matrix booted under QEMU, kvscope
-    /// attached there for real (about 30 s per kernel once cached).
+    /// attached there for real (about 30 s per kernel once cached), then the
+    /// stop/delivery stress test in a 6.12 guest with this host loaded.
     Lab,
 }
 
@@ -51,7 +52,8 @@ pub fn run(env: &Env, args: &TestArgs) -> anyhow::Result<()> {
             Tier::Fuzz => fuzz(env)?,
             Tier::Lab => {
                 cmd::build_release(env)?;
-                crate::labrun::run(&[], None)?
+                crate::labrun::run(&[], None)?;
+                crate::labstress::run(crate::labstress::CYCLES)?
             }
         }
         eprintln!(

@@ -1,0 +1,338 @@
+//! `stress N`: kvscope started and stopped again and again in the guest, the
+//! way a shell script starts a background job (SIGINT inherited as ignored):
+//! - N `record` cycles: ready banner, the dev-first scenario, SIGINT; the
+//!   recording must hold the scenario (one VM, counts ending at 0, one
+//!   destroy, delivery verified, nothing lost);
+//! - N/5 `trace` cycles (SIGINT) whose JSON output must hold the scenario;
+//! - N/5 `daemon` cycles: SIGHUP before and after the scenario (each answered
+//!   by a reload line), SIGTERM; the summary must count the events, no loss;
+//! - N/5 early stops, the signal sent while kvscope is still attaching.
+//!
+//! Every stop must end the process within [`STOP_BOUND`]. Prints one line,
+//! `STRESS {json}`: cycles per kind, slowest stop and attach, failures.
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    os::unix::process::CommandExt as _,
+    process::{Child, Command, Stdio},
+    sync::mpsc::{Receiver, channel},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::rig::Rig;
+
+pub const STOP_BOUND: Duration = Duration::from_secs(5);
+/// Attaching in an emulated guest on a loaded host can take a while.
+const READY_BOUND: Duration = Duration::from_secs(120);
+const DAEMON_CONFIG: &str = "/tmp/stress-kvscope.toml";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Record,
+    Trace,
+    Daemon,
+    EarlyStop,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Record => "record",
+            Kind::Trace => "trace",
+            Kind::Daemon => "daemon",
+            Kind::EarlyStop => "early-stop",
+        }
+    }
+}
+
+/// A started kvscope: its stderr lines arrive on `lines`; killed if dropped.
+struct Running {
+    child: Child,
+    lines: Receiver<String>,
+    stdout: Option<std::thread::JoinHandle<String>>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(args: &[&str]) -> anyhow::Result<Running> {
+    let mut c = Command::new("kvscope");
+    c.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: async-signal-safe calls only, between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = c.spawn().context("starting kvscope")?;
+    let err = child.stderr.take().expect("piped");
+    let out = child.stdout.take().expect("piped");
+    let (tx, lines) = channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let stdout = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = BufReader::new(out).read_to_string(&mut s);
+        s
+    });
+    Ok(Running {
+        child,
+        lines,
+        stdout: Some(stdout),
+    })
+}
+
+impl Running {
+    /// Waits for a stderr line containing `what`; returns the time it took.
+    fn wait_for(&self, what: &str, bound: Duration) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        loop {
+            let left = bound.saturating_sub(t.elapsed());
+            match self.lines.recv_timeout(left) {
+                Ok(l) if l.contains(what) => return Ok(t.elapsed()),
+                Ok(_) => {}
+                Err(_) => bail!("no {what:?} line within {bound:?}"),
+            }
+        }
+    }
+
+    /// Until the process holds or handles SIGINT (it reached `main`).
+    fn wait_main(&self) -> anyhow::Result<()> {
+        let status = format!("/proc/{}/status", self.child.id());
+        let bit = 1u64 << (libc::SIGINT - 1);
+        let t = Instant::now();
+        while t.elapsed() < STOP_BOUND {
+            let text = std::fs::read_to_string(&status).unwrap_or_default();
+            let held = text
+                .lines()
+                .filter(|l| l.starts_with("SigBlk:") || l.starts_with("SigCgt:"))
+                .filter_map(|l| u64::from_str_radix(l[7..].trim(), 16).ok())
+                .any(|m| m & bit != 0);
+            if held {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        bail!("kvscope never reached main")
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Sends `sig`; the time to exit, which must be within the bound and clean.
+    fn stop(&mut self, sig: libc::c_int) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        self.signal(sig);
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                if !s.success() {
+                    bail!("exit {s} after signal {sig}");
+                }
+                return Ok(t.elapsed());
+            }
+            if t.elapsed() > STOP_BOUND {
+                bail!("still running {STOP_BOUND:?} after signal {sig}: a lost stop");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn stdout(&mut self) -> String {
+        self.stdout
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default()
+    }
+
+    /// The stderr lines not yet read.
+    fn rest(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+}
+
+/// The dev-first scenario: VM, kvm-vfio, group, device; closed device first.
+fn scenario() -> anyhow::Result<()> {
+    let rig = Rig::new(false, true)?;
+    let dev = rig.open_device()?;
+    let Rig { vm, kv, .. } = rig;
+    drop(dev);
+    drop(kv);
+    drop(vm);
+    Ok(())
+}
+
+/// What a recording must hold after the scenario.
+fn check_recording(path: &str) -> anyhow::Result<u64> {
+    let out = Command::new("kvscope")
+        .args(["replay", "--json", path])
+        .output()?;
+    if !out.status.success() {
+        bail!("replay: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    if r["header"]["delivery"]["verified"] != true {
+        bail!("delivery not verified: {}", r["header"]["delivery"]);
+    }
+    let lost: u64 = r["lost"]
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
+        .unwrap_or(0);
+    let vms = r["vms"].as_array().cloned().unwrap_or_default();
+    let counts: Vec<i64> = vms
+        .first()
+        .and_then(|v| v["counts"].as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| c.as_i64())
+        .collect();
+    if vms.len() != 1 || counts.last() != Some(&0) || vms[0]["destroys"] != 1 || lost > 0 {
+        bail!(
+            "recording lacks the scenario: {} VMs, counts {counts:?}, destroys {}, {lost} lost, {} events",
+            vms.len(),
+            vms.first()
+                .map(|v| v["destroys"].clone())
+                .unwrap_or_default(),
+            r["events"]
+        );
+    }
+    r["events"].as_u64().context("no event count")
+}
+
+/// One cycle of `kind`; returns (time to ready, time to stop).
+fn cycle(kind: Kind, i: u64) -> anyhow::Result<(Duration, Duration)> {
+    let rec = format!("/tmp/stress-{i}.kvs");
+    let args: Vec<&str> = match kind {
+        Kind::Record => vec!["record", "-o", &rec],
+        Kind::Trace => vec!["trace", "--json"],
+        Kind::Daemon => vec!["daemon", "--config", DAEMON_CONFIG],
+        Kind::EarlyStop => match i % 3 {
+            0 => vec!["record", "-o", &rec],
+            1 => vec!["trace"],
+            _ => vec!["daemon", "--config", DAEMON_CONFIG],
+        },
+    };
+    let mut k = start(&args)?;
+    if kind == Kind::EarlyStop {
+        k.wait_main()?;
+        // Spread over start-up and attach (attach takes seconds here).
+        std::thread::sleep(Duration::from_millis((i * 97) % 1500));
+        let sig = if args[0] == "daemon" {
+            libc::SIGTERM
+        } else {
+            libc::SIGINT
+        };
+        let stop = k.stop(sig)?;
+        let _ = std::fs::remove_file(&rec);
+        return Ok((Duration::ZERO, stop));
+    }
+    let ready = k.wait_for("kvscope: ready:", READY_BOUND)?;
+    if kind == Kind::Daemon {
+        k.signal(libc::SIGHUP);
+        k.wait_for("reloaded", STOP_BOUND)?;
+    }
+    scenario()?;
+    if kind == Kind::Daemon {
+        k.signal(libc::SIGHUP);
+        k.wait_for("reloaded", STOP_BOUND)?;
+    }
+    // Let the last events reach the ring before the stop.
+    std::thread::sleep(Duration::from_millis(200));
+    let stop = k.stop(if kind == Kind::Daemon {
+        libc::SIGTERM
+    } else {
+        libc::SIGINT
+    })?;
+    match kind {
+        Kind::Record => {
+            check_recording(&rec)?;
+            std::fs::remove_file(&rec)?;
+        }
+        Kind::Trace => {
+            let events = k.stdout().lines().count();
+            if events < 10 {
+                bail!("trace printed {events} events for the scenario");
+            }
+        }
+        Kind::Daemon => {
+            let summary = k
+                .rest()
+                .into_iter()
+                .find(|l| l.contains("detached;"))
+                .context("no detach summary")?;
+            // "kvscope: detached; N events, M lost, K findings"
+            let num = |w: &str| {
+                summary
+                    .split(", ")
+                    .find_map(|p| p.trim_start_matches("kvscope: detached; ").strip_suffix(w))
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+            };
+            if num(" events").unwrap_or(0) < 10 || num(" lost") != Some(0) {
+                bail!("daemon summary lacks the scenario: {summary}");
+            }
+        }
+        Kind::EarlyStop => unreachable!(),
+    }
+    Ok((ready, stop))
+}
+
+pub fn run(n: u64) -> anyhow::Result<()> {
+    std::fs::write(
+        DAEMON_CONFIG,
+        "findings_file = \"/tmp/stress-findings.jsonl\"\njournal = false\n",
+    )?;
+    let plan: Vec<Kind> = (0..n)
+        .flat_map(|i| {
+            let mut v = vec![Kind::Record];
+            if i % 5 == 4 {
+                v.extend([Kind::Trace, Kind::Daemon, Kind::EarlyStop]);
+            }
+            v
+        })
+        .collect();
+    let mut counts = std::collections::BTreeMap::<&str, u64>::new();
+    let mut stops = Vec::new();
+    let mut slowest_ready = Duration::ZERO;
+    let mut failures = Vec::new();
+    let started = Instant::now();
+    for (i, kind) in plan.iter().enumerate() {
+        match cycle(*kind, i as u64) {
+            Ok((ready, stop)) => {
+                *counts.entry(kind.name()).or_default() += 1;
+                stops.push(stop.as_millis() as u64);
+                slowest_ready = slowest_ready.max(ready);
+            }
+            Err(e) => {
+                eprintln!("[stress] cycle {i} ({}): {e:#}", kind.name());
+                failures.push(format!("cycle {i} ({}): {e:#}", kind.name()));
+            }
+        }
+    }
+    stops.sort_unstable();
+    let at = |q: f64| {
+        stops
+            .get(((stops.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+    };
+    let doc = serde_json::json!({
+        "cycles": counts,
+        "stop_ms": { "median": at(0.5), "p90": at(0.9), "max": stops.last() },
+        "slowest_ready_ms": slowest_ready.as_millis() as u64,
+        "seconds": started.elapsed().as_secs(),
+        "failures": failures,
+    });
+    println!("STRESS {doc}");
+    Ok(())
+}
