@@ -24,8 +24,9 @@ use crate::trace::VmSel;
         kvscope timeline run.kvs --vm 0xffff888102760000"
 )]
 pub struct Cli {
-    /// Log level of kvscope's own diagnostics (error, warn, info, debug).
-    #[arg(long, global = true, default_value = "warn", env = "KVSCOPE_LOG")]
+    /// Log level of kvscope's own diagnostics: off, error, warn, info, debug,
+    /// trace, or env_logger directives such as `kvscope=debug,aya=warn`.
+    #[arg(long, global = true, default_value = "warn", env = "KVSCOPE_LOG", value_parser = parse_log)]
     pub log: String,
     #[command(subcommand)]
     pub command: Command,
@@ -56,6 +57,35 @@ pub enum Command {
     /// Summarise a recording: text, JSON, a self-contained HTML page with a
     /// picture of each VM's references, or Perfetto / Chrome trace-event JSON.
     Report(ReportArgs),
+    /// Dump a recording's raw events, one line (or JSON object) each, as
+    /// `perf script` does: what the kernel side sent, before any analysis.
+    Events(EventsArgs),
+    /// Print a shell completion script: `kvscope completions bash >
+    /// /etc/bash_completion.d/kvscope` (also zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to standard output: `kvscope manpage | man -l -`.
+    #[command(hide = true)]
+    Manpage,
+}
+
+const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+/// A level, or comma-separated `target=level` directives; an unknown level is
+/// an error (env_logger would ignore it silently).
+pub fn parse_log(s: &str) -> Result<String, String> {
+    for d in s.split(',').filter(|d| !d.is_empty()) {
+        let level = d.rsplit_once('=').map_or(d, |(_, l)| l);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{level:?} is not a log level: use one of {} (or target=level, comma-separated)",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(s.to_owned())
 }
 
 impl Command {
@@ -114,6 +144,73 @@ pub struct ReplayArgs {
     /// The report as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub offline: OfflineArgs,
+}
+
+/// What the offline commands share: damaged files, selections, thresholds.
+#[derive(Args, Clone, Debug, Default)]
+pub struct OfflineArgs {
+    /// Analyse what survived in a damaged recording and exit 0 (without it a
+    /// damaged file is reported, then exit 1).
+    #[arg(long)]
+    pub salvage: bool,
+    /// Only this VM (struct kvm address, 0x...), its devices and findings.
+    #[arg(long = "vm", value_name = "0xADDR", value_parser = parse_addr, conflicts_with = "pid_filter")]
+    pub vm_filter: Option<u64>,
+    /// Only VMs created by this process, their devices and findings.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pid_filter: Option<u32>,
+    /// zombie-vm: a closed VM not destroyed after this long (default 10000).
+    #[arg(long, value_name = "MS")]
+    pub zombie_after_ms: Option<u64>,
+    /// leaked-ref: a closed device still holding its VM after this long (default 1000).
+    #[arg(long, value_name = "MS")]
+    pub leak_grace_ms: Option<u64>,
+    /// long-wait on a watched lock past this long (default 1000).
+    #[arg(long, value_name = "MS")]
+    pub long_wait_ms: Option<u64>,
+    /// long-hold of a watched lock past this long (default 5000).
+    #[arg(long, value_name = "MS")]
+    pub long_hold_ms: Option<u64>,
+}
+
+impl OfflineArgs {
+    /// The engine's settings with the thresholds given on the command line.
+    pub fn engine(&self) -> crate::engine::Config {
+        let mut c = crate::engine::Config::default();
+        let set = |v: Option<u64>, f: &mut u64| {
+            if let Some(v) = v {
+                *f = v;
+            }
+        };
+        set(self.zombie_after_ms, &mut c.zombie_after_ms);
+        set(self.leak_grace_ms, &mut c.leak_grace_ms);
+        set(self.long_wait_ms, &mut c.long_wait_ms);
+        set(self.long_hold_ms, &mut c.long_hold_ms);
+        c
+    }
+}
+
+#[derive(Args)]
+pub struct EventsArgs {
+    /// A file written by `kvscope record`.
+    pub file: std::path::PathBuf,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Only events of this process (thread group).
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Only events that carry this VM (struct kvm address, 0x...).
+    #[arg(long, value_parser = parse_addr)]
+    pub vm: Option<u64>,
+    /// Print each event's symbolised stack under it.
+    #[arg(long)]
+    pub stacks: bool,
+    /// Dump what survived in a damaged recording and exit 0.
+    #[arg(long)]
+    pub salvage: bool,
 }
 
 #[derive(Args)]
@@ -134,6 +231,9 @@ pub struct TimelineArgs {
     /// Show the kernel stack under each step that has one.
     #[arg(long)]
     pub stacks: bool,
+    /// Analyse what survived in a damaged recording and exit 0.
+    #[arg(long)]
+    pub salvage: bool,
 }
 
 #[derive(Args)]
@@ -149,6 +249,8 @@ pub struct ReportArgs {
     /// Create the -o file world-readable (0644) instead of 0600.
     #[arg(long, requires = "output")]
     pub share: bool,
+    #[command(flatten)]
+    pub offline: OfflineArgs,
 }
 
 pub fn parse_addr(s: &str) -> Result<u64, String> {

@@ -79,6 +79,69 @@ impl DaemonConfig {
     }
 }
 
+impl DaemonConfig {
+    /// `config check`: every output path can be written by this user, checked
+    /// without creating or changing anything.
+    pub fn check_outputs(&self) -> anyhow::Result<()> {
+        if !self.findings_file.as_os_str().is_empty() {
+            check_writable(&self.findings_file)
+                .with_context(|| format!("findings_file = {:?}", self.findings_file))?;
+        }
+        Ok(())
+    }
+}
+
+/// An existing file must open for appending (nothing is written); a new one
+/// needs its nearest existing ancestor to be a directory this user may write,
+/// on a read-write filesystem that holds files (not procfs or sysfs).
+pub fn check_writable(path: &Path) -> anyhow::Result<()> {
+    if path.exists() {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        return Ok(());
+    }
+    let dir = path
+        .ancestors()
+        .skip(1)
+        .find(|a| a.as_os_str().is_empty() || a.exists())
+        .map(|a| {
+            if a.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                a
+            }
+        })
+        .unwrap_or(Path::new("/"));
+    if !dir.is_dir() {
+        anyhow::bail!("{} is not a directory", dir.display());
+    }
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: a valid C string and out-structs owned here.
+    unsafe {
+        if libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) != 0 {
+            anyhow::bail!(
+                "cannot create files in {}: {}",
+                dir.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        let mut vfs: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut vfs) == 0 && vfs.f_flag & libc::ST_RDONLY != 0 {
+            anyhow::bail!("{} is on a read-only filesystem", dir.display());
+        }
+        let mut fs: libc::statfs = std::mem::zeroed();
+        const PSEUDO: &[(i64, &str)] = &[(0x9fa0, "proc"), (0x6265_6572, "sysfs")];
+        if libc::statfs(c.as_ptr(), &mut fs) == 0
+            && let Some((_, name)) = PSEUDO.iter().find(|(m, _)| fs.f_type as i64 == *m)
+        {
+            anyhow::bail!("{} is on {name}, which holds no files", dir.display());
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +183,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("ring_bytes"), "{e}");
+    }
+
+    #[test]
+    fn output_paths_are_checked_without_creating_them() {
+        let dir = std::env::temp_dir().join(format!("kvscope-cfgcheck-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A new file in a missing subdirectory of a writable one: fine, not created.
+        let p = dir.join("sub/f.jsonl");
+        check_writable(&p).unwrap();
+        assert!(!dir.join("sub").exists());
+        let e = format!(
+            "{:#}",
+            check_writable(Path::new("/proc/nope/f.jsonl")).unwrap_err()
+        );
+        assert!(e.contains("proc"), "{e}");
+        let c = DaemonConfig {
+            findings_file: "/proc/nope/f.jsonl".into(),
+            ..DaemonConfig::default()
+        };
+        let e = format!("{:#}", c.check_outputs().unwrap_err());
+        assert!(
+            e.starts_with("findings_file = \"/proc/nope/f.jsonl\""),
+            "{e}"
+        );
+        // A regular file where a directory should be.
+        std::fs::write(dir.join("file"), "").unwrap();
+        assert!(check_writable(&dir.join("file/f.jsonl")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -54,9 +54,11 @@ pub enum FdKind {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LockRef {
+    #[serde(with = "crate::hexaddr::one")]
     pub addr: u64,
     pub class: LockClassName,
     /// The object the lock lives in (kvm, vfio_group, vfio_device_set).
+    #[serde(with = "crate::hexaddr::one")]
     pub owner: u64,
 }
 
@@ -98,13 +100,29 @@ pub struct Event {
     pub kind: Kind,
     /// The kernel site (`kvm_put_kvm`, `syscalls:sys_exit_ioctl`, ...).
     pub hook: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "crate::hexaddr::opt"
+    )]
     pub kvm: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "crate::hexaddr::opt"
+    )]
     pub device: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "crate::hexaddr::opt"
+    )]
     pub group: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "crate::hexaddr::opt"
+    )]
     pub file: Option<u64>,
     /// users_count read at this event: before a put, after a get.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -126,7 +144,11 @@ pub struct Event {
     pub ok: Option<bool>,
     /// The device's `kvm_ops` (the seed's patch): Some(0) when the driver set
     /// none, None where the kernel has no such field.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "crate::hexaddr::opt"
+    )]
     pub kvm_ops: Option<u64>,
 }
 

@@ -9,6 +9,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod event;
+pub mod hexaddr;
 pub mod hooks;
 pub mod jsonl;
 pub mod kernel;

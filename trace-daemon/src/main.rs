@@ -44,6 +44,29 @@ fn emit(text: &str, output: Option<&std::path::Path>, share: bool) -> anyhow::Re
     }
 }
 
+/// Writes an offline command's output, warns about unverified delivery, and
+/// turns a damaged recording into exit 1 unless `--salvage` accepted it.
+fn finish(
+    file: &std::path::Path,
+    out: offline::Output,
+    output: Option<&std::path::Path>,
+    share: bool,
+    salvage: bool,
+) -> anyhow::Result<ExitCode> {
+    warn_delivery(file);
+    emit(&out.text, output, share)?;
+    match out.damage {
+        Some(d) if !salvage => {
+            eprintln!(
+                "kvscope: {}: damaged recording ({d}); what is shown covers the events before the damage; --salvage accepts that and exits 0",
+                file.display()
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
 /// Recordings made before the self-test, or whose self-test failed, say so.
 fn warn_delivery(file: &std::path::Path) {
     if let Ok(h) = kvscope::recording::Reader::open(file).map(|r| r.header)
@@ -74,11 +97,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(args) => {
             let facts = Facts::gather()?;
             let report = check::run(&facts);
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+            let text = if args.json {
+                serde_json::to_string_pretty(&report)? + "\n"
             } else {
-                print!("{}", check::render_text(&report));
-            }
+                check::render_text(&report)
+            };
+            emit(&text, None, false)?;
             if let Some(why) = &report.reason {
                 eprintln!("kvscope: not usable here: {why}");
                 return Ok(ExitCode::FAILURE);
@@ -130,25 +154,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Config(kvscope::cli::ConfigCommand::Check { path }) => {
             let c = kvscope::config::DaemonConfig::load(&path)?;
-            println!("{}: ok", path.display());
-            print!(
-                "{}",
-                toml::to_string(&c).map_err(|e| anyhow::anyhow!("{e}"))?
-            );
+            c.check_outputs()
+                .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
+            let effective = toml::to_string(&c).map_err(|e| anyhow::anyhow!("{e}"))?;
+            emit(&format!("{}: ok\n{effective}", path.display()), None, false)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay(args) => {
             let format = if args.json { "json" } else { "text" };
-            let text = offline::report(&args.file, engine::Config::default(), format)?;
-            warn_delivery(&args.file);
-            emit(&text, None, false)?;
-            Ok(ExitCode::SUCCESS)
+            let out = offline::report(&args.file, &args.offline, format)?;
+            finish(&args.file, out, None, false, args.offline.salvage)
         }
         Command::Report(args) => {
-            let text = offline::report(&args.file, engine::Config::default(), &args.format)?;
-            warn_delivery(&args.file);
-            emit(&text, args.output.as_deref(), args.share)?;
+            let out = offline::report(&args.file, &args.offline, &args.format)?;
+            finish(
+                &args.file,
+                out,
+                args.output.as_deref(),
+                args.share,
+                args.offline.salvage,
+            )
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "kvscope", &mut out);
+            emit(&String::from_utf8_lossy(&out), None, false)?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpage => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out)?;
+            emit(&String::from_utf8_lossy(&out), None, false)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Events(args) => {
+            let out = offline::events(&args)?;
+            finish(&args.file, out, None, false, args.salvage)
         }
         Command::Timeline(args) => {
             let obj = match (args.vm, args.device) {
@@ -156,19 +198,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 (None, Some(d)) => offline::Object::Device(d),
                 (None, None) => unreachable!("clap requires one"),
             };
-            let text = match &args.file {
-                Some(f) => offline::timeline(f, engine::Config::default(), obj, args.stacks)?,
-                None => block_on(offline::timeline_live(
-                    obj,
-                    args.stacks,
-                    LoadOptions::default(),
-                ))?,
-            };
-            if let Some(f) = &args.file {
-                warn_delivery(f);
+            match &args.file {
+                Some(f) => {
+                    let out = offline::timeline(f, engine::Config::default(), obj, args.stacks)?;
+                    finish(f, out, None, false, args.salvage)
+                }
+                None => {
+                    let text = block_on(offline::timeline_live(
+                        obj,
+                        args.stacks,
+                        LoadOptions::default(),
+                    ))?;
+                    emit(&text, None, false)?;
+                    Ok(ExitCode::SUCCESS)
+                }
             }
-            emit(&text, None, false)?;
-            Ok(ExitCode::SUCCESS)
         }
     }
 }

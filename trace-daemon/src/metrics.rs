@@ -58,7 +58,7 @@ impl Metrics {
             lost: reg!(r, IntCounterVec::new(Opts::new("kvscope_lost_events_total", "Events the kernel side could not send (ring buffer full), by hook."), &["hook"])),
             undecodable: reg!(r, IntCounter::new("kvscope_undecodable_records_total", "Ring-buffer records that did not decode (ABI mismatch or unknown hook).")),
             attached: reg!(r, GaugeVec::new(Opts::new("kvscope_probes_attached", "Kernel functions attached, by role and method (fentry, kprobe)."), &["role", "method"])),
-            role_missing: reg!(r, GaugeVec::new(Opts::new("kvscope_role_missing", "1 when a role could not be attached on this host (see `kvscope check`)."), &["role"])),
+            role_missing: reg!(r, GaugeVec::new(Opts::new("kvscope_role_missing", "1 when a role's kernel function exists on this host but could not be attached (see `kvscope check`); roles this kernel line does not have are 0."), &["role"])),
             tier: reg!(r, IntGauge::new("kvscope_tier", "Capability tier: 1 fentry, 2 kprobe, 3 tracepoints only, 0 none.")),
             live_vms: reg!(r, IntGauge::new("kvscope_live_vms", "VMs seen and not destroyed.")),
             zombie_vms: reg!(r, IntGauge::new("kvscope_zombie_vms", "VMs whose fd was closed but which were not destroyed within the zombie threshold.")),
@@ -138,7 +138,7 @@ impl Metrics {
             }
             self.role_missing
                 .with_label_values(&[r.name])
-                .set(if r.is_covered() { 0.0 } else { 1.0 });
+                .set(if r.is_missing() { 1.0 } else { 0.0 });
         }
         self.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])

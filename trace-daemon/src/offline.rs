@@ -5,8 +5,11 @@ use std::path::Path;
 use anyhow::bail;
 
 use crate::{
+    cli::{EventsArgs, OfflineArgs},
     engine::{self, Engine},
+    event::Event,
     recording::{self, Loaded},
+    render,
     report::{self, Report},
 };
 
@@ -26,16 +29,26 @@ pub fn analyse(path: &Path, cfg: engine::Config) -> anyhow::Result<(Loaded, Engi
     Ok((loaded, e))
 }
 
-pub fn report(path: &Path, cfg: engine::Config, format: &str) -> anyhow::Result<String> {
-    let (l, e) = analyse(path, cfg)?;
-    let r = Report::new(
+/// What an offline command prints, and whether its recording was damaged
+/// (the caller exits non-zero then, unless asked to salvage).
+pub struct Output {
+    pub text: String,
+    pub damage: Option<String>,
+}
+
+pub fn report(path: &Path, opts: &OfflineArgs, format: &str) -> anyhow::Result<Output> {
+    let (l, e) = analyse(path, opts.engine())?;
+    let mut r = Report::new(
         &e,
         Some(&l.header),
         l.undecodable,
         l.lost.clone(),
         l.damage.as_ref(),
+        &l.stacks,
     );
-    Ok(match format {
+    r.select(opts.vm_filter, opts.pid_filter);
+    let damage = l.damage.as_ref().map(ToString::to_string);
+    let text = match format {
         "text" => r.text(&l.stacks),
         "json" => serde_json::to_string_pretty(&r)? + "\n",
         "html" => crate::visual::html(
@@ -44,10 +57,81 @@ pub fn report(path: &Path, cfg: engine::Config, format: &str) -> anyhow::Result<
                 "{} on {} ({}), {} events",
                 l.header.kernel_release, l.header.hostname, l.header.tier, e.events
             ),
+            damage.as_deref(),
         ),
-        "perfetto" => serde_json::to_string(&crate::visual::perfetto(&e))? + "\n",
+        "perfetto" => {
+            serde_json::to_string(&crate::visual::perfetto(&e, damage.as_deref()))? + "\n"
+        }
         f => bail!("unknown report format {f:?}: use text, json, html or perfetto"),
-    })
+    };
+    Ok(Output { text, damage })
+}
+
+/// `kvscope events`: the recording's raw events, one line (or JSON object)
+/// each, with lost-event counters where they were recorded and the damage at
+/// the end. Nothing is analysed.
+pub fn events(a: &EventsArgs) -> anyhow::Result<Output> {
+    use std::fmt::Write as _;
+    let mut r = recording::Reader::open(&a.file)?;
+    let mut stacks = std::collections::BTreeMap::new();
+    let mut frames = Vec::new();
+    while let Some(f) = r.next_frame() {
+        if let recording::Frame::Stack(s) = &f {
+            stacks.insert(s.id, s.clone());
+        }
+        frames.push(f);
+    }
+    let mut o = String::new();
+    for f in frames {
+        match f {
+            recording::Frame::Event(rec) => {
+                let ev = match Event::decode(&rec) {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        if a.json {
+                            let j = serde_json::json!({ "undecodable": e.to_string() });
+                            let _ = writeln!(o, "{j}");
+                        } else {
+                            let _ = writeln!(o, "# undecodable record: {e}");
+                        }
+                        continue;
+                    }
+                };
+                if a.pid.is_some_and(|p| ev.tgid != p) || a.vm.is_some_and(|v| ev.kvm != Some(v)) {
+                    continue;
+                }
+                if a.json {
+                    let _ = writeln!(o, "{}", serde_json::to_string(&ev)?);
+                    continue;
+                }
+                let _ = writeln!(o, "{}", render::line(&ev));
+                if a.stacks
+                    && let Some(st) = ev.stack_id.and_then(|id| stacks.get(&id))
+                {
+                    for sym in &st.symbols {
+                        let _ = writeln!(o, "    {sym}");
+                    }
+                }
+            }
+            recording::Frame::Lost(m) if !a.json => {
+                let total: u64 = m.values().sum();
+                let _ = writeln!(o, "# {total} events lost in the kernel so far: {m:?}");
+            }
+            recording::Frame::Lost(m) => {
+                let _ = writeln!(o, "{}", serde_json::json!({ "lost_so_far": m }));
+            }
+            recording::Frame::Stack(_) => {}
+        }
+    }
+    let damage = r.damage.as_ref().map(ToString::to_string);
+    if let Some(d) = &damage {
+        if a.json {
+            let _ = writeln!(o, "{}", serde_json::json!({ "damage": d }));
+        } else {
+            let _ = writeln!(o, "# DAMAGED FILE: {d}");
+        }
+    }
+    Ok(Output { text: o, damage })
 }
 
 pub enum Object {
@@ -60,13 +144,14 @@ pub fn timeline(
     cfg: engine::Config,
     obj: Object,
     stacks: bool,
-) -> anyhow::Result<String> {
+) -> anyhow::Result<Output> {
     let (l, e) = analyse(path, cfg)?;
-    let mut out = render_timeline(&e, &l.stacks, obj, stacks, &path.display().to_string())?;
-    if let Some(d) = &l.damage {
-        out += &format!("note: {d}\n");
+    let mut text = render_timeline(&e, &l.stacks, obj, stacks, &path.display().to_string())?;
+    let damage = l.damage.as_ref().map(ToString::to_string);
+    if let Some(d) = &damage {
+        text += &format!("DAMAGED FILE: {d}\n");
     }
-    Ok(out)
+    Ok(Output { text, damage })
 }
 
 /// One object's history from an engine (offline or live). `source` names

@@ -63,6 +63,17 @@ impl RolePlan {
         self.attached().next().is_some()
     }
 
+    /// Some candidate exists on this kernel: a role this kernel line does not
+    /// have (every candidate inlined or of another version) is not missing.
+    pub fn exists_here(&self) -> bool {
+        !self.choices.is_empty()
+    }
+
+    /// Exists on this kernel, yet nothing of it could be attached.
+    pub fn is_missing(&self) -> bool {
+        self.exists_here() && !self.is_covered()
+    }
+
     /// Why the role is not covered (None when it is).
     pub fn missing_reason(&self) -> Option<String> {
         if self.is_covered() {

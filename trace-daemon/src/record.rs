@@ -30,6 +30,8 @@ struct RecordSink {
     started: Instant,
     duration: Option<Duration>,
     last_lost: u64,
+    /// A progress line is on the terminal (end it before the summary).
+    progress_shown: bool,
 }
 
 impl Sink for RecordSink {
@@ -61,11 +63,15 @@ impl Sink for RecordSink {
         }
         // Flushed every tick: a crash loses at most the last interval.
         self.w.flush()?;
-        eprintln!(
-            "kvscope: recording: {} frames, {:.0} s",
-            self.w.frames,
-            self.started.elapsed().as_secs_f64()
-        );
+        // One updating line on a terminal; a log gets only the final summary.
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprint!(
+                "\rkvscope: recording: {} frames, {:.0} s\x1b[K",
+                self.w.frames,
+                self.started.elapsed().as_secs_f64()
+            );
+            self.progress_shown = true;
+        }
         Ok(())
     }
 
@@ -94,6 +100,7 @@ pub async fn run(opts: RecordOptions) -> anyhow::Result<()> {
         started: Instant::now(),
         duration: opts.duration,
         last_lost: 0,
+        progress_shown: false,
     };
     let tick = Duration::from_secs(1).min(opts.duration.unwrap_or(Duration::MAX));
     let stats = live::run(&mut session, &mut sink, tick, &mut signals).await?;
@@ -107,6 +114,9 @@ pub async fn run(opts: RecordOptions) -> anyhow::Result<()> {
     sink.w.flush()?;
     let unverified = session.delivery.warning();
     drop(session);
+    if sink.progress_shown {
+        eprintln!();
+    }
     eprintln!(
         "kvscope: detached; wrote {} events ({} frames) to {}; {} lost",
         stats.events,

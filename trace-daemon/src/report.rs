@@ -72,6 +72,10 @@ pub struct VmSummary {
     /// named it; "(inferred)" when no probe saw it), oldest first.
     pub changes: Vec<String>,
     pub destroys: usize,
+    /// The process that created it, when its creation was seen.
+    pub creator_pid: Option<u32>,
+    /// Kinds of the findings that name this VM.
+    pub findings: Vec<String>,
 }
 
 impl VmSummary {
@@ -105,8 +109,33 @@ impl VmSummary {
                 .iter()
                 .filter(|s| s.what == "destroyed" || s.what.starts_with("inferred-destroy"))
                 .count(),
+            creator_pid: v.creator.as_ref().map(|c| c.tgid),
+            findings: Vec::new(),
         }
     }
+}
+
+/// Kinds of the findings naming `addr` in `role`, deduplicated, in order.
+fn findings_naming(findings: &[&Finding], role: &str, addr: u64) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for f in findings.iter().filter(|f| f.object(role) == Some(addr)) {
+        let k = f.kind.id().to_owned();
+        if !v.contains(&k) {
+            v.push(k);
+        }
+    }
+    v
+}
+
+fn parse_hex(s: &str) -> u64 {
+    u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or(0)
+}
+
+/// A stack as a report shows it: frames symbolised on the recording host.
+#[derive(Serialize)]
+pub struct StackView {
+    pub ips: Vec<String>,
+    pub symbols: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -116,6 +145,12 @@ pub struct DeviceSummary {
     /// open_count after each step that changed it, oldest first (kept steps).
     pub open_counts: Vec<i32>,
     pub closed: bool,
+    /// The last open_count read from the kernel.
+    pub open_count: Option<i32>,
+    /// The VM whose reference the device's VFIO core holds (6.3+), if any.
+    pub kvm: Option<String>,
+    /// Kinds of the findings that name this device.
+    pub findings: Vec<String>,
 }
 
 impl DeviceSummary {
@@ -125,6 +160,9 @@ impl DeviceSummary {
             generation: d.generation,
             open_counts: d.timeline.counts_after_changes(),
             closed: d.closed_ns.is_some(),
+            open_count: d.open_count,
+            kvm: d.kvm_ref.map(crate::hexaddr::format),
+            findings: Vec::new(),
         }
     }
 }
@@ -142,7 +180,11 @@ pub struct Report<'a> {
     /// Every device generation seen (open and closed), oldest first.
     pub device_list: Vec<DeviceSummary>,
     pub lock_graph: Vec<String>,
-    pub findings: &'a [Finding],
+    pub findings: Vec<&'a Finding>,
+    /// The stacks the findings cite, by id; absent ids were not recorded.
+    pub stacks: BTreeMap<u32, StackView>,
+    /// What `--vm` / `--pid` kept, when given.
+    pub selection: Option<String>,
 }
 
 impl<'a> Report<'a> {
@@ -152,13 +194,35 @@ impl<'a> Report<'a> {
         undecodable: u64,
         lost: BTreeMap<String, u64>,
         damage: Option<&Damage>,
+        stacks: &BTreeMap<u32, Stack>,
     ) -> Self {
+        let findings: Vec<&Finding> = engine.findings().iter().collect();
         let mut vms: Vec<VmSummary> = engine
             .dead_vms()
             .chain(engine.live_vms())
             .map(VmSummary::of)
             .collect();
         vms.sort_by(|a, b| (&a.addr, a.generation).cmp(&(&b.addr, b.generation)));
+        for v in &mut vms {
+            v.findings = findings_naming(&findings, "kvm", parse_hex(&v.addr));
+        }
+        let mut device_list: Vec<DeviceSummary> =
+            engine.device_generations().map(DeviceSummary::of).collect();
+        for d in &mut device_list {
+            d.findings = findings_naming(&findings, "device", parse_hex(&d.addr));
+        }
+        let stacks = findings
+            .iter()
+            .flat_map(|f| &f.stacks)
+            .filter_map(|id| stacks.get(id))
+            .map(|s| {
+                let view = StackView {
+                    ips: s.ips.iter().map(|a| crate::hexaddr::format(*a)).collect(),
+                    symbols: s.symbols.clone(),
+                };
+                (s.id, view)
+            })
+            .collect();
         Report {
             header,
             events: engine.events,
@@ -168,13 +232,15 @@ impl<'a> Report<'a> {
             anomalies: engine.anomalies.clone(),
             vms,
             devices: engine.devices().count(),
-            device_list: engine.device_generations().map(DeviceSummary::of).collect(),
+            device_list,
             lock_graph: engine
                 .lock_graph()
                 .keys()
                 .map(|(a, b)| format!("{} -> {}", a.name(), b.name()))
                 .collect(),
-            findings: engine.findings(),
+            findings,
+            stacks,
+            selection: None,
         }
     }
 
@@ -187,6 +253,9 @@ impl<'a> Report<'a> {
                 h.kernel_release, h.hostname, h.kvscope_version, h.tier, h.variant
             );
             let _ = writeln!(o, "delivery      {}", h.delivery.summary());
+        }
+        if let Some(sel) = &self.selection {
+            let _ = writeln!(o, "selection     {sel} (counts are over every event)");
         }
         let _ = writeln!(o, "events        {}", self.events);
         if self.undecodable > 0 {
@@ -216,17 +285,101 @@ impl<'a> Report<'a> {
             "VMs           {} seen, {} destroyed; VFIO devices {}",
             self.vms.len(),
             destroyed,
-            self.devices
+            if self.selection.is_some() {
+                self.device_list.len()
+            } else {
+                self.devices
+            }
         );
+        self.objects_text(&mut o);
         if !self.lock_graph.is_empty() {
             let _ = writeln!(o, "lock order    {}", self.lock_graph.join(", "));
         }
         let _ = writeln!(o, "findings      {}", self.findings.len());
-        for f in self.findings {
+        for f in &self.findings {
             let _ = writeln!(o);
             o.push_str(&finding_text_with(f, stacks));
         }
         o
+    }
+}
+
+impl Report<'_> {
+    /// Keeps only the VM at `vm`, or the VMs created by `pid`, the devices
+    /// holding them or named with them in a finding, and the findings that
+    /// name them. The engine saw everything: counts stay the kernel's.
+    pub fn select(&mut self, vm: Option<u64>, pid: Option<u32>) {
+        if vm.is_none() && pid.is_none() {
+            return;
+        }
+        self.vms.retain(|v| {
+            vm.is_none_or(|a| parse_hex(&v.addr) == a)
+                && pid.is_none_or(|p| v.creator_pid == Some(p))
+        });
+        let kvms: Vec<u64> = self.vms.iter().map(|v| parse_hex(&v.addr)).collect();
+        self.findings.retain(|f| {
+            f.objects
+                .iter()
+                .any(|(r, a)| r == "kvm" && kvms.contains(a))
+        });
+        let findings = &self.findings;
+        self.device_list.retain(|d| {
+            let addr = parse_hex(&d.addr);
+            d.kvm
+                .as_deref()
+                .is_some_and(|k| kvms.contains(&parse_hex(k)))
+                || findings.iter().any(|f| f.object("device") == Some(addr))
+        });
+        let cited: Vec<u32> = self
+            .findings
+            .iter()
+            .flat_map(|f| f.stacks.clone())
+            .collect();
+        self.stacks.retain(|id, _| cited.contains(id));
+        self.selection = Some(match (vm, pid) {
+            (Some(a), _) => format!("VM {a:#x}"),
+            (None, Some(p)) => format!("VMs created by pid {p}"),
+            (None, None) => unreachable!(),
+        });
+    }
+
+    /// One line per VM and device generation: the address `timeline` takes,
+    /// the final count, and the findings that name it.
+    fn objects_text(&self, o: &mut String) {
+        let named = |f: &[String]| {
+            if f.is_empty() {
+                String::new()
+            } else {
+                format!("; findings: {}", f.join(", "))
+            }
+        };
+        for v in &self.vms {
+            let users = v.users.map_or("unknown".to_owned(), |u| u.to_string());
+            let state = if v.destroyed { "destroyed" } else { "live" };
+            let _ = writeln!(
+                o,
+                "  VM {} gen {}: users_count {users}, {state}, {} steps{}",
+                v.addr,
+                v.generation,
+                v.steps,
+                named(&v.findings)
+            );
+        }
+        for d in &self.device_list {
+            let open = d.open_count.map_or("unknown".to_owned(), |c| c.to_string());
+            let kvm = d
+                .kvm
+                .as_deref()
+                .map_or(String::new(), |k| format!(", holds VM {k}"));
+            let state = if d.closed { "closed" } else { "open" };
+            let _ = writeln!(
+                o,
+                "  VFIO device {} gen {}: open_count {open}, {state}{kvm}{}",
+                d.addr,
+                d.generation,
+                named(&d.findings)
+            );
+        }
     }
 }
 

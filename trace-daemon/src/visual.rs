@@ -15,7 +15,8 @@ fn vms(engine: &Engine) -> Vec<&Vm> {
 /// Chrome trace-event JSON (opens in Perfetto and chrome://tracing): one track
 /// group per VM with its users_count as a counter, each step as an instant
 /// event, and findings as global instants.
-pub fn perfetto(engine: &Engine) -> Value {
+/// `damage`: the recording's damage, shown as a marker and in the metadata.
+pub fn perfetto(engine: &Engine, damage: Option<&str>) -> Value {
     let mut ev = Vec::new();
     for (i, vm) in vms(engine).iter().enumerate() {
         let pid = i + 1;
@@ -47,7 +48,18 @@ pub fn perfetto(engine: &Engine) -> Value {
             "args": { "severity": f.severity.name(), "count": f.count }
         }));
     }
-    json!({ "traceEvents": ev, "displayTimeUnit": "ms" })
+    let mut doc = json!({ "traceEvents": ev, "displayTimeUnit": "ms" });
+    if let Some(d) = damage {
+        doc["metadata"] = json!({ "kvscope-damage": d });
+        let last = engine.last_ts_ns() as f64 / 1000.0;
+        if let Some(events) = doc["traceEvents"].as_array_mut() {
+            events.push(json!({
+                "ph": "i", "s": "g", "name": format!("DAMAGED RECORDING: {d}"),
+                "pid": 0, "ts": last
+            }));
+        }
+    }
+    doc
 }
 
 fn esc(s: &str) -> String {
@@ -179,16 +191,24 @@ fn vm_svg(vm: &Vm, findings: &[&Finding]) -> String {
     o
 }
 
-pub fn html(engine: &Engine, title: &str) -> String {
+pub fn html(engine: &Engine, title: &str, damage: Option<&str>) -> String {
     let mut o = String::new();
     let _ = write!(
         o,
         "<!doctype html><html><head><meta charset=\"utf-8\"><title>kvscope: {t}</title><style>\
          body{{font-family:sans-serif;margin:2em;max-width:980px}} pre{{background:#f4f4f4;padding:.6em;overflow-x:auto}}\
-         .critical,.error{{color:#b00000}} .warning{{color:#a06000}} h2{{margin-top:1.6em}}</style></head><body>\
+         .critical,.error{{color:#b00000}} .damage{{background:#fee;border:2px solid #b00000;padding:.6em}} .warning{{color:#a06000}} h2{{margin-top:1.6em}}</style></head><body>\
          <h1>kvscope report</h1><p>{t}</p>",
         t = esc(title)
     );
+    if let Some(d) = damage {
+        let _ = write!(
+            o,
+            "<div class=\"damage\" role=\"alert\"><b>Damaged recording:</b> {}. \
+             Everything below covers only the events before the damage.</div>",
+            esc(d)
+        );
+    }
     let findings = engine.findings();
     let _ = write!(o, "<h2>Findings ({})</h2>", findings.len());
     if findings.is_empty() {

@@ -121,10 +121,16 @@ fn trace_sees_vm_and_kvm_vfio_lifecycles_in_order() {
         assert_eq!(e["tgid"].as_u64(), Some(me as u64), "{e}");
     }
     // Through the fd the tracepoint tier reaches the VM: real pointers and counts.
-    let kvm_a = events[0]["kvm"].as_u64().expect("kvm pointer of VM a");
-    let kvm_b = events[2]["kvm"].as_u64().expect("kvm pointer of VM b");
+    // Addresses are hex strings in JSON (numbers would exceed 2^53).
+    let addr = |v: &Value| {
+        v.as_str()
+            .and_then(|s| s.strip_prefix("0x"))
+            .and_then(|h| u64::from_str_radix(h, 16).ok())
+    };
+    let kvm_a = addr(&events[0]["kvm"]).expect("kvm pointer of VM a");
+    let kvm_b = addr(&events[2]["kvm"]).expect("kvm pointer of VM b");
     assert_ne!(kvm_a, kvm_b);
-    assert_eq!(events[1]["kvm"].as_u64(), Some(kvm_a));
+    assert_eq!(addr(&events[1]["kvm"]), Some(kvm_a));
     let users: Vec<Option<i64>> = events.iter().map(|e| e["users"].as_i64()).collect();
     // created: 1; the kvm-vfio device takes a ref: 2; closes read before the put.
     assert_eq!(

@@ -39,7 +39,7 @@ fn s3() -> Engine {
 #[test]
 fn html_is_self_contained_with_a_picture_per_vm() {
     let e = s3();
-    let html = visual::html(&e, "S3 scenario");
+    let html = visual::html(&e, "S3 scenario", None);
     assert!(html.starts_with("<!doctype html>"));
     assert!(!html.contains("<script"), "no scripts");
     assert!(!html.contains("https://"), "nothing fetched");
@@ -62,7 +62,7 @@ fn html_is_self_contained_with_a_picture_per_vm() {
 #[test]
 fn perfetto_export_has_counter_tracks_and_findings() {
     let e = s3();
-    let v = visual::perfetto(&e);
+    let v = visual::perfetto(&e, None);
     let evs = v["traceEvents"].as_array().unwrap();
     let counters: Vec<i64> = evs
         .iter()

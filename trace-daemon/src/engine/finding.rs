@@ -31,6 +31,21 @@ impl FindingKind {
         FindingKind::LongHold,
     ];
 
+    /// Each kind has one severity: a fact of the kind, not of the finding.
+    pub fn severity(self) -> Severity {
+        match self {
+            FindingKind::GetAfterZero | FindingKind::SelfDeadlock => Severity::Critical,
+            FindingKind::UnbalancedPut
+            | FindingKind::LeakedRef
+            | FindingKind::LockOrderInversion => Severity::Error,
+            FindingKind::ZombieVm
+            | FindingKind::DestroyUnderLock
+            | FindingKind::LongWait
+            | FindingKind::LongHold => Severity::Warning,
+            FindingKind::GetSafeFailed => Severity::Info,
+        }
+    }
+
     pub fn id(self) -> &'static str {
         match self {
             FindingKind::GetAfterZero => "get-after-zero",
@@ -82,6 +97,8 @@ pub struct Finding {
     /// One line, plain words.
     pub summary: String,
     /// Objects by role: ("kvm", addr), ("device", addr), ("lock", addr)...
+    /// In JSON as `[["kvm", "0x..."], ...]`.
+    #[serde(with = "crate::hexaddr::pairs")]
     pub objects: Vec<(String, u64)>,
     /// Lock classes involved, by name.
     pub locks: Vec<String>,

@@ -271,6 +271,11 @@ impl Engine {
     }
 
     /// The findings kept, oldest first.
+    /// The newest event timestamp ingested (0 before any).
+    pub fn last_ts_ns(&self) -> u64 {
+        self.last_ts
+    }
+
     pub fn findings(&self) -> &[Finding] {
         // Contiguous after every `record` (see there).
         self.findings.as_slices().0
@@ -378,7 +383,7 @@ impl Engine {
                 detail.extend(excerpt(&vm.timeline, 8));
                 raised.push(Finding {
                     kind: FindingKind::ZombieVm,
-                    severity: Severity::Warning,
+                    severity: FindingKind::ZombieVm.severity(),
                     summary: format!(
                         "VM {:#x} not destroyed {} s after its fd was closed",
                         vm.addr,
@@ -410,7 +415,7 @@ impl Engine {
                 detail.extend(excerpt(&d.timeline, 8));
                 raised.push(Finding {
                     kind: FindingKind::LeakedRef,
-                    severity: Severity::Error,
+                    severity: FindingKind::LeakedRef.severity(),
                     summary: format!("device {:#x} released still holding VM {kvm:#x}", d.addr),
                     objects: vec![("device".into(), d.addr), ("kvm".into(), kvm)],
                     locks: vec![],
@@ -546,7 +551,7 @@ impl Engine {
         objects.extend(e.kvm.map(|k| ("kvm".to_owned(), k)));
         out.push(Finding {
             kind: FindingKind::UnbalancedPut,
-            severity: Severity::Error,
+            severity: FindingKind::UnbalancedPut.severity(),
             summary: format!(
                 "kvm_ops->put_kvm() on the open error path of vfio device {dev:#x}, {why} (kvm_ops path)"
             ),
@@ -720,7 +725,7 @@ impl Engine {
                         .push(cap, step("get-safe-failed", 0, e.users, None, false));
                     out.push(Finding {
                         kind: FindingKind::GetSafeFailed,
-                        severity: Severity::Info,
+                        severity: FindingKind::GetSafeFailed.severity(),
                         summary: format!(
                             "kvm_get_kvm_safe failed on VM {addr:#x}: a reference was asked for while the VM was being torn down"
                         ),
@@ -741,7 +746,7 @@ impl Engine {
                     if dead || after.is_some_and(|u| u <= 1) {
                         out.push(Finding {
                             kind: FindingKind::GetAfterZero,
-                            severity: Severity::Critical,
+                            severity: FindingKind::GetAfterZero.severity(),
                             summary: format!(
                                 "reference taken on VM {addr:#x} {}",
                                 if dead {
@@ -803,7 +808,7 @@ impl Engine {
                     };
                     out.push(Finding {
                         kind: FindingKind::UnbalancedPut,
-                        severity: Severity::Error,
+                        severity: FindingKind::UnbalancedPut.severity(),
                         summary: format!("put on VM {addr:#x} {why}"),
                         objects: vec![("kvm".into(), addr)],
                         locks: vec![],
@@ -849,7 +854,7 @@ impl Engine {
                     detail.extend(excerpt(&vm.timeline, 8));
                     out.push(Finding {
                         kind: FindingKind::DestroyUnderLock,
-                        severity: Severity::Warning,
+                        severity: FindingKind::DestroyUnderLock.severity(),
                         summary: format!(
                             "VM {addr:#x} destroyed under VFIO lock{} {}",
                             if names.len() > 1 { "s" } else { "" },
@@ -1099,7 +1104,7 @@ impl Engine {
                 lines.extend(detail);
                 out.push(Finding {
                     kind: FindingKind::UnbalancedPut,
-                    severity: Severity::Error,
+                    severity: FindingKind::UnbalancedPut.severity(),
                     summary: format!(
                         "kvm_ops->put_kvm() with no get_kvm() on vfio device {addr:#x} (kvm_ops path)"
                     ),
@@ -1145,7 +1150,7 @@ impl Engine {
             detail.extend(held_list(self.locks.held_by(e.pid)));
             out.push(Finding {
                 kind: FindingKind::SelfDeadlock,
-                severity: Severity::Critical,
+                severity: FindingKind::SelfDeadlock.severity(),
                 summary: format!(
                     "{}/{} acquiring {} it already holds: self-deadlock",
                     e.comm,
@@ -1317,7 +1322,7 @@ impl Engine {
         classes.sort();
         Finding {
             kind: FindingKind::LockOrderInversion,
-            severity: Severity::Error,
+            severity: FindingKind::LockOrderInversion.severity(),
             summary: format!("lock order inversion between {a} and {b}"),
             objects: vec![("lock".into(), want_addr), ("lock".into(), held.addr)],
             locks: vec![a.into(), b.into()],
@@ -1408,7 +1413,7 @@ impl Engine {
         };
         out.push(Finding {
             kind,
-            severity: Severity::Warning,
+            severity: kind.severity(),
             summary: format!(
                 "{}/{} {verb} {} for {:.1} ms",
                 e.comm,
