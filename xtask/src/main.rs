@@ -1,5 +1,6 @@
 //! kvscope's developer and CI tasks. `cargo xtask --help` lists them.
 mod cmd;
+mod deb;
 mod install;
 mod kbuild;
 mod lab;
@@ -46,6 +47,9 @@ enum Task {
         #[arg(long, default_value = "/")]
         destdir: std::path::PathBuf,
     },
+    /// Build the Debian package (binary with its BPF object, unit, config,
+    /// dashboards, man page, completions) into target/debian/.
+    Deb,
     /// The guest lab: boot real Debian kernels under QEMU with KVM and VFIO and
     /// check that kvscope attaches there (see README, "Guest lab").
     Lab {
@@ -146,6 +150,10 @@ fn main() -> anyhow::Result<()> {
             ]);
             c.arg(events.to_string());
             cmd::check(c)
+        }
+        Task::Deb => {
+            let env = setup::setup()?;
+            deb::build(&env).map(|_| ())
         }
         Task::Test(args) => {
             let env = setup::setup()?;

@@ -165,26 +165,32 @@ fn ensure_bpf_linker(cache: &Path) -> anyhow::Result<PathBuf> {
 
 /// cargo-fuzz for the fuzz tier, in the cache (bin dir returned). Idempotent.
 pub fn ensure_cargo_fuzz() -> anyhow::Result<PathBuf> {
-    let prefix = cache_dir().join(format!("cargo-fuzz-{CARGO_FUZZ_VERSION}"));
+    ensure_cargo_tool("cargo-fuzz", CARGO_FUZZ_VERSION)
+}
+
+/// cargo-deb, for `cargo xtask deb` and the package tier.
+pub const CARGO_DEB_VERSION: &str = "3.8.0";
+
+pub fn ensure_cargo_deb() -> anyhow::Result<PathBuf> {
+    ensure_cargo_tool("cargo-deb", CARGO_DEB_VERSION)
+}
+
+/// A cargo subcommand from crates.io, pinned, installed once into the cache;
+/// returns its bin directory.
+fn ensure_cargo_tool(name: &str, version: &str) -> anyhow::Result<PathBuf> {
+    let prefix = cache_dir().join(format!("{name}-{version}"));
     let bin = prefix.join("bin");
-    if bin.join("cargo-fuzz").exists() {
+    if bin.join(name).exists() {
         return Ok(bin);
     }
-    eprintln!("setup: installing cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)");
+    eprintln!("setup: installing {name} {version} (a minute or two)");
     let st = Command::new("cargo")
-        .args([
-            "install",
-            "cargo-fuzz",
-            "--locked",
-            "--version",
-            CARGO_FUZZ_VERSION,
-            "--root",
-        ])
+        .args(["install", name, "--locked", "--version", version, "--root"])
         .arg(&prefix)
         .status()
-        .context("running cargo install cargo-fuzz")?;
+        .with_context(|| format!("running cargo install {name}"))?;
     if !st.success() {
-        bail!("cargo install cargo-fuzz failed: {st}");
+        bail!("cargo install {name} failed: {st}");
     }
     Ok(bin)
 }

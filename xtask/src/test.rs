@@ -23,6 +23,9 @@ enum Tier {
     Lint,
     /// Unit, scenario, ELF and live tests (`cargo test`).
     Cargo,
+    /// The Debian package: built, lintian-clean, installed into a clean root
+    /// (`dpkg --root`), checked there, removed.
+    Package,
     /// cargo-fuzz on the recording reader, time-boxed.
     Fuzz,
     /// The guest lab: every kernel of the matrix booted under QEMU, kvscope
@@ -31,7 +34,13 @@ enum Tier {
     Lab,
 }
 
-const ALL: &[Tier] = &[Tier::Lint, Tier::Cargo, Tier::Fuzz, Tier::Lab];
+const ALL: &[Tier] = &[
+    Tier::Lint,
+    Tier::Cargo,
+    Tier::Package,
+    Tier::Fuzz,
+    Tier::Lab,
+];
 
 /// Seconds of fuzzing per run of the fuzz tier.
 const FUZZ_SECONDS: u32 = 30;
@@ -49,6 +58,7 @@ pub fn run(env: &Env, args: &TestArgs) -> anyhow::Result<()> {
         match tier {
             Tier::Lint => lint(env)?,
             Tier::Cargo => cargo_tests(env, args.allow_skip)?,
+            Tier::Package => crate::deb::check(env)?,
             Tier::Fuzz => fuzz(env)?,
             Tier::Lab => {
                 cmd::build_release(env)?;

@@ -1,0 +1,216 @@
+//! `cargo xtask deb`: the Debian package (cargo-deb, metadata in
+//! trace-daemon/Cargo.toml): the binary with its BPF object embedded, the
+//! unit, the example config (a conffile), dashboards, README, man page and
+//! completions. And the package tier: lintian, installed into a clean root,
+//! checked there, removed.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::{
+    cmd::{self, kvscope_bin, workspace_root},
+    setup::{self, Env},
+};
+
+/// Generated package files, beside the release binary (cargo-deb resolves
+/// `target/release/` asset paths to the real target directory).
+fn generated() -> PathBuf {
+    kvscope_bin().parent().unwrap().join("deb-assets")
+}
+
+fn output_of(c: &mut Command) -> anyhow::Result<Vec<u8>> {
+    let o = c.output().with_context(|| format!("running {c:?}"))?;
+    if !o.status.success() {
+        bail!("{c:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(o.stdout)
+}
+
+/// The packaged unit: the same file, with the package's paths.
+fn unit() -> anyhow::Result<String> {
+    let u = std::fs::read_to_string(workspace_root().join("packaging/kvscope.service"))?;
+    let u = u
+        .replace("/usr/local/bin/kvscope", "/usr/bin/kvscope")
+        .replace("/usr/local/share/doc/kvscope", "/usr/share/doc/kvscope")
+        .replace(
+            "# kvscope fleet service. Install: `cargo xtask install` (README), then",
+            "# kvscope fleet service (Debian package). Start it with",
+        );
+    if u.contains("/usr/local") {
+        bail!("packaging/kvscope.service names a /usr/local path the package does not map");
+    }
+    Ok(u)
+}
+
+/// Man page and completions from the binary's own clap definitions.
+fn generate() -> anyhow::Result<()> {
+    let dir = generated();
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("kvscope.service"), unit()?)?;
+    let bin = kvscope_bin();
+    for (shell, file) in [
+        ("bash", "kvscope.bash"),
+        ("zsh", "_kvscope"),
+        ("fish", "kvscope.fish"),
+    ] {
+        let text = output_of(Command::new(&bin).args(["completions", shell]))?;
+        std::fs::write(dir.join(file), text)?;
+    }
+    let man = output_of(Command::new(&bin).arg("manpage"))?;
+    std::fs::write(dir.join("kvscope.1"), man)?;
+    // -n: no name or time stamp, so the package is reproducible.
+    let _ = std::fs::remove_file(dir.join("kvscope.1.gz"));
+    cmd::check({
+        let mut c = Command::new("gzip");
+        c.args(["-9n"]).arg(dir.join("kvscope.1"));
+        c
+    })
+}
+
+/// Builds the release binary and the package; returns the .deb's path.
+pub fn build(env: &Env) -> anyhow::Result<PathBuf> {
+    cmd::build_release(env)?;
+    generate()?;
+    let bin = setup::ensure_cargo_deb()?;
+    let out = workspace_root().join("target/debian");
+    let _ = std::fs::remove_dir_all(&out);
+    let mut c = cmd::command(env, "cargo");
+    let mut path = std::ffi::OsString::from(bin.as_os_str());
+    path.push(":");
+    path.push(&env.path);
+    c.env("PATH", path)
+        .args(["deb", "-p", "trace-daemon", "--no-build", "--output"])
+        .arg(&out);
+    cmd::check(c)?;
+    let deb = std::fs::read_dir(&out)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"))
+        .context("cargo deb wrote no .deb")?;
+    eprintln!("deb: {}", deb.display());
+    Ok(deb)
+}
+
+/// Every regular file under `root`, relative, dpkg's own database aside.
+fn files_under(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            if rel.starts_with("var/lib/dpkg") {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn dpkg(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let mut c = Command::new("dpkg");
+    c.arg(format!("--root={}", root.display()))
+        // The clean root has no libc6 package: only the files are checked.
+        .arg("--force-depends")
+        .args(args);
+    cmd::check(c)
+}
+
+/// The package tier.
+pub fn check(env: &Env) -> anyhow::Result<()> {
+    setup::ensure_apt(&[("lintian", "lintian"), ("systemd-analyze", "systemd")])?;
+    let deb = build(env)?;
+    // Errors and warnings fail; info and pedantic tags are printed.
+    let mut c = Command::new("lintian");
+    c.args(["--fail-on", "error,warning", "--info"]).arg(&deb);
+    cmd::check(c).context("lintian")?;
+    eprintln!("deb: lintian: no errors or warnings");
+
+    let root = std::env::temp_dir().join(format!("kvscope-debroot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    for d in [
+        "var/lib/dpkg/info",
+        "var/lib/dpkg/updates",
+        "var/lib/dpkg/triggers",
+    ] {
+        std::fs::create_dir_all(root.join(d))?;
+    }
+    std::fs::write(root.join("var/lib/dpkg/status"), "")?;
+    let r = check_in_root(&root, &deb);
+    let _ = std::fs::remove_dir_all(&root);
+    r
+}
+
+fn check_in_root(root: &Path, deb: &Path) -> anyhow::Result<()> {
+    dpkg(root, &["--install", deb.to_str().context("path")?])?;
+    let installed = files_under(root);
+    eprintln!(
+        "deb: installed {} files into {}",
+        installed.len(),
+        root.display()
+    );
+    for f in [
+        "usr/bin/kvscope",
+        "lib/systemd/system/kvscope.service",
+        "etc/kvscope/kvscope.toml",
+        "usr/share/man/man1/kvscope.1.gz",
+        "usr/share/bash-completion/completions/kvscope",
+        "usr/share/kvscope/dashboards/kvscope-alerts.yml",
+        "usr/share/doc/kvscope/README.md",
+        "usr/share/doc/kvscope/copyright",
+    ] {
+        if !installed.iter().any(|i| i == f) {
+            bail!("the package does not install /{f}: {installed:?}");
+        }
+    }
+    let v = output_of(Command::new(root.join("usr/bin/kvscope")).arg("--version"))?;
+    let v = String::from_utf8_lossy(&v);
+    if !v.starts_with("kvscope ") {
+        bail!("/usr/bin/kvscope --version printed {v:?}");
+    }
+    eprintln!("deb: /usr/bin/kvscope --version: {}", v.trim());
+    // The unit as installed, verified against the installed binary.
+    let unit = std::fs::read_to_string(root.join("lib/systemd/system/kvscope.service"))?;
+    if !unit.contains("ExecStart=/usr/bin/kvscope daemon") {
+        bail!("the packaged unit does not start /usr/bin/kvscope");
+    }
+    let verify = root.join("kvscope.service");
+    std::fs::write(
+        &verify,
+        unit.replace(
+            "/usr/bin/kvscope",
+            &root.join("usr/bin/kvscope").to_string_lossy(),
+        ),
+    )?;
+    let o = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&verify)
+        .output()?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    if !o.status.success() || err.contains("kvscope.service:") {
+        bail!("systemd-analyze verify of the packaged unit: {err}");
+    }
+    std::fs::remove_file(&verify)?;
+    eprintln!("deb: the packaged unit verifies");
+    dpkg(root, &["--remove", "kvscope"])?;
+    let left = files_under(root);
+    if left != ["etc/kvscope/kvscope.toml"] {
+        bail!("after removal these files remain (only the config may): {left:?}");
+    }
+    dpkg(root, &["--purge", "kvscope"])?;
+    let left = files_under(root);
+    if !left.is_empty() {
+        bail!("after purge these files remain: {left:?}");
+    }
+    eprintln!("deb: removal leaves only the config; purge leaves nothing");
+    Ok(())
+}
