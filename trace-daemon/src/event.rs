@@ -142,6 +142,10 @@ pub struct Event {
     /// For a get: whether it took a reference (kvm_get_kvm_safe can fail).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ok: Option<bool>,
+    /// Seen as the hooked function returned (fexit, kretprobe, a syscall's
+    /// exit): its own frame is no longer on the stack.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub at_return: bool,
     /// The device's `kvm_ops` (the seed's patch): Some(0) when the driver set
     /// none, None where the kernel has no such field.
     #[serde(
@@ -246,6 +250,7 @@ impl Event {
             }),
             stack_id: opt(e, known::STACK, e.stack_id as u32),
             ok: None,
+            at_return: e.phase == abi::Phase::Exit as u8,
         };
         let arg = opt(e, known::ARG, e.arg);
         ev.kind = match hook {

@@ -272,11 +272,34 @@ impl<'a> Report<'a> {
             let _ = writeln!(o, "DAMAGED FILE  {d}");
         }
         let a = &self.anomalies;
+        let by_class = |m: &BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(c, n)| format!("{c} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         if a.out_of_order + a.unseen_creation + a.unmatched_release > 0 {
             let _ = writeln!(
                 o,
-                "anomalies     {} out of order, {} objects first seen mid-life, {} unmatched lock releases",
-                a.out_of_order, a.unseen_creation, a.unmatched_release
+                "anomalies     {} out of order, {} objects first seen mid-life, {} unmatched lock releases{}",
+                a.out_of_order,
+                a.unseen_creation,
+                a.unmatched_release,
+                if a.unmatched_release > 0 {
+                    format!(
+                        " ({}: released by a thread not seen taking them)",
+                        by_class(&a.unmatched_release_by_class)
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if !a.taken_before_watched.is_empty() {
+            let _ = writeln!(
+                o,
+                "note          locks released that were taken before kvscope watched them ({}): not an anomaly, see README \"Reading a timeline\"",
+                by_class(&a.taken_before_watched)
             );
         }
         let destroyed = self.vms.iter().filter(|v| v.destroyed).count();
@@ -400,12 +423,23 @@ pub fn timeline_text(
             t.folded, t.folded_delta
         );
     }
+    // A step that reads no count leaves the last one read standing.
+    let mut last = None;
     for s in &t.steps {
-        let _ = writeln!(o, "{}", step_line(s));
+        last = s.count_after.or(last);
+        let _ = writeln!(o, "{}", step_line(s, last));
         if with_stacks
             && let Some(id) = s.stack_id
             && let Some(st) = stacks.get(&id)
         {
+            if s.at_return
+                && let Some(h) = &s.hook
+            {
+                let _ = writeln!(
+                    o,
+                    "        ({h}, returned: seen at its return, its frame is gone)"
+                );
+            }
             for sym in &st.symbols {
                 let _ = writeln!(o, "        {sym}");
             }

@@ -6,7 +6,7 @@ use trace_common::LockClass;
 
 use crate::event::{Event, FdKind, Kind, LockClassName, LockRef};
 
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Script {
     pub t: u64,
     pub events: Vec<Event>,
@@ -48,6 +48,7 @@ impl Script {
             lock: None,
             stack_id: None,
             ok: None,
+            at_return: false,
             kvm_ops: None,
         });
         self.events.last_mut().expect("pushed")

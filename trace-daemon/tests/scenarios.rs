@@ -802,3 +802,85 @@ fn clean_66_cdev_device_first_raises_nothing() {
     assert_eq!(d[0].open_count, Some(0));
     assert_eq!(d[0].kvm_ref, None, "VFIO gave its reference back");
 }
+
+/// 6.6+: the open path takes group_lock and dev_set->lock before the device
+/// hook registers them as watched, so the first event of each lock is its
+/// release. Not an anomaly; a release of a lock seen before, by a thread not
+/// seen taking it, is one (named by class).
+#[test]
+fn releases_of_locks_taken_before_they_were_watched_are_no_anomaly() {
+    let mut s = Script::new();
+    setup(&mut s);
+    s.vfio_get_kvm(QEMU, DEV, KVM, 3)
+        .device_opened(QEMU, DEV, GROUP, 1)
+        .unlock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP);
+    // Later, a close takes and drops group_lock: seen both ways.
+    s.lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+        .unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP);
+    let (e, f) = run(&s);
+    assert!(kinds(&f).is_empty(), "{f:?}");
+    let a = &e.anomalies;
+    assert_eq!(a.unmatched_release, 0, "{a:?}");
+    assert_eq!(
+        a.taken_before_watched
+            .iter()
+            .map(|(c, n)| (c.as_str(), *n))
+            .collect::<Vec<_>>(),
+        [("vfio_device_set.lock", 1), ("vfio_group.group_lock", 1)]
+    );
+    // A second release nobody was seen taking: a missed acquire.
+    let mut s2 = s.clone();
+    s2.unlock(QEMU + 1, GROUP_LOCK, VfioGroupLock, GROUP);
+    let (e, _) = run(&s2);
+    assert_eq!(e.anomalies.unmatched_release, 1);
+    assert_eq!(
+        e.anomalies
+            .unmatched_release_by_class
+            .get("vfio_group.group_lock"),
+        Some(&1)
+    );
+}
+
+/// Timelines explain themselves: every step has a count and says which hook
+/// saw it (inferred steps are marked `~` instead), and device steps about a
+/// VM name it.
+#[test]
+fn every_timeline_step_has_a_count_and_a_source_and_device_steps_name_the_vm() {
+    let mut s = Script::new();
+    setup(&mut s);
+    s.vfio_get_kvm(QEMU, DEV, KVM, 3)
+        .device_opened(QEMU, DEV, GROUP, 1)
+        .close_vm_fd(QEMU, KVM, 3);
+    s.close_kvm_vfio_fd(QEMU, KVM, KVM_LOCK, 2, |s| {
+        s.file_unlink(QEMU, GROUP);
+    });
+    s.device_close(QEMU, DEV, 1).vfio_put_kvm(QEMU, DEV, KVM, 1);
+    let (e, _) = run(&s);
+    let stacks = Default::default();
+    let vm = e.vm_history(KVM);
+    let dev = e.device_history(DEV);
+    let vm_text = kvscope::report::timeline_text("VM", 1, &vm[0].timeline, &stacks, false);
+    let dev_text = kvscope::report::timeline_text("dev", 1, &dev[0].timeline, &stacks, false);
+    for line in vm_text.lines().chain(dev_text.lines()).skip(1) {
+        if line.starts_with("dev") {
+            continue;
+        }
+        assert!(line.contains(" -> "), "no count: {line}");
+        let inferred = line
+            .split_whitespace()
+            .nth(2)
+            .is_some_and(|w| w.starts_with('~'));
+        assert!(
+            inferred || line.trim_end().ends_with(']'),
+            "no source: {line}"
+        );
+    }
+    let kvm = format!("VM {KVM:#x}");
+    assert!(
+        dev_text
+            .lines()
+            .any(|l| l.contains("vfio-get-kvm") && l.contains(&kvm)),
+        "{dev_text}"
+    );
+}

@@ -3,7 +3,7 @@
 //! requested while A is held). A kernel whose canonical order differs from
 //! another's (6.1 vs 6.2, S5) raises nothing by itself: only both orders seen on
 //! one host close a cycle.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use trace_common::LockClass;
 
@@ -39,12 +39,27 @@ pub struct LockState {
     /// does anything else, or once its contention ends.
     pub implicit: HashMap<u32, bool>,
     pub graph: BTreeMap<(LockClass, LockClass), EdgeSeen>,
+    /// Lock addresses seen in any lock event so far (bounded: `MAX_SEEN`).
+    seen: HashSet<u64>,
 }
+
+/// Past this many lock addresses the set starts again (one entry per watched
+/// object); a release right after a restart may then be taken for a first
+/// sighting, never the other way round.
+const MAX_SEEN: usize = 1 << 16;
 
 /// Deeper nesting than this means we missed releases; the oldest is dropped.
 pub const MAX_HELD: usize = 48;
 
 impl LockState {
+    /// Records that `addr` appeared in a lock event; true if it never had.
+    pub fn first_sighting(&mut self, addr: u64) -> bool {
+        if self.seen.len() >= MAX_SEEN {
+            self.seen.clear();
+        }
+        self.seen.insert(addr)
+    }
+
     pub fn held_by(&self, pid: u32) -> &[Held] {
         self.held.get(&pid).map(Vec::as_slice).unwrap_or(&[])
     }

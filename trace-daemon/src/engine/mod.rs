@@ -157,8 +157,15 @@ pub struct Anomalies {
     pub out_of_order: u64,
     /// Objects first seen mid-life (their creation not observed).
     pub unseen_creation: u64,
-    /// Lock releases of locks the thread was not seen to take.
+    /// Lock releases of locks the thread was not seen to take, though the
+    /// lock had been seen before: a missed acquire. By lock class below.
     pub unmatched_release: u64,
+    pub unmatched_release_by_class: BTreeMap<String, u64>,
+    /// Not an anomaly: releases of a lock whose first event is that release.
+    /// It was taken before kvscope watched it (the open path registers
+    /// group_lock and dev_set->lock inside their critical section) or before
+    /// the capture began. By lock class.
+    pub taken_before_watched: BTreeMap<String, u64>,
 }
 
 pub struct Engine {
@@ -491,6 +498,8 @@ impl Engine {
                                 holder: None,
                                 inferred: true,
                                 stack_id: None,
+                                at_return: false,
+                                vm: None,
                             },
                         );
                         vm.users = Some(0);
@@ -666,6 +675,8 @@ impl Engine {
                     holder,
                     inferred,
                     stack_id: if inferred { None } else { e.stack_id },
+                    at_return: !inferred && e.at_return,
+                    vm: None,
                 }
             };
         // The count this event implies held just before it.
@@ -1086,6 +1097,8 @@ impl Engine {
                 holder: None,
                 inferred: false,
                 stack_id: e.stack_id,
+                at_return: e.at_return,
+                vm: e.kvm,
             },
         );
         match kvm_ops_put {
@@ -1125,6 +1138,7 @@ impl Engine {
 
     fn lock_attempt(&mut self, e: &Event, out: &mut Vec<Finding>) {
         let Some(l) = e.lock else { return };
+        self.locks.first_sighting(l.addr);
         let class = l.class.0;
         if let Some(h) = self.locks.holds(e.pid, l.addr) {
             let since = h.since_ns;
@@ -1338,6 +1352,7 @@ impl Engine {
 
     fn lock_acquired(&mut self, e: &Event, out: &mut Vec<Finding>) {
         let Some(l) = e.lock else { return };
+        self.locks.first_sighting(l.addr);
         let waited = self.locks.waiting.remove(&e.pid);
         let held = Held {
             addr: l.addr,
@@ -1366,6 +1381,7 @@ impl Engine {
 
     fn lock_released(&mut self, e: &Event, out: &mut Vec<Finding>) {
         let Some(l) = e.lock else { return };
+        let first = self.locks.first_sighting(l.addr);
         match self.locks.release(e.pid, l.addr) {
             Some(h) => {
                 self.check_long(FindingKind::LongHold, e, &h, out);
@@ -1374,12 +1390,29 @@ impl Engine {
                     secs: e.ts_ns.saturating_sub(h.since_ns) as f64 / 1e9,
                 });
             }
-            None => self.anomalies.unmatched_release += 1,
+            None => {
+                let class = l.class.0.name().to_owned();
+                if first {
+                    *self
+                        .anomalies
+                        .taken_before_watched
+                        .entry(class)
+                        .or_default() += 1;
+                } else {
+                    self.anomalies.unmatched_release += 1;
+                    *self
+                        .anomalies
+                        .unmatched_release_by_class
+                        .entry(class)
+                        .or_default() += 1;
+                }
+            }
         }
     }
 
     fn contention(&mut self, e: &Event, out: &mut Vec<Finding>) {
         let Some(l) = e.lock else { return };
+        self.locks.first_sighting(l.addr);
         if e.kind == Kind::ContentionBegin {
             self.locks.waiting.entry(e.pid).or_insert(Held {
                 addr: l.addr,
@@ -1454,25 +1487,46 @@ fn held_list(held: &[Held]) -> Vec<String> {
 /// The last `n` steps of a timeline, one line each.
 pub fn excerpt(t: &Timeline, n: usize) -> Vec<String> {
     let skip = t.steps.len().saturating_sub(n);
-    t.steps.iter().skip(skip).map(step_line).collect()
+    let mut last = None;
+    let mut out = Vec::new();
+    for (i, s) in t.steps.iter().enumerate() {
+        last = s.count_after.or(last);
+        if i >= skip {
+            out.push(step_line(s, last));
+        }
+    }
+    out
 }
 
-pub fn step_line(s: &Step) -> String {
-    format!(
-        "  {} {}[{}] {}{} {}{}{}",
+/// One step as a line: time, thread, `~` for an inferred step, what, the
+/// count change and the count after it (`count` carries the last one read when
+/// the step reads none), the holder, the VM a device step concerns, and the
+/// hook that saw it (several hooks can see one operation: each is a line).
+pub fn step_line(s: &Step, count: Option<i32>) -> String {
+    let mut line = format!(
+        "  {} {}[{}] {}{}",
         crate::render::ts(s.ts_ns),
         s.comm,
         s.pid,
         if s.inferred { "~" } else { "" },
-        s.what,
-        match s.delta {
-            0 => String::new(),
-            d => format!("{d:+} "),
-        },
-        s.count_after.map(|c| format!("-> {c}")).unwrap_or_default(),
-        s.holder
-            .as_deref()
-            .map(|h| format!(" ({h})"))
-            .unwrap_or_default()
-    )
+        s.what
+    );
+    if s.delta != 0 {
+        line += &format!(" {:+}", s.delta);
+    }
+    // Never a silent gap: a count not read yet is said to be unknown.
+    match s.count_after.or(count) {
+        Some(c) => line += &format!(" -> {c}"),
+        None => line += " -> ?",
+    }
+    if let Some(h) = &s.holder {
+        line += &format!(" ({h})");
+    }
+    if let Some(v) = s.vm {
+        line += &format!(" VM {v:#x}");
+    }
+    if let Some(h) = &s.hook {
+        line += &format!("  [{h}]");
+    }
+    line
 }

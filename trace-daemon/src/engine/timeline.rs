@@ -26,6 +26,16 @@ pub struct Step {
     pub inferred: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stack_id: Option<u32>,
+    /// Seen as the hook returned: the stack starts at its caller.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub at_return: bool,
+    /// On a device's timeline, the VM the step concerns.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::hexaddr::opt"
+    )]
+    pub vm: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -86,6 +96,8 @@ mod tests {
             holder: None,
             inferred: false,
             stack_id: None,
+            at_return: false,
+            vm: None,
         }
     }
 
