@@ -11,6 +11,7 @@ pub mod engine;
 pub mod event;
 pub mod hexaddr;
 pub mod hooks;
+pub mod html;
 pub mod jsonl;
 pub mod kernel;
 pub mod live;

@@ -51,13 +51,18 @@ pub fn report(path: &Path, opts: &OfflineArgs, format: &str) -> anyhow::Result<O
     let text = match format {
         "text" => r.text(&l.stacks),
         "json" => serde_json::to_string_pretty(&r)? + "\n",
-        "html" => crate::visual::html(
+        "html" => crate::html::html(
             &e,
-            &format!(
-                "{} on {} ({}), {} events",
-                l.header.kernel_release, l.header.hostname, l.header.tier, e.events
-            ),
-            damage.as_deref(),
+            &crate::html::Page {
+                title: &format!(
+                    "{} on {} ({}; {})",
+                    l.header.kernel_release, l.header.hostname, l.header.tier, l.header.variant
+                ),
+                damage: damage.as_deref(),
+                stacks: &l.stacks,
+                lost: l.lost.values().sum(),
+                delivery: Some(&l.header.delivery),
+            },
         ),
         "perfetto" => {
             serde_json::to_string(&crate::visual::perfetto(&e, damage.as_deref()))? + "\n"

@@ -399,6 +399,14 @@ fn check_scenario(name: &str, sc: &Scenario, r: &Value, timeline: &str) -> Vec<S
     if !r["damage"].is_null() {
         bad.push(format!("{name}: damaged recording: {}", r["damage"]));
     }
+    // A clean capture shows no anomaly (locks taken before kvscope watched
+    // them are a note, not an anomaly).
+    let a = &r["anomalies"];
+    for k in ["out_of_order", "unseen_creation", "unmatched_release"] {
+        if sc.exact && a[k] != 0 {
+            bad.push(format!("{name}: anomaly {k} = {} ({a})", a[k]));
+        }
+    }
     let lost: u64 = r["lost"]
         .as_object()
         .map(|m| m.values().filter_map(Value::as_u64).sum())

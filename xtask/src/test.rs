@@ -114,10 +114,12 @@ fn lint(env: &Env) -> anyhow::Result<()> {
 fn cargo_tests(env: &Env, allow_skip: bool) -> anyhow::Result<()> {
     // The service tests scrape the daemon with a real Prometheus and check the
     // exposition and rules with promtool; the unit with systemd-analyze.
+    // The HTML report is rendered and checked in a real browser.
     crate::setup::ensure_apt(&[
         ("prometheus", "prometheus"),
         ("promtool", "prometheus"),
         ("systemd-analyze", "systemd"),
+        ("chromium", "chromium"),
     ])?;
     let mut c = cmd::command(env, "cargo");
     c.args(["test", "--release"]);
