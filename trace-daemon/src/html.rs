@@ -49,6 +49,47 @@ struct Obj<'a> {
     role: &'static str,
 }
 
+/// How each kind of object is named on the page.
+struct Kind {
+    anchor: &'static str,
+    label: &'static str,
+    count_name: &'static str,
+    role: &'static str,
+}
+
+const VM: Kind = Kind {
+    anchor: "vm",
+    label: "VM",
+    count_name: "users_count",
+    role: "kvm",
+};
+const DEVICE: Kind = Kind {
+    anchor: "dev",
+    label: "VFIO device",
+    count_name: "open_count",
+    role: "device",
+};
+
+impl<'a> Obj<'a> {
+    fn new(
+        k: &Kind,
+        (addr, generation): (u64, u32),
+        state: &str,
+        timeline: &'a Timeline,
+        lanes: BTreeMap<String, Vec<(u64, Option<u64>)>>,
+    ) -> Self {
+        Obj {
+            anchor: format!("{}-{addr:x}-g{generation}", k.anchor),
+            label: format!("{} {addr:#x} gen {generation}{state}", k.label),
+            count_name: k.count_name,
+            timeline,
+            lanes,
+            addr,
+            role: k.role,
+        }
+    }
+}
+
 fn vm_obj(v: &Vm) -> Obj<'_> {
     let mut lanes: BTreeMap<String, Vec<(u64, Option<u64>)>> = BTreeMap::new();
     for s in &v.timeline.steps {
@@ -63,15 +104,7 @@ fn vm_obj(v: &Vm) -> Obj<'_> {
         }
     }
     let state = if v.is_destroyed() { "" } else { ", live" };
-    Obj {
-        anchor: format!("vm-{:x}-g{}", v.addr, v.generation),
-        label: format!("VM {:#x} gen {}{state}", v.addr, v.generation),
-        count_name: "users_count",
-        timeline: &v.timeline,
-        lanes,
-        addr: v.addr,
-        role: "kvm",
-    }
+    Obj::new(&VM, (v.addr, v.generation), state, &v.timeline, lanes)
 }
 
 fn device_obj(d: &Device) -> Obj<'_> {
@@ -92,15 +125,7 @@ fn device_obj(d: &Device) -> Obj<'_> {
     let mut lanes = BTreeMap::new();
     lanes.insert("open".to_owned(), open);
     let state = if d.closed_ns.is_some() { "" } else { ", open" };
-    Obj {
-        anchor: format!("dev-{:x}-g{}", d.addr, d.generation),
-        label: format!("VFIO device {:#x} gen {}{state}", d.addr, d.generation),
-        count_name: "open_count",
-        timeline: &d.timeline,
-        lanes,
-        addr: d.addr,
-        role: "device",
-    }
+    Obj::new(&DEVICE, (d.addr, d.generation), state, &d.timeline, lanes)
 }
 
 fn objects(engine: &Engine) -> Vec<Obj<'_>> {
@@ -235,17 +260,7 @@ fn findings_section(
             f.kind.id(),
             esc(&f.summary)
         );
-        if f.count > 1 {
-            let _ = write!(
-                o,
-                "seen {} times, first {} last {}",
-                f.count,
-                render::ts(f.first_ns),
-                render::ts(f.last_ns)
-            );
-        } else {
-            let _ = write!(o, "at {}", render::ts(f.first_ns));
-        }
+        o.push_str(&render::finding_when(f));
         if let Some((oi, si)) = cited_step(objs, f) {
             let a = &objs[oi].anchor;
             let _ = write!(

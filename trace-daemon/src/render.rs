@@ -37,6 +37,20 @@ pub fn kind_label(k: Kind) -> &'static str {
     kind_name(k)
 }
 
+/// When a finding happened: `at T`, or `seen N times, first T last T`.
+pub fn finding_when(f: &crate::engine::Finding) -> String {
+    if f.count > 1 {
+        format!(
+            "seen {} times, first {} last {}",
+            f.count,
+            ts(f.first_ns),
+            ts(f.last_ns)
+        )
+    } else {
+        format!("at {}", ts(f.first_ns))
+    }
+}
+
 /// `12.345678901` seconds of the monotonic clock (as bpf_ktime_get_ns).
 pub fn ts(ns: u64) -> String {
     format!("{}.{:09}", ns / 1_000_000_000, ns % 1_000_000_000)

@@ -24,17 +24,7 @@ pub fn finding_text_with(f: &Finding, stacks: &BTreeMap<u32, Stack>) -> String {
         f.severity.name(),
         f.summary
     );
-    if f.count > 1 {
-        let _ = writeln!(
-            o,
-            "   seen {} times, first {} last {}",
-            f.count,
-            render::ts(f.first_ns),
-            render::ts(f.last_ns)
-        );
-    } else {
-        let _ = writeln!(o, "   at {}", render::ts(f.first_ns));
-    }
+    let _ = writeln!(o, "   {}", render::finding_when(f));
     for t in &f.threads {
         let _ = writeln!(o, "   thread {}/{} (tgid {})", t.comm, t.pid, t.tgid);
     }

@@ -12,7 +12,9 @@ use std::{
 use serde_json::Value;
 
 mod common;
-use common::{Guard, SERIAL, create_vm_with_kvm_vfio, live_or_skip, open_kvm, our_programs_loaded};
+use common::{
+    Guard, SERIAL, create_vm_with_kvm_vfio, lines_of, live_or_skip, open_kvm, our_programs_loaded,
+};
 
 fn kvscope() -> Command {
     Command::new(env!("CARGO_BIN_EXE_kvscope"))
@@ -26,14 +28,7 @@ fn start_trace(args: &[&str]) -> (Guard, std::sync::mpsc::Receiver<String>) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn kvscope trace");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[kvscope] {line}");
-            let _ = tx.send(line);
-        }
-    });
+    let rx = lines_of(child.stderr.take().unwrap(), "kvscope");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());

@@ -5,23 +5,11 @@ use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
 use kvscope::metrics::Metrics;
 
+mod common;
+use common::tool;
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn tool(name: &str) -> bool {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {name}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("KVSCOPE_REQUIRE_LIVE").as_deref() != Ok("1"),
-            "{name} is missing but KVSCOPE_REQUIRE_LIVE=1 (cargo xtask test installs it)"
-        );
-        eprintln!("skipped: {name} not installed");
-    }
-    found
 }
 
 /// Metric families referenced by PromQL in a text (suffixes of histograms and
@@ -92,21 +80,26 @@ fn dashboard_and_rules_use_only_exported_metrics_and_cover_them_all() {
     }
 }
 
-#[test]
-fn alert_rules_pass_promtool() {
-    if !tool("promtool") {
-        return;
-    }
-    let o = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(repo().join("dashboards/kvscope-alerts.yml"))
-        .output()
-        .unwrap();
+/// Runs `c`, failing the test with its output unless it succeeds.
+fn succeeds(c: &mut Command) {
+    let o = c.output().unwrap();
     assert!(
         o.status.success(),
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn alert_rules_pass_promtool() {
+    if !tool("promtool") {
+        return;
+    }
+    succeeds(
+        Command::new("promtool")
+            .args(["check", "rules"])
+            .arg(repo().join("dashboards/kvscope-alerts.yml")),
     );
 }
 
@@ -240,17 +233,7 @@ tests:
     );
     let path = dir.join("test.yml");
     std::fs::write(&path, test).unwrap();
-    let o = Command::new("promtool")
-        .args(["test", "rules"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    succeeds(Command::new("promtool").args(["test", "rules"]).arg(&path));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

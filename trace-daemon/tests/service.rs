@@ -3,7 +3,7 @@
 //! Also: SIGHUP changes a threshold without losing state, SIGTERM leaves no
 //! program of ours loaded, and bad configurations fail before anything starts.
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
     os::fd::OwnedFd,
     path::{Path, PathBuf},
@@ -83,14 +83,7 @@ fn start_daemon(config: &Path) -> Guard {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(err).lines().map_while(Result::ok) {
-            eprintln!("[daemon] {l}");
-            let _ = tx.send(l);
-        }
-    });
+    let rx = common::lines_of(child.stderr.take().unwrap(), "daemon");
     loop {
         match rx.recv_timeout(Duration::from_secs(30)) {
             Ok(l) if l.contains("metrics on") => break,

@@ -26,7 +26,7 @@ use std::{
 };
 
 mod common;
-use common::{Guard, SERIAL, live_or_skip, open_kvm, our_programs_loaded};
+use common::{Guard, SERIAL, lines_of, live_or_skip, open_kvm, our_programs_loaded, wait_ready};
 
 /// Threads per worker process, VMs per thread in a normal round and a burst.
 const THREADS: usize = 3;
@@ -215,21 +215,8 @@ fn start_daemon(config: &Path) -> Guard {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn kvscope daemon");
-    let err = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if line.starts_with("kvscope: ready:") {
-                let _ = tx.send(());
-            }
-            // Loss lines are expected here; keep the log short.
-            if !line.contains("events lost so far") {
-                eprintln!("[daemon] {line}");
-            }
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("daemon never printed its ready banner");
+    let rx = lines_of(child.stderr.take().unwrap(), "daemon");
+    wait_ready(&rx);
     Guard(child)
 }
 

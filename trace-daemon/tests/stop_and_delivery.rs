@@ -7,7 +7,6 @@
 //!
 //! They need root and /dev/kvm (skip rule in tests/common).
 use std::{
-    io::{BufRead as _, BufReader},
     os::unix::{fs::MetadataExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -16,7 +15,10 @@ use std::{
 };
 
 mod common;
-use common::{Guard, SERIAL, create_vm_with_kvm_vfio, live_or_skip, open_kvm, our_programs_loaded};
+use common::{
+    Guard, SERIAL, create_vm_with_kvm_vfio, lines_of, live_or_skip, open_kvm, our_programs_loaded,
+    wait_ready,
+};
 
 /// The bound the issue sets: a stop takes effect within 5 s of the signal.
 const STOP_BOUND: Duration = Duration::from_secs(5);
@@ -41,14 +43,7 @@ fn spawn_background(args: &[&str]) -> (Guard, Receiver<String>) {
         });
     }
     let mut child = c.spawn().expect("spawn kvscope");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[kvscope] {line}");
-            let _ = tx.send(line);
-        }
-    });
+    let rx = lines_of(child.stderr.take().unwrap(), "kvscope");
     (Guard(child), rx)
 }
 
@@ -73,17 +68,6 @@ fn wait_main(g: &Guard) {
         std::thread::yield_now();
     }
     panic!("kvscope never reached main");
-}
-
-fn wait_ready(rx: &Receiver<String>) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            Ok(l) if l.starts_with("kvscope: ready:") => return,
-            Ok(_) => {}
-            Err(e) => panic!("kvscope never printed its ready banner: {e}"),
-        }
-    }
 }
 
 /// Sends `sig`, returns how long the process took to exit (panics past the bound).

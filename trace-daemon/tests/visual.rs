@@ -7,6 +7,8 @@ use kvscope::{
 };
 use trace_common::LockClass::{VfioDevSetLock, VfioGroupLock};
 
+mod common;
+
 fn s3() -> Engine {
     let (kvm, dev, group, set) = (0xffff_8881_0000_0000u64, 0xd000u64, 0x6000u64, 0x5000u64);
     let mut s = Script::new();
@@ -166,16 +168,7 @@ document.body.dataset.labelBarOverlaps = tb;
 
 #[test]
 fn the_page_renders_in_a_real_browser_without_overlaps() {
-    let found = std::process::Command::new("sh")
-        .args(["-c", "command -v chromium"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var("KVSCOPE_REQUIRE_LIVE").as_deref() != Ok("1"),
-            "chromium is missing but KVSCOPE_REQUIRE_LIVE=1 (cargo xtask test installs it)"
-        );
-        eprintln!("skipped: chromium not installed");
+    if !common::tool("chromium") {
         return;
     }
     let e = s3();

@@ -80,6 +80,52 @@ pub fn create_vm_with_kvm_vfio(kvm: &OwnedFd) -> (OwnedFd, OwnedFd) {
     unsafe { (OwnedFd::from_raw_fd(vm), OwnedFd::from_raw_fd(cd[1] as i32)) }
 }
 
+/// Reads `r` line by line in a thread: each line echoed to stderr behind
+/// `[tag]` and sent on the returned channel.
+pub fn lines_of(
+    r: impl std::io::Read + Send + 'static,
+    tag: &'static str,
+) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(r).lines().map_while(Result::ok) {
+            eprintln!("[{tag}] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+/// Waits (30 s at most) for kvscope's `ready:` banner among `rx`'s lines.
+pub fn wait_ready(rx: &std::sync::mpsc::Receiver<String>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+            Ok(l) if l.starts_with("kvscope: ready:") => return,
+            Ok(_) => {}
+            Err(e) => panic!("kvscope never printed its ready banner: {e}"),
+        }
+    }
+}
+
+/// True when `name` is on PATH. Missing, the test skips with that reason,
+/// unless KVSCOPE_REQUIRE_LIVE=1 (`cargo xtask test` installs it), where it fails.
+pub fn tool(name: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var("KVSCOPE_REQUIRE_LIVE").as_deref() != Ok("1"),
+            "{name} is missing but KVSCOPE_REQUIRE_LIVE=1 (cargo xtask test installs it)"
+        );
+        eprintln!("skipped: {name} not installed");
+    }
+    found
+}
+
 /// Our programs still loaded in the kernel (names are cut to 15 characters).
 pub fn our_programs_loaded() -> Vec<String> {
     let ours = kvscope::hooks::all_program_names();
