@@ -50,7 +50,9 @@ struct DaemonSink {
     config: DaemonConfig,
     watchdog: Option<Duration>,
     last_watchdog: Instant,
-    last_event_ts: u64,
+    /// Largest delay from an event's kernel timestamp to its analysis since
+    /// the last tick (ns; 0: no event arrived).
+    max_lag_ns: u64,
 }
 
 fn open_findings(c: &DaemonConfig) -> anyhow::Result<Option<Rotating>> {
@@ -127,7 +129,9 @@ impl DaemonSink {
 impl Sink for DaemonSink {
     fn event(&mut self, _s: &Session, _r: &trace_common::Event, ev: &Event) -> anyhow::Result<()> {
         self.metrics.event(ev.kind);
-        self.last_event_ts = self.last_event_ts.max(ev.ts_ns);
+        // Both clocks are CLOCK_MONOTONIC (bpf_ktime_get_ns).
+        let lag = live::mono_now_ns().saturating_sub(ev.ts_ns);
+        self.max_lag_ns = self.max_lag_ns.max(lag);
         let found = self.engine.ingest(ev);
         for o in self.engine.take_observations() {
             self.metrics.observe(o);
@@ -147,11 +151,10 @@ impl Sink for DaemonSink {
             self.metrics.set_lost(h.symbol(), *n);
         }
         self.metrics.engine_state(&self.engine);
-        if self.last_event_ts > 0 {
-            self.metrics
-                .lag
-                .set(now_ns.saturating_sub(self.last_event_ts) as f64 / 1e9);
-        }
+        // Idle is no lag: nothing waits to be analysed.
+        self.metrics
+            .lag
+            .set(std::mem::take(&mut self.max_lag_ns) as f64 / 1e9);
         if let Some(f) = s.probes.ring_fill() {
             self.metrics.ring_fill.set(f);
         }
@@ -269,7 +272,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         config,
         watchdog,
         last_watchdog: Instant::now(),
-        last_event_ts: 0,
+        max_lag_ns: 0,
     };
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&sink.status())]);
     let stats = live::run(

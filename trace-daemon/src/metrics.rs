@@ -68,7 +68,7 @@ impl Metrics {
             lock_wait: reg!(r, HistogramVec::new(HistogramOpts::new("kvscope_lock_wait_seconds", "Time from a mutex_lock call on a watched lock to acquiring it, by lock class.").buckets(seconds_buckets()), &["class"])),
             lock_hold: reg!(r, HistogramVec::new(HistogramOpts::new("kvscope_lock_hold_seconds", "Time a watched lock was held, by lock class.").buckets(seconds_buckets()), &["class"])),
             teardown: reg!(r, Histogram::with_opts(HistogramOpts::new("kvscope_vm_teardown_seconds", "VM fd close to kvm_destroy_vm.").buckets(seconds_buckets()))),
-            lag: reg!(r, Gauge::new("kvscope_analysis_lag_seconds", "Age of the newest analysed event when the daemon last looked.")),
+            lag: reg!(r, Gauge::new("kvscope_analysis_lag_seconds", "Largest delay between an event's kernel timestamp and its analysis during the last second; 0 when no event arrived (an idle host has no lag).")),
             ring_fill: reg!(r, Gauge::new("kvscope_ring_buffer_fill_ratio", "Fraction of the event ring buffer holding unread events.")),
             reloads: reg!(r, IntCounter::new("kvscope_config_reloads_total", "Configuration reloads (SIGHUP) applied.")),
             build_info: reg!(r, GaugeVec::new(Opts::new("kvscope_build_info", "Always 1; the kvscope version as a label."), &["version"])),

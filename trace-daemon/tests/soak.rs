@@ -371,6 +371,12 @@ fn daemon_soak_under_churn_reload_and_overflow() {
             .copied(),
         Some(1)
     );
+    // Idle after the churn: nothing waits to be analysed, so no lag.
+    let lag = body
+        .lines()
+        .find_map(|l| l.strip_prefix("kvscope_analysis_lag_seconds "))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    assert_eq!(lag, Some(0.0), "an idle daemon reports lag {lag:?}");
     assert!(
         max_rss <= warm_rss + 16 * 1024,
         "RSS grew from {warm_rss} KiB after warm-up to {max_rss} KiB"
