@@ -21,7 +21,9 @@ use crate::trace::VmSel;
         kvscope trace --json --stacks events as JSON lines\n  \
         kvscope record -o run.kvs     capture now (Ctrl-C to stop) ...\n  \
         kvscope replay run.kvs        ... analyse anywhere\n  \
-        kvscope timeline run.kvs --vm 0xffff888102760000"
+        kvscope timeline run.kvs --vm 0xffff888102760000\n  \
+        kvscope report run.kvs --format html -o run.html   one page (created 0600)\n  \
+        kvscope events run.kvs --pid 4242   the raw events, as recorded"
 )]
 pub struct Cli {
     /// Log level of kvscope's own diagnostics: off, error, warn, info, debug,
