@@ -413,11 +413,8 @@ pub fn timeline_text(
             t.folded, t.folded_delta
         );
     }
-    // A step that reads no count leaves the last one read standing.
-    let mut last = None;
-    for s in &t.steps {
-        last = s.count_after.or(last);
-        let _ = writeln!(o, "{}", step_line(s, last));
+    for (s, count) in t.counted() {
+        let _ = writeln!(o, "{}", step_line(s, count));
         if with_stacks
             && let Some(id) = s.stack_id
             && let Some(st) = stacks.get(&id)

@@ -1487,21 +1487,16 @@ fn held_list(held: &[Held]) -> Vec<String> {
 /// The last `n` steps of a timeline, one line each.
 pub fn excerpt(t: &Timeline, n: usize) -> Vec<String> {
     let skip = t.steps.len().saturating_sub(n);
-    let mut last = None;
-    let mut out = Vec::new();
-    for (i, s) in t.steps.iter().enumerate() {
-        last = s.count_after.or(last);
-        if i >= skip {
-            out.push(step_line(s, last));
-        }
-    }
-    out
+    t.counted()
+        .skip(skip)
+        .map(|(s, count)| step_line(s, count))
+        .collect()
 }
 
 /// One step as a line: time, thread, `~` for an inferred step, what, the
-/// count change and the count after it (`count` carries the last one read when
-/// the step reads none), the holder, the VM a device step concerns, and the
-/// hook that saw it (several hooks can see one operation: each is a line).
+/// count change, `count` (the count standing after it, `Timeline::counted`),
+/// the holder, the VM a device step concerns, and the hook that saw it
+/// (several hooks can see one operation: each is a line).
 pub fn step_line(s: &Step, count: Option<i32>) -> String {
     let mut line = format!(
         "  {} {}[{}] {}{}",
@@ -1515,7 +1510,7 @@ pub fn step_line(s: &Step, count: Option<i32>) -> String {
         line += &format!(" {:+}", s.delta);
     }
     // Never a silent gap: a count not read yet is said to be unknown.
-    match s.count_after.or(count) {
+    match count {
         Some(c) => line += &format!(" -> {c}"),
         None => line += " -> ?",
     }

@@ -67,6 +67,16 @@ impl Timeline {
             .collect()
     }
 
+    /// Each kept step with the count standing after it: the one it read, or,
+    /// for a step that reads none, the last one read before it (None until
+    /// the first read).
+    pub fn counted(&self) -> impl Iterator<Item = (&Step, Option<i32>)> {
+        self.steps.iter().scan(None, |last, s| {
+            *last = s.count_after.or(*last);
+            Some((s, *last))
+        })
+    }
+
     pub fn last_mut(&mut self) -> Option<&mut Step> {
         self.steps.back_mut()
     }
@@ -99,6 +109,22 @@ mod tests {
             at_return: false,
             vm: None,
         }
+    }
+
+    #[test]
+    fn a_step_without_a_read_shows_the_last_count_read() {
+        let mut t = Timeline::default();
+        for c in [None, Some(2), None, Some(1), None] {
+            t.push(
+                10,
+                Step {
+                    count_after: c,
+                    ..step(0)
+                },
+            );
+        }
+        let shown: Vec<Option<i32>> = t.counted().map(|(_, c)| c).collect();
+        assert_eq!(shown, [None, Some(2), Some(2), Some(1), Some(1)]);
     }
 
     #[test]

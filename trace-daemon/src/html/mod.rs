@@ -298,9 +298,7 @@ fn steps_tables(o: &mut String, objs: &[Obj], stacks: &BTreeMap<u32, Stack>) {
                 obj.timeline.folded, obj.timeline.folded_delta
             );
         }
-        let mut last = None;
-        for (i, s) in obj.timeline.steps.iter().enumerate() {
-            last = s.count_after.or(last);
+        for (i, (s, last)) in obj.timeline.counted().enumerate() {
             let who = match (&s.holder, s.vm) {
                 (Some(h), _) => esc(h),
                 (None, Some(v)) => format!("VM {v:#x}"),
