@@ -49,7 +49,8 @@ pub fn finding_text_with(f: &Finding, stacks: &BTreeMap<u32, Stack>) -> String {
 
 #[derive(Serialize)]
 pub struct VmSummary {
-    pub addr: String,
+    #[serde(with = "crate::hexaddr::one")]
+    pub addr: u64,
     pub generation: u32,
     pub destroyed: bool,
     pub users: Option<i32>,
@@ -71,7 +72,7 @@ pub struct VmSummary {
 impl VmSummary {
     pub fn of(v: &Vm) -> Self {
         VmSummary {
-            addr: format!("{:#x}", v.addr),
+            addr: v.addr,
             generation: v.generation,
             destroyed: v.is_destroyed(),
             users: v.users,
@@ -117,10 +118,6 @@ fn findings_naming(findings: &[&Finding], role: &str, addr: u64) -> Vec<String> 
     v
 }
 
-fn parse_hex(s: &str) -> u64 {
-    u64::from_str_radix(s.trim_start_matches("0x"), 16).unwrap_or(0)
-}
-
 /// A stack as a report shows it: frames symbolised on the recording host.
 #[derive(Serialize)]
 pub struct StackView {
@@ -130,7 +127,8 @@ pub struct StackView {
 
 #[derive(Serialize)]
 pub struct DeviceSummary {
-    pub addr: String,
+    #[serde(with = "crate::hexaddr::one")]
+    pub addr: u64,
     pub generation: u32,
     /// open_count after each step that changed it, oldest first (kept steps).
     pub open_counts: Vec<i32>,
@@ -138,7 +136,8 @@ pub struct DeviceSummary {
     /// The last open_count read from the kernel.
     pub open_count: Option<i32>,
     /// The VM whose reference the device's VFIO core holds (6.3+), if any.
-    pub kvm: Option<String>,
+    #[serde(with = "crate::hexaddr::opt")]
+    pub kvm: Option<u64>,
     /// Kinds of the findings that name this device.
     pub findings: Vec<String>,
 }
@@ -146,12 +145,12 @@ pub struct DeviceSummary {
 impl DeviceSummary {
     pub fn of(d: &crate::engine::Device) -> Self {
         DeviceSummary {
-            addr: format!("{:#x}", d.addr),
+            addr: d.addr,
             generation: d.generation,
             open_counts: d.timeline.counts_after_changes(),
             closed: d.closed_ns.is_some(),
             open_count: d.open_count,
-            kvm: d.kvm_ref.map(crate::hexaddr::format),
+            kvm: d.kvm_ref,
             findings: Vec::new(),
         }
     }
@@ -192,14 +191,14 @@ impl<'a> Report<'a> {
             .chain(engine.live_vms())
             .map(VmSummary::of)
             .collect();
-        vms.sort_by(|a, b| (&a.addr, a.generation).cmp(&(&b.addr, b.generation)));
+        vms.sort_by_key(|v| (v.addr, v.generation));
         for v in &mut vms {
-            v.findings = findings_naming(&findings, "kvm", parse_hex(&v.addr));
+            v.findings = findings_naming(&findings, "kvm", v.addr);
         }
         let mut device_list: Vec<DeviceSummary> =
             engine.device_generations().map(DeviceSummary::of).collect();
         for d in &mut device_list {
-            d.findings = findings_naming(&findings, "device", parse_hex(&d.addr));
+            d.findings = findings_naming(&findings, "device", d.addr);
         }
         let stacks = findings
             .iter()
@@ -326,10 +325,9 @@ impl Report<'_> {
             return;
         }
         self.vms.retain(|v| {
-            vm.is_none_or(|a| parse_hex(&v.addr) == a)
-                && pid.is_none_or(|p| v.creator_pid == Some(p))
+            vm.is_none_or(|a| v.addr == a) && pid.is_none_or(|p| v.creator_pid == Some(p))
         });
-        let kvms: Vec<u64> = self.vms.iter().map(|v| parse_hex(&v.addr)).collect();
+        let kvms: Vec<u64> = self.vms.iter().map(|v| v.addr).collect();
         self.findings.retain(|f| {
             f.objects
                 .iter()
@@ -337,11 +335,8 @@ impl Report<'_> {
         });
         let findings = &self.findings;
         self.device_list.retain(|d| {
-            let addr = parse_hex(&d.addr);
-            d.kvm
-                .as_deref()
-                .is_some_and(|k| kvms.contains(&parse_hex(k)))
-                || findings.iter().any(|f| f.object("device") == Some(addr))
+            d.kvm.is_some_and(|k| kvms.contains(&k))
+                || findings.iter().any(|f| f.object("device") == Some(d.addr))
         });
         let cited: Vec<u32> = self
             .findings
@@ -371,7 +366,7 @@ impl Report<'_> {
             let state = if v.destroyed { "destroyed" } else { "live" };
             let _ = writeln!(
                 o,
-                "  VM {} gen {}: users_count {users}, {state}, {} steps{}",
+                "  VM {:#x} gen {}: users_count {users}, {state}, {} steps{}",
                 v.addr,
                 v.generation,
                 v.steps,
@@ -382,12 +377,11 @@ impl Report<'_> {
             let open = d.open_count.map_or("unknown".to_owned(), |c| c.to_string());
             let kvm = d
                 .kvm
-                .as_deref()
-                .map_or(String::new(), |k| format!(", holds VM {k}"));
+                .map_or(String::new(), |k| format!(", holds VM {k:#x}"));
             let state = if d.closed { "closed" } else { "open" };
             let _ = writeln!(
                 o,
-                "  VFIO device {} gen {}: open_count {open}, {state}{kvm}{}",
+                "  VFIO device {:#x} gen {}: open_count {open}, {state}{kvm}{}",
                 d.addr,
                 d.generation,
                 named(&d.findings)
