@@ -53,7 +53,10 @@ fn finish(
     share: bool,
     salvage: bool,
 ) -> anyhow::Result<ExitCode> {
-    warn_delivery(file);
+    // Recordings made before the self-test, or whose self-test failed, say so.
+    if let Some(w) = &out.delivery_warning {
+        eprintln!("kvscope: warning: {}: {w}", file.display());
+    }
     emit(&out.text, output, share)?;
     match out.damage {
         Some(d) if !salvage => {
@@ -64,15 +67,6 @@ fn finish(
             Ok(ExitCode::FAILURE)
         }
         _ => Ok(ExitCode::SUCCESS),
-    }
-}
-
-/// Recordings made before the self-test, or whose self-test failed, say so.
-fn warn_delivery(file: &std::path::Path) {
-    if let Ok(h) = kvscope::recording::Reader::open(file).map(|r| r.header)
-        && let Some(w) = h.delivery.warning()
-    {
-        eprintln!("kvscope: warning: {}: {w}", file.display());
     }
 }
 

@@ -29,11 +29,13 @@ pub fn analyse(path: &Path, cfg: engine::Config) -> anyhow::Result<(Loaded, Engi
     Ok((loaded, e))
 }
 
-/// What an offline command prints, and whether its recording was damaged
-/// (the caller exits non-zero then, unless asked to salvage).
+/// What an offline command prints, whether its recording was damaged (the
+/// caller exits non-zero then, unless asked to salvage), and the header's
+/// warning when delivery was never verified.
 pub struct Output {
     pub text: String,
     pub damage: Option<String>,
+    pub delivery_warning: Option<String>,
 }
 
 pub fn report(path: &Path, opts: &OfflineArgs, format: &str) -> anyhow::Result<Output> {
@@ -69,7 +71,11 @@ pub fn report(path: &Path, opts: &OfflineArgs, format: &str) -> anyhow::Result<O
         }
         f => bail!("unknown report format {f:?}: use text, json, html or perfetto"),
     };
-    Ok(Output { text, damage })
+    Ok(Output {
+        text,
+        damage,
+        delivery_warning: l.header.delivery.warning(),
+    })
 }
 
 /// `kvscope events`: the recording's raw events, one line (or JSON object)
@@ -136,7 +142,11 @@ pub fn events(a: &EventsArgs) -> anyhow::Result<Output> {
             let _ = writeln!(o, "# DAMAGED FILE: {d}");
         }
     }
-    Ok(Output { text: o, damage })
+    Ok(Output {
+        text: o,
+        damage,
+        delivery_warning: r.header.delivery.warning(),
+    })
 }
 
 pub enum Object {
@@ -156,7 +166,11 @@ pub fn timeline(
     if let Some(d) = &damage {
         text += &format!("DAMAGED FILE: {d}\n");
     }
-    Ok(Output { text, damage })
+    Ok(Output {
+        text,
+        damage,
+        delivery_warning: l.header.delivery.warning(),
+    })
 }
 
 /// One object's history from an engine (offline or live). `source` names
