@@ -13,7 +13,7 @@ use trace_common::HookId;
 
 use crate::{
     engine,
-    event::{Event, record_from_bytes},
+    event::{DecodeError, Event, record_from_bytes},
     hooks::Role,
     kernel::kallsyms::Kallsyms,
     loader::{self, Facts, LoadOptions, Probes},
@@ -109,8 +109,9 @@ pub struct Session {
     pub probes: Probes,
     /// Taken by the live loop.
     ring: Option<RingBuf<MapData>>,
-    /// Events read during the self-test, delivered first by the live loop.
-    pending: Vec<trace_common::Event>,
+    /// Records read during the self-test (undecodable ones too, to be
+    /// counted), delivered first by the live loop.
+    pending: Vec<Result<trace_common::Event, DecodeError>>,
     pub delivery: Delivery,
 }
 
@@ -332,8 +333,6 @@ pub struct Stats {
     pub events: u64,
     pub undecodable: u64,
     pub lost: u64,
-    /// Events first found by the periodic sweep rather than after a wakeup.
-    pub swept: u64,
 }
 
 pub async fn run(
@@ -357,7 +356,7 @@ pub async fn run(
     };
     let mut stats = Stats::default();
     for rec in std::mem::take(&mut session.pending) {
-        deliver(session, sink, &rec, &mut stats)?;
+        deliver(session, sink, rec, &mut stats)?;
     }
     let Signals { term, int, hup } = signals;
     let mut tick = tokio::time::interval(interval);
@@ -377,7 +376,7 @@ pub async fn run(
             _ = tick.tick() => {
                 // Belt and braces for a wakeup that never comes: whatever
                 // waits in the ring is read at least once per tick.
-                stats.swept += drain(ring.get_mut(), session, sink, &mut stats)?;
+                drain(ring.get_mut(), session, sink, &mut stats)?;
                 if let Some(l) = logs.as_mut() {
                     l.get_mut().flush();
                 }
@@ -408,7 +407,7 @@ pub async fn run(
     Ok(stats)
 }
 
-/// Reads the ring until it is empty; returns how many records it read.
+/// Reads the ring until it is empty.
 ///
 /// The kernel wakes the reader only for a record committed when the reader's
 /// position equals that record's: if our position store is still in this
@@ -420,46 +419,46 @@ fn drain(
     session: &Session,
     sink: &mut dyn Sink,
     stats: &mut Stats,
-) -> anyhow::Result<u64> {
-    let mut n = 0;
+) -> anyhow::Result<()> {
     let mut fenced = false;
     loop {
         let Some(item) = rb.next() else {
             if fenced {
-                return Ok(n);
+                return Ok(());
             }
             std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
             fenced = true;
             continue;
         };
         fenced = false;
-        n += 1;
-        match record_from_bytes(&item) {
-            Ok(rec) => {
-                drop(item);
-                deliver(session, sink, &rec, stats)?;
-            }
-            Err(_) => stats.undecodable += 1,
-        }
+        let rec = record_from_bytes(&item);
+        // Dropping the item hands its space back to the kernel.
+        drop(item);
+        deliver(session, sink, rec, stats)?;
     }
 }
 
+/// One record to the sink, or to the counters when it does not decode.
 fn deliver(
     session: &Session,
     sink: &mut dyn Sink,
-    rec: &trace_common::Event,
+    rec: Result<trace_common::Event, DecodeError>,
     stats: &mut Stats,
 ) -> anyhow::Result<()> {
+    let Ok(rec) = rec else {
+        stats.undecodable += 1;
+        return Ok(());
+    };
     if rec.hook == HookId::SelfTest as u16 {
         // A self-test answer that came after its deadline: delivery works
         // after all, but the header already said otherwise.
         log::info!("late self-test event: delivery works, but slowly");
         return Ok(());
     }
-    match Event::decode(rec) {
+    match Event::decode(&rec) {
         Ok(ev) => {
             stats.events += 1;
-            sink.event(session, rec, &ev)
+            sink.event(session, &rec, &ev)
         }
         Err(_) => {
             stats.undecodable += 1;

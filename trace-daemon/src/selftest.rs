@@ -11,19 +11,23 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use trace_common::{Event as AbiEvent, HookId, ioctl};
 
-use crate::{event::record_from_bytes, recording::Delivery};
+use crate::{
+    event::{DecodeError, record_from_bytes},
+    recording::Delivery,
+};
 
 /// Long enough for a loaded, emulated guest; a healthy host answers in well
 /// under a millisecond.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs the self-test. Events of the stream that arrive meanwhile are kept in
-/// `pending`, in order, for the live loop: nothing is lost to the test.
+/// Runs the self-test. Records of the stream that arrive meanwhile (and any
+/// that do not decode, to be counted) are kept in `pending`, in order, for the
+/// live loop: nothing is lost to the test.
 /// `possible` is Err with the reason when the answering program is not
 /// attached; `lost` reads the self-test's own loss counter.
 pub fn run(
     ring: &mut RingBuf<MapData>,
-    pending: &mut Vec<AbiEvent>,
+    pending: &mut Vec<Result<AbiEvent, DecodeError>>,
     possible: Result<(), String>,
     lost: impl Fn() -> u64,
 ) -> Delivery {
@@ -37,18 +41,18 @@ pub fn run(
     }
     loop {
         while let Some(item) = ring.next() {
-            let Ok(rec) = record_from_bytes(&item) else {
-                continue;
-            };
-            if rec.hook != HookId::SelfTest as u16 {
-                pending.push(rec);
-            } else if rec.arg == nonce {
+            let rec = record_from_bytes(&item);
+            let answer = rec
+                .as_ref()
+                .is_ok_and(|r| r.hook == HookId::SelfTest as u16 && r.arg == nonce);
+            if answer {
                 return Delivery {
                     verified: true,
                     latency_us: Some(started.elapsed().as_micros() as u64),
                     detail: String::new(),
                 };
             }
+            pending.push(rec);
         }
         let left = TIMEOUT.saturating_sub(started.elapsed());
         if left.is_zero() {
