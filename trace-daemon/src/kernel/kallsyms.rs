@@ -43,9 +43,6 @@ pub struct ModuleExtent {
     pub size: u64,
 }
 
-/// The module symbol BPF images are listed under.
-pub const BPF_MODULE: &str = "bpf";
-
 /// Global locks registered as watched from user space.
 pub const DATA_SYMBOLS: &[&str] = &["kvm_lock"];
 
