@@ -21,14 +21,6 @@ fn generated() -> PathBuf {
     kvscope_bin().parent().unwrap().join("deb-assets")
 }
 
-fn output_of(c: &mut Command) -> anyhow::Result<Vec<u8>> {
-    let o = c.output().with_context(|| format!("running {c:?}"))?;
-    if !o.status.success() {
-        bail!("{c:?} failed: {}", String::from_utf8_lossy(&o.stderr));
-    }
-    Ok(o.stdout)
-}
-
 /// The packaged unit: the same file, with the package's paths.
 fn unit() -> anyhow::Result<String> {
     let u = std::fs::read_to_string(workspace_root().join("packaging/kvscope.service"))?;
@@ -56,10 +48,10 @@ fn generate() -> anyhow::Result<()> {
         ("zsh", "_kvscope"),
         ("fish", "kvscope.fish"),
     ] {
-        let text = output_of(Command::new(&bin).args(["completions", shell]))?;
+        let text = setup::output(Command::new(&bin).args(["completions", shell]))?;
         std::fs::write(dir.join(file), text)?;
     }
-    let man = output_of(Command::new(&bin).arg("manpage"))?;
+    let man = setup::output(Command::new(&bin).arg("manpage"))?;
     std::fs::write(dir.join("kvscope.1"), man)?;
     // -n: no name or time stamp, so the package is reproducible.
     let _ = std::fs::remove_file(dir.join("kvscope.1.gz"));
@@ -172,8 +164,7 @@ fn check_in_root(root: &Path, deb: &Path) -> anyhow::Result<()> {
             bail!("the package does not install /{f}: {installed:?}");
         }
     }
-    let v = output_of(Command::new(root.join("usr/bin/kvscope")).arg("--version"))?;
-    let v = String::from_utf8_lossy(&v);
+    let v = setup::output(Command::new(root.join("usr/bin/kvscope")).arg("--version"))?;
     if !v.starts_with("kvscope ") {
         bail!("/usr/bin/kvscope --version printed {v:?}");
     }
