@@ -51,6 +51,11 @@ macro_rules! hook_ids {
             pub const fn symbol(self) -> &'static str {
                 match self { $(HookId::$name => $sym,)* }
             }
+
+            /// The id whose `symbol` is `s`.
+            pub fn from_symbol(s: &str) -> Option<Self> {
+                match s { $($sym => Some(HookId::$name),)* _ => None }
+            }
         }
     };
 }
@@ -99,8 +104,49 @@ hook_ids! {
     SelfTest = 45, "kvscope:self-test";
 }
 
+impl HookId {
+    /// A lock hook taken at entry only: the call is void and cannot fail, so
+    /// no exit is needed to know the lock is held (the engine infers it).
+    pub const fn is_implicit_acquire(self) -> bool {
+        matches!(self, HookId::MutexLock | HookId::MutexLockNested)
+    }
+
+    /// Base of the program names serving this kernel function
+    /// (`fentry_<base>`, `fexit_<base>`, `kprobe_<base>`, `kretprobe_<base>`):
+    /// the symbol, except where a leading underscore would make it clash.
+    pub const fn program_base(self) -> &'static str {
+        match self {
+            HookId::VfioDeviceGetKvmSafeOld => "vfio_device_get_kvm_safe_old",
+            h => h.symbol(),
+        }
+    }
+}
+
 /// Number of slots in the per-hook loss counter map (indexed by `HookId as u32`).
 pub const HOOK_SLOTS: u32 = 64;
+
+/// Kernel-side counters besides `LOST` (events not delivered, any cause), one
+/// row of `HOOK_SLOTS` per cause in the `DROPS` map (index
+/// `cause * HOOK_SLOTS + hook`), so that nothing the programs give up on is silent.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropCause {
+    /// bpf_get_stackid failed (stack map full, or the walk failed): the event
+    /// went out without its stack.
+    StackId = 0,
+    /// ARG_STASH was full at entry: the call's exit event is lost (also in `LOST`).
+    StashFull = 1,
+    /// New entries in the WATCHED LRU map (hook slot 0). Not a loss: user space
+    /// compares it with the map's size to count evictions (locks no longer watched).
+    WatchedNew = 2,
+}
+
+pub const DROP_CAUSES: u32 = 3;
+
+/// The `DROPS` index of a cause and hook.
+pub const fn drop_slot(cause: DropCause, hook: u32) -> u32 {
+    cause as u32 * HOOK_SLOTS + hook
+}
 
 /// Lock classes, lockdep-style: the struct and field a watched mutex lives in.
 #[repr(u8)]
@@ -459,6 +505,7 @@ pub const fn watch_hint_slot(addr: u64) -> u32 {
 pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     pub const LOST: &str = "LOST";
+    pub const DROPS: &str = "DROPS";
     pub const RING_FILL: &str = "RING_FILL";
     pub const WATCHED: &str = "WATCHED";
     pub const WATCH_HINT: &str = "WATCH_HINT";

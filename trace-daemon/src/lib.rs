@@ -1,31 +1,22 @@
 //! kvscope: eBPF tracing and diagnosis of the VFIO <-> KVM path.
 //!
-//! Edges (kernel facts, loading, outputs, CLI) read and write the world; the
-//! analysis engine (`engine`) only takes typed events (`event`) and returns state
-//! and findings, so it runs the same live, in replay and in tests.
-pub mod check;
-pub mod cli;
-pub mod config;
-pub mod daemon;
+//! Layers, dependencies pointing down only:
+//! - `commands`: what the CLI runs (check, trace, record, the offline readers).
+//! - `attach` (hook table, plan, loader, live loop), `engine` (pure analysis:
+//!   events in, typed state and findings out), `output` (text, JSON, HTML,
+//!   Perfetto: rendered from the engine's data), `recording` (file formats),
+//!   `service` (the daemon: config, metrics).
+//! - `event`: the typed event model, decoded from the ABI (`trace_common`).
+//! - `kernel`: facts about the running kernel (BTF, kallsyms, tracefs).
+//!
+//! The engine imports no output; the scenario and workload generators live
+//! in the `kvscope-testkit` crate, out of the shipped library.
+pub mod attach;
+pub mod commands;
 pub mod engine;
 pub mod event;
 pub mod hexaddr;
-pub mod hooks;
-pub mod html;
-pub mod jsonl;
 pub mod kernel;
-pub mod live;
-pub mod loader;
-pub mod metrics;
-pub mod offline;
-pub mod plan;
-pub mod private_file;
-pub mod record;
+pub mod output;
 pub mod recording;
-pub mod render;
-pub mod report;
-pub mod scenario;
-pub mod selftest;
-pub mod trace;
-pub mod visual;
-pub mod workload;
+pub mod service;

@@ -2,12 +2,13 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::Parser as _;
 use kvscope::{
-    check,
-    cli::{Cli, Command},
+    attach::loader::{Facts, LoadOptions},
+    commands::check,
+    commands::cli::{Cli, Command},
+    commands::offline,
+    commands::record,
+    commands::trace::{self, Filter, TraceOptions},
     engine,
-    loader::{Facts, LoadOptions},
-    offline, record,
-    trace::{self, Filter, TraceOptions},
 };
 
 /// Runs a live command to completion. The runtime is not waited for at the
@@ -26,10 +27,10 @@ fn emit(text: &str, output: Option<&std::path::Path>, share: bool) -> anyhow::Re
     use std::io::Write as _;
     match output {
         Some(p) => {
-            let mut f = kvscope::private_file::open(
+            let mut f = kvscope::recording::private_file::open(
                 p,
-                kvscope::private_file::Open::Truncate,
-                kvscope::private_file::mode(share),
+                kvscope::recording::private_file::Open::Truncate,
+                kvscope::recording::private_file::mode(share),
             )?;
             f.write_all(text.as_bytes())
                 .and_then(|()| f.sync_all())
@@ -71,10 +72,10 @@ fn finish(
 }
 
 fn main() -> ExitCode {
-    kvscope::live::hold_signals();
+    kvscope::attach::live::hold_signals();
     let cli = Cli::parse();
     if !cli.command.is_live() {
-        kvscope::live::release_signals();
+        kvscope::attach::live::release_signals();
     }
     env_logger::Builder::new().parse_filters(&cli.log).init();
     match run(cli) {
@@ -135,19 +136,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Daemon(args) => {
             let config = match &args.config {
-                Some(p) => kvscope::config::DaemonConfig::load(p)?,
-                None => kvscope::config::DaemonConfig::default(),
+                Some(p) => kvscope::service::config::DaemonConfig::load(p)?,
+                None => kvscope::service::config::DaemonConfig::default(),
             };
-            let opts = kvscope::daemon::DaemonOptions {
+            let opts = kvscope::service::daemon::DaemonOptions {
                 config,
                 config_path: args.config,
                 metrics_listen: args.metrics_listen,
             };
-            block_on(kvscope::daemon::run(opts))?;
+            block_on(kvscope::service::daemon::run(opts))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Config(kvscope::cli::ConfigCommand::Check { path }) => {
-            let c = kvscope::config::DaemonConfig::load(&path)?;
+        Command::Config(kvscope::commands::cli::ConfigCommand::Check { path }) => {
+            let c = kvscope::service::config::DaemonConfig::load(&path)?;
             c.check_outputs()
                 .map_err(|e| anyhow::anyhow!("{}: {e:#}", path.display()))?;
             let effective = toml::to_string(&c).map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -4,7 +4,7 @@
 //! cannot attach them (the guest lab attaches them for real).
 use std::collections::HashMap;
 
-use kvscope::{hooks, loader::PROBES};
+use kvscope::{attach::hooks, attach::loader::PROBES};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
 use trace_common::maps;
 

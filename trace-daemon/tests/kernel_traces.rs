@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use kvscope::{
     engine::{Config, Engine},
     event::Kind,
-    scenario::Script,
 };
+use kvscope_testkit::scenario::Script;
 
 fn traces_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/kernel-traces")
@@ -74,30 +74,35 @@ fn parse(name: &str) -> Vec<Block> {
     blocks
 }
 
-fn hit(s: &mut Script, func: &str, kvm: u64, dev: u64, users: Option<i32>) {
+fn hit(s: &mut Script, name: &str, kvm: u64, dev: u64, users: Option<i32>) {
     const PID: u32 = 500;
-    match func {
+    let hook = || trace_common::HookId::from_symbol(name).expect("a hook's symbol");
+    match name {
         "kvm_get_kvm_safe" => {
-            let e = s.ev(PID, Kind::VmGet, func);
+            let e = s.ev(PID, Kind::VmGet, hook());
             e.kvm = Some(kvm);
             e.ok = Some(true);
         }
         // Our hook reports at exit, after the kvm_get_kvm_safe inside it.
         "vfio_device_get_kvm_safe" => {}
         "vfio_df_open" => {
-            let e = s.ev(PID, Kind::VfioKvmGet, "vfio_device_get_kvm_safe");
+            let e = s.ev(
+                PID,
+                Kind::VfioKvmGet,
+                trace_common::HookId::VfioDeviceGetKvmSafe,
+            );
             e.kvm = Some(kvm);
             e.device = Some(dev);
             s.device_opened(PID, dev, 0, 1);
         }
         "kvm_vm_release" => {
-            s.ev(PID, Kind::VmFdRelease, func).kvm = Some(kvm);
+            s.ev(PID, Kind::VmFdRelease, hook()).kvm = Some(kvm);
         }
         "kvm_vfio_release" => {
-            s.ev(PID, Kind::KvmVfioRelease, func).kvm = Some(kvm);
+            s.ev(PID, Kind::KvmVfioRelease, hook()).kvm = Some(kvm);
         }
         "kvm_put_kvm" => {
-            let e = s.ev(PID, Kind::VmPut, func);
+            let e = s.ev(PID, Kind::VmPut, hook());
             e.kvm = Some(kvm);
             e.users = users;
         }
@@ -108,7 +113,7 @@ fn hit(s: &mut Script, func: &str, kvm: u64, dev: u64, users: Option<i32>) {
             s.device_close(PID, dev, 1);
         }
         "vfio_device_put_kvm" => {
-            let e = s.ev(PID, Kind::VfioKvmPut, func);
+            let e = s.ev(PID, Kind::VfioKvmPut, hook());
             e.kvm = Some(kvm);
             e.device = Some(dev);
         }
@@ -117,7 +122,7 @@ fn hit(s: &mut Script, func: &str, kvm: u64, dev: u64, users: Option<i32>) {
         }
         // The driver's kvm_ops get: its kvm_get_kvm_safe is not a separate hit here.
         "mtty_get_kvm" => {
-            let e = s.ev(PID, Kind::VmGet, "kvm_get_kvm_safe");
+            let e = s.ev(PID, Kind::VmGet, trace_common::HookId::KvmGetKvmSafe);
             e.kvm = Some(kvm);
             e.ok = Some(true);
         }
@@ -161,7 +166,7 @@ fn debian_612_group_path_both_orders() {
             .timeline
             .steps
             .iter()
-            .filter(|s| s.what == "destroyed")
+            .filter(|s| s.kind == kvscope::engine::timeline::StepKind::Destroyed)
             .count();
         assert_eq!(destroys, 1, "kvm_destroy_vm exactly once");
         // created (1) + VFIO's get (2): the first put reads 3, so one get was
@@ -170,7 +175,7 @@ fn debian_612_group_path_both_orders() {
             .timeline
             .steps
             .iter()
-            .filter(|s| s.inferred)
+            .filter(|s| s.inferred())
             .map(|s| s.delta)
             .collect();
         assert_eq!(inferred, [1], "{}: {:#?}", b.mark, vm.timeline.steps);
@@ -182,10 +187,7 @@ fn debian_612_group_path_both_orders() {
         );
         // VFIO's put is attributed to the device.
         let vfio_put = vm.timeline.steps.iter().find(|s| {
-            s.holder
-                .as_deref()
-                .is_some_and(|h| h.starts_with("vfio device"))
-                && s.delta < 0
+            matches!(s.holder, Some(kvscope::engine::Holder::VfioDevice(_))) && s.delta < 0
         });
         assert!(vfio_put.is_some(), "{}", b.mark);
     }

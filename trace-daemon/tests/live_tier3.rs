@@ -182,7 +182,7 @@ fn check_reports_this_sandbox_as_tier_three() {
             .contains("kprobes absent")
     );
     let tps = report["plan"]["tracepoints"].as_array().unwrap();
-    assert_eq!(tps.len(), kvscope::hooks::TRACEPOINTS.len());
+    assert_eq!(tps.len(), kvscope::attach::hooks::TRACEPOINTS.len());
     for t in tps {
         assert_eq!(t["method"], "tracepoint", "{t}");
     }

@@ -3,7 +3,7 @@
 //! real metric registry.
 use std::{collections::BTreeSet, path::PathBuf, process::Command};
 
-use kvscope::metrics::Metrics;
+use kvscope::service::metrics::Metrics;
 
 mod common;
 use common::tool;

@@ -3,9 +3,10 @@
 //! the exact findings and nothing else. Every run ends with the clock moved an
 //! hour on, so a latent zombie or leak would show too.
 use kvscope::{
-    engine::{Config, Engine, Finding, FindingKind, Severity},
-    scenario::Script,
+    engine::{Config, Engine, Finding, FindingKind, ObjectRole, Severity},
+    output::finding_text::{detail, summary},
 };
+use kvscope_testkit::scenario::Script;
 use trace_common::LockClass::{KvmLock, VfioDevSetLock, VfioGroupLock};
 
 const KVM: u64 = 0xffff_8881_0000_0000;
@@ -81,17 +82,20 @@ fn clean_66_device_first_raises_nothing() {
     let counts: Vec<Option<i32>> = vm.timeline.steps.iter().map(|x| x.count_after).collect();
     assert!(counts.contains(&Some(3)) && counts.last() == Some(&Some(0)));
     // The kvm-vfio device's inlined get shows as an inferred, attributed step.
-    let inferred: Vec<_> = vm.timeline.steps.iter().filter(|x| x.inferred).collect();
+    let inferred: Vec<_> = vm.timeline.steps.iter().filter(|x| x.inferred()).collect();
     assert_eq!(inferred.len(), 1);
     assert_eq!(inferred[0].delta, 1);
-    assert_eq!(inferred[0].holder.as_deref(), Some("kvm-vfio fd"));
+    assert_eq!(
+        inferred[0].holder.map(|h| h.to_string()).as_deref(),
+        Some("kvm-vfio fd")
+    );
     // VFIO's get/put attributed to the device.
     let dev_holder = format!("vfio device {DEV:#x}");
     let attributed = vm
         .timeline
         .steps
         .iter()
-        .filter(|x| x.holder.as_deref() == Some(dev_holder.as_str()))
+        .filter(|x| x.holder.map(|h| h.to_string()).as_deref() == Some(dev_holder.as_str()))
         .count();
     assert_eq!(attributed, 2, "get and put by the device");
 }
@@ -106,12 +110,12 @@ fn s3_66_vm_first_is_destroy_under_both_vfio_locks() {
     release_66(&mut s, 1);
     let (_, f) = run(&s);
     assert_eq!(kinds(&f), [FindingKind::DestroyUnderLock], "{f:#?}");
-    assert_eq!(f[0].severity, Severity::Warning);
+    assert_eq!(f[0].severity(), Severity::Warning);
     assert_eq!(
-        f[0].locks,
+        lock_names(&f[0].locks),
         ["vfio_group.group_lock", "vfio_device_set.lock"]
     );
-    assert_eq!(f[0].object("kvm"), Some(KVM));
+    assert_eq!(f[0].object(ObjectRole::Kvm), Some(KVM));
     assert_eq!(f[0].count, 1);
 }
 
@@ -133,7 +137,7 @@ fn cdev_path_66_vm_first_names_only_dev_set_lock() {
         .unlock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET);
     let (_, f) = run(&s);
     assert_eq!(kinds(&f), [FindingKind::DestroyUnderLock]);
-    assert_eq!(f[0].locks, ["vfio_device_set.lock"]);
+    assert_eq!(lock_names(&f[0].locks), ["vfio_device_set.lock"]);
 }
 
 /// 6.1: dev_set->lock -> group_lock at open; no VFIO kvm ref; the driver's own.
@@ -238,8 +242,11 @@ fn s2_61_vfio_ap_style_open_is_an_inversion_with_both_chains() {
     let (_, f) = run(&s);
     assert_eq!(kinds(&f), [FindingKind::LockOrderInversion], "{f:#?}");
     let inv = &f[0];
-    assert_eq!(inv.locks, ["kvm.lock", "vfio_group.group_lock"]);
-    let text = inv.detail.join("\n");
+    assert_eq!(
+        lock_names(&inv.locks),
+        ["kvm.lock", "vfio_group.group_lock"]
+    );
+    let text = detail(inv).join("\n");
     assert!(
         text.contains("possible circular locking dependency"),
         "{text}"
@@ -272,9 +279,9 @@ fn s1_61_early_destroy_path_is_destroy_under_lock_then_self_deadlock() {
         [FindingKind::DestroyUnderLock, FindingKind::SelfDeadlock],
         "{f:#?}"
     );
-    assert_eq!(f[1].severity, Severity::Critical);
-    assert_eq!(f[1].locks, ["vfio_group.group_lock"]);
-    assert!(f[1].detail.join("\n").contains("already holding"));
+    assert_eq!(f[1].severity(), Severity::Critical);
+    assert_eq!(lock_names(&f[1].locks), ["vfio_group.group_lock"]);
+    assert!(detail(&f[1]).join("\n").contains("already holding"));
 }
 
 #[test]
@@ -299,7 +306,7 @@ fn s1_on_the_kvm_ops_patch_leaves_only_destroy_under_dev_set() {
         .unlock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET);
     let (_, f) = run(&s);
     assert_eq!(kinds(&f), [FindingKind::DestroyUnderLock], "{f:#?}");
-    assert_eq!(f[0].locks, ["vfio_device_set.lock"]);
+    assert_eq!(lock_names(&f[0].locks), ["vfio_device_set.lock"]);
 }
 
 const KVM_OPS: u64 = 0xffff_ffff_c000_1000;
@@ -365,21 +372,21 @@ fn kvm_ops_vm_first_attributes_the_drivers_get_and_put() {
         .unlock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET);
     let (e, f) = run_release_closes(&s);
     assert_eq!(kinds(&f), [FindingKind::DestroyUnderLock], "{f:#?}");
-    assert_eq!(f[0].locks, ["vfio_device_set.lock"]);
+    assert_eq!(lock_names(&f[0].locks), ["vfio_device_set.lock"]);
     let vm = e.vm_history(KVM)[0];
     let holder = format!("vfio device {DEV:#x} (kvm_ops)");
-    let named: Vec<(&str, i32, Option<&str>)> = vm
+    let named: Vec<(&str, i32, Option<String>)> = vm
         .timeline
         .steps
         .iter()
         .filter(|s| s.delta != 0)
-        .map(|s| (s.what.as_str(), s.delta, s.holder.as_deref()))
+        .map(|s| (s.kind.name(), s.delta, s.holder.map(|h| h.to_string())))
         .collect();
     assert!(
-        named.contains(&("get", 1, Some(holder.as_str()))),
+        named.contains(&("get", 1, Some(holder.clone()))),
         "{named:?}"
     );
-    assert_eq!(named.last(), Some(&("put", -1, Some(holder.as_str()))));
+    assert_eq!(named.last(), Some(&("put", -1, Some(holder))));
     let dev = e.device_history(DEV)[0];
     assert_eq!(dev.open_count, Some(0));
     assert!(dev.closed_ns.is_some());
@@ -398,9 +405,9 @@ fn kvm_ops_put_without_get_is_an_unbalanced_put_on_the_device() {
     s.destroy(QEMU, KVM);
     let (_, f) = run_release_closes(&s);
     assert_eq!(kinds(&f), [FindingKind::UnbalancedPut], "{f:#?}");
-    assert_eq!(f[0].severity, Severity::Error);
-    assert_eq!(f[0].object("vfio_device"), Some(DEV));
-    assert!(f[0].summary.contains("kvm_ops"), "{}", f[0].summary);
+    assert_eq!(f[0].severity(), Severity::Error);
+    assert_eq!(f[0].object(ObjectRole::VfioDevice), Some(DEV));
+    assert!(summary(&f[0]).contains("kvm_ops"), "{}", summary(&f[0]));
 }
 
 #[test]
@@ -419,11 +426,11 @@ fn kvm_ops_put_after_a_failed_get_on_the_open_error_path() {
     s.close_vm_fd(QEMU, KVM, 1);
     let (_, f) = run_release_closes(&s);
     assert_eq!(kinds(&f), [FindingKind::UnbalancedPut], "{f:#?}");
-    assert_eq!(f[0].object("vfio_device"), Some(DEV));
+    assert_eq!(f[0].object(ObjectRole::VfioDevice), Some(DEV));
     assert!(
-        f[0].summary.contains("after get_kvm() failed"),
+        summary(&f[0]).contains("after get_kvm() failed"),
         "{}",
-        f[0].summary
+        summary(&f[0])
     );
 }
 
@@ -477,13 +484,18 @@ fn open_racing_the_last_put_is_get_safe_failed() {
     setup(&mut s);
     s.close_vm_fd(QEMU, KVM, 2);
     // Another thread opens the device while the kvm-vfio fd's put drops to 0.
-    s.ev(QEMU, kvscope::event::Kind::VmPut, "kvm_put_kvm").kvm = Some(KVM);
+    s.ev(
+        QEMU,
+        kvscope::event::Kind::VmPut,
+        trace_common::HookId::KvmPutKvm,
+    )
+    .kvm = Some(KVM);
     s.events.last_mut().unwrap().users = Some(1);
     s.get_safe(201, KVM, 0, false);
     s.destroy(QEMU, KVM);
     let (_, f) = run(&s);
     assert_eq!(kinds(&f), [FindingKind::GetSafeFailed], "{f:#?}");
-    assert_eq!(f[0].severity, Severity::Info);
+    assert_eq!(f[0].severity(), Severity::Info);
     assert_eq!(f[0].threads[0].pid, 201);
 }
 
@@ -496,8 +508,8 @@ fn leaked_device_ref_is_reported_after_the_grace() {
     s.device_release(QEMU, DEV, 1).device_close(QEMU, DEV, 1);
     let (_, f) = run(&s);
     assert_eq!(kinds(&f), [FindingKind::LeakedRef], "{f:#?}");
-    assert_eq!(f[0].object("device"), Some(DEV));
-    assert_eq!(f[0].object("kvm"), Some(KVM));
+    assert_eq!(f[0].object(ObjectRole::Device), Some(DEV));
+    assert_eq!(f[0].object(ObjectRole::Kvm), Some(KVM));
 }
 
 #[test]
@@ -516,9 +528,9 @@ fn zombie_vm_names_its_holders() {
     let f = e.tick(s.t + 11_000_000_000);
     assert_eq!(kinds(&f), [FindingKind::ZombieVm]);
     assert!(
-        f[0].detail[0].contains("kvm-vfio fd (1)"),
+        detail(&f[0])[0].contains("kvm-vfio fd (1)"),
         "{:?}",
-        f[0].detail
+        detail(&f[0])
     );
     assert!(e.tick(s.t + 20_000_000_000).is_empty(), "reported once");
 }
@@ -531,7 +543,7 @@ fn puts_below_zero_and_after_destroy_are_unbalanced() {
     s.put(QEMU, KVM, 0);
     let (_, f) = run(&s);
     assert_eq!(kinds(&f), [FindingKind::UnbalancedPut], "{f:#?}");
-    assert!(f[0].summary.contains("after the VM was destroyed"));
+    assert!(summary(&f[0]).contains("after the VM was destroyed"));
 }
 
 #[test]
@@ -561,11 +573,11 @@ fn repeated_findings_are_counted_not_duplicated() {
         // A killable attempt on the held lock, then killed out of the wait.
         s.lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
             .attempt(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
-            .with_hook("mutex_lock_killable");
+            .with_hook(trace_common::HookId::MutexLockKillable);
         s.ev(
             QEMU,
             kvscope::event::Kind::LockFailed,
-            "mutex_lock_killable",
+            trace_common::HookId::MutexLockKillable,
         );
         s.unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP);
     }
@@ -579,8 +591,9 @@ fn repeated_findings_are_counted_not_duplicated() {
 /// does next. The held set, the lock graph and the findings must be as with
 /// explicit acquisitions.
 fn entry_only(s: &mut Script) {
-    s.events
-        .retain(|e| !(e.kind == kvscope::event::Kind::LockAcquired && e.hook == "mutex_lock"));
+    s.events.retain(|e| {
+        !(e.kind == kvscope::event::Kind::LockAcquired && e.hook == trace_common::HookId::MutexLock)
+    });
 }
 
 #[test]
@@ -596,7 +609,7 @@ fn entry_only_mutex_lock_still_sees_s3_and_the_inversion() {
     let (_, f) = run(&s);
     assert_eq!(kinds(&f), [FindingKind::DestroyUnderLock], "{f:#?}");
     assert_eq!(
-        f[0].locks,
+        lock_names(&f[0].locks),
         ["vfio_group.group_lock", "vfio_device_set.lock"]
     );
     // S2 on 6.1 with attempts only.
@@ -621,14 +634,14 @@ fn entry_only_mutex_lock_waits_until_its_contention_ends() {
     s.ev(
         QEMU,
         kvscope::event::Kind::ContentionBegin,
-        "lock:contention_begin",
+        trace_common::HookId::ContentionBegin,
     )
     .lock = s.events[0].lock;
     s.sleep_ms(3_000);
     s.ev(
         QEMU,
         kvscope::event::Kind::ContentionEnd,
-        "lock:contention_end",
+        trace_common::HookId::ContentionEnd,
     )
     .lock = s.events[0].lock;
     s.unlock(QEMU, KVM_LOCK, KvmLock, KVM);
@@ -647,8 +660,12 @@ fn long_waits_and_holds_cross_their_thresholds() {
     let mut s = Script::new();
     s.attempt(QEMU, KVM_LOCK, KvmLock, KVM);
     s.sleep_ms(1500);
-    s.ev(QEMU, kvscope::event::Kind::LockAcquired, "mutex_lock")
-        .lock = s.events[0].lock;
+    s.ev(
+        QEMU,
+        kvscope::event::Kind::LockAcquired,
+        trace_common::HookId::MutexLock,
+    )
+    .lock = s.events[0].lock;
     s.sleep_ms(6000);
     s.unlock(QEMU, KVM_LOCK, KvmLock, KVM);
     let (_, f) = run(&s);
@@ -669,7 +686,7 @@ fn tier_three_infers_destroy_from_the_last_close_and_still_finds_zombies() {
         let e = s.ev(
             QEMU,
             kvscope::event::Kind::FdClosed,
-            "syscalls:sys_enter_close",
+            trace_common::HookId::SysClose,
         );
         e.kvm = Some(KVM);
         e.users = Some(users);
@@ -688,7 +705,7 @@ fn tier_three_infers_destroy_from_the_last_close_and_still_finds_zombies() {
     assert!(e.tick(s.t + 3_600_000_000_000).is_empty());
     let vm = e.vm_history(KVM)[0];
     assert!(vm.is_destroyed());
-    assert!(vm.timeline.steps.back().unwrap().inferred);
+    assert!(vm.timeline.steps.back().unwrap().inferred());
     // VM fd closed while the kvm-vfio fd stays open: a zombie naming it.
     let mut s = Script::new();
     s.create_vm(QEMU, KVM).create_kvm_vfio(QEMU, KVM, 2);
@@ -700,14 +717,14 @@ fn tier_three_infers_destroy_from_the_last_close_and_still_finds_zombies() {
     let f = e.tick(s.t + 3_600_000_000_000);
     assert_eq!(kinds(&f), [FindingKind::ZombieVm]);
     assert!(
-        f[0].detail[0].contains("kvm-vfio fd (1)"),
+        detail(&f[0])[0].contains("kvm-vfio fd (1)"),
         "{:?}",
-        f[0].detail
+        detail(&f[0])
     );
     assert!(
-        !f[0].detail[0].contains("vm fd"),
+        !detail(&f[0])[0].contains("vm fd"),
         "the closed fd holds nothing: {:?}",
-        f[0].detail
+        detail(&f[0])
     );
 }
 
@@ -727,10 +744,7 @@ fn a_holder_whose_get_was_inlined_is_not_an_unbalanced_put_but_a_real_one_is() {
     s.close_kvm_vfio_fd(QEMU, KVM, KVM_LOCK, 1, |_| {});
     let (_, f) = run(&s);
     assert_eq!(kinds(&f), [FindingKind::UnbalancedPut], "{f:#?}");
-    assert!(
-        f[0].summary
-            .contains("kvm-vfio fd which holds no reference")
-    );
+    assert!(summary(&f[0]).contains("kvm-vfio fd which holds no reference"));
 }
 
 #[test]
@@ -752,7 +766,10 @@ fn findings_are_bounded_with_drops_counted() {
     assert_eq!(e.findings().len(), 3);
     assert_eq!(e.findings_dropped, 2);
     // The newest are kept; repeats still count on the kept ones.
-    assert_eq!(e.findings()[2].object("kvm"), Some(KVM + 4 * 0x10000));
+    assert_eq!(
+        e.findings()[2].object(ObjectRole::Kvm),
+        Some(KVM + 4 * 0x10000)
+    );
     e.ingest(s.events.last().unwrap());
     assert_eq!(e.findings()[2].count, 2);
 }
@@ -860,8 +877,9 @@ fn every_timeline_step_has_a_count_and_a_source_and_device_steps_name_the_vm() {
     let stacks = Default::default();
     let vm = e.vm_history(KVM);
     let dev = e.device_history(DEV);
-    let vm_text = kvscope::report::timeline_text("VM", 1, &vm[0].timeline, &stacks, false);
-    let dev_text = kvscope::report::timeline_text("dev", 1, &dev[0].timeline, &stacks, false);
+    let vm_text = kvscope::output::report::timeline_text("VM", 1, &vm[0].timeline, &stacks, false);
+    let dev_text =
+        kvscope::output::report::timeline_text("dev", 1, &dev[0].timeline, &stacks, false);
     for line in vm_text.lines().chain(dev_text.lines()).skip(1) {
         if line.starts_with("dev") {
             continue;
@@ -883,4 +901,9 @@ fn every_timeline_step_has_a_count_and_a_source_and_device_steps_name_the_vm() {
             .any(|l| l.contains("vfio-get-kvm") && l.contains(&kvm)),
         "{dev_text}"
     );
+}
+
+/// Lock classes by name, as the report shows them.
+fn lock_names(l: &[trace_common::LockClass]) -> Vec<&'static str> {
+    l.iter().map(|c| c.name()).collect()
 }

@@ -1,10 +1,9 @@
 //! The HTML report and the Perfetto export, on the S3 scenario.
 use kvscope::{
     engine::{Config, Engine},
-    html,
-    scenario::Script,
-    visual,
+    output::{html, perfetto as visual},
 };
+use kvscope_testkit::scenario::Script;
 use trace_common::LockClass::{VfioDevSetLock, VfioGroupLock};
 
 mod common;

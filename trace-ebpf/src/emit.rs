@@ -6,13 +6,18 @@ use aya_ebpf::{
     },
     programs::tracing::StackIdContext,
 };
-use trace_common::{Event, HookId, LockClass, Phase, WatchedLock, config_flags, known};
+use trace_common::{
+    DropCause, Event, HookId, LockClass, Phase, WatchedLock, config_flags, drop_slot, known,
+};
 
 use crate::{
     config::conf,
     kread::{field_addr, i32_at, ptr_at},
-    maps::{EVENTS, LOST, RING_FILL, STACKS, WATCH_HINT, WATCHED},
+    maps::{DROPS, EVENTS, LOST, RING_FILL, STACKS, WATCH_HINT, WATCHED},
 };
+
+/// bpf_map_update_elem flag: create only.
+const BPF_NOEXIST: u64 = 1;
 
 /// False when the `--pid` filter excludes the current thread group.
 #[inline(always)]
@@ -112,12 +117,14 @@ pub fn submit<C: EbpfContext + StackIdContext>(ctx: &C, mut e: Event, want_stack
     } else {
         flags & config_flags::STACKS != 0
     };
-    if want_stack
-        && stacks
-        && let Ok(id) = ctx.get_stackid(&STACKS, 0)
-    {
-        e.stack_id = id as i32;
-        e.known |= known::STACK;
+    if want_stack && stacks {
+        match ctx.get_stackid(&STACKS, 0) {
+            Ok(id) => {
+                e.stack_id = id as i32;
+                e.known |= known::STACK;
+            }
+            Err(_) => count_drop(DropCause::StackId, e.hook as u32),
+        }
     }
     match EVENTS.reserve::<Event>(0) {
         Some(mut slot) => {
@@ -139,6 +146,13 @@ pub fn count_lost(hook: u32) {
     }
 }
 
+#[inline(always)]
+pub fn count_drop(cause: DropCause, hook: u32) {
+    if let Some(p) = DROPS.get_ptr_mut(drop_slot(cause, hook)) {
+        unsafe { *p += 1 };
+    }
+}
+
 /// Starts watching the mutex at `&obj->field` as `class`.
 #[inline(always)]
 pub fn watch(obj: u64, off: u32, class: LockClass) {
@@ -148,8 +162,13 @@ pub fn watch(obj: u64, off: u32, class: LockClass) {
             _pad: [0; 7],
             owner: obj,
         };
-        // LRU map: an insert never fails for lack of room.
-        let _ = WATCHED.insert(addr, v, 0);
+        // LRU map: an insert never fails for lack of room, it evicts; new
+        // entries are counted so that user space can count the evictions.
+        if WATCHED.insert(addr, v, BPF_NOEXIST).is_ok() {
+            count_drop(DropCause::WatchedNew, 0);
+        } else {
+            let _ = WATCHED.insert(addr, v, 0);
+        }
         if let Some(p) = WATCH_HINT.get_ptr_mut(trace_common::watch_hint_slot(addr)) {
             unsafe { p.write_volatile(1) };
         }

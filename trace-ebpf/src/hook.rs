@@ -53,6 +53,7 @@ pub fn stash<C: EbpfContext>(ctx: &C, hook: u16, args: &[u64; 3]) {
         // Full map (slow path): the exit event of this call is lost; count it
         // and say so.
         crate::emit::count_lost(hook as u32);
+        crate::emit::count_drop(trace_common::DropCause::StashFull, hook as u32);
         aya_log_ebpf::warn!(ctx, "ARG_STASH full: exit of hook {} lost", hook);
     }
 }

@@ -3,7 +3,7 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
 };
-use trace_common::{FdKey, HOOK_SLOTS, WATCH_HINT_SLOTS, WatchedLock};
+use trace_common::{DROP_CAUSES, FdKey, HOOK_SLOTS, WATCH_HINT_SLOTS, WatchedLock};
 
 /// Events to user space. Size is overridable at load (`--ring-bytes`).
 #[map]
@@ -17,6 +17,10 @@ pub static RING_FILL: Array<u64> = Array::with_max_entries(1, 0);
 /// Failed ring-buffer reservations per hook (index: `HookId as u32`).
 #[map]
 pub static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(HOOK_SLOTS, 0);
+
+/// Counters per cause and hook (`trace_common::DropCause`, `drop_slot`).
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DROP_CAUSES * HOOK_SLOTS, 0);
 
 /// Watched lock addresses, filled by the path hooks (and by user space for global
 /// locks). LRU: bounded without anyone having to remove dead objects' locks.

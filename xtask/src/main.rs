@@ -7,6 +7,7 @@ mod lab;
 mod labbench;
 mod labrun;
 mod labstress;
+mod replaybench;
 mod setup;
 mod test;
 
@@ -83,6 +84,10 @@ enum Task {
         /// Iterations of the hooked loop per run for --lab (the mutex loop does 10x).
         #[arg(long, default_value_t = 2000)]
         iterations: u64,
+        /// Also build the replay benchmark at this git revision and run the two
+        /// alternately: before/after figures from one run.
+        #[arg(long, value_name = "REV")]
+        against: Option<String>,
     },
 }
 
@@ -135,21 +140,11 @@ fn main() -> anyhow::Result<()> {
             cmd::build_release(&env)?;
             labbench::run(&kernel, iterations)
         }
-        Task::Bench { events, .. } => {
+        Task::Bench {
+            events, against, ..
+        } => {
             let env = setup::setup()?;
-            let mut c = cmd::command(&env, "cargo");
-            c.args([
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "trace-daemon",
-                "--bin",
-                "kvscope-bench",
-                "--",
-            ]);
-            c.arg(events.to_string());
-            cmd::check(c)
+            replaybench::run(&env, events, against.as_deref())
         }
         Task::Deb => {
             let env = setup::setup()?;

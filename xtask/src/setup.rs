@@ -20,6 +20,10 @@ pub struct Env {
     pub path: OsString,
 }
 
+/// File in the cache naming the directory of the bpf-linker setup built;
+/// read by trace-daemon/build.rs.
+const LINKER_POINTER: &str = "bpf-linker.path";
+
 pub fn cache_dir() -> PathBuf {
     if let Some(d) = env::var_os("KVSCOPE_CACHE") {
         return PathBuf::from(d);
@@ -49,6 +53,12 @@ pub fn setup() -> anyhow::Result<Env> {
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     ensure_rust_src()?;
     let linker_bin = ensure_bpf_linker(&cache)?;
+    // Where a plain `cargo build` (trace-daemon's build.rs) finds the linker.
+    std::fs::write(
+        cache.join(LINKER_POINTER),
+        linker_bin.as_os_str().as_encoded_bytes(),
+    )
+    .with_context(|| format!("writing {}", cache.join(LINKER_POINTER).display()))?;
     let mut path = OsString::from(linker_bin.as_os_str());
     if let Some(p) = env::var_os("PATH") {
         path.push(":");

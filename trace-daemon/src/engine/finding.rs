@@ -1,6 +1,12 @@
-//! Findings: what the engine concludes, with a stable kind id, a severity, the
-//! objects and threads involved, evidence, and first/last/count when repeated.
+//! Findings: what the engine concludes. A finding is data: its kind, the
+//! objects, locks and threads involved, typed evidence, and first/last/count
+//! when repeated. Severity and the deduplication key follow from the kind and
+//! the evidence; the words are written by the outputs (`output::finding_text`).
 use serde::{Deserialize, Serialize};
+use trace_common::LockClass;
+
+pub use super::evidence::{Evidence, Inversion, Long, ObjRef, PutFault, Recent};
+use crate::event::{Comm, Event};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -83,42 +89,253 @@ impl Severity {
 }
 
 /// A thread as the finding names it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct Thread {
     pub pid: u32,
     pub tgid: u32,
-    pub comm: String,
+    pub comm: Comm,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+impl Thread {
+    pub fn of(e: &Event) -> Thread {
+        Thread {
+            pid: e.pid,
+            tgid: e.tgid,
+            comm: e.comm,
+        }
+    }
+}
+
+/// The role an object plays in a finding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ObjectRole {
+    Kvm,
+    /// A device whose kvm reference is the subject (leaked-ref).
+    Device,
+    /// A VFIO device the kvm_ops patch's calls concern.
+    VfioDevice,
+    VfioGroup,
+    Lock,
+    /// The object a lock lives in.
+    Owner,
+}
+
+impl ObjectRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            ObjectRole::Kvm => "kvm",
+            ObjectRole::Device => "device",
+            ObjectRole::VfioDevice => "vfio_device",
+            ObjectRole::VfioGroup => "vfio_group",
+            ObjectRole::Lock => "lock",
+            ObjectRole::Owner => "owner",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
 pub struct Finding {
     pub kind: FindingKind,
-    pub severity: Severity,
-    /// One line, plain words.
-    pub summary: String,
-    /// Objects by role: ("kvm", addr), ("device", addr), ("lock", addr)...
-    /// In JSON as `[["kvm", "0x..."], ...]`.
-    #[serde(with = "crate::hexaddr::pairs")]
-    pub objects: Vec<(String, u64)>,
-    /// Lock classes involved, by name.
-    pub locks: Vec<String>,
+    /// Objects by role; a lock-order inversion names both locks.
+    pub objects: Vec<(ObjectRole, u64)>,
+    /// Lock classes involved.
+    pub locks: Vec<LockClass>,
     pub threads: Vec<Thread>,
-    /// Multi-line evidence: timeline excerpt, lockdep-style report.
-    pub detail: Vec<String>,
     pub stacks: Vec<u32>,
     pub first_ns: u64,
     pub last_ns: u64,
     pub count: u64,
-    /// Identity for deduplication: same key, same finding repeated.
-    #[serde(skip)]
-    pub key: String,
+    pub evidence: Evidence,
 }
 
 impl Finding {
-    pub fn object(&self, role: &str) -> Option<u64> {
+    pub fn severity(&self) -> Severity {
+        self.kind.severity()
+    }
+
+    pub fn object(&self, role: ObjectRole) -> Option<u64> {
         self.objects
             .iter()
-            .find(|(r, _)| r == role)
+            .find(|(r, _)| *r == role)
             .map(|(_, a)| *a)
+    }
+
+    /// Identity for deduplication: same key, same finding repeated.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.kind.id(), self.evidence.identity())
+    }
+
+    /// The common part of every constructor: one finding, seen once at `ts_ns`.
+    fn at(kind: FindingKind, ts_ns: u64, evidence: Evidence) -> Finding {
+        Finding {
+            kind,
+            objects: Vec::new(),
+            locks: Vec::new(),
+            threads: Vec::new(),
+            stacks: Vec::new(),
+            first_ns: ts_ns,
+            last_ns: ts_ns,
+            count: 1,
+            evidence,
+        }
+    }
+
+    /// The thread of `e` and its stack.
+    fn by(mut self, e: &Event) -> Finding {
+        self.threads.push(Thread::of(e));
+        self.stacks.extend(e.stack_id);
+        self
+    }
+
+    fn on(mut self, role: ObjectRole, addr: u64) -> Finding {
+        self.objects.push((role, addr));
+        self
+    }
+
+    /// A reference taken on a VM whose count was 0, or after its destroy.
+    pub fn get_after_zero(e: &Event, vm: ObjRef, destroyed: bool, recent: Recent) -> Finding {
+        let ev = Evidence::GetAfterZero {
+            vm,
+            destroyed,
+            recent,
+        };
+        Finding::at(FindingKind::GetAfterZero, e.ts_ns, ev)
+            .on(ObjectRole::Kvm, vm.addr)
+            .by(e)
+    }
+
+    /// kvm_get_kvm_safe refused: the VM was being torn down.
+    pub fn get_safe_failed(e: &Event, vm: ObjRef, recent: Recent) -> Finding {
+        let ev = Evidence::GetSafeFailed { vm, recent };
+        Finding::at(FindingKind::GetSafeFailed, e.ts_ns, ev)
+            .on(ObjectRole::Kvm, vm.addr)
+            .by(e)
+    }
+
+    /// A put that gives back no reference (see `PutFault`). `open_stack`: the
+    /// stack of the open attempt an open-error put belongs to.
+    pub fn unbalanced_put(e: &Event, fault: PutFault, open_stack: Option<u32>) -> Finding {
+        let mut f = Finding::at(FindingKind::UnbalancedPut, e.ts_ns, fault.clone().into());
+        f.threads.push(Thread::of(e));
+        f.stacks.extend(open_stack);
+        f.stacks.extend(e.stack_id);
+        match fault {
+            PutFault::AfterDestroy { vm, .. }
+            | PutFault::BelowZero { vm, .. }
+            | PutFault::NotHolder { vm, .. } => f.on(ObjectRole::Kvm, vm.addr),
+            PutFault::KvmOpsNoGet { device, group, .. } => {
+                let f = f.on(ObjectRole::VfioDevice, device.addr);
+                match group {
+                    Some(g) => f.on(ObjectRole::VfioGroup, g),
+                    None => f,
+                }
+            }
+            PutFault::KvmOpsOpenError { device, .. } => {
+                let mut f = f.on(ObjectRole::VfioDevice, device.addr);
+                f.objects
+                    .extend(e.group.map(|g| (ObjectRole::VfioGroup, g)));
+                f.objects.extend(e.kvm.map(|k| (ObjectRole::Kvm, k)));
+                f
+            }
+        }
+    }
+
+    /// A device fully closed still holding its VM, past the grace time.
+    pub fn leaked_ref(now_ns: u64, device: ObjRef, vm: u64, recent: Recent) -> Finding {
+        let ev = Evidence::LeakedRef { device, vm, recent };
+        Finding::at(FindingKind::LeakedRef, now_ns, ev)
+            .on(ObjectRole::Device, device.addr)
+            .on(ObjectRole::Kvm, vm)
+    }
+
+    /// A VM not destroyed long after its fd was closed.
+    pub fn zombie_vm(now_ns: u64, creator: Option<Thread>, ev: Evidence) -> Finding {
+        let Evidence::ZombieVm { vm, .. } = &ev else {
+            unreachable!("zombie_vm takes zombie evidence")
+        };
+        let addr = vm.addr;
+        let mut f = Finding::at(FindingKind::ZombieVm, now_ns, ev).on(ObjectRole::Kvm, addr);
+        f.threads.extend(creator);
+        f
+    }
+
+    /// kvm_destroy_vm entered with VFIO locks held (S1, S3).
+    pub fn destroy_under_lock(
+        e: &Event,
+        vm: ObjRef,
+        held: Vec<super::locks::Held>,
+        recent: Recent,
+    ) -> Finding {
+        let vfio: Vec<LockClass> = held
+            .iter()
+            .map(|h| h.class)
+            .filter(|c| c.is_vfio())
+            .collect();
+        let ev = Evidence::DestroyUnderLock { vm, held, recent };
+        let mut f = Finding::at(FindingKind::DestroyUnderLock, e.ts_ns, ev)
+            .on(ObjectRole::Kvm, vm.addr)
+            .by(e);
+        f.locks = vfio;
+        f
+    }
+
+    /// A thread asks for a watched mutex it already holds.
+    pub fn self_deadlock(
+        e: &Event,
+        lock: super::locks::Held,
+        held: Vec<super::locks::Held>,
+    ) -> Finding {
+        let (addr, owner, class) = (lock.addr, lock.owner, lock.class);
+        let ev = Evidence::SelfDeadlock {
+            pid: e.pid,
+            lock,
+            held,
+        };
+        let mut f = Finding::at(FindingKind::SelfDeadlock, e.ts_ns, ev)
+            .on(ObjectRole::Lock, addr)
+            .on(ObjectRole::Owner, owner)
+            .by(e);
+        f.locks = vec![class];
+        f
+    }
+
+    /// A new lock-order edge closes a cycle in the graph.
+    pub fn lock_order_inversion(e: &Event, inv: Inversion) -> Finding {
+        let objects = vec![
+            (ObjectRole::Lock, inv.want_addr),
+            (ObjectRole::Lock, inv.holding.addr),
+        ];
+        let (locks, stacks) = (inv.cycle_classes(), inv.stacks());
+        let mut f = Finding::at(
+            FindingKind::LockOrderInversion,
+            e.ts_ns,
+            Evidence::Inversion(inv),
+        );
+        f.threads.push(Thread::of(e));
+        f.objects = objects;
+        f.locks = locks;
+        f.stacks = stacks;
+        f
+    }
+
+    /// A wait (`LongWait`) or a hold (`LongHold`) of a watched lock past its threshold.
+    pub fn long(kind: FindingKind, e: &Event, long: Long) -> Finding {
+        let (addr, owner, class, stack) = (
+            long.lock.addr,
+            long.lock.owner,
+            long.lock.class,
+            long.lock.stack_id,
+        );
+        let ev = match kind {
+            FindingKind::LongWait => Evidence::LongWait(long),
+            _ => Evidence::LongHold(long),
+        };
+        let mut f = Finding::at(kind, e.ts_ns, ev)
+            .on(ObjectRole::Lock, addr)
+            .on(ObjectRole::Owner, owner);
+        f.threads.push(Thread::of(e));
+        f.stacks.extend(stack);
+        f.locks = vec![class];
+        f
     }
 }

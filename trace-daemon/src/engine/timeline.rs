@@ -2,43 +2,181 @@
 //! ones folded into a summary (how many, net count change), never silently lost.
 use std::collections::VecDeque;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use trace_common::HookId;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+use super::holder::Holder;
+use crate::event::Comm;
+
+/// What a step of a timeline stands for. On a VM's timeline the count is
+/// `users_count`; on a device's, `open_count`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StepKind {
+    // A VM's timeline.
+    Created,
+    KvmVfioCreated,
+    Get,
+    GetSafeFailed,
+    Put,
+    Destroyed,
+    VmFdRelease,
+    KvmVfioRelease,
+    VmFdClose,
+    KvmVfioFdClose,
+    DeviceOpen,
+    DeviceRelease,
+    DeviceClose,
+    FileLink,
+    FileUnlink,
+    /// Changes of the count that no probe saw, shown rather than hidden.
+    InferredGet,
+    InferredPut,
+    /// Tier 3: the last close at count 1 ends the VM.
+    InferredDestroy,
+    /// Tier 3: the exit of the VM's process closed its fds.
+    InferredDestroyAtExit,
+    // A device's timeline.
+    Open,
+    Release,
+    Close,
+    VfioGetKvm,
+    // Both.
+    VfioPutKvm,
+    FdClose,
+}
+
+impl StepKind {
+    /// The name in text and JSON (stable: reports and scripts read it).
+    pub fn name(self) -> &'static str {
+        match self {
+            StepKind::Created => "created",
+            StepKind::KvmVfioCreated => "kvm-vfio-created",
+            StepKind::Get => "get",
+            StepKind::GetSafeFailed => "get-safe-failed",
+            StepKind::Put => "put",
+            StepKind::Destroyed => "destroyed",
+            StepKind::VmFdRelease => "vm-fd-release",
+            StepKind::KvmVfioRelease => "kvm-vfio-release",
+            StepKind::VmFdClose => "vm-fd-close",
+            StepKind::KvmVfioFdClose => "kvm-vfio-fd-close",
+            StepKind::DeviceOpen => "device-open",
+            StepKind::DeviceRelease => "device-release",
+            StepKind::DeviceClose => "device-close",
+            StepKind::FileLink => "file-link",
+            StepKind::FileUnlink => "file-unlink",
+            StepKind::InferredGet => "inferred-get",
+            StepKind::InferredPut => "inferred-put",
+            StepKind::InferredDestroy => "inferred-destroy",
+            StepKind::InferredDestroyAtExit => "inferred-destroy (process exit closed its fds)",
+            StepKind::Open => "open",
+            StepKind::Release => "release",
+            StepKind::Close => "close",
+            StepKind::VfioGetKvm => "vfio-get-kvm",
+            StepKind::VfioPutKvm => "vfio-put-kvm",
+            StepKind::FdClose => "fd-close",
+        }
+    }
+
+    /// No probe saw it: the engine deduced it from the counts it read.
+    pub fn is_inferred(self) -> bool {
+        matches!(
+            self,
+            StepKind::InferredGet
+                | StepKind::InferredPut
+                | StepKind::InferredDestroy
+                | StepKind::InferredDestroyAtExit
+        )
+    }
+
+    /// The end of the VM, seen or inferred.
+    pub fn is_destroy(self) -> bool {
+        matches!(
+            self,
+            StepKind::Destroyed | StepKind::InferredDestroy | StepKind::InferredDestroyAtExit
+        )
+    }
+}
+
+impl std::fmt::Display for StepKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
 pub struct Step {
     pub ts_ns: u64,
     pub pid: u32,
-    pub comm: String,
-    /// What happened (`vm-get`, `vm-put`, `inferred-get`, `fd-close`, ...).
-    pub what: String,
+    pub comm: Comm,
+    pub kind: StepKind,
     /// Kernel site, for observed steps.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hook: Option<String>,
+    pub hook: Option<HookId>,
     /// Change of the count this step stands for (0 for observations).
     pub delta: i32,
     /// The count after this step, as read from the kernel (or derived from it).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub count_after: Option<i32>,
     /// Who holds (or gave back) the reference, when known.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub holder: Option<String>,
-    /// A change no observed event explains, shown rather than hidden.
-    pub inferred: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<Holder>,
     pub stack_id: Option<u32>,
     /// Seen as the hook returned: the stack starts at its caller.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub at_return: bool,
     /// On a device's timeline, the VM the step concerns.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        with = "crate::hexaddr::opt"
-    )]
     pub vm: Option<u64>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+impl Step {
+    pub fn inferred(&self) -> bool {
+        self.kind.is_inferred()
+    }
+}
+
+/// The JSON of a step (the field names scripts read: `what`, `inferred`).
+#[derive(Serialize)]
+struct StepJson<'a> {
+    ts_ns: u64,
+    pid: u32,
+    comm: &'a Comm,
+    what: &'static str,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "crate::event::hook_symbol::opt"
+    )]
+    hook: &'a Option<HookId>,
+    delta: i32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count_after: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    holder: Option<Holder>,
+    inferred: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stack_id: Option<u32>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    at_return: bool,
+    #[serde(skip_serializing_if = "Option::is_none", with = "crate::hexaddr::opt")]
+    vm: Option<u64>,
+}
+
+impl Serialize for Step {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        StepJson {
+            ts_ns: self.ts_ns,
+            pid: self.pid,
+            comm: &self.comm,
+            what: self.kind.name(),
+            hook: &self.hook,
+            delta: self.delta,
+            count_after: self.count_after,
+            holder: self.holder,
+            inferred: self.inferred(),
+            stack_id: self.stack_id,
+            at_return: self.at_return,
+            vm: self.vm,
+        }
+        .serialize(s)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Timeline {
     pub steps: VecDeque<Step>,
     /// Steps folded away because of the cap.
@@ -77,8 +215,21 @@ impl Timeline {
         })
     }
 
+    /// The last `n` steps with their standing counts: a finding's evidence.
+    pub fn recent(&self, n: usize) -> Vec<(Step, Option<i32>)> {
+        let skip = self.steps.len().saturating_sub(n);
+        self.counted()
+            .skip(skip)
+            .map(|(s, c)| (s.clone(), c))
+            .collect()
+    }
+
     pub fn last_mut(&mut self) -> Option<&mut Step> {
         self.steps.back_mut()
+    }
+
+    pub fn last_kind(&self) -> Option<StepKind> {
+        self.steps.back().map(|s| s.kind)
     }
 
     pub fn len(&self) -> usize {
@@ -98,13 +249,12 @@ mod tests {
         Step {
             ts_ns: 0,
             pid: 1,
-            comm: "t".into(),
-            what: "x".into(),
+            comm: Comm::from("t"),
+            kind: StepKind::Get,
             hook: None,
             delta,
             count_after: None,
             holder: None,
-            inferred: false,
             stack_id: None,
             at_return: false,
             vm: None,
@@ -138,5 +288,19 @@ mod tests {
         assert_eq!(t.folded_delta, 2);
         let kept: i64 = t.steps.iter().map(|s| s.delta as i64).sum();
         assert_eq!(kept + t.folded_delta, 1, "nothing lost from the net count");
+    }
+
+    #[test]
+    fn json_keeps_the_names_scripts_read() {
+        let s = Step {
+            kind: StepKind::InferredPut,
+            holder: Some(Holder::KvmVfioFd),
+            ..step(-1)
+        };
+        let j = serde_json::to_value(&s).unwrap();
+        assert_eq!(j["what"], "inferred-put");
+        assert_eq!(j["inferred"], true);
+        assert_eq!(j["holder"], "kvm-vfio fd");
+        assert!(j.get("hook").is_none());
     }
 }

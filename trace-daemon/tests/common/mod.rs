@@ -128,7 +128,7 @@ pub fn tool(name: &str) -> bool {
 
 /// Our programs still loaded in the kernel (names are cut to 15 characters).
 pub fn our_programs_loaded() -> Vec<String> {
-    let ours = kvscope::hooks::all_program_names();
+    let ours = kvscope::attach::hooks::all_program_names();
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter_map(|p| p.name_as_str().map(str::to_owned))

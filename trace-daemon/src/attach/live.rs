@@ -1,0 +1,476 @@
+//! The live loop shared by `trace`, `record` and the daemon: signals first,
+//! then attach and self-test delivery, poll the ring buffer, decode, hand each
+//! event to a sink, check losses periodically, and detach cleanly on
+//! SIGINT/SIGTERM (also one that arrives while attaching).
+use std::{collections::BTreeMap, time::Duration};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{Signal, SignalKind, signal},
+};
+use trace_common::HookId;
+
+use crate::{
+    attach::hooks::Role,
+    attach::loader::{self, Facts, LoadOptions, Probes},
+    attach::plan::Method,
+    attach::selftest,
+    engine,
+    event::{DecodeError, Event, drops::Drops, record_from_bytes},
+    kernel::kallsyms::Kallsyms,
+    recording::{Delivery, Header, Stack},
+};
+
+/// The stop and reload signals, installed before anything is loaded. A
+/// SIGINT that arrives while kvscope attaches is then honoured: before this, a
+/// background job (whose SIGINT a non-interactive shell sets to ignored) lost
+/// such a signal for good and never exited.
+pub struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+/// The signals held from the first line of `main` until their handlers exist.
+const HELD: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+fn mask_held(how: libc::c_int) {
+    // SAFETY: plain sigset manipulation on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in HELD {
+            libc::sigaddset(&mut set, s);
+        }
+        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
+    }
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP. The kernel keeps a blocked signal
+/// pending even where it is inherited as ignored (a background job's SIGINT),
+/// so one sent while kvscope starts is delivered once the handlers exist.
+/// Called first thing in `main`, before any thread is started.
+pub fn hold_signals() {
+    mask_held(libc::SIG_BLOCK);
+}
+
+/// Undoes [`hold_signals`] for commands that install no handlers: their
+/// signals keep their inherited meaning.
+pub fn release_signals() {
+    mask_held(libc::SIG_UNBLOCK);
+}
+
+impl Signals {
+    /// Must run inside the runtime (tokio registers the handlers with it).
+    /// Releases the signals held since `main` began: pending ones arrive now.
+    pub fn install() -> anyhow::Result<Signals> {
+        let s = |k| signal(k).map_err(|e| anyhow::anyhow!("installing signal handlers: {e}"));
+        let signals = Signals {
+            term: s(SignalKind::terminate())?,
+            int: s(SignalKind::interrupt())?,
+            hup: s(SignalKind::hangup())?,
+        };
+        release_signals();
+        Ok(signals)
+    }
+
+    /// The next SIGINT or SIGTERM, by name.
+    async fn stop(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// Attaches (in a thread of its own, since loading blocks for seconds) while
+/// honouring a stop: None when SIGINT or SIGTERM came first. The loading
+/// thread is then abandoned; its programs go with the process.
+pub async fn attach(opts: &LoadOptions, signals: &mut Signals) -> anyhow::Result<Option<Session>> {
+    let opts = opts.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("kvscope-attach".into())
+        .spawn(move || {
+            let _ = tx.send(Session::start(&opts));
+        })?;
+    tokio::select! {
+        r = rx => Ok(Some(r.map_err(|_| anyhow::anyhow!("the attach thread died"))??)),
+        sig = signals.stop() => {
+            eprintln!("kvscope: {sig} before attaching finished: stopped");
+            Ok(None)
+        }
+    }
+}
+
+pub struct Session {
+    pub facts: Facts,
+    pub probes: Probes,
+    /// Taken by the live loop.
+    ring: Option<RingBuf<MapData>>,
+    /// Records read during the self-test (undecodable ones too, to be
+    /// counted), delivered first by the live loop.
+    pending: Vec<Result<trace_common::Event, DecodeError>>,
+    pub delivery: Delivery,
+    /// The kernel side's other drops, as of the last tick.
+    pub drops: Drops,
+}
+
+impl Session {
+    pub fn start(opts: &LoadOptions) -> anyhow::Result<Session> {
+        let mut facts = Facts::gather()?;
+        let mut probes = loader::load(&facts, opts)?;
+        // BPF programs and trampolines are in kallsyms only now that they
+        // exist: read it again so stack frames in them are named `[bpf]`.
+        match Kallsyms::read() {
+            Ok(k) => facts.kallsyms = k,
+            Err(e) => log::warn!("re-reading kallsyms after attach: {e:#}"),
+        }
+        let mut ring = probes.ring()?;
+        let mut pending = Vec::new();
+        let delivery = selftest::run(&mut ring, &mut pending, self_test_possible(&probes), || {
+            lost_of(&probes, HookId::SelfTest)
+        });
+        Ok(Session {
+            facts,
+            probes,
+            ring: Some(ring),
+            pending,
+            delivery,
+            drops: Drops::default(),
+        })
+    }
+
+    /// One line for stderr: ready, what is attached, whether delivery was
+    /// verified. Printed only once probes are attached and signal handlers
+    /// installed.
+    pub fn banner(&self) -> String {
+        let plan = &self.probes.plan;
+        let attached = plan.roles.iter().filter(|r| r.is_covered()).count();
+        let delivery = if self.delivery.verified {
+            self.delivery
+                .summary()
+                .replace("verified at attach", "event delivery verified")
+        } else {
+            "event delivery NOT verified".to_owned()
+        };
+        format!(
+            "kvscope: ready: attached on {} ({}); {}/{} roles; {delivery}",
+            self.facts.version.release,
+            plan.tier().describe(),
+            attached,
+            plan.roles.len()
+        )
+    }
+
+    /// Prints the banner, and a warning line first when delivery is unverified.
+    pub fn announce(&self, rest: &str) {
+        if let Some(w) = self.delivery.warning() {
+            eprintln!("kvscope: warning: {w}");
+        }
+        eprintln!("{}; {rest}", self.banner());
+    }
+
+    /// Engine settings that depend on what is attached.
+    pub fn engine_config(&self, mut cfg: engine::Config) -> engine::Config {
+        cfg.destroy_observable = role_covered(&self.probes, Role::VmDestroyed);
+        cfg.release_closes = release_closes(&self.probes);
+        cfg
+    }
+
+    pub fn header(&self) -> Header {
+        let plan = &self.probes.plan;
+        let mut attach = BTreeMap::new();
+        for r in &plan.roles {
+            let v: Vec<String> = r
+                .choices
+                .iter()
+                .map(|c| {
+                    let m = serde_json::to_value(c.method)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    match &c.error {
+                        Some(e) => format!("{} failed: {e}", c.symbol),
+                        None => format!("{} {m}", c.symbol),
+                    }
+                })
+                .collect();
+            attach.insert(r.name.to_owned(), v);
+        }
+        Header {
+            abi_version: trace_common::ABI_VERSION,
+            kvscope_version: env!("CARGO_PKG_VERSION").to_owned(),
+            kernel_release: self.facts.version.release.clone(),
+            hostname: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default(),
+            tier: serde_json::to_value(plan.tier())
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            variant: self.facts.variant.describe().to_owned(),
+            offsets: self
+                .facts
+                .offset_report
+                .iter()
+                .map(|o| (o.source.clone(), o.offset))
+                .collect(),
+            attach,
+            destroy_observable: role_covered(&self.probes, Role::VmDestroyed),
+            release_closes: release_closes(&self.probes),
+            mono_start_ns: mono_now_ns(),
+            wall_start_ns: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0),
+            delivery: self.delivery.clone(),
+        }
+    }
+
+    /// A kernel stack, symbolised with this host's kallsyms.
+    pub fn stack(&self, id: u32) -> Option<Stack> {
+        let map = self.probes.stacks().ok()?;
+        let st = map.get(&id, 0).ok()?;
+        let ips: Vec<u64> = st.frames().iter().map(|f| f.ip).collect();
+        let symbols = ips
+            .iter()
+            .map(|ip| self.facts.kallsyms.frame(*ip))
+            .collect();
+        Some(Stack { id, ips, symbols })
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Faster than the object's own drop, which detaches one by one.
+        self.probes.detach_all();
+    }
+}
+
+/// The device fd's release is the close (6.1, the kvm_ops patch): the release
+/// role is attached on vfio_device_fops_release alone, no close function exists.
+fn release_closes(p: &Probes) -> bool {
+    let mut release = p
+        .plan
+        .roles
+        .iter()
+        .filter(|r| r.role == Role::DeviceRelease)
+        .flat_map(|r| r.attached().map(|c| c.symbol));
+    let syms: Vec<&str> = release.by_ref().collect();
+    !syms.is_empty() && syms.iter().all(|s| *s == "vfio_device_fops_release")
+}
+
+/// The self-test's answer comes from the sys_enter_ioctl program.
+fn self_test_possible(p: &Probes) -> Result<(), String> {
+    match p
+        .plan
+        .tracepoints
+        .iter()
+        .find(|t| t.program == "tp_sys_enter_ioctl")
+    {
+        Some(t) if t.method == Method::Tracepoint => Ok(()),
+        Some(t) => Err(format!(
+            "syscalls:sys_enter_ioctl is not attached ({})",
+            t.reason
+        )),
+        None => Err("syscalls:sys_enter_ioctl is not in the plan".into()),
+    }
+}
+
+fn lost_of(p: &Probes, hook: HookId) -> u64 {
+    p.lost()
+        .unwrap_or_default()
+        .iter()
+        .filter(|(h, _)| *h == hook)
+        .map(|(_, n)| n)
+        .sum()
+}
+
+fn role_covered(p: &Probes, role: Role) -> bool {
+    p.plan
+        .roles
+        .iter()
+        .any(|r| r.role == role && r.is_covered())
+}
+
+/// CLOCK_MONOTONIC now, the clock of `bpf_ktime_get_ns`.
+pub fn mono_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// What the live loop feeds.
+pub trait Sink {
+    fn event(
+        &mut self,
+        session: &Session,
+        rec: &trace_common::Event,
+        ev: &Event,
+    ) -> anyhow::Result<()>;
+    /// Every `interval`: losses so far (cumulative, per hook) and the clock.
+    fn tick(
+        &mut self,
+        session: &Session,
+        lost: &[(HookId, u64)],
+        now_ns: u64,
+    ) -> anyhow::Result<()>;
+    /// SIGHUP: re-read configuration, keeping state.
+    fn reload(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+    /// Ask the loop to end (e.g. `record --duration`).
+    fn done(&self) -> bool {
+        false
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub events: u64,
+    pub undecodable: u64,
+    pub lost: u64,
+}
+
+pub async fn run(
+    session: &mut Session,
+    sink: &mut dyn Sink,
+    interval: Duration,
+    signals: &mut Signals,
+) -> anyhow::Result<Stats> {
+    let ring = session
+        .ring
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("the live loop runs once per session"))?;
+    // SAFETY: the RingBuf owns its map fd for as long as the AsyncFd holds it.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("polling the ring buffer: {e}"))?;
+    // Kernel-side diagnostics (aya-log): printed through `log` as they come.
+    let mut logs = match session.probes.logger.take() {
+        // SAFETY: the logger owns its ring-buffer fd while the AsyncFd holds it.
+        Some(l) => unsafe { AsyncFd::register(l) }.ok(),
+        None => None,
+    };
+    let mut stats = Stats::default();
+    for rec in std::mem::take(&mut session.pending) {
+        deliver(session, sink, rec, &mut stats)?;
+    }
+    let Signals { term, int, hup } = signals;
+    let mut tick = tokio::time::interval(interval);
+    let mut reported_lost = 0u64;
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                drain(guard.get_inner_mut(), session, sink, &mut stats)?;
+                guard.clear_ready();
+            }
+            guard = async { logs.as_mut().expect("guarded").readable_mut().await }, if logs.is_some() => {
+                let mut guard = guard?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            _ = tick.tick() => {
+                // Belt and braces for a wakeup that never comes: whatever
+                // waits in the ring is read at least once per tick.
+                drain(ring.get_mut(), session, sink, &mut stats)?;
+                if let Some(l) = logs.as_mut() {
+                    l.get_mut().flush();
+                }
+                let lost = session.probes.lost().unwrap_or_default();
+                let total: u64 = lost.iter().map(|(_, n)| n).sum();
+                if total > reported_lost {
+                    let detail: Vec<String> =
+                        lost.iter().map(|(h, n)| format!("{}={n}", h.symbol())).collect();
+                    eprintln!(
+                        "kvscope: {total} events lost so far (ring buffer full; raise --ring-bytes): {}",
+                        detail.join(" ")
+                    );
+                    reported_lost = total;
+                }
+                stats.lost = total;
+                let drops = session.probes.drops().unwrap_or_default();
+                if drops != session.drops && !drops.is_empty() {
+                    eprintln!("kvscope: kernel-side drops so far: {}", drops.summary());
+                }
+                session.drops = drops;
+                sink.tick(session, &lost, mono_now_ns())?;
+            }
+            _ = hup.recv() => sink.reload()?,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+        if sink.done() {
+            break;
+        }
+    }
+    // What arrived before the stop is still delivered.
+    drain(ring.get_mut(), session, sink, &mut stats)?;
+    Ok(stats)
+}
+
+/// Reads the ring until it is empty.
+///
+/// The kernel wakes the reader only for a record committed when the reader's
+/// position equals that record's: if our position store is still in this
+/// CPU's store buffer when we last read the producer position, the kernel
+/// sees the old position, sends no wakeup, and sends none for any later
+/// record either. A full fence before the final check closes that window.
+fn drain(
+    rb: &mut RingBuf<MapData>,
+    session: &Session,
+    sink: &mut dyn Sink,
+    stats: &mut Stats,
+) -> anyhow::Result<()> {
+    let mut fenced = false;
+    loop {
+        let Some(item) = rb.next() else {
+            if fenced {
+                return Ok(());
+            }
+            std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+            fenced = true;
+            continue;
+        };
+        fenced = false;
+        let rec = record_from_bytes(&item);
+        // Dropping the item hands its space back to the kernel.
+        drop(item);
+        deliver(session, sink, rec, stats)?;
+    }
+}
+
+/// One record to the sink, or to the counters when it does not decode.
+fn deliver(
+    session: &Session,
+    sink: &mut dyn Sink,
+    rec: Result<trace_common::Event, DecodeError>,
+    stats: &mut Stats,
+) -> anyhow::Result<()> {
+    let Ok(rec) = rec else {
+        stats.undecodable += 1;
+        return Ok(());
+    };
+    if rec.hook == HookId::SelfTest as u16 {
+        // A self-test answer that came after its deadline: delivery works
+        // after all, but the header already said otherwise.
+        log::info!("late self-test event: delivery works, but slowly");
+        return Ok(());
+    }
+    match Event::decode(&rec) {
+        Ok(ev) => {
+            stats.events += 1;
+            sink.event(session, &rec, &ev)
+        }
+        Err(_) => {
+            stats.undecodable += 1;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,410 @@
+//! Loading and attaching: the BPF object embedded in this binary, the running
+//! kernel's offsets handed to it, and the attach plan carried out. Every failure
+//! to attach becomes a reason in the plan, never an abort, unless nothing at all
+//! could be attached.
+use std::{collections::BTreeMap, path::PathBuf};
+
+use anyhow::{Context as _, bail};
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{FEntry, FExit, KProbe, Program, TracePoint},
+};
+use trace_common::{
+    DropCause, HOOK_SLOTS, HookId, LockClass, ProbeConfig, WatchedLock, config_flags, drop_slot,
+    maps,
+};
+
+use crate::{
+    attach::hooks::TRACEPOINTS,
+    attach::plan::{self, HostFacts, Method, Plan, StackVariant},
+    event::drops::Drops,
+    kernel::{
+        btf::{KernelBtf, OffsetReport, probe_config},
+        caps::{Privileges, kprobes_available},
+        kallsyms::Kallsyms,
+        tracefs,
+        version::KernelVersion,
+    },
+};
+
+/// The kernel-side object, built by build.rs for the BPF target.
+pub static PROBES: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/kvscope-probes"));
+
+/// Everything learnt about the host before loading.
+pub struct Facts {
+    pub version: KernelVersion,
+    pub privileges: Privileges,
+    pub kallsyms: Kallsyms,
+    pub btf: KernelBtf,
+    pub tracing: Result<PathBuf, String>,
+    pub kprobes: Result<(), String>,
+    pub offsets: ProbeConfig,
+    pub offset_report: Vec<OffsetReport>,
+    pub variant: StackVariant,
+}
+
+impl Facts {
+    pub fn gather() -> anyhow::Result<Facts> {
+        let kallsyms = Kallsyms::read()?;
+        let btf = KernelBtf::load();
+        let tracing = tracefs::ensure_mounted().map_err(|e| format!("{e:#}"));
+        let kprobes = kprobes_available(tracing.as_ref().ok().map(PathBuf::as_path));
+        let (offsets, offset_report) = probe_config(&btf);
+        let has_kvm_ops = btf.field_offset("vfio_device", &["kvm_ops"]).is_some();
+        let variant = plan::stack_variant(&kallsyms, has_kvm_ops, btf.has_struct("vfio_device"));
+        Ok(Facts {
+            version: KernelVersion::current(),
+            privileges: Privileges::current(),
+            kallsyms,
+            btf,
+            tracing,
+            kprobes,
+            offsets,
+            offset_report,
+            variant,
+        })
+    }
+
+    fn tracepoint_ok(&self, program: &str) -> Result<(), String> {
+        let dir = self.tracing.as_ref().map_err(Clone::clone)?;
+        let t = TRACEPOINTS
+            .iter()
+            .find(|t| t.program == program)
+            .ok_or_else(|| format!("{program} is not in the tracepoint table"))?;
+        tracefs::check_layout(dir, t.category, t.name, t.fields).map_err(|e| format!("{e:#}"))
+    }
+
+    pub fn plan(&self, fentry: Result<(), String>) -> Plan {
+        let vmlinux_func = |s: &str| self.btf.vmlinux_has_func(s);
+        let tracepoint = |p: &str| self.tracepoint_ok(p);
+        plan::plan(&HostFacts {
+            kallsyms: &self.kallsyms,
+            vmlinux_func: &vmlinux_func,
+            fentry,
+            kprobes: self.kprobes.clone(),
+            tracepoint: &tracepoint,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// In-kernel thread-group filter (0: all).
+    pub filter_tgid: u32,
+    pub stacks: bool,
+    pub lock_stacks: bool,
+    pub ring_bytes: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            filter_tgid: 0,
+            stacks: true,
+            lock_stacks: true,
+            ring_bytes: 4 << 20,
+        }
+    }
+}
+
+/// Loaded and attached programs. Dropping it detaches and unloads everything.
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub plan: Plan,
+    /// Err: why fentry could not be used here (learnt by loading one).
+    pub fentry: Result<(), String>,
+    pub config: ProbeConfig,
+    pub ring_bytes: u32,
+    /// The kernel side's slow-path diagnostics (aya-log); polled by the live loop.
+    pub logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// Entries user space put in WATCHED (global locks).
+    watched_by_user: u64,
+    /// (entries added, evictions) when WATCHED was last counted: counted
+    /// again only when entries were added since.
+    evictions: std::cell::Cell<(u64, u64)>,
+}
+
+/// An error with its causes on one line (aya's load errors carry the errno in
+/// the source chain).
+pub fn reason(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        src = c.source();
+    }
+    // Verifier logs can be long; the first line says what failed.
+    s.lines().next().unwrap_or("").chars().take(300).collect()
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Program> {
+    ebpf.program_mut(name)
+        .with_context(|| format!("program {name} is not in the BPF object"))
+}
+
+/// Tries loading one fentry program: the only reliable test of whether this
+/// kernel lets us use BPF trampolines (sandboxes refuse them with EPERM).
+fn probe_fentry(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Result<(), String> {
+    let btf = btf.ok_or("no vmlinux BTF (/sys/kernel/btf/vmlinux)")?;
+    let p: &mut FEntry = program(ebpf, "fentry_mutex_unlock")
+        .map_err(|e| e.to_string())?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+    p.load("mutex_unlock", btf).map_err(|e| match e {
+        // The errno says it all; the verifier log of a refused load is empty.
+        aya::programs::ProgramError::LoadError { io_error, .. } => {
+            format!("loading an fentry program on mutex_unlock: {io_error}")
+        }
+        e => reason(&e),
+    })
+}
+
+pub fn load(facts: &Facts, opts: &LoadOptions) -> anyhow::Result<Probes> {
+    if !facts.privileges.can_trace() {
+        bail!(
+            "not permitted to load BPF programs: run as root, or with CAP_BPF and CAP_PERFMON (euid {})",
+            facts.privileges.euid
+        );
+    }
+    let mut config = facts.offsets;
+    config.filter_tgid = opts.filter_tgid;
+    // Only this process's delivery self-test is answered.
+    config.self_tgid = std::process::id();
+    if let Ok(dir) = &facts.tracing
+        && let Some(off) = tracefs::field_offset(dir, "sched", "sched_process_exit", "group_dead")
+    {
+        config.exit_group_dead = off as u32;
+    }
+    config.flags = (if opts.stacks { config_flags::STACKS } else { 0 })
+        | (if opts.lock_stacks {
+            config_flags::LOCK_STACKS
+        } else {
+            0
+        });
+    let mut ebpf = EbpfLoader::new()
+        .override_global(maps::CONFIG_GLOBAL, &config, true)
+        .map_max_entries(maps::EVENTS, opts.ring_bytes)
+        .load(PROBES)
+        .context("loading the BPF object (maps and relocations)")?;
+    let aya_btf = Btf::from_sys_fs().ok();
+    let fentry = probe_fentry(&mut ebpf, aya_btf.as_ref());
+    let mut plan = facts.plan(fentry.clone());
+    let watched_by_user = watch_globals(&mut ebpf, &facts.kallsyms)?;
+    attach(&mut ebpf, &mut plan, aya_btf.as_ref());
+    if plan.tier() == plan::Tier::None {
+        bail!("nothing could be attached on this host; run `kvscope check` for the reasons");
+    }
+    let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            log::warn!("kernel-side diagnostics unavailable: {e}");
+            None
+        }
+    };
+    Ok(Probes {
+        ebpf,
+        plan,
+        fentry,
+        config,
+        ring_bytes: opts.ring_bytes,
+        logger,
+        watched_by_user,
+        evictions: std::cell::Cell::new((0, 0)),
+    })
+}
+
+fn attach(ebpf: &mut Ebpf, plan: &mut Plan, btf: Option<&Btf>) {
+    for role in &mut plan.roles {
+        for choice in &mut role.choices {
+            if choice.method == Method::None {
+                continue;
+            }
+            for name in choice.programs.clone() {
+                if let Err(e) = attach_one(ebpf, &name, choice.symbol, btf) {
+                    choice.error = Some(format!("{name}: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+    for tp in &mut plan.tracepoints {
+        if tp.method != Method::Tracepoint {
+            continue;
+        }
+        let spec = TRACEPOINTS
+            .iter()
+            .find(|t| t.program == tp.program)
+            .expect("plan built from the table");
+        let res = (|| -> anyhow::Result<()> {
+            let p: &mut TracePoint = program(ebpf, tp.program)?.try_into()?;
+            p.load().map_err(|e| anyhow::anyhow!(reason(&e)))?;
+            p.attach(spec.category, spec.name)
+                .map_err(|e| anyhow::anyhow!(reason(&e)))?;
+            Ok(())
+        })();
+        if let Err(e) = res {
+            tp.method = Method::None;
+            tp.reason = format!("{e:#}");
+        }
+    }
+}
+
+fn attach_one(ebpf: &mut Ebpf, name: &str, symbol: &str, btf: Option<&Btf>) -> anyhow::Result<()> {
+    let prog = program(ebpf, name)?;
+    let loaded = prog.fd().is_ok();
+    let err = |e: aya::programs::ProgramError| anyhow::anyhow!(reason(&e));
+    if name.starts_with("fentry_") || name.starts_with("fexit_") {
+        let btf = btf.context("no vmlinux BTF")?;
+        if name.starts_with("fentry_") {
+            let p: &mut FEntry = prog.try_into()?;
+            if !loaded {
+                p.load(symbol, btf).map_err(err)?;
+            }
+            p.attach().map_err(err)?;
+        } else {
+            let p: &mut FExit = prog.try_into()?;
+            if !loaded {
+                p.load(symbol, btf).map_err(err)?;
+            }
+            p.attach().map_err(err)?;
+        }
+    } else {
+        let p: &mut KProbe = prog.try_into()?;
+        if !loaded {
+            p.load().map_err(err)?;
+        }
+        p.attach(symbol, 0).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Detaches and unloads one program of the kinds kvscope uses; a program
+/// never loaded (its role not attached here) has nothing to undo.
+fn unload(p: &mut Program) {
+    let _ = match p {
+        Program::KProbe(p) => p.unload(),
+        Program::TracePoint(p) => p.unload(),
+        Program::FEntry(p) => p.unload(),
+        Program::FExit(p) => p.unload(),
+        _ => Ok(()),
+    };
+}
+
+/// Global locks (not reachable from any hooked object) are watched from here.
+fn watch_globals(ebpf: &mut Ebpf, k: &Kallsyms) -> anyhow::Result<u64> {
+    let mut watched: BpfHashMap<&mut MapData, u64, WatchedLock> =
+        BpfHashMap::try_from(ebpf.map_mut(maps::WATCHED).context("WATCHED map missing")?)?;
+    if let Some(&addr) = k.data.get("kvm_lock")
+        && addr != 0
+    {
+        let v = WatchedLock {
+            class: LockClass::KvmGlobalLock as u8,
+            _pad: [0; 7],
+            owner: 0,
+        };
+        watched.insert(addr, v, 0)?;
+        let mut hint: aya::maps::Array<&mut MapData, u64> = aya::maps::Array::try_from(
+            ebpf.map_mut(maps::WATCH_HINT)
+                .context("WATCH_HINT map missing")?,
+        )?;
+        hint.set(trace_common::watch_hint_slot(addr), 1, 0)?;
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+impl Probes {
+    /// Detaches and unloads every program, several at a time. Each detach
+    /// waits for RCU grace periods (trampoline updates, kprobe and tracepoint
+    /// unregistration); one after another, about eighty of them took 3 s in an
+    /// emulated guest on a loaded host. Run concurrently, the waits overlap.
+    pub fn detach_all(&mut self) {
+        const THREADS: usize = 8;
+        let mut progs: Vec<&mut Program> = self.ebpf.programs_mut().map(|(_, p)| p).collect();
+        let per = progs.len().div_ceil(THREADS).max(1);
+        std::thread::scope(|s| {
+            for chunk in progs.chunks_mut(per) {
+                s.spawn(move || chunk.iter_mut().for_each(|p| unload(p)));
+            }
+        });
+    }
+
+    pub fn ring(&mut self) -> anyhow::Result<RingBuf<MapData>> {
+        let map = self
+            .ebpf
+            .take_map(maps::EVENTS)
+            .context("EVENTS map missing")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Lost events per hook, summed over CPUs.
+    pub fn lost(&self) -> anyhow::Result<Vec<(HookId, u64)>> {
+        let arr: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map(maps::LOST).context("LOST map missing")?)?;
+        let mut out = Vec::new();
+        for i in 0..HOOK_SLOTS {
+            let total: u64 = arr.get(&i, 0)?.iter().sum();
+            if total > 0
+                && let Some(h) = HookId::from_u16(i as u16)
+            {
+                out.push((h, total));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The kernel side's other losses (`trace_common::DropCause`). Evictions
+    /// from the WATCHED LRU map = entries ever added - entries now (nothing
+    /// deletes from it); the map is walked only when entries were added.
+    pub fn drops(&self) -> anyhow::Result<Drops> {
+        let arr: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(self.ebpf.map(maps::DROPS).context("DROPS map missing")?)?;
+        let mut d = Drops::default();
+        let row = |cause: DropCause, out: &mut BTreeMap<String, u64>| -> anyhow::Result<()> {
+            for i in 0..HOOK_SLOTS {
+                let n: u64 = arr.get(&drop_slot(cause, i), 0)?.iter().sum();
+                if n > 0 {
+                    let name = HookId::from_u16(i as u16).map_or("?", |h| h.symbol());
+                    out.insert(name.to_owned(), n);
+                }
+            }
+            Ok(())
+        };
+        row(DropCause::StackId, &mut d.stack_id_failed)?;
+        row(DropCause::StashFull, &mut d.stash_full)?;
+        let added: u64 = arr
+            .get(&drop_slot(DropCause::WatchedNew, 0), 0)?
+            .iter()
+            .sum::<u64>()
+            + self.watched_by_user;
+        let (counted_at, mut evicted) = self.evictions.get();
+        if added != counted_at {
+            let watched: BpfHashMap<&MapData, u64, WatchedLock> = BpfHashMap::try_from(
+                self.ebpf
+                    .map(maps::WATCHED)
+                    .context("WATCHED map missing")?,
+            )?;
+            let now = watched.keys().filter(|k| k.is_ok()).count() as u64;
+            evicted = added.saturating_sub(now);
+            self.evictions.set((added, evicted));
+        }
+        d.watched_added = added;
+        d.watched_evicted = evicted;
+        Ok(d)
+    }
+
+    /// Fraction of the ring buffer holding unread events, as of the last event.
+    pub fn ring_fill(&self) -> Option<f64> {
+        let arr: Array<&MapData, u64> = Array::try_from(self.ebpf.map(maps::RING_FILL)?).ok()?;
+        let bytes = arr.get(&0, 0).ok()?;
+        Some(bytes as f64 / self.ring_bytes as f64)
+    }
+
+    pub fn stacks(&self) -> anyhow::Result<StackTraceMap<&MapData>> {
+        Ok(StackTraceMap::try_from(
+            self.ebpf.map(maps::STACKS).context("STACKS map missing")?,
+        )?)
+    }
+}

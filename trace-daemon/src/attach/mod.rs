@@ -1,0 +1,8 @@
+//! Getting events out of the kernel: the hook table (which kernel function
+//! serves which role), the plan for this kernel, the BPF loader, the live
+//! loop that drains the ring buffer, and the delivery self-test.
+pub mod hooks;
+pub mod live;
+pub mod loader;
+pub mod plan;
+pub mod selftest;

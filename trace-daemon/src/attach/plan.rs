@@ -1,0 +1,462 @@
+//! The attach plan: for each role, which candidate functions exist here and how
+//! each is attached (fentry, kprobe, or not at all, with the reason). Pure: it
+//! takes the host's facts as data, so every kernel shape is testable.
+use serde::Serialize;
+
+use crate::{
+    attach::hooks::{Pick, ROLES, Role, TRACEPOINTS},
+    kernel::kallsyms::Kallsyms,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    Fentry,
+    Kprobe,
+    Tracepoint,
+    None,
+}
+
+/// What the loader knows about the host before attaching anything.
+pub struct HostFacts<'a> {
+    pub kallsyms: &'a Kallsyms,
+    /// Whether a name is a FUNC in vmlinux BTF.
+    pub vmlinux_func: &'a dyn Fn(&str) -> bool,
+    /// Err: why fentry/fexit cannot be used at all on this host.
+    pub fentry: Result<(), String>,
+    /// Err: why kprobes cannot be used.
+    pub kprobes: Result<(), String>,
+    /// Per tracepoint program: Err with the reason it cannot attach.
+    pub tracepoint: &'a dyn Fn(&str) -> Result<(), String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Choice {
+    pub symbol: &'static str,
+    pub module: Option<String>,
+    pub method: Method,
+    pub reason: String,
+    pub programs: Vec<String>,
+    /// Set by the loader when attaching failed after all.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RolePlan {
+    pub role: Role,
+    pub name: &'static str,
+    pub yields: &'static str,
+    pub choices: Vec<Choice>,
+    /// Candidates that do not exist on this kernel.
+    pub absent: Vec<&'static str>,
+}
+
+impl RolePlan {
+    pub fn attached(&self) -> impl Iterator<Item = &Choice> {
+        self.choices
+            .iter()
+            .filter(|c| c.method != Method::None && c.error.is_none())
+    }
+
+    pub fn is_covered(&self) -> bool {
+        self.attached().next().is_some()
+    }
+
+    /// Some candidate exists on this kernel: a role this kernel line does not
+    /// have (every candidate inlined or of another version) is not missing.
+    pub fn exists_here(&self) -> bool {
+        !self.choices.is_empty()
+    }
+
+    /// Exists on this kernel, yet nothing of it could be attached.
+    pub fn is_missing(&self) -> bool {
+        self.exists_here() && !self.is_covered()
+    }
+
+    /// Why the role is not covered (None when it is).
+    pub fn missing_reason(&self) -> Option<String> {
+        if self.is_covered() {
+            return None;
+        }
+        if let Some(c) = self.choices.first() {
+            return Some(format!(
+                "{}: {}",
+                c.symbol,
+                c.error.clone().unwrap_or_else(|| c.reason.clone())
+            ));
+        }
+        Some(format!(
+            "none of {} exists on this kernel (inlined or not built)",
+            self.absent.join(", ")
+        ))
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct TracepointPlan {
+    pub program: &'static str,
+    pub tracepoint: String,
+    pub yields: &'static str,
+    pub method: Method,
+    pub reason: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, PartialOrd, Ord)]
+pub enum Tier {
+    /// fentry/fexit with BTF.
+    #[serde(rename = "1-fentry")]
+    Fentry = 1,
+    /// kprobe/kretprobe on some roles.
+    #[serde(rename = "2-kprobe")]
+    Kprobe = 2,
+    /// Tracepoints only.
+    #[serde(rename = "3-tracepoints")]
+    Tracepoints = 3,
+    #[serde(rename = "none")]
+    None = 4,
+}
+
+impl Tier {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Tier::Fentry => "tier 1: fentry/fexit with BTF, full detail",
+            Tier::Kprobe => "tier 2: kprobe/kretprobe on some roles, same detail, higher overhead",
+            Tier::Tracepoints => {
+                "tier 3: tracepoints only: VM, kvm-vfio and VFIO fd lifetimes from system calls, \
+                 users_count where the fd leads to the VM, contention on watched locks; \
+                 no in-kernel gets/puts, no uncontended lock order, no destroy context"
+            }
+            Tier::None => "nothing can be attached",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub roles: Vec<RolePlan>,
+    pub tracepoints: Vec<TracepointPlan>,
+}
+
+impl Plan {
+    pub fn tier(&self) -> Tier {
+        let methods: Vec<Method> = self
+            .roles
+            .iter()
+            .flat_map(|r| r.attached().map(|c| c.method))
+            .collect();
+        if methods.contains(&Method::Kprobe) {
+            Tier::Kprobe
+        } else if methods.contains(&Method::Fentry) {
+            Tier::Fentry
+        } else if self
+            .tracepoints
+            .iter()
+            .any(|t| t.method == Method::Tracepoint)
+        {
+            Tier::Tracepoints
+        } else {
+            Tier::None
+        }
+    }
+}
+
+pub fn plan(facts: &HostFacts<'_>) -> Plan {
+    let mut roles = Vec::new();
+    for spec in ROLES {
+        let mut rp = RolePlan {
+            role: spec.role,
+            name: spec.role.name(),
+            yields: spec.yields,
+            choices: Vec::new(),
+            absent: Vec::new(),
+        };
+        for cand in spec.candidates {
+            let sym = cand.symbol();
+            let Some(found) = facts.kallsyms.get(sym) else {
+                rp.absent.push(sym);
+                continue;
+            };
+            let covered = rp.choices.iter().any(|c| c.method != Method::None);
+            if spec.pick == Pick::First && covered {
+                continue;
+            }
+            let module = found.module.clone();
+            let (method, mut reason) = choose(facts, sym, module.as_deref());
+            // A later alternative stands in for the preferred ones: say for what.
+            if spec.pick == Pick::First && !rp.absent.is_empty() {
+                reason = format!("{reason}; {}", cand.lines);
+            }
+            let programs = match method {
+                Method::Fentry => cand.fentry_programs(),
+                Method::Kprobe => cand.kprobe_programs(),
+                _ => Vec::new(),
+            };
+            rp.choices.push(Choice {
+                symbol: sym,
+                module,
+                method,
+                reason,
+                programs,
+                error: None,
+            });
+        }
+        roles.push(rp);
+    }
+    let tracepoints = TRACEPOINTS
+        .iter()
+        .map(|t| {
+            let (method, reason) = match (facts.tracepoint)(t.program) {
+                Ok(()) => (Method::Tracepoint, "available".to_owned()),
+                Err(e) => (Method::None, e),
+            };
+            TracepointPlan {
+                program: t.program,
+                tracepoint: format!("{}:{}", t.category, t.name),
+                yields: t.yields,
+                method,
+                reason,
+            }
+        })
+        .collect();
+    Plan { roles, tracepoints }
+}
+
+fn choose(facts: &HostFacts<'_>, sym: &str, module: Option<&str>) -> (Method, String) {
+    // Short reasons: `check` states the host-wide ones (fentry, kprobes) in full once.
+    let fentry_why_not = match (&facts.fentry, module) {
+        (Err(_), _) => Some("fentry refused".to_owned()),
+        (Ok(()), Some(m)) => Some(format!(
+            "in module {m}: aya 0.14 resolves fentry targets only in vmlinux BTF"
+        )),
+        (Ok(()), None) if !(facts.vmlinux_func)(sym) => {
+            Some("not a FUNC in vmlinux BTF".to_owned())
+        }
+        (Ok(()), None) => None,
+    };
+    match (fentry_why_not, &facts.kprobes) {
+        (None, _) => (Method::Fentry, "in vmlinux BTF".to_owned()),
+        (Some(why), Ok(())) => (Method::Kprobe, why),
+        (Some(why), Err(_)) => (Method::None, format!("{why}; kprobes absent")),
+    }
+}
+
+/// Which shape of the VFIO <-> KVM path the symbols and BTF indicate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StackVariant {
+    /// The seed's `kvm_ops` patch: vfio_device has kvm_ops, not kvm.
+    KvmOpsPatch,
+    /// 6.6+: vfio_df_*, VFIO core holds a kvm reference.
+    Df66,
+    /// 6.3-6.5: _vfio_device_get_kvm_safe, VFIO core holds a kvm reference.
+    GetKvmSafe63,
+    /// 6.2: global vfio_device_open, group_lock -> dev_set->lock, no VFIO ref.
+    Mainline62,
+    /// 6.1: vfio_device_open inlined in the group ioctl, dev_set->lock -> group_lock.
+    Mainline61,
+    /// No VFIO on this kernel.
+    NoVfio,
+}
+
+impl StackVariant {
+    pub fn describe(self) -> &'static str {
+        match self {
+            StackVariant::KvmOpsPatch => {
+                "kvm_ops patch (seed): vfio_device.kvm_ops get/put, put may run under dev_set->lock"
+            }
+            StackVariant::Df66 => {
+                "6.6+: vfio_df_*, VFIO holds a kvm reference from first open to last close"
+            }
+            StackVariant::GetKvmSafe63 => {
+                "6.3-6.5: _vfio_device_get_kvm_safe, VFIO holds a kvm reference"
+            }
+            StackVariant::Mainline62 => {
+                "6.2: vfio_device_open(dev, iommufd, kvm), group_lock -> dev_set->lock"
+            }
+            StackVariant::Mainline61 => {
+                "6.1-style: vfio_device_open inlined, dev_set->lock -> group_lock, drivers hold the kvm ref"
+            }
+            StackVariant::NoVfio => "no VFIO on this kernel",
+        }
+    }
+}
+
+/// `has_kvm_ops`: vfio_device has a `kvm_ops` member in BTF.
+pub fn stack_variant(k: &Kallsyms, has_kvm_ops: bool, has_vfio_device: bool) -> StackVariant {
+    let has = |s: &str| k.get(s).is_some();
+    if has_kvm_ops {
+        StackVariant::KvmOpsPatch
+    } else if has("vfio_df_open") || has("vfio_device_get_kvm_safe") {
+        StackVariant::Df66
+    } else if has("_vfio_device_get_kvm_safe") || has("vfio_device_put_kvm") {
+        StackVariant::GetKvmSafe63
+    } else if has("vfio_device_open") {
+        StackVariant::Mainline62
+    } else if has("vfio_group_fops_unl_ioctl") || has_vfio_device {
+        StackVariant::Mainline61
+    } else {
+        StackVariant::NoVfio
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// kallsyms of a Debian 6.12 host: kvm and vfio as modules.
+    const DEBIAN_612: &str = "\
+ffffffff81000000 T mutex_lock
+ffffffff81000100 T mutex_lock_interruptible
+ffffffff81000200 T mutex_lock_killable
+ffffffff81000300 T mutex_trylock
+ffffffff81000400 T mutex_unlock
+ffffffffc0001000 T kvm_get_kvm\t[kvm]
+ffffffffc0001100 T kvm_get_kvm_safe\t[kvm]
+ffffffffc0001200 T kvm_put_kvm\t[kvm]
+ffffffffc0001300 T kvm_put_kvm_no_destroy\t[kvm]
+ffffffffc0001400 t kvm_destroy_vm\t[kvm]
+ffffffffc0001500 t kvm_vm_release\t[kvm]
+ffffffffc0001600 t kvm_vfio_release\t[kvm]
+ffffffffc0001700 t kvm_vfio_set_attr\t[kvm]
+ffffffffc0002000 T vfio_df_open\t[vfio]
+ffffffffc0002100 T vfio_df_close\t[vfio]
+ffffffffc0002200 t vfio_device_fops_release\t[vfio]
+ffffffffc0002300 T vfio_device_get_kvm_safe\t[vfio]
+ffffffffc0002400 T vfio_device_put_kvm\t[vfio]
+ffffffffc0002500 T vfio_file_set_kvm\t[vfio]
+ffffffffc0002600 t vfio_group_fops_unl_ioctl\t[vfio]
+";
+
+    /// This project's sandbox: KVM built in, no VFIO, fentry refused, no kprobes.
+    const SANDBOX: &str = "\
+ffffffff8127c0b0 T kvm_get_kvm
+ffffffff8127c100 T kvm_get_kvm_safe
+ffffffff812839c0 t kvm_destroy_vm
+ffffffff81283c60 T kvm_put_kvm
+ffffffff81283cc0 t kvm_vm_release
+ffffffff81283d00 t kvm_vfio_release
+ffffffff821fe7f0 T mutex_lock
+ffffffff821fe900 T mutex_unlock
+";
+
+    fn all_tps(_: &str) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn in_btf(_: &str) -> bool {
+        true
+    }
+
+    #[test]
+    fn module_functions_take_kprobes_vmlinux_ones_fentry() {
+        let k = Kallsyms::parse(DEBIAN_612);
+        let facts = HostFacts {
+            kallsyms: &k,
+            vmlinux_func: &in_btf,
+            fentry: Ok(()),
+            kprobes: Ok(()),
+            tracepoint: &all_tps,
+        };
+        let p = plan(&facts);
+        let role = |r: Role| p.roles.iter().find(|x| x.role == r).unwrap();
+        let put = &role(Role::VmPut).choices;
+        assert_eq!(put.len(), 2, "Pick::All attaches put and put_no_destroy");
+        assert!(put.iter().all(|c| c.method == Method::Kprobe));
+        assert!(put[0].reason.contains("in module kvm"), "{}", put[0].reason);
+        let open = &role(Role::DeviceOpen).choices;
+        assert_eq!(open.len(), 1, "Pick::First stops at vfio_df_open");
+        assert_eq!(open[0].symbol, "vfio_df_open");
+        assert_eq!(
+            open[0].programs,
+            ["kprobe_vfio_df_open", "kretprobe_vfio_df_open"]
+        );
+        assert_eq!(role(Role::DeviceOpen).absent, ["vfio_device_open"]);
+        let lock = &role(Role::LockAcquire).choices;
+        assert!(lock.iter().all(|c| c.method == Method::Fentry));
+        assert_eq!(
+            lock.len(),
+            4,
+            "mutex_lock_nested absent on a non-lockdep kernel"
+        );
+        assert!(!role(Role::VmCreated).is_covered());
+        assert!(
+            role(Role::VmCreated)
+                .missing_reason()
+                .unwrap()
+                .contains("kvm_create_vm")
+        );
+        assert_eq!(p.tier(), Tier::Kprobe);
+        assert_eq!(stack_variant(&k, false, true), StackVariant::Df66);
+    }
+
+    #[test]
+    fn sandbox_gets_tier_three_with_reasons() {
+        let k = Kallsyms::parse(SANDBOX);
+        let facts = HostFacts {
+            kallsyms: &k,
+            vmlinux_func: &in_btf,
+            fentry: Err("EPERM loading a tracing program".into()),
+            kprobes: Err("kprobes absent".into()),
+            tracepoint: &all_tps,
+        };
+        let p = plan(&facts);
+        assert!(p.roles.iter().all(|r| !r.is_covered()));
+        let put = p.roles.iter().find(|r| r.role == Role::VmPut).unwrap();
+        let why = put.missing_reason().unwrap();
+        assert!(
+            why.contains("fentry refused") && why.contains("kprobes absent"),
+            "{why}"
+        );
+        assert_eq!(p.tier(), Tier::Tracepoints);
+        assert_eq!(stack_variant(&k, false, false), StackVariant::NoVfio);
+    }
+
+    #[test]
+    fn all_fentry_is_tier_one_and_nothing_is_unusable() {
+        let k = Kallsyms::parse(SANDBOX);
+        let p = plan(&HostFacts {
+            kallsyms: &k,
+            vmlinux_func: &in_btf,
+            fentry: Ok(()),
+            kprobes: Err("none".into()),
+            tracepoint: &all_tps,
+        });
+        assert_eq!(p.tier(), Tier::Fentry);
+        let no_btf = |_: &str| false;
+        let no_tp = |_: &str| Err("no tracefs".to_owned());
+        let p = plan(&HostFacts {
+            kallsyms: &k,
+            vmlinux_func: &no_btf,
+            fentry: Ok(()),
+            kprobes: Err("none".into()),
+            tracepoint: &no_tp,
+        });
+        assert_eq!(p.tier(), Tier::None);
+        let put = p.roles.iter().find(|r| r.role == Role::VmPut).unwrap();
+        assert!(
+            put.missing_reason()
+                .unwrap()
+                .contains("not a FUNC in vmlinux BTF")
+        );
+    }
+
+    #[test]
+    fn stack_variants_from_symbols() {
+        let v = |syms: &str, ops| stack_variant(&Kallsyms::parse(syms), ops, true);
+        assert_eq!(
+            v("1 t vfio_group_fops_unl_ioctl\n", false),
+            StackVariant::Mainline61
+        );
+        assert_eq!(
+            v("1 t vfio_group_fops_unl_ioctl\n", true),
+            StackVariant::KvmOpsPatch
+        );
+        assert_eq!(v("1 T vfio_device_open\n", false), StackVariant::Mainline62);
+        assert_eq!(
+            v("1 T _vfio_device_get_kvm_safe\n", false),
+            StackVariant::GetKvmSafe63
+        );
+        assert_eq!(v("1 T vfio_df_open\n", false), StackVariant::Df66);
+    }
+}

@@ -1,0 +1,210 @@
+//! `kvscope check`: what this host lets kvscope see, per role, and why.
+//! It really loads and attaches (then detaches): what it reports was tried.
+use serde::Serialize;
+
+use crate::{
+    attach::loader::{self, Facts, LoadOptions},
+    attach::plan::{Method, Plan, StackVariant, Tier},
+    kernel::{btf::OffsetReport, caps::Privileges, version::KernelVersion},
+};
+
+#[derive(Serialize)]
+pub struct Status {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl From<&Result<(), String>> for Status {
+    fn from(r: &Result<(), String>) -> Self {
+        Status {
+            ok: r.is_ok(),
+            reason: r.as_ref().err().cloned(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct BtfStatus {
+    pub vmlinux: bool,
+    pub modules: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct Report {
+    pub kernel: KernelVersion,
+    pub privileges: Privileges,
+    pub needed_capabilities: &'static str,
+    pub btf: BtfStatus,
+    pub kallsyms_addresses_visible: bool,
+    pub fentry: Status,
+    pub kprobes: Status,
+    pub tracefs: Status,
+    pub variant: StackVariant,
+    pub variant_description: &'static str,
+    pub tier: Tier,
+    pub tier_description: &'static str,
+    pub usable: bool,
+    /// One line: why the host is not usable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub plan: Plan,
+    pub offsets: Vec<OffsetReport>,
+}
+
+pub fn run(facts: &Facts) -> Report {
+    let (plan, fentry, load_error) = match loader::load(facts, &LoadOptions::default()) {
+        Ok(p) => {
+            let (plan, fentry) = (p.plan.clone(), p.fentry.clone());
+            drop(p); // detach now: check only tries
+            (plan, fentry, None)
+        }
+        Err(e) => {
+            let why = format!("{e:#}");
+            let plan = facts.plan(Err(why.clone()));
+            (plan, Err(why.clone()), Some(why))
+        }
+    };
+    let tier = if load_error.is_some() {
+        Tier::None
+    } else {
+        plan.tier()
+    };
+    let usable = tier != Tier::None;
+    Report {
+        kernel: facts.version.clone(),
+        privileges: facts.privileges.clone(),
+        needed_capabilities: "CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN); root to read kallsyms addresses and mount tracefs",
+        btf: BtfStatus {
+            vmlinux: facts.btf.has_vmlinux(),
+            modules: facts.btf.module_names(),
+            problems: facts.btf.problems.clone(),
+        },
+        kallsyms_addresses_visible: facts.kallsyms.addresses_visible,
+        fentry: (&fentry).into(),
+        kprobes: (&facts.kprobes).into(),
+        tracefs: (&facts.tracing.as_ref().map(|_| ()).map_err(Clone::clone)).into(),
+        variant: facts.variant,
+        variant_description: facts.variant.describe(),
+        tier,
+        tier_description: tier.describe(),
+        usable,
+        reason: if usable {
+            None
+        } else {
+            Some(load_error.unwrap_or_else(|| {
+                "nothing attachable: no role and no tracepoint could be attached".to_owned()
+            }))
+        },
+        plan,
+        offsets: facts.offset_report.clone(),
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+fn status_line(s: &Status) -> String {
+    match &s.reason {
+        None => "yes".to_owned(),
+        Some(r) => format!("no ({r})"),
+    }
+}
+
+pub fn render_text(r: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let _ = writeln!(o, "kernel        {}", r.kernel.release);
+    let _ = writeln!(
+        o,
+        "privileges    euid {} cap_bpf {} cap_perfmon {} cap_sys_admin {}",
+        r.privileges.euid,
+        yes(r.privileges.cap_bpf),
+        yes(r.privileges.cap_perfmon),
+        yes(r.privileges.cap_sys_admin)
+    );
+    let _ = writeln!(
+        o,
+        "btf           vmlinux {}, modules [{}]",
+        yes(r.btf.vmlinux),
+        r.btf.modules.join(", ")
+    );
+    for p in &r.btf.problems {
+        let _ = writeln!(o, "              problem: {p}");
+    }
+    let _ = writeln!(
+        o,
+        "kallsyms      addresses {}",
+        if r.kallsyms_addresses_visible {
+            "visible"
+        } else {
+            "hidden (not root?)"
+        }
+    );
+    let _ = writeln!(o, "fentry        {}", status_line(&r.fentry));
+    let _ = writeln!(o, "kprobes       {}", status_line(&r.kprobes));
+    let _ = writeln!(o, "tracefs       {}", status_line(&r.tracefs));
+    let _ = writeln!(o, "stack         {}", r.variant_description);
+    let _ = writeln!(o);
+    let _ = writeln!(o, "{:<18} {:<34} {:<10} why", "ROLE", "SYMBOL", "METHOD");
+    for role in &r.plan.roles {
+        if role.choices.is_empty() {
+            let _ = writeln!(
+                o,
+                "{:<18} {:<34} {:<10} {}",
+                role.name,
+                "-",
+                "none",
+                role.missing_reason().unwrap_or_default()
+            );
+        }
+        for c in &role.choices {
+            let method = match (c.method, &c.error) {
+                (_, Some(_)) => "failed",
+                (Method::Fentry, None) => "fentry",
+                (Method::Kprobe, None) => "kprobe",
+                (Method::Tracepoint, None) => "tracepoint",
+                (Method::None, None) => "none",
+            };
+            let sym = match &c.module {
+                Some(m) => format!("{} [{m}]", c.symbol),
+                None => c.symbol.to_owned(),
+            };
+            let why = c.error.as_deref().unwrap_or(&c.reason);
+            let _ = writeln!(o, "{:<18} {:<34} {:<10} {}", role.name, sym, method, why);
+        }
+    }
+    for t in &r.plan.tracepoints {
+        let m = if t.method == Method::Tracepoint {
+            "tracepoint"
+        } else {
+            "none"
+        };
+        let _ = writeln!(
+            o,
+            "{:<18} {:<34} {:<10} {}",
+            "syscalls/locks", t.tracepoint, m, t.reason
+        );
+    }
+    let _ = writeln!(o);
+    let unknown: Vec<&str> = r
+        .offsets
+        .iter()
+        .filter(|x| x.offset.is_none())
+        .map(|x| x.source.as_str())
+        .collect();
+    if !unknown.is_empty() {
+        let _ = writeln!(
+            o,
+            "unknown here  {} (those data are reported unknown)",
+            unknown.join(", ")
+        );
+    }
+    let _ = writeln!(o, "tier          {}", r.tier_description);
+    if let Some(why) = &r.reason {
+        let _ = writeln!(o, "NOT USABLE    {why}");
+    }
+    o
+}

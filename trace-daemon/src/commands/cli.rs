@@ -1,0 +1,305 @@
+//! Command-line interface definitions.
+use clap::{Args, Parser, Subcommand};
+
+use crate::commands::trace::VmSel;
+
+#[derive(Parser)]
+#[command(
+    name = "kvscope",
+    version,
+    about = "Trace and diagnose the VFIO <-> KVM path: VM refcounts, device opens, lock order",
+    long_about = "kvscope watches the VFIO <-> KVM boundary of a Linux host with eBPF: \
+        references to each VM (struct kvm users_count), VFIO device opens and releases, \
+        and the mutexes on that path.\n\n\
+        Start with `kvscope check` to see which roles this host lets kvscope attach, \
+        and how; then `kvscope trace` to watch events live.",
+    after_help = "Examples:\n  \
+        kvscope check                 what can be attached here, and why\n  \
+        kvscope check --json          the same, for scripts\n  \
+        kvscope trace                 live events, one line each\n  \
+        kvscope trace --vm 4242       only VMs created by pid 4242 (and their lock events)\n  \
+        kvscope trace --json --stacks events as JSON lines\n  \
+        kvscope record -o run.kvs     capture now (Ctrl-C to stop) ...\n  \
+        kvscope replay run.kvs        ... analyse anywhere\n  \
+        kvscope timeline run.kvs --vm 0xffff888102760000\n  \
+        kvscope report run.kvs --format html -o run.html   one page (created 0600)\n  \
+        kvscope events run.kvs --pid 4242   the raw events, as recorded"
+)]
+pub struct Cli {
+    /// Log level of kvscope's own diagnostics: off, error, warn, info, debug,
+    /// trace, or env_logger directives such as `kvscope=debug,aya=warn`.
+    #[arg(long, global = true, default_value = "warn", env = "KVSCOPE_LOG", value_parser = parse_log)]
+    pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Report what this host lets kvscope see: per role the symbol chosen, the
+    /// attach method and why; BTF, kprobes, tracefs; the VFIO/KVM stack variant;
+    /// the resulting tier. Exit status 0 when usable.
+    Check(CheckArgs),
+    /// Attach and print events live, with the findings they raise, until
+    /// Ctrl-C or SIGTERM.
+    Trace(TraceArgs),
+    /// Attach and write the raw event stream to a file for later analysis.
+    Record(RecordArgs),
+    /// Run the analysis engine over a recording: summary and findings.
+    Replay(ReplayArgs),
+    /// One VM's or one VFIO device's history from a recording.
+    Timeline(TimelineArgs),
+    /// Run as the fleet service: attach, analyse continuously, write findings to
+    /// a JSON-lines file and the journal, serve Prometheus metrics. SIGHUP
+    /// reloads the config file; SIGTERM detaches and exits.
+    Daemon(DaemonArgs),
+    /// Configuration file tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Summarise a recording: text, JSON, a self-contained HTML page with a
+    /// picture of each VM's references, or Perfetto / Chrome trace-event JSON.
+    Report(ReportArgs),
+    /// Dump a recording's raw events, one line (or JSON object) each, as
+    /// `perf script` does: what the kernel side sent, before any analysis.
+    Events(EventsArgs),
+    /// Print a shell completion script: `kvscope completions bash >
+    /// /etc/bash_completion.d/kvscope` (also zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to standard output: `kvscope manpage | man -l -`.
+    #[command(hide = true)]
+    Manpage,
+}
+
+const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
+
+/// A level, or comma-separated `target=level` directives; an unknown level is
+/// an error (env_logger would ignore it silently).
+pub fn parse_log(s: &str) -> Result<String, String> {
+    for d in s.split(',').filter(|d| !d.is_empty()) {
+        let level = d.rsplit_once('=').map_or(d, |(_, l)| l);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "{level:?} is not a log level: use one of {} (or target=level, comma-separated)",
+                LEVELS.join(", ")
+            ));
+        }
+    }
+    Ok(s.to_owned())
+}
+
+impl Command {
+    /// Commands that attach and run until a signal: they hold SIGINT, SIGTERM
+    /// and SIGHUP from the start until their handlers are installed.
+    pub fn is_live(&self) -> bool {
+        match self {
+            Command::Trace(_) | Command::Record(_) | Command::Daemon(_) => true,
+            Command::Timeline(t) => t.live,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct DaemonArgs {
+    /// Config file (TOML; see packaging/kvscope.toml). Defaults without one.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
+    /// Prometheus endpoint address, overriding the config's metrics_listen.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCommand {
+    /// Validate a config file without starting anything; prints the effective
+    /// configuration.
+    Check { path: std::path::PathBuf },
+}
+
+#[derive(Args)]
+pub struct RecordArgs {
+    /// Output file (overwritten).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: std::path::PathBuf,
+    /// Stop after this many seconds (default: at Ctrl-C / SIGTERM).
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<u64>,
+    /// Only this thread group (filtered in the kernel).
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_bytes)]
+    pub ring_bytes: u32,
+    /// Create the file world-readable (0644). By default it is 0600: it holds
+    /// kernel addresses and stacks, which the kernel hides from other users.
+    #[arg(long)]
+    pub share: bool,
+}
+
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// A file written by `kvscope record`.
+    pub file: std::path::PathBuf,
+    /// The report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub offline: OfflineArgs,
+}
+
+/// What the offline commands share: damaged files, selections, thresholds.
+#[derive(Args, Clone, Debug, Default)]
+pub struct OfflineArgs {
+    /// Analyse what survived in a damaged recording and exit 0 (without it a
+    /// damaged file is reported, then exit 1).
+    #[arg(long)]
+    pub salvage: bool,
+    /// Only this VM (struct kvm address, 0x...), its devices and findings.
+    #[arg(long = "vm", value_name = "0xADDR", value_parser = parse_addr, conflicts_with = "pid_filter")]
+    pub vm_filter: Option<u64>,
+    /// Only VMs created by this process, their devices and findings.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pid_filter: Option<u32>,
+    /// zombie-vm: a closed VM not destroyed after this long (default 10000).
+    #[arg(long, value_name = "MS")]
+    pub zombie_after_ms: Option<u64>,
+    /// leaked-ref: a closed device still holding its VM after this long (default 1000).
+    #[arg(long, value_name = "MS")]
+    pub leak_grace_ms: Option<u64>,
+    /// long-wait on a watched lock past this long (default 1000).
+    #[arg(long, value_name = "MS")]
+    pub long_wait_ms: Option<u64>,
+    /// long-hold of a watched lock past this long (default 5000).
+    #[arg(long, value_name = "MS")]
+    pub long_hold_ms: Option<u64>,
+}
+
+impl OfflineArgs {
+    /// The engine's settings with the thresholds given on the command line.
+    pub fn engine(&self) -> crate::engine::Config {
+        let mut c = crate::engine::Config::default();
+        let set = |v: Option<u64>, f: &mut u64| {
+            if let Some(v) = v {
+                *f = v;
+            }
+        };
+        set(self.zombie_after_ms, &mut c.zombie_after_ms);
+        set(self.leak_grace_ms, &mut c.leak_grace_ms);
+        set(self.long_wait_ms, &mut c.long_wait_ms);
+        set(self.long_hold_ms, &mut c.long_hold_ms);
+        c
+    }
+}
+
+#[derive(Args)]
+pub struct EventsArgs {
+    /// A file written by `kvscope record`.
+    pub file: std::path::PathBuf,
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Only events of this process (thread group).
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Only events that carry this VM (struct kvm address, 0x...).
+    #[arg(long, value_parser = parse_addr)]
+    pub vm: Option<u64>,
+    /// Print each event's symbolised stack under it.
+    #[arg(long)]
+    pub stacks: bool,
+    /// Dump what survived in a damaged recording and exit 0.
+    #[arg(long)]
+    pub salvage: bool,
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("object").required(true).args(["vm", "device"])))]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["file", "live"])))]
+pub struct TimelineArgs {
+    /// A file written by `kvscope record`.
+    pub file: Option<std::path::PathBuf>,
+    /// Attach and follow live instead; the timeline is printed at Ctrl-C.
+    #[arg(long)]
+    pub live: bool,
+    /// The VM: its struct kvm address (0x...).
+    #[arg(long, value_parser = parse_addr)]
+    pub vm: Option<u64>,
+    /// The VFIO device: its struct vfio_device address (0x...).
+    #[arg(long, value_parser = parse_addr)]
+    pub device: Option<u64>,
+    /// Show the kernel stack under each step that has one.
+    #[arg(long)]
+    pub stacks: bool,
+    /// Analyse what survived in a damaged recording and exit 0.
+    #[arg(long)]
+    pub salvage: bool,
+}
+
+#[derive(Args)]
+pub struct ReportArgs {
+    /// A file written by `kvscope record`.
+    pub file: std::path::PathBuf,
+    #[arg(long, default_value = "text", value_parser = ["text", "json", "html", "perfetto"])]
+    pub format: String,
+    /// Write to this file instead of standard output (created 0600: reports
+    /// name kernel addresses).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    /// Create the -o file world-readable (0644) instead of 0600.
+    #[arg(long, requires = "output")]
+    pub share: bool,
+    #[command(flatten)]
+    pub offline: OfflineArgs,
+}
+
+pub fn parse_addr(s: &str) -> Result<u64, String> {
+    let hex = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .ok_or_else(|| format!("{s:?}: give the address in hex, e.g. 0xffff888102760000"))?;
+    u64::from_str_radix(hex, 16).map_err(|e| format!("{s:?} is not a hex address: {e}"))
+}
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct TraceArgs {
+    /// One JSON object per line instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Only this thread group (also filtered in the kernel).
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Only threads with this command name (exact, as in /proc/PID/comm).
+    #[arg(long)]
+    pub comm: Option<String>,
+    /// Only one VM: its struct kvm address (0x...) or the pid that created it.
+    #[arg(long, value_name = "ADDR|PID")]
+    pub vm: Option<VmSel>,
+    /// Print symbolised kernel stacks under events that carry one.
+    #[arg(long)]
+    pub stacks: bool,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_bytes)]
+    pub ring_bytes: u32,
+}
+
+pub fn parse_ring_bytes(s: &str) -> Result<u32, String> {
+    let v: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a byte count"))?;
+    if v < 4096 || !v.is_power_of_two() {
+        return Err(format!(
+            "{v} must be a power of two of at least 4096 (the kernel requires it for ring buffers)"
+        ));
+    }
+    Ok(v)
+}

@@ -1,0 +1,7 @@
+//! What the `kvscope` binary runs: the CLI definition and one module per
+//! command (the daemon's lives in `service`).
+pub mod check;
+pub mod cli;
+pub mod offline;
+pub mod record;
+pub mod trace;

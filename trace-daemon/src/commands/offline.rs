@@ -1,0 +1,295 @@
+//! Offline analysis of a recording: `replay`, `timeline`, `report`. The same
+//! engine as live, fed from the file.
+use std::path::Path;
+
+use anyhow::bail;
+
+use crate::{
+    commands::cli::{EventsArgs, OfflineArgs},
+    engine::{self, Engine},
+    event::Event,
+    output::event_line as render,
+    output::report::{self, Report},
+    recording::{self, Loaded},
+};
+
+pub fn analyse(path: &Path, cfg: engine::Config) -> anyhow::Result<(Loaded, Engine)> {
+    let loaded = recording::load(path)?;
+    let mut cfg = cfg;
+    cfg.destroy_observable = loaded.header.destroy_observable;
+    cfg.release_closes = loaded.header.release_closes;
+    let mut e = Engine::new(cfg);
+    let mut last = 0;
+    for ev in &loaded.events {
+        e.ingest(ev);
+        last = last.max(ev.ts_ns);
+        // Thresholds are checked as the recorded time passes.
+        e.tick(last);
+    }
+    Ok((loaded, e))
+}
+
+/// What an offline command prints, whether its recording was damaged (the
+/// caller exits non-zero then, unless asked to salvage), and the header's
+/// warning when delivery was never verified.
+pub struct Output {
+    pub text: String,
+    pub damage: Option<String>,
+    pub delivery_warning: Option<String>,
+}
+
+pub fn report(path: &Path, opts: &OfflineArgs, format: &str) -> anyhow::Result<Output> {
+    let (l, e) = analyse(path, opts.engine())?;
+    let mut r = Report::new(
+        &e,
+        Some(&l.header),
+        l.undecodable,
+        l.lost.clone(),
+        l.damage.as_ref(),
+        &l.stacks,
+    );
+    r.drops = l.drops.clone();
+    r.select(opts.vm_filter, opts.pid_filter);
+    let damage = l.damage.as_ref().map(ToString::to_string);
+    let text = match format {
+        "text" => r.text(&l.stacks),
+        "json" => serde_json::to_string_pretty(&r)? + "\n",
+        "html" => crate::output::html::html(
+            &e,
+            &crate::output::html::Page {
+                title: &format!(
+                    "{} on {} ({}; {})",
+                    l.header.kernel_release, l.header.hostname, l.header.tier, l.header.variant
+                ),
+                damage: damage.as_deref(),
+                stacks: &l.stacks,
+                lost: l.lost.values().sum(),
+                delivery: Some(&l.header.delivery),
+            },
+        ),
+        "perfetto" => {
+            serde_json::to_string(&crate::output::perfetto::perfetto(&e, damage.as_deref()))? + "\n"
+        }
+        f => bail!("unknown report format {f:?}: use text, json, html or perfetto"),
+    };
+    Ok(Output {
+        text,
+        damage,
+        delivery_warning: l.header.delivery.warning(),
+    })
+}
+
+/// `kvscope events`: the recording's raw events, one line (or JSON object)
+/// each, with lost-event counters where they were recorded and the damage at
+/// the end. Nothing is analysed.
+pub fn events(a: &EventsArgs) -> anyhow::Result<Output> {
+    use std::fmt::Write as _;
+    let mut r = recording::Reader::open(&a.file)?;
+    let mut stacks = std::collections::BTreeMap::new();
+    let mut frames = Vec::new();
+    while let Some(f) = r.next_frame() {
+        if let recording::Frame::Stack(s) = &f {
+            stacks.insert(s.id, s.clone());
+        }
+        frames.push(f);
+    }
+    let mut o = String::new();
+    for f in frames {
+        match f {
+            recording::Frame::Event(rec) => {
+                let ev = match Event::decode(&rec) {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        if a.json {
+                            let j = serde_json::json!({ "undecodable": e.to_string() });
+                            let _ = writeln!(o, "{j}");
+                        } else {
+                            let _ = writeln!(o, "# undecodable record: {e}");
+                        }
+                        continue;
+                    }
+                };
+                if a.pid.is_some_and(|p| ev.tgid != p) || a.vm.is_some_and(|v| ev.kvm != Some(v)) {
+                    continue;
+                }
+                if a.json {
+                    let _ = writeln!(o, "{}", serde_json::to_string(&ev)?);
+                    continue;
+                }
+                let _ = writeln!(o, "{}", render::line(&ev));
+                if a.stacks
+                    && let Some(st) = ev.stack_id.and_then(|id| stacks.get(&id))
+                {
+                    for sym in &st.symbols {
+                        let _ = writeln!(o, "    {sym}");
+                    }
+                }
+            }
+            recording::Frame::Lost(m) if !a.json => {
+                let total: u64 = m.values().sum();
+                let _ = writeln!(o, "# {total} events lost in the kernel so far: {m:?}");
+            }
+            recording::Frame::Lost(m) => {
+                let _ = writeln!(o, "{}", serde_json::json!({ "lost_so_far": m }));
+            }
+            recording::Frame::Drops(d) if !a.json => {
+                let _ = writeln!(o, "# kernel-side drops so far: {}", d.summary());
+            }
+            recording::Frame::Drops(d) => {
+                let _ = writeln!(o, "{}", serde_json::json!({ "drops_so_far": d }));
+            }
+            recording::Frame::Stack(_) => {}
+        }
+    }
+    let damage = r.damage.as_ref().map(ToString::to_string);
+    if let Some(d) = &damage {
+        if a.json {
+            let _ = writeln!(o, "{}", serde_json::json!({ "damage": d }));
+        } else {
+            let _ = writeln!(o, "# DAMAGED FILE: {d}");
+        }
+    }
+    Ok(Output {
+        text: o,
+        damage,
+        delivery_warning: r.header.delivery.warning(),
+    })
+}
+
+pub enum Object {
+    Vm(u64),
+    Device(u64),
+}
+
+pub fn timeline(
+    path: &Path,
+    cfg: engine::Config,
+    obj: Object,
+    stacks: bool,
+) -> anyhow::Result<Output> {
+    let (l, e) = analyse(path, cfg)?;
+    let mut text = render_timeline(&e, &l.stacks, obj, stacks, &path.display().to_string())?;
+    let damage = l.damage.as_ref().map(ToString::to_string);
+    if let Some(d) = &damage {
+        text += &format!("DAMAGED FILE: {d}\n");
+    }
+    Ok(Output {
+        text,
+        damage,
+        delivery_warning: l.header.delivery.warning(),
+    })
+}
+
+/// One object's history from an engine (offline or live). `source` names
+/// where the events came from, for the "not found" message.
+pub fn render_timeline(
+    e: &Engine,
+    stack_map: &std::collections::BTreeMap<u32, crate::recording::Stack>,
+    obj: Object,
+    stacks: bool,
+    source: &str,
+) -> anyhow::Result<String> {
+    // (title, generation, timeline) of every generation of the object, and the
+    // addresses seen, for the "not found" message.
+    let (what, addr, entries, known) = match obj {
+        Object::Vm(a) => (
+            "VM",
+            a,
+            e.vm_history(a)
+                .into_iter()
+                .map(|v| (v.generation, &v.timeline))
+                .collect::<Vec<_>>(),
+            e.dead_vms()
+                .chain(e.live_vms())
+                .map(|v| format!("{:#x}", v.addr))
+                .collect::<Vec<_>>(),
+        ),
+        Object::Device(a) => (
+            "VFIO device",
+            a,
+            e.device_history(a)
+                .into_iter()
+                .map(|d| (d.generation, &d.timeline))
+                .collect(),
+            e.devices().map(|d| format!("{:#x}", d.addr)).collect(),
+        ),
+    };
+    if entries.is_empty() {
+        bail!(
+            "no {what} {addr:#x} in {source}; {what}s seen: {}",
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        );
+    }
+    let mut out = String::new();
+    for (generation, timeline) in entries {
+        out += &report::timeline_text(
+            &format!("{what} {addr:#x}"),
+            generation,
+            timeline,
+            stack_map,
+            stacks,
+        );
+    }
+    Ok(out)
+}
+
+/// `timeline --live`: attach, follow until Ctrl-C / SIGTERM, then print.
+pub async fn timeline_live(
+    obj: Object,
+    stacks: bool,
+    load: crate::attach::loader::LoadOptions,
+) -> anyhow::Result<String> {
+    use crate::attach::live::{self, Session, Sink};
+    struct Collect {
+        engine: Engine,
+        stacks: std::collections::BTreeMap<u32, crate::recording::Stack>,
+    }
+    impl Sink for Collect {
+        fn event(
+            &mut self,
+            s: &Session,
+            _r: &trace_common::Event,
+            ev: &crate::event::Event,
+        ) -> anyhow::Result<()> {
+            self.engine.ingest(ev);
+            if let Some(id) = ev.stack_id
+                && !self.stacks.contains_key(&id)
+                && let Some(st) = s.stack(id)
+            {
+                self.stacks.insert(id, st);
+            }
+            Ok(())
+        }
+        fn tick(
+            &mut self,
+            _s: &Session,
+            _l: &[(trace_common::HookId, u64)],
+            now: u64,
+        ) -> anyhow::Result<()> {
+            self.engine.tick(now);
+            Ok(())
+        }
+    }
+    let mut signals = live::Signals::install()?;
+    let Some(mut session) = live::attach(&load, &mut signals).await? else {
+        return Ok(String::new());
+    };
+    session.announce("following until Ctrl-C, then printing the timeline");
+    let mut sink = Collect {
+        engine: Engine::new(session.engine_config(engine::Config::default())),
+        stacks: Default::default(),
+    };
+    live::run(
+        &mut session,
+        &mut sink,
+        std::time::Duration::from_secs(1),
+        &mut signals,
+    )
+    .await?;
+    drop(session);
+    render_timeline(&sink.engine, &sink.stacks, obj, stacks, "the live stream")
+}

@@ -1,0 +1,147 @@
+//! `kvscope record`: the raw stream to a file, with the stacks it refers to
+//! (symbolised here) and the loss counters, for replay anywhere.
+use std::{
+    collections::{BTreeMap, HashSet},
+    fs::File,
+    io::BufWriter,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    attach::live::{self, Session, Signals, Sink},
+    attach::loader::LoadOptions,
+    event::Event,
+    recording::Writer,
+    recording::private_file::{self, Open},
+};
+
+pub struct RecordOptions {
+    pub output: PathBuf,
+    pub duration: Option<Duration>,
+    pub load: LoadOptions,
+    /// Create the file 0644 instead of 0600.
+    pub share: bool,
+}
+
+struct RecordSink {
+    w: Writer<BufWriter<File>>,
+    stacks_written: HashSet<u32>,
+    started: Instant,
+    duration: Option<Duration>,
+    last_lost: u64,
+    last_drops: crate::event::drops::Drops,
+    /// A progress line is on the terminal (end it before the summary).
+    progress_shown: bool,
+}
+
+impl Sink for RecordSink {
+    fn event(&mut self, s: &Session, rec: &trace_common::Event, ev: &Event) -> anyhow::Result<()> {
+        self.w.event(rec)?;
+        if let Some(id) = ev.stack_id
+            && self.stacks_written.insert(id)
+            && let Some(st) = s.stack(id)
+        {
+            self.w.stack(&st)?;
+        }
+        Ok(())
+    }
+
+    fn tick(
+        &mut self,
+        s: &Session,
+        lost: &[(trace_common::HookId, u64)],
+        _now: u64,
+    ) -> anyhow::Result<()> {
+        let total: u64 = lost.iter().map(|(_, n)| n).sum();
+        if total != self.last_lost {
+            let m: BTreeMap<String, u64> = lost
+                .iter()
+                .map(|(h, n)| (h.symbol().to_owned(), *n))
+                .collect();
+            self.w.lost(&m)?;
+            self.last_lost = total;
+        }
+        if s.drops != self.last_drops {
+            self.w.drops(&s.drops)?;
+            self.last_drops = s.drops.clone();
+        }
+        // Flushed every tick: a crash loses at most the last interval.
+        self.w.flush()?;
+        // One updating line on a terminal; a log gets only the final summary.
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            eprint!(
+                "\rkvscope: recording: {} frames, {:.0} s\x1b[K",
+                self.w.frames,
+                self.started.elapsed().as_secs_f64()
+            );
+            self.progress_shown = true;
+        }
+        Ok(())
+    }
+
+    fn done(&self) -> bool {
+        self.duration.is_some_and(|d| self.started.elapsed() >= d)
+    }
+}
+
+pub async fn run(opts: RecordOptions) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
+    // A path that cannot be written fails before anything is attached.
+    let file = private_file::open(&opts.output, Open::Truncate, private_file::mode(opts.share))?;
+    let Some(mut session) = live::attach(&opts.load, &mut signals).await? else {
+        drop(file);
+        remove_if_empty(&opts.output);
+        return Ok(());
+    };
+    let w = Writer::create(file, &session.header())?;
+    session.announce(&format!(
+        "recording to {}; Ctrl-C to stop",
+        opts.output.display()
+    ));
+    let mut sink = RecordSink {
+        w,
+        stacks_written: HashSet::new(),
+        started: Instant::now(),
+        duration: opts.duration,
+        last_lost: 0,
+        last_drops: Default::default(),
+        progress_shown: false,
+    };
+    let tick = Duration::from_secs(1).min(opts.duration.unwrap_or(Duration::MAX));
+    let stats = live::run(&mut session, &mut sink, tick, &mut signals).await?;
+    // Final loss counters and flush, then detach.
+    let lost = session.probes.lost().unwrap_or_default();
+    let m: BTreeMap<String, u64> = lost
+        .iter()
+        .map(|(h, n)| (h.symbol().to_owned(), *n))
+        .collect();
+    sink.w.lost(&m)?;
+    sink.w.flush()?;
+    let unverified = session.delivery.warning();
+    drop(session);
+    if sink.progress_shown {
+        eprintln!();
+    }
+    eprintln!(
+        "kvscope: detached; wrote {} events ({} frames) to {}; {} lost",
+        stats.events,
+        sink.w.frames,
+        opts.output.display(),
+        m.values().sum::<u64>()
+    );
+    if stats.events == 0
+        && let Some(w) = unverified
+    {
+        eprintln!("kvscope: warning: no events, and {w}");
+    }
+    Ok(())
+}
+
+/// A recording stopped before it began holds nothing: remove the file we
+/// created (a regular, empty file only, never what a link points to).
+fn remove_if_empty(path: &std::path::Path) {
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+        let _ = std::fs::remove_file(path);
+    }
+}

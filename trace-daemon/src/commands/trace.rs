@@ -1,0 +1,232 @@
+//! `kvscope trace`: attach, then stream readable (or JSON) events until Ctrl-C
+//! or SIGTERM, with filters and a periodic line about lost events.
+use std::{io::Write as _, time::Duration};
+
+use crate::{
+    attach::live::{self, Session, Signals, Sink},
+    attach::loader::LoadOptions,
+    engine,
+    event::{Event, Kind},
+    output::event_line as render,
+    output::finding_text::FindingJson,
+    output::report,
+};
+
+/// `--vm`: a VM by `struct kvm` address, or by the pid of the process that
+/// created it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VmSel {
+    Addr(u64),
+    Pid(u32),
+}
+
+impl std::str::FromStr for VmSel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+            return u64::from_str_radix(hex, 16)
+                .map(VmSel::Addr)
+                .map_err(|e| format!("{s:?} is not a hex kvm address: {e}"));
+        }
+        s.parse::<u32>()
+            .map(VmSel::Pid)
+            .map_err(|_| format!("{s:?} is neither a kvm address (0x...) nor a pid (decimal)"))
+    }
+}
+
+/// User-side filters (the pid one is also applied in the kernel).
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+    pub vm: Option<VmSel>,
+    /// VMs created by the `--vm` pid, learnt from the stream.
+    vms_of_pid: Vec<u64>,
+}
+
+impl Filter {
+    pub fn new(pid: Option<u32>, comm: Option<String>, vm: Option<VmSel>) -> Self {
+        Filter {
+            pid,
+            comm,
+            vm,
+            vms_of_pid: Vec::new(),
+        }
+    }
+
+    pub fn matches(&mut self, e: &Event) -> bool {
+        if let Some(p) = self.pid
+            && e.tgid != p
+            && e.pid != p
+        {
+            return false;
+        }
+        if let Some(c) = &self.comm
+            && e.comm != c.as_str()
+        {
+            return false;
+        }
+        match &self.vm {
+            None => true,
+            Some(VmSel::Addr(a)) => e.kvm == Some(*a) || e.lock.is_some_and(|l| l.owner == *a),
+            Some(VmSel::Pid(p)) => {
+                if e.kind == Kind::VmCreated
+                    && e.tgid == *p
+                    && let Some(k) = e.kvm
+                {
+                    self.vms_of_pid.push(k);
+                }
+                e.tgid == *p
+                    || e.kvm.is_some_and(|k| self.vms_of_pid.contains(&k))
+                    || e.lock.is_some_and(|l| self.vms_of_pid.contains(&l.owner))
+            }
+        }
+    }
+}
+
+pub struct TraceOptions {
+    pub json: bool,
+    pub stacks: bool,
+    pub filter: Filter,
+    pub load: LoadOptions,
+    pub engine: engine::Config,
+    /// Seconds between lost-event checks.
+    pub loss_interval: Duration,
+}
+
+/// Prints events, and the findings the engine raises from them as they come.
+struct TraceSink {
+    json: bool,
+    stacks: bool,
+    filter: Filter,
+    engine: engine::Engine,
+}
+
+impl TraceSink {
+    fn print_findings(&self, found: &[engine::Finding]) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        for f in found {
+            if self.json {
+                serde_json::to_writer(
+                    &mut out,
+                    &serde_json::json!({ "finding": FindingJson::of(f) }),
+                )?;
+                writeln!(out)?;
+            } else {
+                write!(out, "{}", report::finding_text(f))?;
+            }
+        }
+        out.flush()?;
+        Ok(())
+    }
+}
+
+impl Sink for TraceSink {
+    fn event(
+        &mut self,
+        session: &Session,
+        _rec: &trace_common::Event,
+        ev: &Event,
+    ) -> anyhow::Result<()> {
+        let found = self.engine.ingest(ev);
+        if ev.kind != Kind::Other && self.filter.matches(ev) {
+            let mut out = std::io::stdout().lock();
+            if self.json {
+                serde_json::to_writer(&mut out, ev)?;
+                writeln!(out)?;
+            } else {
+                writeln!(out, "{}", render::line(ev))?;
+                if self.stacks
+                    && let Some(id) = ev.stack_id
+                    && let Some(st) = session.stack(id)
+                {
+                    for s in st.symbols {
+                        writeln!(out, "    {s}")?;
+                    }
+                }
+            }
+            out.flush()?;
+        }
+        self.print_findings(&found)
+    }
+
+    fn tick(
+        &mut self,
+        _s: &Session,
+        _lost: &[(trace_common::HookId, u64)],
+        now_ns: u64,
+    ) -> anyhow::Result<()> {
+        let found = self.engine.tick(now_ns);
+        self.print_findings(&found)
+    }
+}
+
+pub async fn run(opts: TraceOptions) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
+    let Some(mut session) = live::attach(&opts.load, &mut signals).await? else {
+        return Ok(());
+    };
+    session.announce("Ctrl-C to stop");
+    let mut sink = TraceSink {
+        json: opts.json,
+        stacks: opts.stacks,
+        filter: opts.filter,
+        engine: engine::Engine::new(session.engine_config(opts.engine)),
+    };
+    let stats = live::run(&mut session, &mut sink, opts.loss_interval, &mut signals).await?;
+    drop(session);
+    eprintln!(
+        "kvscope: detached; {} events, {} lost, {} undecodable, {} findings",
+        stats.events,
+        stats.lost,
+        stats.undecodable,
+        sink.engine.findings().len()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(kind: Kind, tgid: u32, kvm: Option<u64>) -> Event {
+        let mut e = Event::new(
+            1,
+            tgid,
+            "qemu".into(),
+            kind,
+            trace_common::HookId::KvmPutKvm,
+        );
+        e.kvm = kvm;
+        e
+    }
+
+    #[test]
+    fn vm_selector_parses_addresses_and_pids() {
+        assert_eq!("0xffff8881".parse::<VmSel>(), Ok(VmSel::Addr(0xffff8881)));
+        assert_eq!("1234".parse::<VmSel>(), Ok(VmSel::Pid(1234)));
+        assert!("qemu".parse::<VmSel>().unwrap_err().contains("neither"));
+        assert!("0xzz".parse::<VmSel>().is_err());
+    }
+
+    #[test]
+    fn vm_pid_filter_follows_that_pids_vms_into_other_threads() {
+        let mut f = Filter::new(None, None, Some(VmSel::Pid(10)));
+        assert!(f.matches(&ev(Kind::VmCreated, 10, Some(0xa))));
+        // A kworker putting that VM is shown; another VM is not.
+        assert!(f.matches(&ev(Kind::VmPut, 99, Some(0xa))));
+        assert!(!f.matches(&ev(Kind::VmPut, 99, Some(0xb))));
+    }
+
+    #[test]
+    fn pid_and_comm_filters() {
+        let mut f = Filter::new(Some(10), None, None);
+        assert!(f.matches(&ev(Kind::VmPut, 10, None)));
+        assert!(!f.matches(&ev(Kind::VmPut, 11, None)));
+        let mut f = Filter::new(None, Some("qemu".into()), None);
+        assert!(f.matches(&ev(Kind::VmPut, 11, None)));
+        let mut e = ev(Kind::VmPut, 11, None);
+        e.comm = "bash".into();
+        assert!(!f.matches(&e));
+    }
+}

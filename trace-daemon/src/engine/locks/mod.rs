@@ -1,0 +1,98 @@
+//! Watched-lock state per thread: held locks, pending attempts, the lock-order
+//! graph. The state is private; the engine changes it only through the
+//! methods here (`events.rs` maps lock events onto them).
+mod events;
+pub mod graph;
+
+use std::collections::{HashMap, HashSet};
+
+use trace_common::LockClass;
+
+pub use self::graph::{EdgeSeen, LockGraph};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub addr: u64,
+    pub class: LockClass,
+    pub owner: u64,
+    pub since_ns: u64,
+    pub stack_id: Option<u32>,
+}
+
+#[derive(Default)]
+pub struct LockState {
+    /// Held locks per thread, in acquisition order. Bounded (`MAX_HELD`).
+    held: HashMap<u32, Vec<Held>>,
+    /// A pending attempt per thread: lock, since, stack.
+    waiting: HashMap<u32, Held>,
+    /// Threads whose pending attempt is a mutex_lock (void: it cannot fail, and
+    /// it is hooked at entry only, an fexit costing more than the filter): the
+    /// value says whether a contention began. The lock is held once the thread
+    /// does anything else, or once its contention ends.
+    implicit: HashMap<u32, bool>,
+    graph: LockGraph,
+    /// Lock addresses seen in any lock event so far (bounded: `MAX_SEEN`).
+    seen: HashSet<u64>,
+}
+
+/// Past this many lock addresses the set starts again (one entry per watched
+/// object); a release right after a restart may then be taken for a first
+/// sighting, never the other way round.
+const MAX_SEEN: usize = 1 << 16;
+
+/// Deeper nesting than this means we missed releases; the oldest is dropped.
+pub const MAX_HELD: usize = 48;
+
+impl LockState {
+    /// Records that `addr` appeared in a lock event; true if it never had.
+    pub fn first_sighting(&mut self, addr: u64) -> bool {
+        if self.seen.len() >= MAX_SEEN {
+            self.seen.clear();
+        }
+        self.seen.insert(addr)
+    }
+
+    pub fn held_by(&self, pid: u32) -> &[Held] {
+        self.held.get(&pid).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub fn holds(&self, pid: u32, addr: u64) -> Option<&Held> {
+        self.held_by(pid).iter().find(|h| h.addr == addr)
+    }
+
+    pub fn graph(&self) -> &LockGraph {
+        &self.graph
+    }
+
+    fn push_held(&mut self, pid: u32, h: Held) {
+        let v = self.held.entry(pid).or_default();
+        v.push(h);
+        if v.len() > MAX_HELD {
+            v.remove(0);
+        }
+    }
+
+    /// Removes the innermost hold of `addr`; returns it.
+    fn release(&mut self, pid: u32, addr: u64) -> Option<Held> {
+        let v = self.held.get_mut(&pid)?;
+        let i = v.iter().rposition(|h| h.addr == addr)?;
+        let h = v.remove(i);
+        if v.is_empty() {
+            self.held.remove(&pid);
+        }
+        Some(h)
+    }
+
+    /// The thread is gone: nothing it held or waited for stays.
+    pub fn forget_thread(&mut self, pid: u32) {
+        self.held.remove(&pid);
+        self.waiting.remove(&pid);
+        self.implicit.remove(&pid);
+    }
+
+    /// The attempt failed (trylock, interrupted or killed wait).
+    fn attempt_failed(&mut self, pid: u32) {
+        self.waiting.remove(&pid);
+        self.implicit.remove(&pid);
+    }
+}

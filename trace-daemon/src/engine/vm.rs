@@ -1,0 +1,543 @@
+//! VMs: one `struct kvm` generation per address, its count as read from the
+//! kernel at every event, who holds it, and the steps that changed it
+//! (created, get, put, fd close, destroy, and the changes no probe saw).
+use std::collections::BTreeMap;
+
+use super::{
+    Engine, MS, Observation,
+    finding::{Evidence, Finding, ObjRef, PutFault, Thread},
+    holder::Holder,
+    locks::Held,
+    timeline::{Step, StepKind, Timeline},
+};
+use crate::event::{Event, FdKind, Kind};
+
+/// Steps of a VM's timeline a finding quotes.
+const RECENT: usize = 8;
+
+/// One generation of a `struct kvm` at one address.
+#[derive(Clone, Debug)]
+pub struct Vm {
+    pub addr: u64,
+    /// 1 for the first VM seen at this address, +1 for each reuse.
+    pub generation: u32,
+    pub creator: Option<Thread>,
+    /// False when the VM was first seen mid-life (its creation not observed).
+    pub creation_seen: bool,
+    pub first_ns: u64,
+    /// The count as last read from the kernel (or derived from that read).
+    pub users: Option<i32>,
+    pub fd_closed_ns: Option<u64>,
+    pub destroyed_ns: Option<u64>,
+    /// References by holder.
+    pub holders: BTreeMap<Holder, i32>,
+    pub timeline: Timeline,
+    pub(super) zombie_reported: bool,
+}
+
+/// A step some probe saw, at `e`.
+pub(super) fn seen(e: &Event, kind: StepKind, delta: i32, after: Option<i32>) -> Step {
+    Step {
+        ts_ns: e.ts_ns,
+        pid: e.pid,
+        comm: e.comm,
+        kind,
+        hook: Some(e.hook),
+        delta,
+        count_after: after,
+        holder: None,
+        stack_id: e.stack_id,
+        at_return: e.at_return,
+        vm: None,
+    }
+}
+
+/// A step no probe saw, deduced at `e`.
+fn inferred(
+    e: &Event,
+    kind: StepKind,
+    delta: i32,
+    after: Option<i32>,
+    holder: Option<Holder>,
+) -> Step {
+    Step {
+        hook: None,
+        stack_id: None,
+        at_return: false,
+        holder,
+        ..seen(e, kind, delta, after)
+    }
+}
+
+impl Vm {
+    fn new(addr: u64, generation: u32, e: &Event, creating: bool) -> Vm {
+        Vm {
+            addr,
+            generation,
+            creator: creating.then(|| Thread::of(e)),
+            creation_seen: creating,
+            first_ns: e.ts_ns,
+            users: None,
+            fd_closed_ns: None,
+            destroyed_ns: None,
+            holders: BTreeMap::new(),
+            timeline: Timeline::default(),
+            zombie_reported: false,
+        }
+    }
+
+    pub fn is_destroyed(&self) -> bool {
+        self.destroyed_ns.is_some()
+    }
+
+    pub fn obj(&self) -> ObjRef {
+        ObjRef {
+            addr: self.addr,
+            generation: self.generation,
+        }
+    }
+
+    /// Holders still holding, and the part of the count no holder explains.
+    pub fn holders_now(&self) -> Vec<(Holder, i32)> {
+        let mut v: Vec<(Holder, i32)> = self
+            .holders
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(h, n)| (*h, *n))
+            .collect();
+        if let Some(u) = self.users {
+            let named: i32 = v.iter().map(|(_, n)| n).sum();
+            if u > named {
+                v.push((Holder::Unattributed, u - named));
+            }
+        }
+        v
+    }
+
+    fn hold(&mut self, h: Holder, d: i32) {
+        let n = self.holders.entry(h).or_default();
+        *n = (*n + d).max(0);
+    }
+
+    /// The count read at `e` (when it read one) becomes the VM's count.
+    fn read(&mut self, e: &Event) {
+        self.users = e.users.or(self.users);
+    }
+
+    /// A count read that differs from what we knew: unobserved gets/puts,
+    /// shown as inferred steps.
+    fn reconcile(&mut self, e: &Event, cap: usize) {
+        // The count this event implies held just before it.
+        let implied_before = match (e.kind, e.users) {
+            (Kind::VmGet, Some(u)) if e.ok != Some(false) => Some(u - 1),
+            (_, u) => u,
+        };
+        let (Some(prev), Some(now)) = (self.users, implied_before) else {
+            return;
+        };
+        if prev == now || self.is_destroyed() {
+            return;
+        }
+        let d = now - prev;
+        let kind = if d > 0 {
+            StepKind::InferredGet
+        } else {
+            StepKind::InferredPut
+        };
+        // A drop right after an fd close we saw is that fd's reference.
+        let holder = match self.timeline.last_kind() {
+            Some(StepKind::KvmVfioFdClose) if d < 0 => Some(Holder::KvmVfioFd),
+            Some(StepKind::VmFdClose) if d < 0 => Some(Holder::VmFd),
+            _ => None,
+        };
+        if let Some(h) = holder {
+            self.hold(h, d);
+        }
+        self.timeline
+            .push(cap, inferred(e, kind, d, Some(now), holder));
+    }
+
+    fn created(&mut self, e: &Event, cap: usize) {
+        let u = e.users.unwrap_or(1);
+        *self.holders.entry(Holder::VmFd).or_default() += 1;
+        let step = Step {
+            holder: Some(Holder::VmFd),
+            ..seen(e, StepKind::Created, 1, Some(u))
+        };
+        self.timeline.push(cap, step);
+        self.users = Some(u);
+    }
+
+    fn kvm_vfio_created(&mut self, e: &Event, cap: usize) {
+        // kvm_get_kvm in KVM_CREATE_DEVICE is inlined: the +1 was just
+        // inferred; name its holder.
+        if let Some(last) = self.timeline.last_mut()
+            && last.inferred()
+            && last.delta == 1
+        {
+            last.holder = Some(Holder::KvmVfioFd);
+        }
+        *self.holders.entry(Holder::KvmVfioFd).or_default() += 1;
+        self.timeline
+            .push(cap, seen(e, StepKind::KvmVfioCreated, 0, e.users));
+        self.read(e);
+    }
+
+    fn get(&mut self, e: &Event, cap: usize) -> Option<Finding> {
+        if e.ok == Some(false) {
+            self.timeline
+                .push(cap, seen(e, StepKind::GetSafeFailed, 0, e.users));
+            let recent = self.timeline.recent(6);
+            return Some(Finding::get_safe_failed(e, self.obj(), recent));
+        }
+        let dead = self.is_destroyed();
+        let after = e.users.or(self.users.map(|u| u + 1));
+        self.timeline.push(cap, seen(e, StepKind::Get, 1, after));
+        self.users = after;
+        (dead || after.is_some_and(|u| u <= 1)).then(|| {
+            let recent = self.timeline.recent(RECENT);
+            Finding::get_after_zero(e, self.obj(), dead, recent)
+        })
+    }
+
+    /// A put, given back by `holder` when the function making it was seen.
+    fn put(&mut self, e: &Event, cap: usize, holder: Option<Holder>) -> Option<Finding> {
+        let before = e.users.or(self.users);
+        let after = before.map(|u| u - 1);
+        let not_holder = holder.filter(|h| self.give_back(*h, before));
+        let dead = self.is_destroyed();
+        let step = Step {
+            holder,
+            ..seen(e, StepKind::Put, -1, after)
+        };
+        self.timeline.push(cap, step);
+        self.users = after;
+        let (vm, recent) = (self.obj(), || self.timeline.recent(RECENT));
+        let fault = if dead {
+            PutFault::AfterDestroy {
+                vm,
+                recent: recent(),
+            }
+        } else if let Some(b) = before.filter(|b| *b <= 0) {
+            PutFault::BelowZero {
+                vm,
+                before: b,
+                recent: recent(),
+            }
+        } else if let Some(holder) = not_holder {
+            PutFault::NotHolder {
+                vm,
+                holder,
+                recent: recent(),
+            }
+        } else {
+            return None;
+        };
+        Some(Finding::unbalanced_put(e, fault, None))
+    }
+
+    /// `h` gives a reference back; true when it held none and no reference
+    /// the count shows unnamed (an inlined get) could be the one it gives.
+    fn give_back(&mut self, h: Holder, before: Option<i32>) -> bool {
+        let named: i32 = self.holders.values().filter(|n| **n > 0).sum();
+        let unattributed = before.map_or(0, |b| b - named);
+        let n = self.holders.entry(h).or_default();
+        *n -= 1;
+        if *n < 0 {
+            *n = 0;
+            return unattributed <= 0;
+        }
+        false
+    }
+
+    /// kvm_destroy_vm; `held`: the watched locks the thread holds.
+    fn destroyed(&mut self, e: &Event, cap: usize, held: Vec<Held>) -> Option<Finding> {
+        self.timeline
+            .push(cap, seen(e, StepKind::Destroyed, 0, Some(0)));
+        self.users = Some(0);
+        self.destroyed_ns = Some(e.ts_ns);
+        held.iter().any(|h| h.class.is_vfio()).then(|| {
+            let recent = self.timeline.recent(RECENT);
+            Finding::destroy_under_lock(e, self.obj(), held, recent)
+        })
+    }
+
+    /// The release of the VM fd or of the kvm-vfio fd: the put that follows
+    /// on this thread is that holder's.
+    fn fd_release(&mut self, e: &Event, cap: usize, kind: StepKind) {
+        self.timeline.push(cap, seen(e, kind, 0, e.users));
+        if kind == StepKind::VmFdRelease {
+            self.fd_closed_ns.get_or_insert(e.ts_ns);
+        }
+        self.read(e);
+    }
+
+    /// close(2) of a tracked fd (tracepoint tier). Without put hooks the
+    /// close is the put of that fd's reference (read before it); at 1 it is
+    /// the VM's end.
+    fn fd_closed(&mut self, e: &Event, cap: usize, destroy_observable: bool) {
+        let (kind, holder) = match e.fd_kind {
+            Some(FdKind::Vm) => {
+                self.fd_closed_ns.get_or_insert(e.ts_ns);
+                (StepKind::VmFdClose, Some(Holder::VmFd))
+            }
+            Some(FdKind::KvmVfioDevice) => (StepKind::KvmVfioFdClose, Some(Holder::KvmVfioFd)),
+            _ => (StepKind::FdClose, None),
+        };
+        self.timeline.push(cap, seen(e, kind, 0, e.users));
+        self.read(e);
+        if destroy_observable {
+            return;
+        }
+        let (Some(h), Some(before)) = (holder, e.users) else {
+            return;
+        };
+        self.hold(h, -1);
+        let step = inferred(e, StepKind::InferredPut, -1, Some(before - 1), Some(h));
+        self.timeline.push(cap, step);
+        self.users = Some(before - 1);
+        if before == 1 {
+            let end = inferred(e, StepKind::InferredDestroy, 0, Some(0), None);
+            self.timeline.push(cap, end);
+            self.destroyed_ns = Some(e.ts_ns);
+        }
+    }
+
+    /// vfio_device_get_kvm_safe returned: the get just before, on this
+    /// thread, was the device's.
+    fn vfio_kvm_get(&mut self, e: &Event) {
+        let holder = e.device.map(Holder::VfioDevice);
+        if let Some(last) = self.timeline.last_mut()
+            && last.pid == e.pid
+            && last.kind == StepKind::Get
+            && last.holder.is_none()
+        {
+            last.holder = holder;
+        }
+        if let Some(h) = holder {
+            *self.holders.entry(h).or_default() += 1;
+        }
+        self.read(e);
+    }
+
+    /// The kvm_ops patch's first open called get_kvm(group->kvm): the driver's
+    /// get is this thread's last unnamed get on the VM. Named once, however
+    /// many hooks report the open.
+    fn kvm_ops_open(&mut self, e: &Event, cap: usize) {
+        if let Some(h) = e.device.map(Holder::KvmOps)
+            && let Some(last) = self
+                .timeline
+                .steps
+                .iter_mut()
+                .rev()
+                .find(|s| s.pid == e.pid && s.kind == StepKind::Get)
+            && last.holder.is_none()
+        {
+            last.holder = Some(h);
+            *self.holders.entry(h).or_default() += 1;
+        }
+        self.observed(e, cap, StepKind::DeviceOpen);
+    }
+
+    /// A step that changes nothing but is worth seeing on the VM's timeline.
+    fn observed(&mut self, e: &Event, cap: usize, kind: StepKind) {
+        self.timeline.push(cap, seen(e, kind, 0, e.users));
+        self.read(e);
+    }
+}
+
+impl Engine {
+    /// The VM at `addr` that `e` concerns, created (a new generation) if needed.
+    fn vm_mut(&mut self, addr: u64, e: &Event) -> &mut Vm {
+        let creating = e.kind == Kind::VmCreated;
+        // A create at the address of a live VM: its destroy was missed.
+        if creating && self.vms.get(&addr).is_some_and(|v| !v.timeline.is_empty()) {
+            self.retire_vm(addr);
+        }
+        if !self.vms.contains_key(&addr) {
+            if !creating {
+                self.anomalies.unseen_creation += 1;
+            }
+            let g = self.vm_generations.entry(addr).or_default();
+            *g += 1;
+            let vm = Vm::new(addr, *g, e, creating);
+            self.vms.insert(addr, vm);
+        }
+        self.vms.get_mut(&addr).expect("inserted")
+    }
+
+    fn retire_vm(&mut self, addr: u64) {
+        if let Some(vm) = self.vms.remove(&addr) {
+            self.dead_vms.push_back(vm);
+            while self.dead_vms.len() > self.cfg.retain_dead {
+                self.dead_vms.pop_front();
+            }
+        }
+    }
+
+    /// Events on a destroyed VM: a new VM at a reused address when the count
+    /// read is that of a live VM, else something touching a dead VM.
+    fn retire_if_reused(&mut self, addr: u64, e: &Event) {
+        let Some(vm) = self.vms.get(&addr) else {
+            return;
+        };
+        if !vm.is_destroyed() {
+            return;
+        }
+        let live_read = match e.kind {
+            Kind::VmGet => e.users.is_some_and(|u| u >= 2),
+            Kind::VmPut | Kind::VmDestroyed => false,
+            _ => e.users.is_some_and(|u| u >= 1),
+        };
+        if live_read || e.kind == Kind::VmCreated {
+            self.retire_vm(addr);
+        }
+    }
+
+    /// The holder the function about to put named for this thread's put.
+    fn take_pending_put(&mut self, addr: u64, e: &Event) -> Option<Holder> {
+        match self.pending_put.get(&e.pid) {
+            Some((k, h)) if *k == addr && e.kind == Kind::VmPut => {
+                let h = *h;
+                self.pending_put.remove(&e.pid);
+                Some(h)
+            }
+            _ => None,
+        }
+    }
+
+    pub(super) fn vm_event(&mut self, addr: u64, e: &Event, out: &mut Vec<Finding>) {
+        let cap = self.cfg.timeline_cap;
+        let destroy_observable = self.cfg.destroy_observable;
+        self.retire_if_reused(addr, e);
+        let pending = self.take_pending_put(addr, e);
+        let held = match e.kind {
+            Kind::VmDestroyed => self.locks.held_by(e.pid).to_vec(),
+            _ => Vec::new(),
+        };
+        let vm = self.vm_mut(addr, e);
+        vm.reconcile(e, cap);
+        let mut gives_back = None;
+        let mut teardown = None;
+        let found = match e.kind {
+            Kind::VmCreated => {
+                vm.created(e, cap);
+                None
+            }
+            Kind::KvmVfioCreated => {
+                vm.kvm_vfio_created(e, cap);
+                None
+            }
+            Kind::VmGet => vm.get(e, cap),
+            Kind::VmPut => vm.put(e, cap, pending),
+            Kind::VmDestroyed => {
+                teardown = vm.fd_closed_ns.map(|c| e.ts_ns.saturating_sub(c));
+                vm.destroyed(e, cap, held)
+            }
+            Kind::VmFdRelease => {
+                vm.fd_release(e, cap, StepKind::VmFdRelease);
+                gives_back = Some(Holder::VmFd);
+                None
+            }
+            Kind::KvmVfioRelease => {
+                vm.fd_release(e, cap, StepKind::KvmVfioRelease);
+                gives_back = Some(Holder::KvmVfioFd);
+                None
+            }
+            Kind::FdClosed => {
+                vm.fd_closed(e, cap, destroy_observable);
+                None
+            }
+            Kind::VfioKvmGet => {
+                vm.vfio_kvm_get(e);
+                None
+            }
+            Kind::VfioKvmPut => {
+                vm.observed(e, cap, StepKind::VfioPutKvm);
+                gives_back = e.device.map(Holder::VfioDevice);
+                None
+            }
+            Kind::DeviceOpened if super::kvm_ops::first_open(e) => {
+                vm.kvm_ops_open(e, cap);
+                None
+            }
+            Kind::FileLink => {
+                vm.observed(e, cap, StepKind::FileLink);
+                None
+            }
+            Kind::FileUnlink => {
+                vm.observed(e, cap, StepKind::FileUnlink);
+                None
+            }
+            Kind::DeviceOpened => {
+                vm.observed(e, cap, StepKind::DeviceOpen);
+                None
+            }
+            Kind::DeviceRelease => {
+                vm.observed(e, cap, StepKind::DeviceRelease);
+                None
+            }
+            Kind::DeviceClose => {
+                vm.observed(e, cap, StepKind::DeviceClose);
+                None
+            }
+            _ => {
+                vm.read(e);
+                None
+            }
+        };
+        out.extend(found);
+        if let Some(h) = gives_back {
+            self.pending_put.insert(e.pid, (addr, h));
+        }
+        if let Some(ns) = teardown {
+            self.observe(Observation::Teardown {
+                secs: ns as f64 / 1e9,
+            });
+        }
+    }
+
+    /// A process exited: its VMs' fds closed without close(2). Unhooked
+    /// destroy (tier 3): the exit's implicit closes end them.
+    pub(super) fn vms_at_exit(&mut self, e: &Event) {
+        let cap = self.cfg.timeline_cap;
+        let destroy_observable = self.cfg.destroy_observable;
+        for vm in self.vms.values_mut() {
+            if vm.creator.as_ref().is_none_or(|c| c.tgid != e.tgid) {
+                continue;
+            }
+            vm.fd_closed_ns.get_or_insert(e.ts_ns);
+            if destroy_observable || vm.is_destroyed() {
+                continue;
+            }
+            let delta = -vm.users.unwrap_or(0);
+            let end = inferred(e, StepKind::InferredDestroyAtExit, delta, Some(0), None);
+            vm.timeline.push(cap, end);
+            vm.users = Some(0);
+            vm.destroyed_ns = Some(e.ts_ns);
+        }
+    }
+
+    /// VMs whose fd was closed `zombie_after_ms` ago and that still live.
+    pub(super) fn tick_zombies(&mut self, now_ns: u64, out: &mut Vec<Finding>) {
+        let after_ns = self.cfg.zombie_after_ms * MS;
+        for vm in self.vms.values_mut() {
+            let Some(closed) = vm.fd_closed_ns else {
+                continue;
+            };
+            if vm.is_destroyed() || vm.zombie_reported || now_ns.saturating_sub(closed) < after_ns {
+                continue;
+            }
+            vm.zombie_reported = true;
+            let ev = Evidence::ZombieVm {
+                vm: vm.obj(),
+                closed_for_ns: now_ns - closed,
+                after_s: after_ns / 1_000_000_000,
+                users: vm.users,
+                holders: vm.holders_now(),
+                recent: vm.timeline.recent(RECENT),
+            };
+            out.push(Finding::zombie_vm(now_ns, vm.creator, ev));
+        }
+    }
+}

@@ -1,0 +1,470 @@
+//! The typed event model: what the analysis engine, `trace` and the recorders
+//! consume. Decoded from the ABI record (`trace_common::Event`) in one place,
+//! `Event::decode`, so a field that the program marked unknown is `None` here
+//! and never a zero that looks like data.
+pub mod drops;
+
+use serde::{Deserialize, Serialize};
+use trace_common::{self as abi, FdKind as AbiFdKind, HookId, LockClass, LockOp, ioctl, known};
+
+/// What happened, independent of which kernel function reported it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    VmCreated,
+    /// kvm_get_kvm / kvm_get_kvm_safe returned; `ok` false: _safe failed.
+    VmGet,
+    VmPut,
+    VmDestroyed,
+    VmFdRelease,
+    DeviceOpened,
+    /// The device a VFIO_GROUP_GET_DEVICE_FD is about to open (6.1 / kvm_ops
+    /// patch), known even when the open then fails.
+    DeviceOpenAttempt,
+    DeviceRelease,
+    DeviceClose,
+    VfioKvmGet,
+    VfioKvmPut,
+    /// vfio_file_set_kvm / KVM_DEV_VFIO_FILE_ADD: a VFIO file linked to a VM.
+    FileLink,
+    /// vfio_file_set_kvm(NULL) / KVM_DEV_VFIO_FILE_DEL.
+    FileUnlink,
+    KvmVfioRelease,
+    /// KVM_CREATE_DEVICE(VFIO) returned (tracepoint tier).
+    KvmVfioCreated,
+    /// A tracked fd was closed (tracepoint tier).
+    FdClosed,
+    ProcessExit,
+    LockAttempt,
+    LockAcquired,
+    LockFailed,
+    LockReleased,
+    ContentionBegin,
+    ContentionEnd,
+    /// A record that decodes to nothing we use (e.g. an ioctl we do not model).
+    Other,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FdKind {
+    Vm,
+    KvmVfioDevice,
+    VfioGroup,
+    VfioDevice,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockRef {
+    #[serde(with = "crate::hexaddr::one")]
+    pub addr: u64,
+    pub class: LockClassName,
+    /// The object the lock lives in (kvm, vfio_group, vfio_device_set).
+    #[serde(with = "crate::hexaddr::one")]
+    pub owner: u64,
+}
+
+/// Serialisable wrapper of `trace_common::LockClass`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub struct LockClassName(pub LockClass);
+
+impl From<LockClassName> for String {
+    fn from(c: LockClassName) -> String {
+        c.0.name().to_owned()
+    }
+}
+
+impl TryFrom<String> for LockClassName {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        (0u8..=5)
+            .map(LockClass::from_u8)
+            .find(|c| c.name() == s)
+            .map(LockClassName)
+            .ok_or_else(|| format!("unknown lock class {s:?}"))
+    }
+}
+
+impl std::fmt::Display for LockClassName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.name())
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub ts_ns: u64,
+    pub pid: u32,
+    pub tgid: u32,
+    pub cpu: u32,
+    pub comm: Comm,
+    pub kind: Kind,
+    /// The kernel site; in JSON its symbol (`kvm_put_kvm`, `syscalls:sys_exit_ioctl`).
+    #[serde(with = "hook_symbol")]
+    pub hook: HookId,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "crate::hexaddr::opt"
+    )]
+    pub kvm: Option<u64>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "crate::hexaddr::opt"
+    )]
+    pub device: Option<u64>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "crate::hexaddr::opt"
+    )]
+    pub group: Option<u64>,
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "crate::hexaddr::opt"
+    )]
+    pub file: Option<u64>,
+    /// users_count read at this event: before a put, after a get.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_count: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ret: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd_kind: Option<FdKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<LockRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stack_id: Option<u32>,
+    /// For a get: whether it took a reference (kvm_get_kvm_safe can fail).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ok: Option<bool>,
+    /// Seen as the hooked function returned (fexit, kretprobe, a syscall's
+    /// exit): its own frame is no longer on the stack.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub at_return: bool,
+    /// The device's `kvm_ops` (the seed's patch): Some(0) when the driver set
+    /// none, None where the kernel has no such field.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        default,
+        with = "crate::hexaddr::opt"
+    )]
+    pub kvm_ops: Option<u64>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    Short(usize),
+    Abi(u16),
+    Hook(u16),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::Short(n) => write!(
+                f,
+                "record of {n} bytes, expected {}",
+                std::mem::size_of::<abi::Event>()
+            ),
+            DecodeError::Abi(v) => write!(
+                f,
+                "record of ABI version {v}, this kvscope reads {}",
+                abi::ABI_VERSION
+            ),
+            DecodeError::Hook(h) => write!(f, "unknown hook id {h}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+fn opt<T>(e: &abi::Event, bit: u32, v: T) -> Option<T> {
+    e.has(bit).then_some(v)
+}
+
+/// Reads an ABI record from bytes (unaligned safe).
+pub fn record_from_bytes(b: &[u8]) -> Result<abi::Event, DecodeError> {
+    if b.len() < std::mem::size_of::<abi::Event>() {
+        return Err(DecodeError::Short(b.len()));
+    }
+    // SAFETY: Event is Pod (repr(C), no padding, every bit pattern valid) and
+    // the slice is long enough; read_unaligned needs no alignment.
+    Ok(unsafe { std::ptr::read_unaligned(b.as_ptr().cast::<abi::Event>()) })
+}
+
+pub fn record_to_bytes(e: &abi::Event) -> &[u8] {
+    // SAFETY: Pod, as above.
+    unsafe {
+        std::slice::from_raw_parts(
+            (e as *const abi::Event).cast::<u8>(),
+            std::mem::size_of::<abi::Event>(),
+        )
+    }
+}
+
+impl Event {
+    pub fn decode(e: &abi::Event) -> Result<Event, DecodeError> {
+        if e.abi != abi::ABI_VERSION {
+            return Err(DecodeError::Abi(e.abi));
+        }
+        let hook = HookId::from_u16(e.hook).ok_or(DecodeError::Hook(e.hook))?;
+        let ret = opt(e, known::RET, e.ret);
+        let mut ev = Event {
+            ts_ns: e.ts_ns,
+            pid: e.pid(),
+            tgid: e.tgid(),
+            cpu: e.cpu,
+            comm: Comm(e.comm),
+            kind: Kind::Other,
+            hook,
+            kvm: opt(e, known::KVM, e.kvm),
+            device: opt(e, known::DEVICE, e.device),
+            group: opt(e, known::GROUP, e.group),
+            file: opt(e, known::FILE, e.file),
+            users: opt(e, known::USERS, e.users_count),
+            open_count: opt(e, known::OPEN, e.open_count),
+            ret,
+            fd: opt(e, known::FD, e.fd),
+            kvm_ops: opt(e, known::KVM_OPS, e.kvm_ops),
+            fd_kind: if e.has(known::FD_KIND) {
+                match AbiFdKind::from_u8(e.fd_kind) {
+                    AbiFdKind::Vm => Some(FdKind::Vm),
+                    AbiFdKind::KvmVfioDevice => Some(FdKind::KvmVfioDevice),
+                    AbiFdKind::VfioGroup => Some(FdKind::VfioGroup),
+                    AbiFdKind::VfioDevice => Some(FdKind::VfioDevice),
+                    AbiFdKind::None => None,
+                }
+            } else {
+                None
+            },
+            lock: e.has(known::LOCK).then_some(LockRef {
+                addr: e.lock,
+                class: LockClassName(LockClass::from_u8(e.lock_class)),
+                owner: e.arg,
+            }),
+            stack_id: opt(e, known::STACK, e.stack_id as u32),
+            ok: None,
+            at_return: e.phase == abi::Phase::Exit as u8,
+        };
+        let arg = opt(e, known::ARG, e.arg);
+        ev.kind = match hook {
+            HookId::KvmCreateVm => {
+                if ev.kvm.is_some() {
+                    Kind::VmCreated
+                } else {
+                    Kind::Other
+                }
+            }
+            HookId::KvmGetKvm => {
+                ev.ok = Some(true);
+                Kind::VmGet
+            }
+            HookId::KvmGetKvmSafe => {
+                ev.ok = ret.map(|r| r != 0);
+                Kind::VmGet
+            }
+            HookId::KvmPutKvm | HookId::KvmPutKvmNoDestroy => Kind::VmPut,
+            HookId::KvmDestroyVm => Kind::VmDestroyed,
+            HookId::KvmVmRelease => Kind::VmFdRelease,
+            HookId::KvmVfioRelease | HookId::KvmVfioDestroy => Kind::KvmVfioRelease,
+            HookId::KvmVfioSetAttr => {
+                // arg: group << 32 | attr; only VFIO file add/del are links.
+                match arg {
+                    Some(a) if (a >> 32) as u32 == ioctl::KVM_DEV_VFIO_FILE && ret == Some(0) => {
+                        match a & 0xffff_ffff {
+                            ioctl::KVM_DEV_VFIO_FILE_ADD => Kind::FileLink,
+                            ioctl::KVM_DEV_VFIO_FILE_DEL => Kind::FileUnlink,
+                            _ => Kind::Other,
+                        }
+                    }
+                    _ => Kind::Other,
+                }
+            }
+            HookId::VfioFileSetKvm => {
+                // A group file's private_data is the group (arg).
+                if ev.group.is_none() {
+                    ev.group = arg;
+                }
+                match ev.kvm {
+                    Some(0) => {
+                        ev.kvm = None;
+                        Kind::FileUnlink
+                    }
+                    Some(_) => Kind::FileLink,
+                    None => Kind::Other,
+                }
+            }
+            HookId::VfioGroupFopsUnlIoctl | HookId::VfioDeviceOpen | HookId::VfioDfOpen => {
+                Kind::DeviceOpened
+            }
+            HookId::VfioDeviceFopsRelease => Kind::DeviceRelease,
+            HookId::VfioDeviceAssignContainer => Kind::DeviceOpenAttempt,
+            HookId::VfioDfClose | HookId::VfioDeviceClose => Kind::DeviceClose,
+            HookId::VfioDeviceGetKvmSafe | HookId::VfioDeviceGetKvmSafeOld => Kind::VfioKvmGet,
+            HookId::VfioDevicePutKvm => Kind::VfioKvmPut,
+            HookId::MutexLock
+            | HookId::MutexLockInterruptible
+            | HookId::MutexLockKillable
+            | HookId::MutexLockNested
+            | HookId::MutexTrylock
+            | HookId::MutexUnlock
+            | HookId::ContentionBegin
+            | HookId::ContentionEnd => match LockOp::from_u8(e.lock_op) {
+                LockOp::Attempt => Kind::LockAttempt,
+                LockOp::Acquired => Kind::LockAcquired,
+                LockOp::Failed => Kind::LockFailed,
+                LockOp::Released => Kind::LockReleased,
+                LockOp::ContentionBegin => Kind::ContentionBegin,
+                LockOp::ContentionEnd => Kind::ContentionEnd,
+                LockOp::None => Kind::Other,
+            },
+            HookId::SysIoctl => {
+                let cmd = arg.map(|a| a as u32);
+                let succeeded = ret.is_some_and(|r| r >= 0);
+                match cmd {
+                    Some(ioctl::KVM_CREATE_VM) if succeeded => Kind::VmCreated,
+                    Some(ioctl::KVM_CREATE_DEVICE) if succeeded => Kind::KvmVfioCreated,
+                    Some(ioctl::VFIO_GROUP_GET_DEVICE_FD) => Kind::DeviceOpened,
+                    _ => match arg {
+                        // set_attr: attr | cmd << 32
+                        Some(a) if (a >> 32) as u32 == ioctl::KVM_SET_DEVICE_ATTR && succeeded => {
+                            match a & 0xffff_ffff {
+                                ioctl::KVM_DEV_VFIO_FILE_ADD => Kind::FileLink,
+                                ioctl::KVM_DEV_VFIO_FILE_DEL => Kind::FileUnlink,
+                                _ => Kind::Other,
+                            }
+                        }
+                        _ => Kind::Other,
+                    },
+                }
+            }
+            HookId::SysClose => Kind::FdClosed,
+            HookId::ProcessExit => Kind::ProcessExit,
+            // Consumed by the live session; never analysed.
+            HookId::SelfTest => Kind::Other,
+        };
+        Ok(ev)
+    }
+
+    /// An event with nothing known but who, when and where (tests and
+    /// generators fill in the rest).
+    pub fn new(ts_ns: u64, pid: u32, comm: Comm, kind: Kind, hook: HookId) -> Event {
+        Event {
+            ts_ns,
+            pid,
+            tgid: pid,
+            cpu: 0,
+            comm,
+            kind,
+            hook,
+            kvm: None,
+            device: None,
+            group: None,
+            file: None,
+            users: None,
+            open_count: None,
+            ret: None,
+            fd: None,
+            fd_kind: None,
+            lock: None,
+            stack_id: None,
+            ok: None,
+            at_return: false,
+            kvm_ops: None,
+        }
+    }
+
+    pub fn is_lock(&self) -> bool {
+        self.lock.is_some()
+    }
+}
+
+/// A task's `comm` as the kernel keeps it: 16 bytes, NUL-padded. Kept as the
+/// bytes (copied, never allocated) and shown as text.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Comm(pub [u8; 16]);
+
+impl Comm {
+    pub fn bytes(&self) -> &[u8] {
+        let n = self.0.iter().position(|&c| c == 0).unwrap_or(16);
+        &self.0[..n]
+    }
+}
+
+impl From<&str> for Comm {
+    /// Truncated to 15 bytes, as the kernel truncates a task name.
+    fn from(s: &str) -> Comm {
+        let mut c = [0u8; 16];
+        let n = s.len().min(15);
+        c[..n].copy_from_slice(&s.as_bytes()[..n]);
+        Comm(c)
+    }
+}
+
+impl std::fmt::Display for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&String::from_utf8_lossy(self.bytes()))
+    }
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.bytes()))
+    }
+}
+
+impl PartialEq<&str> for Comm {
+    fn eq(&self, other: &&str) -> bool {
+        self.bytes() == other.as_bytes()
+    }
+}
+
+impl Serialize for Comm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Comm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Comm, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(Comm::from(s.as_str()))
+    }
+}
+
+/// A hook id in JSON: its kernel symbol, the name users know.
+pub mod hook_symbol {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use trace_common::HookId;
+
+    pub fn serialize<S: Serializer>(h: &HookId, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(h.symbol())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<HookId, D::Error> {
+        let s = String::deserialize(d)?;
+        HookId::from_symbol(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown hook {s:?}")))
+    }
+
+    /// The same for an optional hook (inferred timeline steps have none).
+    pub mod opt {
+        use serde::Serializer;
+        use trace_common::HookId;
+
+        pub fn serialize<S: Serializer>(h: &Option<HookId>, s: S) -> Result<S::Ok, S::Error> {
+            match h {
+                Some(h) => s.serialize_some(h.symbol()),
+                None => s.serialize_none(),
+            }
+        }
+    }
+}

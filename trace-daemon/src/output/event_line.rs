@@ -1,0 +1,113 @@
+//! Human-readable rendering of events: one line each, the way an engineer reads
+//! a trace: time, comm[pid], what happened, the objects, the counts.
+use std::fmt::Write as _;
+
+use crate::event::{Event, Kind};
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::VmCreated => "vm-created",
+        Kind::VmGet => "vm-get",
+        Kind::VmPut => "vm-put",
+        Kind::VmDestroyed => "vm-destroyed",
+        Kind::VmFdRelease => "vm-fd-release",
+        Kind::DeviceOpened => "device-open",
+        Kind::DeviceOpenAttempt => "device-open-attempt",
+        Kind::DeviceRelease => "device-release",
+        Kind::DeviceClose => "device-close",
+        Kind::VfioKvmGet => "vfio-kvm-get",
+        Kind::VfioKvmPut => "vfio-kvm-put",
+        Kind::FileLink => "file-link",
+        Kind::FileUnlink => "file-unlink",
+        Kind::KvmVfioRelease => "kvm-vfio-release",
+        Kind::KvmVfioCreated => "kvm-vfio-created",
+        Kind::FdClosed => "fd-close",
+        Kind::ProcessExit => "process-exit",
+        Kind::LockAttempt => "lock-attempt",
+        Kind::LockAcquired => "lock-acquired",
+        Kind::LockFailed => "lock-failed",
+        Kind::LockReleased => "lock-released",
+        Kind::ContentionBegin => "lock-wait",
+        Kind::ContentionEnd => "lock-wait-end",
+        Kind::Other => "other",
+    }
+}
+
+pub fn kind_label(k: Kind) -> &'static str {
+    kind_name(k)
+}
+
+/// When a finding happened: `at T`, or `seen N times, first T last T`.
+pub fn finding_when(f: &crate::engine::Finding) -> String {
+    if f.count > 1 {
+        format!(
+            "seen {} times, first {} last {}",
+            f.count,
+            ts(f.first_ns),
+            ts(f.last_ns)
+        )
+    } else {
+        format!("at {}", ts(f.first_ns))
+    }
+}
+
+/// `12.345678901` seconds of the monotonic clock (as bpf_ktime_get_ns).
+pub fn ts(ns: u64) -> String {
+    format!("{}.{:09}", ns / 1_000_000_000, ns % 1_000_000_000)
+}
+
+pub fn line(e: &Event) -> String {
+    let mut s = format!(
+        "{} {}[{}] {:<16} {}",
+        ts(e.ts_ns),
+        e.comm,
+        e.pid,
+        kind_name(e.kind),
+        e.hook.symbol()
+    );
+    if let Some(k) = e.kvm {
+        let _ = write!(s, " kvm={k:#x}");
+    }
+    if let Some(u) = e.users {
+        let _ = write!(s, " users={u}");
+    }
+    if let Some(d) = e.device {
+        let _ = write!(s, " device={d:#x}");
+    }
+    if let Some(c) = e.open_count {
+        let _ = write!(s, " open_count={c}");
+    }
+    if let Some(g) = e.group {
+        let _ = write!(s, " group={g:#x}");
+    }
+    if let Some(fd) = e.fd {
+        let _ = write!(s, " fd={fd}");
+    }
+    if let Some(k) = e.fd_kind {
+        let _ = write!(
+            s,
+            " fd_kind={}",
+            serde_json::to_value(k)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(l) = &e.lock {
+        let _ = write!(
+            s,
+            " lock={:#x} class={} owner={:#x}",
+            l.addr, l.class, l.owner
+        );
+    }
+    if let Some(ok) = e.ok {
+        let _ = write!(s, " ok={ok}");
+    }
+    if let Some(r) = e.ret {
+        let _ = write!(s, " ret={r}");
+    }
+    if let Some(id) = e.stack_id {
+        let _ = write!(s, " stack=#{id}");
+    }
+    s
+}

@@ -1,0 +1,446 @@
+//! Rendering findings and whole-run summaries (text and JSON). Pure functions
+//! of engine state and recording metadata.
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::Serialize;
+
+use crate::{
+    engine::{Anomalies, Engine, Finding, Holder, ObjectRole, Vm},
+    event::drops::Drops,
+    output::event_line as render,
+    output::finding_text::{self, FindingJson, step_line},
+    recording::{Damage, Header, Stack},
+};
+
+pub fn finding_text(f: &Finding) -> String {
+    finding_text_with(f, &BTreeMap::new())
+}
+
+/// A finding as an engineer reads it, with symbolised stacks when known.
+pub fn finding_text_with(f: &Finding, stacks: &BTreeMap<u32, Stack>) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "!! {} [{}] {}",
+        f.kind.id(),
+        f.severity().name(),
+        finding_text::summary(f)
+    );
+    let _ = writeln!(o, "   {}", render::finding_when(f));
+    for t in &f.threads {
+        let _ = writeln!(o, "   thread {}/{} (tgid {})", t.comm, t.pid, t.tgid);
+    }
+    for d in &finding_text::detail(f) {
+        let _ = writeln!(o, "   {d}");
+    }
+    for id in &f.stacks {
+        let _ = writeln!(o, "   stack #{id}:");
+        match stacks.get(id) {
+            Some(s) => {
+                for sym in &s.symbols {
+                    let _ = writeln!(o, "     {sym}");
+                }
+            }
+            None => {
+                let _ = writeln!(o, "     (not recorded)");
+            }
+        }
+    }
+    o
+}
+
+#[derive(Serialize)]
+pub struct VmSummary {
+    #[serde(with = "crate::hexaddr::one")]
+    pub addr: u64,
+    pub generation: u32,
+    pub destroyed: bool,
+    pub users: Option<i32>,
+    pub steps: usize,
+    pub inferred_steps: usize,
+    pub holders: Vec<(Holder, i32)>,
+    /// users_count after each step that changed it, oldest first (kept steps).
+    pub counts: Vec<i32>,
+    /// Each change as "+1 HOLDER" / "-1 HOLDER" ("unattributed" when no hook
+    /// named it; "(inferred)" when no probe saw it), oldest first.
+    pub changes: Vec<String>,
+    pub destroys: usize,
+    /// The process that created it, when its creation was seen.
+    pub creator_pid: Option<u32>,
+    /// Kinds of the findings that name this VM.
+    pub findings: Vec<String>,
+}
+
+impl VmSummary {
+    pub fn of(v: &Vm) -> Self {
+        VmSummary {
+            addr: v.addr,
+            generation: v.generation,
+            destroyed: v.is_destroyed(),
+            users: v.users,
+            steps: v.timeline.len() + v.timeline.folded as usize,
+            inferred_steps: v.timeline.steps.iter().filter(|s| s.inferred()).count(),
+            holders: v.holders_now(),
+            counts: v.timeline.counts_after_changes(),
+            changes: v
+                .timeline
+                .steps
+                .iter()
+                .filter(|s| s.delta != 0)
+                .map(|s| {
+                    format!(
+                        "{:+} {}{}",
+                        s.delta,
+                        s.holder.unwrap_or(Holder::Unattributed),
+                        if s.inferred() { " (inferred)" } else { "" }
+                    )
+                })
+                .collect(),
+            destroys: v
+                .timeline
+                .steps
+                .iter()
+                .filter(|s| s.kind.is_destroy())
+                .count(),
+            creator_pid: v.creator.as_ref().map(|c| c.tgid),
+            findings: Vec::new(),
+        }
+    }
+}
+
+/// Kinds of the findings naming `addr` in `role`, deduplicated, in order.
+fn findings_naming(findings: &[&Finding], role: ObjectRole, addr: u64) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for f in findings.iter().filter(|f| f.object(role) == Some(addr)) {
+        let k = f.kind.id().to_owned();
+        if !v.contains(&k) {
+            v.push(k);
+        }
+    }
+    v
+}
+
+fn findings_json<S: serde::Serializer>(f: &[&Finding], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(f.iter().map(|f| FindingJson::of(f)))
+}
+
+/// A stack as a report shows it: frames symbolised on the recording host.
+#[derive(Serialize)]
+pub struct StackView {
+    pub ips: Vec<String>,
+    pub symbols: Vec<String>,
+}
+
+#[derive(Serialize)]
+pub struct DeviceSummary {
+    #[serde(with = "crate::hexaddr::one")]
+    pub addr: u64,
+    pub generation: u32,
+    /// open_count after each step that changed it, oldest first (kept steps).
+    pub open_counts: Vec<i32>,
+    pub closed: bool,
+    /// The last open_count read from the kernel.
+    pub open_count: Option<i32>,
+    /// The VM whose reference the device's VFIO core holds (6.3+), if any.
+    #[serde(with = "crate::hexaddr::opt")]
+    pub kvm: Option<u64>,
+    /// Kinds of the findings that name this device.
+    pub findings: Vec<String>,
+}
+
+impl DeviceSummary {
+    pub fn of(d: &crate::engine::Device) -> Self {
+        DeviceSummary {
+            addr: d.addr,
+            generation: d.generation,
+            open_counts: d.timeline.counts_after_changes(),
+            closed: d.closed_ns.is_some(),
+            open_count: d.open_count,
+            kvm: d.kvm_ref,
+            findings: Vec::new(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Report<'a> {
+    pub header: Option<&'a Header>,
+    pub events: u64,
+    pub undecodable: u64,
+    pub lost: BTreeMap<String, u64>,
+    pub damage: Option<String>,
+    /// Stacks, exits and watched locks the kernel side gave up on.
+    pub drops: Drops,
+    pub anomalies: Anomalies,
+    pub vms: Vec<VmSummary>,
+    pub devices: usize,
+    /// Every device generation seen (open and closed), oldest first.
+    pub device_list: Vec<DeviceSummary>,
+    pub lock_graph: Vec<String>,
+    #[serde(serialize_with = "findings_json")]
+    pub findings: Vec<&'a Finding>,
+    /// The stacks the findings cite, by id; absent ids were not recorded.
+    pub stacks: BTreeMap<u32, StackView>,
+    /// What `--vm` / `--pid` kept, when given.
+    pub selection: Option<String>,
+}
+
+impl<'a> Report<'a> {
+    pub fn new(
+        engine: &'a Engine,
+        header: Option<&'a Header>,
+        undecodable: u64,
+        lost: BTreeMap<String, u64>,
+        damage: Option<&Damage>,
+        stacks: &BTreeMap<u32, Stack>,
+    ) -> Self {
+        let findings: Vec<&Finding> = engine.findings().iter().collect();
+        let mut vms: Vec<VmSummary> = engine
+            .dead_vms()
+            .chain(engine.live_vms())
+            .map(VmSummary::of)
+            .collect();
+        vms.sort_by_key(|v| (v.addr, v.generation));
+        for v in &mut vms {
+            v.findings = findings_naming(&findings, ObjectRole::Kvm, v.addr);
+        }
+        let mut device_list: Vec<DeviceSummary> =
+            engine.device_generations().map(DeviceSummary::of).collect();
+        for d in &mut device_list {
+            d.findings = findings_naming(&findings, ObjectRole::Device, d.addr);
+        }
+        let stacks = findings
+            .iter()
+            .flat_map(|f| &f.stacks)
+            .filter_map(|id| stacks.get(id))
+            .map(|s| {
+                let view = StackView {
+                    ips: s.ips.iter().map(|a| crate::hexaddr::format(*a)).collect(),
+                    symbols: s.symbols.clone(),
+                };
+                (s.id, view)
+            })
+            .collect();
+        Report {
+            header,
+            events: engine.events,
+            undecodable,
+            lost,
+            damage: damage.map(|d| d.to_string()),
+            drops: Drops::default(),
+            anomalies: engine.anomalies.clone(),
+            vms,
+            devices: engine.devices().count(),
+            device_list,
+            lock_graph: engine
+                .lock_graph()
+                .keys()
+                .map(|(a, b)| format!("{} -> {}", a.name(), b.name()))
+                .collect(),
+            findings,
+            stacks,
+            selection: None,
+        }
+    }
+
+    pub fn text(&self, stacks: &BTreeMap<u32, Stack>) -> String {
+        let mut o = String::new();
+        if let Some(h) = self.header {
+            let _ = writeln!(
+                o,
+                "recording of {} on {} (kvscope {}, {}; {})",
+                h.kernel_release, h.hostname, h.kvscope_version, h.tier, h.variant
+            );
+            let _ = writeln!(o, "delivery      {}", h.delivery.summary());
+        }
+        if let Some(sel) = &self.selection {
+            let _ = writeln!(o, "selection     {sel} (counts are over every event)");
+        }
+        let _ = writeln!(o, "events        {}", self.events);
+        if self.undecodable > 0 {
+            let _ = writeln!(o, "undecodable   {}", self.undecodable);
+        }
+        let lost: u64 = self.lost.values().sum();
+        if lost > 0 {
+            let _ = writeln!(
+                o,
+                "LOST          {lost} events in the kernel (ring buffer full): conclusions may miss them"
+            );
+        }
+        if !self.drops.is_empty() {
+            let _ = writeln!(o, "DROPPED       {}", self.drops.summary());
+        }
+        if let Some(d) = &self.damage {
+            let _ = writeln!(o, "DAMAGED FILE  {d}");
+        }
+        let a = &self.anomalies;
+        let by_class = |m: &BTreeMap<String, u64>| {
+            m.iter()
+                .map(|(c, n)| format!("{c} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if a.out_of_order + a.unseen_creation + a.unmatched_release > 0 {
+            let _ = writeln!(
+                o,
+                "anomalies     {} out of order, {} objects first seen mid-life, {} unmatched lock releases{}",
+                a.out_of_order,
+                a.unseen_creation,
+                a.unmatched_release,
+                if a.unmatched_release > 0 {
+                    format!(
+                        " ({}: released by a thread not seen taking them)",
+                        by_class(&a.unmatched_release_by_class)
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if !a.taken_before_watched.is_empty() {
+            let _ = writeln!(
+                o,
+                "note          locks released that were taken before kvscope watched them ({}): not an anomaly, see README \"Reading a timeline\"",
+                by_class(&a.taken_before_watched)
+            );
+        }
+        let destroyed = self.vms.iter().filter(|v| v.destroyed).count();
+        let _ = writeln!(
+            o,
+            "VMs           {} seen, {} destroyed; VFIO devices {}",
+            self.vms.len(),
+            destroyed,
+            if self.selection.is_some() {
+                self.device_list.len()
+            } else {
+                self.devices
+            }
+        );
+        self.objects_text(&mut o);
+        if !self.lock_graph.is_empty() {
+            let _ = writeln!(o, "lock order    {}", self.lock_graph.join(", "));
+        }
+        let _ = writeln!(o, "findings      {}", self.findings.len());
+        for f in &self.findings {
+            let _ = writeln!(o);
+            o.push_str(&finding_text_with(f, stacks));
+        }
+        o
+    }
+}
+
+impl Report<'_> {
+    /// Keeps only the VM at `vm`, or the VMs created by `pid`, the devices
+    /// holding them or named with them in a finding, and the findings that
+    /// name them. The engine saw everything: counts stay the kernel's.
+    pub fn select(&mut self, vm: Option<u64>, pid: Option<u32>) {
+        if vm.is_none() && pid.is_none() {
+            return;
+        }
+        self.vms.retain(|v| {
+            vm.is_none_or(|a| v.addr == a) && pid.is_none_or(|p| v.creator_pid == Some(p))
+        });
+        let kvms: Vec<u64> = self.vms.iter().map(|v| v.addr).collect();
+        self.findings.retain(|f| {
+            f.objects
+                .iter()
+                .any(|(r, a)| *r == ObjectRole::Kvm && kvms.contains(a))
+        });
+        let findings = &self.findings;
+        self.device_list.retain(|d| {
+            d.kvm.is_some_and(|k| kvms.contains(&k))
+                || findings
+                    .iter()
+                    .any(|f| f.object(ObjectRole::Device) == Some(d.addr))
+        });
+        let cited: Vec<u32> = self
+            .findings
+            .iter()
+            .flat_map(|f| f.stacks.clone())
+            .collect();
+        self.stacks.retain(|id, _| cited.contains(id));
+        self.selection = Some(match (vm, pid) {
+            (Some(a), _) => format!("VM {a:#x}"),
+            (None, Some(p)) => format!("VMs created by pid {p}"),
+            (None, None) => unreachable!(),
+        });
+    }
+
+    /// One line per VM and device generation: the address `timeline` takes,
+    /// the final count, and the findings that name it.
+    fn objects_text(&self, o: &mut String) {
+        let named = |f: &[String]| {
+            if f.is_empty() {
+                String::new()
+            } else {
+                format!("; findings: {}", f.join(", "))
+            }
+        };
+        for v in &self.vms {
+            let users = v.users.map_or("unknown".to_owned(), |u| u.to_string());
+            let state = if v.destroyed { "destroyed" } else { "live" };
+            let _ = writeln!(
+                o,
+                "  VM {:#x} gen {}: users_count {users}, {state}, {} steps{}",
+                v.addr,
+                v.generation,
+                v.steps,
+                named(&v.findings)
+            );
+        }
+        for d in &self.device_list {
+            let open = d.open_count.map_or("unknown".to_owned(), |c| c.to_string());
+            let kvm = d
+                .kvm
+                .map_or(String::new(), |k| format!(", holds VM {k:#x}"));
+            let state = if d.closed { "closed" } else { "open" };
+            let _ = writeln!(
+                o,
+                "  VFIO device {:#x} gen {}: open_count {open}, {state}{kvm}{}",
+                d.addr,
+                d.generation,
+                named(&d.findings)
+            );
+        }
+    }
+}
+
+/// One object's history, readably.
+pub fn timeline_text(
+    title: &str,
+    generation: u32,
+    t: &crate::engine::timeline::Timeline,
+    stacks: &BTreeMap<u32, Stack>,
+    with_stacks: bool,
+) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "{title} (generation {generation})");
+    if t.folded > 0 {
+        let _ = writeln!(
+            o,
+            "  ... {} older steps folded (net {:+})",
+            t.folded, t.folded_delta
+        );
+    }
+    for (s, count) in t.counted() {
+        let _ = writeln!(o, "{}", step_line(s, count));
+        if with_stacks
+            && let Some(id) = s.stack_id
+            && let Some(st) = stacks.get(&id)
+        {
+            if s.at_return
+                && let Some(h) = &s.hook
+            {
+                let _ = writeln!(
+                    o,
+                    "        ({}, returned: seen at its return, its frame is gone)",
+                    h.symbol()
+                );
+            }
+            for sym in &st.symbols {
+                let _ = writeln!(o, "        {sym}");
+            }
+        }
+    }
+    o
+}

@@ -1,0 +1,300 @@
+//! `kvscope daemon`: the fleet service. Attaches like `trace`, runs the engine
+//! continuously, writes findings to a rotating JSON-lines file and the journal,
+//! serves Prometheus metrics, reloads on SIGHUP, detaches on SIGTERM, and speaks
+//! sd_notify (READY, STATUS, WATCHDOG).
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use axum::{Router, routing::get};
+use sd_notify::NotifyState;
+
+use crate::{
+    attach::live::{self, Session, Signals, Sink},
+    attach::loader::LoadOptions,
+    engine::{self, Finding},
+    event::Event,
+    output::finding_text::{self, FindingJson},
+    recording::jsonl::Rotating,
+    service::config::DaemonConfig,
+    service::metrics::Metrics,
+};
+
+pub struct DaemonOptions {
+    pub config: DaemonConfig,
+    /// Re-read on SIGHUP; None: nothing to reload from.
+    pub config_path: Option<PathBuf>,
+    /// CLI overrides, re-applied after each reload.
+    pub metrics_listen: Option<String>,
+}
+
+impl DaemonOptions {
+    fn effective(&self, mut c: DaemonConfig) -> DaemonConfig {
+        if let Some(l) = &self.metrics_listen {
+            c.metrics_listen = l.clone();
+        }
+        c
+    }
+}
+
+struct DaemonSink {
+    engine: engine::Engine,
+    metrics: Arc<Metrics>,
+    findings: Option<Rotating>,
+    journal: Option<systemd_journal_logger::JournalLog>,
+    config_path: Option<PathBuf>,
+    metrics_listen_override: Option<String>,
+    config: DaemonConfig,
+    watchdog: Option<Duration>,
+    last_watchdog: Instant,
+    /// Largest delay from an event's kernel timestamp to its analysis since
+    /// the last tick (ns; 0: no event arrived).
+    max_lag_ns: u64,
+}
+
+fn open_findings(c: &DaemonConfig) -> anyhow::Result<Option<Rotating>> {
+    if c.findings_file.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Rotating::open(
+        &c.findings_file,
+        c.findings_max_bytes,
+        c.findings_keep,
+        crate::recording::private_file::mode(c.share_files),
+    )?))
+}
+
+fn open_journal(c: &DaemonConfig) -> Option<systemd_journal_logger::JournalLog> {
+    if c.journal && systemd_journal_logger::connected_to_journal() {
+        systemd_journal_logger::JournalLog::new().ok()
+    } else {
+        None
+    }
+}
+
+impl DaemonSink {
+    fn emit(&mut self, found: Vec<Finding>) -> anyhow::Result<()> {
+        for f in found {
+            self.metrics.finding(&f);
+            if let Some(w) = &mut self.findings {
+                w.write(&FindingJson::of(&f))?;
+            }
+            if let Some(j) = &self.journal {
+                let objects: Vec<String> = f
+                    .objects
+                    .iter()
+                    .map(|(r, a)| format!("{}={a:#x}", r.name()))
+                    .collect();
+                let level = match f.severity() {
+                    engine::Severity::Info => log::Level::Info,
+                    engine::Severity::Warning => log::Level::Warn,
+                    _ => log::Level::Error,
+                };
+                let kvs: [(&str, String); 4] = [
+                    ("kvscope_kind", f.kind.id().to_owned()),
+                    ("kvscope_severity", f.severity().name().to_owned()),
+                    ("kvscope_objects", objects.join(" ")),
+                    ("kvscope_detail", finding_text::detail(&f).join("\n")),
+                ];
+                let kv: &[(&str, String)] = &kvs;
+                let _ = j.journal_send(
+                    &log::Record::builder()
+                        .args(format_args!(
+                            "{}: {}",
+                            f.kind.id(),
+                            finding_text::summary(&f)
+                        ))
+                        .level(level)
+                        .target("kvscope")
+                        .key_values(&kv)
+                        .build(),
+                );
+            } else {
+                log::warn!("{}: {}", f.kind.id(), finding_text::summary(&f));
+            }
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> String {
+        format!(
+            "tier {}; {} events; {} live VMs; {} findings",
+            self.metrics.tier.get(),
+            self.engine.events,
+            self.metrics.live_vms.get(),
+            self.engine.findings().len()
+        )
+    }
+}
+
+impl Sink for DaemonSink {
+    fn event(&mut self, _s: &Session, _r: &trace_common::Event, ev: &Event) -> anyhow::Result<()> {
+        self.metrics.event(ev.kind);
+        // Both clocks are CLOCK_MONOTONIC (bpf_ktime_get_ns).
+        let lag = live::mono_now_ns().saturating_sub(ev.ts_ns);
+        self.max_lag_ns = self.max_lag_ns.max(lag);
+        let found = self.engine.ingest(ev);
+        for o in self.engine.take_observations() {
+            self.metrics.observe(o);
+        }
+        self.emit(found)
+    }
+
+    fn tick(
+        &mut self,
+        s: &Session,
+        lost: &[(trace_common::HookId, u64)],
+        now_ns: u64,
+    ) -> anyhow::Result<()> {
+        let found = self.engine.tick(now_ns);
+        self.emit(found)?;
+        for (h, n) in lost {
+            self.metrics.set_lost(h.symbol(), *n);
+        }
+        self.metrics.set_drops(&s.drops);
+        self.metrics.engine_state(&self.engine);
+        // Idle is no lag: nothing waits to be analysed.
+        self.metrics
+            .lag
+            .set(std::mem::take(&mut self.max_lag_ns) as f64 / 1e9);
+        if let Some(f) = s.probes.ring_fill() {
+            self.metrics.ring_fill.set(f);
+        }
+        let _ = sd_notify::notify(&[NotifyState::Status(&self.status())]);
+        if let Some(w) = self.watchdog
+            && self.last_watchdog.elapsed() >= w / 2
+        {
+            let _ = sd_notify::notify(&[NotifyState::Watchdog]);
+            self.last_watchdog = Instant::now();
+        }
+        Ok(())
+    }
+
+    fn reload(&mut self) -> anyhow::Result<()> {
+        let Some(path) = &self.config_path else {
+            log::warn!("SIGHUP: no --config file to reload");
+            return Ok(());
+        };
+        let _ = sd_notify::notify(&[NotifyState::Reloading]);
+        let result = DaemonConfig::load(path).map(|mut c| {
+            if let Some(l) = &self.metrics_listen_override {
+                c.metrics_listen = l.clone();
+            }
+            c
+        });
+        match result {
+            Ok(c) => {
+                if c.metrics_listen != self.config.metrics_listen {
+                    eprintln!(
+                        "kvscope: metrics_listen changes only at restart; still serving {}",
+                        self.config.metrics_listen
+                    );
+                }
+                // Thresholds change; state (VMs, locks, findings) stays.
+                // What the attach plan decided stays too.
+                let observable = self.engine.cfg.destroy_observable;
+                let release_closes = self.engine.cfg.release_closes;
+                self.engine.cfg = engine::Config {
+                    destroy_observable: observable,
+                    release_closes,
+                    observe: true,
+                    ..c.engine.clone()
+                };
+                self.findings = open_findings(&c)?;
+                self.journal = open_journal(&c);
+                self.config = c;
+                self.metrics.reloads.inc();
+                eprintln!("kvscope: reloaded {}", path.display());
+            }
+            // A bad file keeps the running configuration.
+            Err(e) => eprintln!("kvscope: reload failed, keeping the running configuration: {e:#}"),
+        }
+        let _ = sd_notify::notify(&[NotifyState::Ready]);
+        Ok(())
+    }
+}
+
+async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
+    let app = Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move { ([("content-type", "text/plain; version=0.0.4")], m.encode()) }
+            }),
+        )
+        .route("/", get(|| async { "kvscope: metrics at /metrics\n" }));
+    if let Err(e) = axum::serve(listener, app).await {
+        eprintln!("kvscope: metrics server stopped: {e}");
+    }
+}
+
+pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
+    let mut signals = Signals::install()?;
+    let config = opts.effective(opts.config.clone());
+    config.validate()?;
+    // Everything that can fail on bad configuration happens before any probe is
+    // loaded: never a half-started daemon.
+    let addr: SocketAddr = config.metrics_listen.parse()?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("metrics_listen {addr}: cannot listen"))?;
+    let findings = open_findings(&config)?;
+    let metrics = Arc::new(Metrics::new());
+    let load = LoadOptions {
+        ring_bytes: config.ring_bytes,
+        stacks: config.stacks,
+        lock_stacks: config.stacks,
+        filter_tgid: 0,
+    };
+    let Some(mut session) = live::attach(&load, &mut signals).await? else {
+        return Ok(());
+    };
+    metrics.set_plan(&session.probes.plan);
+    metrics
+        .delivery_verified
+        .set(i64::from(session.delivery.verified));
+    for r in &session.probes.plan.roles {
+        if let Some(why) = r.missing_reason() {
+            eprintln!("kvscope: role {} not attached: {why}", r.name);
+        }
+    }
+    session.announce(&format!("metrics on http://{addr}/metrics"));
+    tokio::spawn(serve(listener, metrics.clone()));
+    let mut ecfg = session.engine_config(config.engine.clone());
+    ecfg.observe = true;
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut sink = DaemonSink {
+        engine: engine::Engine::new(ecfg),
+        metrics: metrics.clone(),
+        findings,
+        journal: open_journal(&config),
+        config_path: opts.config_path.clone(),
+        metrics_listen_override: opts.metrics_listen.clone(),
+        config,
+        watchdog,
+        last_watchdog: Instant::now(),
+        max_lag_ns: 0,
+    };
+    let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&sink.status())]);
+    let stats = live::run(
+        &mut session,
+        &mut sink,
+        Duration::from_secs(1),
+        &mut signals,
+    )
+    .await?;
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    drop(session);
+    eprintln!(
+        "kvscope: detached; {} events, {} lost, {} findings",
+        stats.events,
+        stats.lost,
+        sink.engine.findings().len()
+    );
+    Ok(())
+}

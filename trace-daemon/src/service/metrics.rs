@@ -1,0 +1,225 @@
+//! Prometheus metrics: the one list of what the daemon exports. No pid or
+//! pointer labels: every label takes values from a small fixed set (event
+//! kinds, hooks, roles, lock classes, finding kinds), so cardinality is bounded.
+use prometheus::{
+    Encoder as _, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+use crate::{
+    attach::plan::{Method, Plan, Tier},
+    engine::{Engine, Finding, Observation},
+    event::{Kind, drops::Drops},
+    output::event_line as render,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub events: IntCounterVec,
+    pub lost: IntCounterVec,
+    pub undecodable: IntCounter,
+    pub drops: IntCounterVec,
+    pub attached: GaugeVec,
+    pub role_missing: GaugeVec,
+    pub tier: IntGauge,
+    pub live_vms: IntGauge,
+    pub zombie_vms: IntGauge,
+    pub open_devices: IntGauge,
+    pub findings: IntCounterVec,
+    pub lock_graph_edges: IntGauge,
+    pub lock_wait: HistogramVec,
+    pub lock_hold: HistogramVec,
+    pub teardown: Histogram,
+    pub lag: Gauge,
+    pub ring_fill: Gauge,
+    pub reloads: IntCounter,
+    pub build_info: GaugeVec,
+    pub delivery_verified: IntGauge,
+}
+
+/// Buckets from 10 µs to about 40 s: lock holds are µs, teardowns are ms..s.
+fn seconds_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(1e-5, 4.0, 12).expect("valid buckets")
+}
+
+macro_rules! reg {
+    ($r:expr, $m:expr) => {{
+        let m = $m.expect("valid metric definition");
+        $r.register(Box::new(m.clone()))
+            .expect("unique metric name");
+        m
+    }};
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        Metrics {
+            events: reg!(r, IntCounterVec::new(Opts::new("kvscope_events_total", "Events analysed, by kind (vm-get, vm-put, lock-acquired, ...)."), &["kind"])),
+            lost: reg!(r, IntCounterVec::new(Opts::new("kvscope_lost_events_total", "Events the kernel side could not send (ring buffer full), by hook."), &["hook"])),
+            drops: reg!(r, IntCounterVec::new(Opts::new("kvscope_kernel_drops_total", "What the kernel side gave up on besides a full ring: cause stack-id (an event sent without its stack), stash-full (a call's exit lost: argument stash full), watched-evicted (a watched lock evicted from the LRU map; hook \"-\"), by hook."), &["cause", "hook"])),
+            undecodable: reg!(r, IntCounter::new("kvscope_undecodable_records_total", "Ring-buffer records that did not decode (ABI mismatch or unknown hook).")),
+            attached: reg!(r, GaugeVec::new(Opts::new("kvscope_probes_attached", "Kernel functions attached, by role and method (fentry, kprobe)."), &["role", "method"])),
+            role_missing: reg!(r, GaugeVec::new(Opts::new("kvscope_role_missing", "1 when a role's kernel function exists on this host but could not be attached (see `kvscope check`); roles this kernel line does not have are 0."), &["role"])),
+            tier: reg!(r, IntGauge::new("kvscope_tier", "Capability tier: 1 fentry, 2 kprobe, 3 tracepoints only, 0 none.")),
+            live_vms: reg!(r, IntGauge::new("kvscope_live_vms", "VMs seen and not destroyed.")),
+            zombie_vms: reg!(r, IntGauge::new("kvscope_zombie_vms", "VMs whose fd was closed but which were not destroyed within the zombie threshold.")),
+            open_devices: reg!(r, IntGauge::new("kvscope_open_vfio_devices", "VFIO devices with open_count > 0.")),
+            findings: reg!(r, IntCounterVec::new(Opts::new("kvscope_findings_total", "Distinct findings raised, by kind and severity."), &["kind", "severity"])),
+            lock_graph_edges: reg!(r, IntGauge::new("kvscope_lock_graph_edges", "Edges in the learnt lock-class dependency graph.")),
+            lock_wait: reg!(r, HistogramVec::new(HistogramOpts::new("kvscope_lock_wait_seconds", "Time from a mutex_lock call on a watched lock to acquiring it, by lock class.").buckets(seconds_buckets()), &["class"])),
+            lock_hold: reg!(r, HistogramVec::new(HistogramOpts::new("kvscope_lock_hold_seconds", "Time a watched lock was held, by lock class.").buckets(seconds_buckets()), &["class"])),
+            teardown: reg!(r, Histogram::with_opts(HistogramOpts::new("kvscope_vm_teardown_seconds", "VM fd close to kvm_destroy_vm.").buckets(seconds_buckets()))),
+            lag: reg!(r, Gauge::new("kvscope_analysis_lag_seconds", "Largest delay between an event's kernel timestamp and its analysis during the last second; 0 when no event arrived (an idle host has no lag).")),
+            ring_fill: reg!(r, Gauge::new("kvscope_ring_buffer_fill_ratio", "Fraction of the event ring buffer holding unread events.")),
+            reloads: reg!(r, IntCounter::new("kvscope_config_reloads_total", "Configuration reloads (SIGHUP) applied.")),
+            build_info: reg!(r, GaugeVec::new(Opts::new("kvscope_build_info", "Always 1; the kvscope version as a label."), &["version"])),
+            delivery_verified: reg!(r, IntGauge::new("kvscope_delivery_verified", "1 when the attach-time self-test event came back through the ring buffer; 0: an absence of events proves nothing.")),
+            registry: r,
+        }
+    }
+
+    fn collectors(&self) -> [&dyn prometheus::core::Collector; 19] {
+        [
+            &self.events,
+            &self.lost,
+            &self.undecodable,
+            &self.attached,
+            &self.role_missing,
+            &self.tier,
+            &self.live_vms,
+            &self.zombie_vms,
+            &self.open_devices,
+            &self.findings,
+            &self.lock_graph_edges,
+            &self.lock_wait,
+            &self.lock_hold,
+            &self.teardown,
+            &self.lag,
+            &self.ring_fill,
+            &self.reloads,
+            &self.build_info,
+            &self.delivery_verified,
+        ]
+    }
+
+    /// (name, HELP) of every metric family the daemon exports, including
+    /// labelled families that have no series yet (a gather would omit those).
+    pub fn describe(&self) -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = self
+            .collectors()
+            .iter()
+            .flat_map(|c| c.desc())
+            .map(|d| (d.fq_name.clone(), d.help.clone()))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.describe().into_iter().map(|(n, _)| n).collect()
+    }
+
+    /// Sets the gauges that describe what is attached.
+    pub fn set_plan(&self, plan: &Plan) {
+        self.tier.set(match plan.tier() {
+            Tier::Fentry => 1,
+            Tier::Kprobe => 2,
+            Tier::Tracepoints => 3,
+            Tier::None => 0,
+        });
+        for r in &plan.roles {
+            for c in r.attached() {
+                let m = match c.method {
+                    Method::Fentry => "fentry",
+                    Method::Kprobe => "kprobe",
+                    _ => continue,
+                };
+                self.attached.with_label_values(&[r.name, m]).add(1.0);
+            }
+            self.role_missing
+                .with_label_values(&[r.name])
+                .set(if r.is_missing() { 1.0 } else { 0.0 });
+        }
+        self.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1.0);
+    }
+
+    pub fn event(&self, kind: Kind) {
+        self.events
+            .with_label_values(&[render::kind_label(kind)])
+            .inc();
+    }
+
+    pub fn finding(&self, f: &Finding) {
+        self.findings
+            .with_label_values(&[f.kind.id(), f.severity().name()])
+            .inc();
+    }
+
+    pub fn observe(&self, o: Observation) {
+        match o {
+            Observation::LockWait { class, secs } => self
+                .lock_wait
+                .with_label_values(&[class.name()])
+                .observe(secs),
+            Observation::LockHold { class, secs } => self
+                .lock_hold
+                .with_label_values(&[class.name()])
+                .observe(secs),
+            Observation::Teardown { secs } => self.teardown.observe(secs),
+        }
+    }
+
+    /// Gauges read from engine state.
+    pub fn engine_state(&self, e: &Engine) {
+        self.live_vms
+            .set(e.live_vms().filter(|v| !v.is_destroyed()).count() as i64);
+        self.zombie_vms.set(e.zombie_vms() as i64);
+        self.open_devices.set(e.open_devices() as i64);
+        self.lock_graph_edges.set(e.lock_graph().len() as i64);
+    }
+
+    /// Cumulative lost counts from the kernel, per hook.
+    pub fn set_lost(&self, hook: &str, total: u64) {
+        let c = self.lost.with_label_values(&[hook]);
+        let now = c.get();
+        if total > now {
+            c.inc_by(total - now);
+        }
+    }
+
+    /// Raises the drop counters to the kernel's cumulative counts.
+    pub fn set_drops(&self, d: &Drops) {
+        let raise = |cause: &str, hook: &str, total: u64| {
+            let c = self.drops.with_label_values(&[cause, hook]);
+            let now = c.get();
+            if total > now {
+                c.inc_by(total - now);
+            }
+        };
+        for (h, n) in &d.stack_id_failed {
+            raise("stack-id", h, *n);
+        }
+        for (h, n) in &d.stash_full {
+            raise("stash-full", h, *n);
+        }
+        raise("watched-evicted", "-", d.watched_evicted);
+    }
+
+    pub fn encode(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding of gathered metrics");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,5 @@
+//! The always-on service: its configuration file, its Prometheus metrics and
+//! the daemon session that ties them to the live loop.
+pub mod config;
+pub mod daemon;
+pub mod metrics;
