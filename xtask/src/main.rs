@@ -84,6 +84,11 @@ enum Task {
         /// Iterations of the hooked loop per run for --lab (the mutex loop does 10x).
         #[arg(long, default_value_t = 2000)]
         iterations: u64,
+        /// Measure the live path on this host's kernel instead: a flood of real
+        /// VM creations, events/s into the engine and exact loss accounting at
+        /// the default ring and a 4 KiB one (root, /dev/kvm).
+        #[arg(long, conflicts_with = "lab")]
+        live: bool,
         /// Also build the replay benchmark at this git revision and run the two
         /// alternately: before/after figures from one run.
         #[arg(long, value_name = "REV")]
@@ -139,6 +144,10 @@ fn main() -> anyhow::Result<()> {
             let env = setup::setup()?;
             cmd::build_release(&env)?;
             labbench::run(&kernel, iterations)
+        }
+        Task::Bench { live: true, .. } => {
+            let env = setup::setup()?;
+            replaybench::live(&env)
         }
         Task::Bench {
             events, against, ..

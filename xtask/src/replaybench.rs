@@ -1,3 +1,4 @@
+//! `cargo xtask bench --live`: the live-path flood (`kvscope-flood`).
 //! `cargo xtask bench [--against REV]`: the replay benchmark (decode + engine on
 //! one core, `kvscope-bench`), optionally side by side with the same benchmark
 //! built from another revision, the two binaries run alternately so that the
@@ -106,4 +107,13 @@ pub fn run(env: &Env, events: u64, against: Option<&str>) -> anyhow::Result<()> 
         );
     }
     Ok(())
+}
+
+pub fn live(env: &Env) -> anyhow::Result<()> {
+    let mut c = cmd::command(env, "cargo");
+    c.args(["build", "--release", "-q", "--bin", "kvscope-flood"]);
+    cmd::check(c)?;
+    cmd::check(Command::new(
+        cmd::workspace_root().join("target/release/kvscope-flood"),
+    ))
 }

@@ -16,6 +16,7 @@ mod anomalies;
 mod config;
 mod device;
 pub mod evidence;
+mod fast_hash;
 pub mod finding;
 pub mod holder;
 mod kvm_ops;
@@ -23,7 +24,7 @@ pub mod locks;
 pub mod timeline;
 mod vm;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 
 use trace_common::LockClass;
 
@@ -36,6 +37,7 @@ pub use self::{
     vm::Vm,
 };
 use self::{
+    fast_hash::FastMap,
     kvm_ops::PendingOpen,
     locks::{EdgeSeen, Held, LockState},
 };
@@ -45,26 +47,26 @@ const MS: u64 = 1_000_000;
 
 pub struct Engine {
     pub cfg: Config,
-    vms: HashMap<u64, Vm>,
+    vms: FastMap<u64, Vm>,
     dead_vms: VecDeque<Vm>,
-    devices: HashMap<u64, Device>,
+    devices: FastMap<u64, Device>,
     dead_devices: VecDeque<Device>,
     locks: LockState,
     findings: VecDeque<Finding>,
     /// Key -> sequence number of the finding (index = seq - dropped).
-    by_key: HashMap<String, u64>,
+    by_key: FastMap<String, u64>,
     /// Findings dropped by `max_findings`, oldest first.
     pub findings_dropped: u64,
     /// The holder the next put of this thread on this VM gives back (set by the
     /// entry of the function that will make the put: vfio_device_put_kvm,
     /// kvm_vm_release, kvm_vfio_release, the kvm_ops patch's last close).
-    pending_put: HashMap<u32, (u64, Holder)>,
+    pending_put: FastMap<u32, (u64, Holder)>,
     /// The kvm_ops patch: a device open under way on this thread.
-    pending_open: HashMap<u32, PendingOpen>,
+    pending_open: FastMap<u32, PendingOpen>,
     /// Last generation number used per VM / device address (not derived from
     /// the retained dead objects, which are evicted).
-    vm_generations: HashMap<u64, u32>,
-    dev_generations: HashMap<u64, u32>,
+    vm_generations: FastMap<u64, u32>,
+    dev_generations: FastMap<u64, u32>,
     pub anomalies: Anomalies,
     observations: Vec<Observation>,
     last_ts: u64,
@@ -75,18 +77,18 @@ impl Engine {
     pub fn new(cfg: Config) -> Self {
         Engine {
             cfg,
-            vms: HashMap::new(),
+            vms: FastMap::default(),
             dead_vms: VecDeque::new(),
-            devices: HashMap::new(),
+            devices: FastMap::default(),
             dead_devices: VecDeque::new(),
             locks: LockState::default(),
             findings: VecDeque::new(),
-            by_key: HashMap::new(),
+            by_key: FastMap::default(),
             findings_dropped: 0,
-            pending_put: HashMap::new(),
-            pending_open: HashMap::new(),
-            vm_generations: HashMap::new(),
-            dev_generations: HashMap::new(),
+            pending_put: FastMap::default(),
+            pending_open: FastMap::default(),
+            vm_generations: FastMap::default(),
+            dev_generations: FastMap::default(),
             anomalies: Anomalies::default(),
             observations: Vec::new(),
             last_ts: 0,

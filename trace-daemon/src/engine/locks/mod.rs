@@ -4,7 +4,7 @@
 mod events;
 pub mod graph;
 
-use std::collections::{HashMap, HashSet};
+use crate::engine::fast_hash::{FastMap, FastSet};
 
 use trace_common::LockClass;
 
@@ -22,17 +22,17 @@ pub struct Held {
 #[derive(Default)]
 pub struct LockState {
     /// Held locks per thread, in acquisition order. Bounded (`MAX_HELD`).
-    held: HashMap<u32, Vec<Held>>,
+    held: FastMap<u32, Vec<Held>>,
     /// A pending attempt per thread: lock, since, stack.
-    waiting: HashMap<u32, Held>,
+    waiting: FastMap<u32, Held>,
     /// Threads whose pending attempt is a mutex_lock (void: it cannot fail, and
     /// it is hooked at entry only, an fexit costing more than the filter): the
     /// value says whether a contention began. The lock is held once the thread
     /// does anything else, or once its contention ends.
-    implicit: HashMap<u32, bool>,
+    implicit: FastMap<u32, bool>,
     graph: LockGraph,
     /// Lock addresses seen in any lock event so far (bounded: `MAX_SEEN`).
-    seen: HashSet<u64>,
+    seen: FastSet<u64>,
 }
 
 /// Past this many lock addresses the set starts again (one entry per watched
