@@ -3,10 +3,46 @@
 //! `src/attach/loader.rs` embeds it. `cargo xtask setup` provides the toolchain
 //! pieces this needs; a plain `cargo build` finds the bpf-linker setup built
 //! through the pointer file setup leaves in the cache.
-use std::{env, path::PathBuf};
+use std::{collections::BTreeSet, env, path::PathBuf};
 
 use anyhow::{Context as _, anyhow, bail};
 use aya_build::Toolchain;
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
+
+/// The hook table itself: the one place that names the programs.
+#[path = "src/attach/hooks.rs"]
+#[allow(dead_code)]
+mod hooks;
+
+/// Sections of the programs the table attaches.
+const PROGRAM_SECTIONS: &[&str] = &["fentry", "fexit", "kprobe", "kretprobe", "tracepoint"];
+
+/// Fails the build when the BPF object and the hook table disagree: a program
+/// the table would ask for that the object lacks (a renamed `fn`), or one the
+/// object has that nothing attaches.
+fn check_programs(elf: &[u8]) -> anyhow::Result<()> {
+    let obj = object::File::parse(elf).context("the BPF object does not parse")?;
+    let in_object: BTreeSet<String> = obj
+        .symbols()
+        .filter(|s| s.kind() == SymbolKind::Text && s.is_global())
+        .filter(|s| {
+            s.section_index()
+                .and_then(|i| obj.section_by_index(i).ok())
+                .and_then(|sec| sec.name().ok().map(|n| PROGRAM_SECTIONS.contains(&n)))
+                .unwrap_or(false)
+        })
+        .filter_map(|s| s.name().ok().map(str::to_owned))
+        .collect();
+    let in_table: BTreeSet<String> = hooks::all_program_names().into_iter().collect();
+    let missing: Vec<&String> = in_table.difference(&in_object).collect();
+    let extra: Vec<&String> = in_object.difference(&in_table).collect();
+    if !missing.is_empty() || !extra.is_empty() {
+        bail!(
+            "the BPF object and the hook table (src/attach/hooks.rs) disagree: in the table, not in trace-ebpf: {missing:?}; in trace-ebpf, not in the table: {extra:?}"
+        );
+    }
+    Ok(())
+}
 
 /// The cache `cargo xtask setup` uses (same rule as xtask/src/setup.rs).
 fn cache_dir() -> PathBuf {
@@ -65,7 +101,10 @@ fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     println!("cargo:rerun-if-changed=../trace-common/src");
+    println!("cargo:rerun-if-changed=src/attach/hooks.rs");
     aya_build::build_ebpf([package], Toolchain::Nightly).context(
         "building the BPF programs failed; run `cargo xtask setup` (rust-src + bpf-linker)",
-    )
+    )?;
+    let out = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR")?).join("kvscope-probes");
+    check_programs(&std::fs::read(&out).with_context(|| format!("reading {}", out.display()))?)
 }

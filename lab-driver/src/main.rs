@@ -7,7 +7,9 @@
 //!   main thread closes the VM and kvm-vfio fds (opens racing the last puts);
 //! - `bench N`: the overhead loops of bench.rs, N iterations each;
 //! - `stress N`: kvscope started and stopped in a loop around the dev-first
-//!   scenario (stress.rs): N record cycles, trace, daemon and early stops.
+//!   scenario (stress.rs): N record cycles, trace, daemon and early stops;
+//! - `suite JSON`: the lab's scenarios (suite.rs, protocol.rs), one JSON
+//!   document back.
 //!
 //! Options: `--testdev` uses lab-kernel/testdev's device (kvscope-testdev, an
 //! emulated-IOMMU VFIO device) instead of edu; `--no-kvm` never adds the group
@@ -16,16 +18,28 @@
 //! Each step prints `[driver] step -> result`.
 mod bench;
 mod rig;
+mod running;
 mod stress;
+mod suite;
+
+use lab_driver::protocol;
 
 use std::os::fd::{FromRawFd as _, OwnedFd};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 use rig::Rig;
 
 const OPTIONS: &[&str] = &["--testdev", "--no-kvm", "--expect-open-error"];
-const MODES: &[&str] = &["dev-first", "vm-first", "exit", "race", "bench", "stress"];
+const MODES: &[&str] = &[
+    "dev-first",
+    "vm-first",
+    "exit",
+    "race",
+    "bench",
+    "stress",
+    "suite",
+];
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -48,6 +62,10 @@ fn main() -> anyhow::Result<()> {
                 .map_err(|_| anyhow::anyhow!("{mode} N: {n:?} is not a count")),
         }
     };
+    if mode == "suite" {
+        let json = words.get(1).context("suite JSON: the steps to run")?;
+        return suite::run(json);
+    }
     if mode == "stress" {
         return stress::run(count(50)?);
     }

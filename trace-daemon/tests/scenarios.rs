@@ -424,9 +424,14 @@ fn kvm_ops_put_after_a_failed_get_on_the_open_error_path() {
     s.device_open_failed(QEMU, GROUP, -16).with_kvm(KVM);
     s.close_kvm_vfio_fd(QEMU, KVM, KVM_LOCK, 2, |_| {});
     s.close_vm_fd(QEMU, KVM, 1);
-    let (_, f) = run_release_closes(&s);
+    let (e, f) = run_release_closes(&s);
     assert_eq!(kinds(&f), [FindingKind::UnbalancedPut], "{f:#?}");
     assert_eq!(f[0].object(ObjectRole::VfioDevice), Some(DEV));
+    // The attempt made the device known; its open_count never rose (the lab
+    // asserts the same: one device generation, no count change).
+    let dev = e.device_history(DEV);
+    assert_eq!(dev.len(), 1);
+    assert!(dev[0].timeline.counts_after_changes().is_empty());
     assert!(
         summary(&f[0]).contains("after get_kvm() failed"),
         "{}",

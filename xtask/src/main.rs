@@ -2,11 +2,7 @@
 mod cmd;
 mod deb;
 mod install;
-mod kbuild;
 mod lab;
-mod labbench;
-mod labrun;
-mod labstress;
 mod replaybench;
 mod setup;
 mod test;
@@ -66,7 +62,7 @@ enum Task {
         update_readme: bool,
         /// Record cycles of the stop/delivery stress test (run with the 6.12
         /// kernel, host loaded); 0 skips it.
-        #[arg(long, default_value_t = labstress::CYCLES)]
+        #[arg(long, default_value_t = lab::stress::CYCLES)]
         stress: u64,
     },
     /// Replay-analysis benchmark: events/s (median of 3) and memory at two
@@ -117,16 +113,16 @@ fn main() -> anyhow::Result<()> {
         } => {
             let env = setup::setup()?;
             cmd::build_release(&env)?;
-            let r = labrun::run(&kernels, cmd.as_deref()).and_then(|()| {
-                let wanted = kernels.is_empty() || kernels.iter().any(|k| k == labstress::KERNEL);
+            let r = lab::matrix::run(&kernels, cmd.as_deref()).and_then(|()| {
+                let wanted = kernels.is_empty() || kernels.iter().any(|k| k == lab::stress::KERNEL);
                 if stress > 0 && cmd.is_none() && wanted {
-                    labstress::run(stress)
+                    lab::stress::run(stress)
                 } else {
                     Ok(())
                 }
             });
             if update_readme {
-                labrun::update_readme()?;
+                lab::readme::update_readme()?;
             }
             r
         }
@@ -143,7 +139,7 @@ fn main() -> anyhow::Result<()> {
         } => {
             let env = setup::setup()?;
             cmd::build_release(&env)?;
-            labbench::run(&kernel, iterations)
+            lab::bench::run(&kernel, iterations)
         }
         Task::Bench { live: true, .. } => {
             let env = setup::setup()?;

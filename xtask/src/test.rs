@@ -62,8 +62,8 @@ pub fn run(env: &Env, args: &TestArgs) -> anyhow::Result<()> {
             Tier::Fuzz => fuzz(env)?,
             Tier::Lab => {
                 cmd::build_release(env)?;
-                crate::labrun::run(&[], None)?;
-                crate::labstress::run(crate::labstress::CYCLES)?
+                crate::lab::matrix::run(&[], None)?;
+                crate::lab::stress::run(crate::lab::stress::CYCLES)?
             }
         }
         eprintln!(

@@ -57,10 +57,9 @@ pub enum Pick {
 /// One kernel function that can serve a role.
 #[derive(Clone, Copy, Debug)]
 pub struct Candidate {
+    /// Also names its programs: `fentry_<base>`, `fexit_<base>`,
+    /// `kprobe_<base>`, `kretprobe_<base>` (`HookId::program_base`).
     pub hook: HookId,
-    /// Base of the program names: `fentry_<base>`, `fexit_<base>`,
-    /// `kprobe_<base>`, `kretprobe_<base>`.
-    pub base: &'static str,
     /// Has an entry body (fentry_/kprobe_ report at entry).
     pub entry: bool,
     /// Has an exit body (fexit_/kretprobe_; the kprobe flavour then also uses
@@ -79,19 +78,19 @@ impl Candidate {
     pub fn fentry_programs(&self) -> Vec<String> {
         let mut v = Vec::new();
         if self.entry {
-            v.push(format!("fentry_{}", self.base));
+            v.push(format!("fentry_{}", self.hook.program_base()));
         }
         if self.exit {
-            v.push(format!("fexit_{}", self.base));
+            v.push(format!("fexit_{}", self.hook.program_base()));
         }
         v
     }
 
     /// Programs of the kprobe flavour, in attach order.
     pub fn kprobe_programs(&self) -> Vec<String> {
-        let mut v = vec![format!("kprobe_{}", self.base)];
+        let mut v = vec![format!("kprobe_{}", self.hook.program_base())];
         if self.exit {
-            v.push(format!("kretprobe_{}", self.base));
+            v.push(format!("kretprobe_{}", self.hook.program_base()));
         }
         v
     }
@@ -105,16 +104,9 @@ pub struct RoleSpec {
     pub yields: &'static str,
 }
 
-const fn c(
-    hook: HookId,
-    base: &'static str,
-    entry: bool,
-    exit: bool,
-    lines: &'static str,
-) -> Candidate {
+const fn c(hook: HookId, entry: bool, exit: bool, lines: &'static str) -> Candidate {
     Candidate {
         hook,
-        base,
         entry,
         exit,
         lines,
@@ -127,21 +119,15 @@ pub const ROLES: &[RoleSpec] = &[
     RoleSpec {
         role: Role::VmCreated,
         pick: Pick::First,
-        candidates: &[c(
-            H::KvmCreateVm,
-            "kvm_create_vm",
-            false,
-            true,
-            "all (often inlined)",
-        )],
+        candidates: &[c(H::KvmCreateVm, false, true, "all (often inlined)")],
         yields: "kvm pointer, creator",
     },
     RoleSpec {
         role: Role::VmGet,
         pick: Pick::All,
         candidates: &[
-            c(H::KvmGetKvm, "kvm_get_kvm", false, true, "all"),
-            c(H::KvmGetKvmSafe, "kvm_get_kvm_safe", false, true, "all"),
+            c(H::KvmGetKvm, false, true, "all"),
+            c(H::KvmGetKvmSafe, false, true, "all"),
         ],
         yields: "kvm, users_count after, success of _safe, stack",
     },
@@ -149,44 +135,31 @@ pub const ROLES: &[RoleSpec] = &[
         role: Role::VmPut,
         pick: Pick::All,
         candidates: &[
-            c(H::KvmPutKvm, "kvm_put_kvm", true, false, "all"),
-            c(
-                H::KvmPutKvmNoDestroy,
-                "kvm_put_kvm_no_destroy",
-                true,
-                false,
-                "all",
-            ),
+            c(H::KvmPutKvm, true, false, "all"),
+            c(H::KvmPutKvmNoDestroy, true, false, "all"),
         ],
         yields: "kvm, users_count before, stack",
     },
     RoleSpec {
         role: Role::VmDestroyed,
         pick: Pick::First,
-        candidates: &[c(
-            H::KvmDestroyVm,
-            "kvm_destroy_vm",
-            true,
-            false,
-            "all (static)",
-        )],
+        candidates: &[c(H::KvmDestroyVm, true, false, "all (static)")],
         yields: "kvm, stack (held watched locks from the lock roles)",
     },
     RoleSpec {
         role: Role::VmFdRelease,
         pick: Pick::First,
-        candidates: &[c(H::KvmVmRelease, "kvm_vm_release", true, false, "all")],
+        candidates: &[c(H::KvmVmRelease, true, false, "all")],
         yields: "VM fd closed: kvm, users_count",
     },
     RoleSpec {
         role: Role::DeviceOpen,
         pick: Pick::First,
         candidates: &[
-            c(H::VfioDfOpen, "vfio_df_open", true, true, "6.6+"),
-            c(H::VfioDeviceOpen, "vfio_device_open", true, true, "6.2-6.5"),
+            c(H::VfioDfOpen, true, true, "6.6+"),
+            c(H::VfioDeviceOpen, true, true, "6.2-6.5"),
             c(
                 H::VfioGroupFopsUnlIoctl,
-                "vfio_group_fops_unl_ioctl",
                 true,
                 true,
                 "6.1 (and the kvm_ops patch): stands in for the inlined vfio_device_open",
@@ -199,7 +172,6 @@ pub const ROLES: &[RoleSpec] = &[
         pick: Pick::First,
         candidates: &[c(
             H::VfioDeviceAssignContainer,
-            "vfio_device_assign_container",
             true,
             false,
             "6.1 (and the kvm_ops patch): the device of an open, even a failing one",
@@ -210,21 +182,9 @@ pub const ROLES: &[RoleSpec] = &[
         role: Role::DeviceRelease,
         pick: Pick::All,
         candidates: &[
-            c(
-                H::VfioDeviceFopsRelease,
-                "vfio_device_fops_release",
-                true,
-                false,
-                "all",
-            ),
-            c(H::VfioDfClose, "vfio_df_close", true, false, "6.6+"),
-            c(
-                H::VfioDeviceClose,
-                "vfio_device_close",
-                true,
-                false,
-                "6.2-6.5",
-            ),
+            c(H::VfioDeviceFopsRelease, true, false, "all"),
+            c(H::VfioDfClose, true, false, "6.6+"),
+            c(H::VfioDeviceClose, true, false, "6.2-6.5"),
         ],
         yields: "device, open_count before",
     },
@@ -232,16 +192,9 @@ pub const ROLES: &[RoleSpec] = &[
         role: Role::VfioKvmGet,
         pick: Pick::First,
         candidates: &[
-            c(
-                H::VfioDeviceGetKvmSafe,
-                "vfio_device_get_kvm_safe",
-                false,
-                true,
-                "6.6+",
-            ),
+            c(H::VfioDeviceGetKvmSafe, false, true, "6.6+"),
             c(
                 H::VfioDeviceGetKvmSafeOld,
-                "vfio_device_get_kvm_safe_old",
                 false,
                 true,
                 "6.3-6.5 (_vfio_device_get_kvm_safe)",
@@ -252,21 +205,15 @@ pub const ROLES: &[RoleSpec] = &[
     RoleSpec {
         role: Role::VfioKvmPut,
         pick: Pick::First,
-        candidates: &[c(
-            H::VfioDevicePutKvm,
-            "vfio_device_put_kvm",
-            true,
-            false,
-            "6.3+",
-        )],
+        candidates: &[c(H::VfioDevicePutKvm, true, false, "6.3+")],
         yields: "device, kvm, users_count before",
     },
     RoleSpec {
         role: Role::GroupVmLink,
         pick: Pick::All,
         candidates: &[
-            c(H::VfioFileSetKvm, "vfio_file_set_kvm", true, false, "all"),
-            c(H::KvmVfioSetAttr, "kvm_vfio_set_attr", false, true, "all"),
+            c(H::VfioFileSetKvm, true, false, "all"),
+            c(H::KvmVfioSetAttr, false, true, "all"),
         ],
         yields: "file, kvm (NULL: unlink), fd, return value",
     },
@@ -276,14 +223,12 @@ pub const ROLES: &[RoleSpec] = &[
         candidates: &[
             c(
                 H::KvmVfioRelease,
-                "kvm_vfio_release",
                 true,
                 false,
                 "6.2-rc6+, late 6.1.y (.release, under kvm->lock)",
             ),
             c(
                 H::KvmVfioDestroy,
-                "kvm_vfio_destroy",
                 true,
                 false,
                 "early 6.1.y (.destroy, from kvm_destroy_vm)",
@@ -296,36 +241,18 @@ pub const ROLES: &[RoleSpec] = &[
         pick: Pick::All,
         candidates: &[
             // Entry only: void, cannot fail (the engine infers the acquire).
-            c(H::MutexLock, "mutex_lock", true, false, "all"),
-            c(
-                H::MutexLockInterruptible,
-                "mutex_lock_interruptible",
-                true,
-                true,
-                "all",
-            ),
-            c(
-                H::MutexLockKillable,
-                "mutex_lock_killable",
-                true,
-                true,
-                "all",
-            ),
-            c(
-                H::MutexLockNested,
-                "mutex_lock_nested",
-                true,
-                false,
-                "lockdep kernels",
-            ),
-            c(H::MutexTrylock, "mutex_trylock", false, true, "all"),
+            c(H::MutexLock, true, false, "all"),
+            c(H::MutexLockInterruptible, true, true, "all"),
+            c(H::MutexLockKillable, true, true, "all"),
+            c(H::MutexLockNested, true, false, "lockdep kernels"),
+            c(H::MutexTrylock, false, true, "all"),
         ],
         yields: "watched lock attempt/acquired/failed, class, thread",
     },
     RoleSpec {
         role: Role::LockRelease,
         pick: Pick::All,
-        candidates: &[c(H::MutexUnlock, "mutex_unlock", true, false, "all")],
+        candidates: &[c(H::MutexUnlock, true, false, "all")],
         yields: "watched lock released",
     },
 ];

@@ -111,6 +111,11 @@ impl Engine {
     }
 
     pub(super) fn device_event(&mut self, addr: u64, e: &Event, out: &mut Vec<Finding>) {
+        let (cap, release_closes) = (self.cfg.timeline_cap, self.cfg.release_closes);
+        // Any event naming the device makes it known (an open attempt that
+        // then fails leaves a device whose count never rose).
+        let d = self.device_mut(addr, e);
+        d.group = e.group.or(d.group);
         let kind = match e.kind {
             Kind::DeviceOpened => StepKind::Open,
             Kind::DeviceRelease => StepKind::Release,
@@ -120,9 +125,6 @@ impl Engine {
             Kind::FdClosed => StepKind::FdClose,
             _ => return,
         };
-        let (cap, release_closes) = (self.cfg.timeline_cap, self.cfg.release_closes);
-        let d = self.device_mut(addr, e);
-        d.group = e.group.or(d.group);
         match e.kind {
             Kind::VfioKvmGet => d.kvm_ref = e.kvm,
             Kind::VfioKvmPut => d.kvm_ref = None,

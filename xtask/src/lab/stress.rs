@@ -10,7 +10,12 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::{cmd, lab};
+use super::{
+    initramfs,
+    kernels::{self, KERNELS},
+    qemu,
+};
+use crate::cmd;
 
 /// The kernel line the stall was seen on.
 pub const KERNEL: &str = "6.12";
@@ -46,16 +51,16 @@ impl Drop for HostLoad {
 }
 
 pub fn run(cycles: u64) -> anyhow::Result<()> {
-    let k = lab::KERNELS
+    let k = KERNELS
         .iter()
         .find(|k| k.name == KERNEL)
         .context("the stress kernel is not in the matrix")?;
-    let un = lab::kernel(k)?;
+    let un = kernels::unpacked(k)?;
     let initrd = crate::setup::cache_dir()
         .join("lab")
         .join(format!("initrd-stress-{}.gz", un.release));
     let script = format!("kvscope-lab-driver stress {cycles} 2>&1 | grep -v '^\\[driver\\]'");
-    lab::initramfs(
+    initramfs::initramfs(
         &un,
         &[cmd::kvscope_bin(), cmd::lab_driver_bin()],
         &[],
@@ -67,7 +72,7 @@ pub fn run(cycles: u64) -> anyhow::Result<()> {
     );
     let boot = {
         let _load = HostLoad::start(2)?;
-        lab::boot(&un, &initrd, Duration::from_secs(1500))?
+        qemu::boot(&un, &initrd, Duration::from_secs(1500))?
     };
     let log = crate::setup::cache_dir()
         .join("lab")

@@ -13,7 +13,7 @@ use anyhow::{Context as _, bail};
 
 use crate::{
     cmd::workspace_root,
-    lab::{self, Unpacked},
+    lab::debian::{self as lab, Unpacked},
     setup::{self, output},
 };
 

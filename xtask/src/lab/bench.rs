@@ -7,7 +7,12 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::bail;
 
-use crate::{cmd, lab, setup};
+use super::{
+    debian, initramfs,
+    kernels::{self, KERNELS},
+    qemu,
+};
+use crate::{cmd, setup};
 
 /// Runs per configuration; the median is reported.
 const RUNS: usize = 5;
@@ -55,17 +60,17 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 pub fn run(kernel: &str, iterations: u64) -> anyhow::Result<()> {
-    lab::ensure_host_tools()?;
+    debian::ensure_host_tools()?;
     setup::ensure_apt(&[("bpftrace", "bpftrace")])?;
-    let k = lab::KERNELS
+    let k = KERNELS
         .iter()
         .find(|k| k.name == kernel)
         .ok_or_else(|| anyhow::anyhow!("unknown lab kernel {kernel:?}"))?;
-    let un = lab::kernel(k)?;
+    let un = kernels::unpacked(k)?;
     let initrd = setup::cache_dir()
         .join("lab")
         .join(format!("initrd-bench-{}.gz", un.release));
-    lab::initramfs(
+    initramfs::initramfs(
         &un,
         &[
             cmd::kvscope_bin(),
@@ -80,7 +85,7 @@ pub fn run(kernel: &str, iterations: u64) -> anyhow::Result<()> {
         "lab bench: booting {} ({}); {RUNS} runs per configuration",
         k.name, un.release
     );
-    let boot = lab::boot(&un, &initrd, Duration::from_secs(580))?;
+    let boot = qemu::boot(&un, &initrd, Duration::from_secs(580))?;
     // (config, loop) -> ns per iteration, one per run.
     let mut got: BTreeMap<(String, String), Vec<f64>> = BTreeMap::new();
     for l in &boot.output {

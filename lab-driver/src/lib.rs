@@ -1,0 +1,2 @@
+//! The guest lab's driver. The library part is the protocol xtask shares.
+pub mod protocol;

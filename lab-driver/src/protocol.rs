@@ -1,0 +1,45 @@
+//! What xtask hands the guest (a `Suite`) and what the guest hands back (one
+//! `GuestResult` JSON document on one console line after `RESULT_PREFIX`).
+//! Shared by both sides: xtask depends on this crate's library for it.
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The console line carrying the guest's result.
+pub const RESULT_PREFIX: &str = "KVSCOPE-LAB-RESULT ";
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Suite {
+    pub steps: Vec<Step>,
+}
+
+/// One scenario: optionally the test module in a mode, then `kvscope record`
+/// around `kvscope-lab-driver DRIVER...`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Step {
+    pub id: usize,
+    /// kvscope_testdev's `mode=` (None: the edu device bound to vfio-pci).
+    pub testdev: Option<String>,
+    pub driver: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GuestResult {
+    /// `kvscope check --json`, or why there is none.
+    pub check: Result<Value, String>,
+    pub steps: Vec<StepResult>,
+    /// The test module's kernel messages.
+    pub dmesg: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct StepResult {
+    pub id: usize,
+    /// `kvscope replay --json` of the step's recording.
+    pub report: Option<Value>,
+    /// `kvscope timeline --stacks` of the recording's first VM.
+    pub timeline: String,
+    /// What went wrong running the step (module, record, driver, replay).
+    pub errors: Vec<String>,
+    /// The driver's own lines.
+    pub driver_output: String,
+}

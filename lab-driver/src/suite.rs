@@ -1,0 +1,121 @@
+//! `suite JSON`: the lab's scenarios run in the guest, in Rust rather than a
+//! generated shell script: `kvscope check --json`, then per step the test
+//! module loaded in its mode, `kvscope record` started (ready banner awaited),
+//! this driver run with the step's arguments, SIGINT, the recording replayed
+//! and the first VM's timeline taken. Prints one `GuestResult` line.
+use std::{process::Command, time::Duration};
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+use crate::{
+    protocol::{GuestResult, RESULT_PREFIX, Step, StepResult, Suite},
+    running::{READY_BOUND, start},
+};
+
+const TESTDEV: &str = "/lib/modules/kvscope_testdev.ko";
+
+/// A command's stdout, or an error with its stderr.
+fn output(program: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .map_err(|e| format!("{program}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{program} {}: {}: {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn json(program: &str, args: &[&str]) -> Result<Value, String> {
+    let text = output(program, args)?;
+    serde_json::from_str(&text).map_err(|e| format!("{program} {}: not JSON: {e}", args.join(" ")))
+}
+
+fn load_testdev(mode: &str) -> Result<(), String> {
+    let _ = Command::new("rmmod").arg("kvscope_testdev").output();
+    output("insmod", &[TESTDEV, &format!("mode={mode}")]).map(|_| ())
+}
+
+/// The recording of the driver run with `args`.
+fn record(path: &str, args: &[String], r: &mut StepResult) -> anyhow::Result<()> {
+    let mut k = start(&["record", "-o", path])?;
+    k.wait_for("kvscope: ready:", READY_BOUND)
+        .with_context(|| format!("record: {:?}", k.rest()))?;
+    let me = std::env::current_exe()?;
+    let out = Command::new(me).args(args).output()?;
+    r.driver_output = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        r.errors.push(format!(
+            "driver {} failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    // What the last close set off (deferred puts) is delivered before the stop.
+    std::thread::sleep(Duration::from_secs(1));
+    k.stop(libc::SIGINT)?;
+    Ok(())
+}
+
+fn step(s: &Step) -> StepResult {
+    let mut r = StepResult {
+        id: s.id,
+        ..StepResult::default()
+    };
+    if let Some(m) = &s.testdev
+        && let Err(e) = load_testdev(m)
+    {
+        r.errors.push(format!("loading the test module: {e}"));
+    }
+    let path = format!("/tmp/s{}.kvs", s.id);
+    if let Err(e) = record(&path, &s.driver, &mut r) {
+        r.errors.push(format!("{e:#}"));
+        return r;
+    }
+    match json("kvscope", &["replay", "--json", &path]) {
+        Ok(v) => {
+            if let Some(addr) = v["vms"][0]["addr"].as_str() {
+                match output("kvscope", &["timeline", "--stacks", "--vm", addr, &path]) {
+                    Ok(t) => r.timeline = t,
+                    Err(e) => r.errors.push(e),
+                }
+            }
+            r.report = Some(v);
+        }
+        Err(e) => r.errors.push(e),
+    }
+    r
+}
+
+pub fn run(suite_json: &str) -> anyhow::Result<()> {
+    let suite: Suite = serde_json::from_str(suite_json).context("the suite is not valid")?;
+    let mut result = GuestResult {
+        check: json("kvscope", &["check", "--json"]),
+        steps: Vec::new(),
+        dmesg: Vec::new(),
+    };
+    for s in &suite.steps {
+        eprintln!(
+            "[suite] step {}: {:?} {}",
+            s.id,
+            s.testdev,
+            s.driver.join(" ")
+        );
+        result.steps.push(step(s));
+    }
+    result.dmesg = output("dmesg", &[])
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("kvscope_testdev"))
+        .map(str::to_owned)
+        .collect();
+    println!("{RESULT_PREFIX}{}", serde_json::to_string(&result)?);
+    Ok(())
+}

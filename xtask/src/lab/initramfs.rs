@@ -1,0 +1,132 @@
+//! A self-contained initramfs: busybox, the lab's modules in modprobe's
+//! order, kvscope and the driver with their libraries, an init that runs one
+//! command between markers and powers off.
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::bail;
+
+use super::debian::Unpacked;
+use crate::setup::output;
+
+/// Modules the lab loads, in dependency order (resolved with modprobe).
+const MODULES: &[&str] = &["kvm_amd", "vfio_pci", "vfio_iommu_type1"];
+
+/// Builds the initramfs: busybox, the modules (decompressed), kvscope and the
+/// scenario driver with their shared libraries, and an init running `cmd`.
+/// `extra` modules (the test module) go to /lib/modules for the command to load.
+pub fn initramfs(
+    k: &Unpacked,
+    binaries: &[PathBuf],
+    extra: &[PathBuf],
+    cmd: &str,
+    out: &Path,
+) -> anyhow::Result<()> {
+    let stage = out.with_extension("d");
+    let _ = std::fs::remove_dir_all(&stage);
+    for d in [
+        "bin",
+        "lib/modules",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "usr/bin",
+    ] {
+        std::fs::create_dir_all(stage.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", stage.join("bin/busybox"))?;
+    // Modules, in the order modprobe would load them.
+    let mut order: Vec<String> = Vec::new();
+    for m in MODULES {
+        let deps = output(
+            Command::new("/usr/sbin/modprobe")
+                .arg("-d")
+                .arg(&k.root)
+                .args(["-S", &k.release, "--show-depends", m]),
+        )?;
+        for l in deps.lines() {
+            if let Some(path) = l
+                .strip_prefix("insmod ")
+                .map(|p| p.split_whitespace().next().unwrap_or(""))
+            {
+                let name = Path::new(path)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .trim_end_matches(".xz")
+                    .to_owned();
+                if !order.contains(&name) {
+                    let dst = stage.join("lib/modules").join(&name);
+                    if path.ends_with(".xz") {
+                        // busybox insmod takes plain modules.
+                        let out = Command::new("xz").args(["-dc", path]).output()?;
+                        if !out.status.success() {
+                            bail!("xz -dc {path} failed");
+                        }
+                        std::fs::write(&dst, out.stdout)?;
+                    } else {
+                        std::fs::copy(path, &dst)?;
+                    }
+                    order.push(name);
+                }
+            }
+        }
+    }
+    std::fs::write(stage.join("modules.order"), order.join("\n") + "\n")?;
+    for m in extra {
+        std::fs::copy(m, stage.join("lib/modules").join(m.file_name().unwrap()))?;
+    }
+    // Binaries and their libraries, at the same paths.
+    for b in binaries {
+        let dst = stage.join("usr/bin").join(b.file_name().unwrap());
+        std::fs::copy(b, &dst)?;
+        for l in output(Command::new("ldd").arg(b))?.lines() {
+            let lib = l
+                .split("=>")
+                .last()
+                .and_then(|s| s.split_whitespace().next())
+                .filter(|s| s.starts_with('/'));
+            if let Some(lib) = lib {
+                let d = stage.join(lib.trim_start_matches('/'));
+                std::fs::create_dir_all(d.parent().unwrap())?;
+                std::fs::copy(lib, d)?;
+            }
+        }
+    }
+    std::fs::write(stage.join("cmd"), format!("{cmd}\n"))?;
+    let init = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/usr/bin:/bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+mount -t tracefs tracefs /sys/kernel/tracing; mount -t bpf bpf /sys/fs/bpf
+for m in $(cat /modules.order); do insmod /lib/modules/$m || echo "KVSCOPE-LAB: insmod $m failed"; done
+for d in /sys/bus/pci/devices/*; do
+  if [ "$(cat $d/vendor)" = 0x1234 ] && [ "$(cat $d/device)" = 0x11e8 ]; then
+    echo vfio-pci > $d/driver_override; basename $d > /sys/bus/pci/drivers_probe
+  fi
+done
+echo KVSCOPE-LAB-BEGIN
+sh /cmd; echo "KVSCOPE-LAB-RC=$?"
+echo KVSCOPE-LAB-END
+poweroff -f
+"#;
+    std::fs::write(stage.join("init"), init)?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(stage.join("init"), std::fs::Permissions::from_mode(0o755))?;
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "cd '{}' && find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
+            stage.display(),
+            out.display()
+        ))
+        .status()?;
+    if !st.success() {
+        bail!("building the initramfs failed: {st}");
+    }
+    Ok(())
+}

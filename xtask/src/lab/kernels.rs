@@ -1,0 +1,56 @@
+//! The matrix: each lab kernel, where it comes from, and how to get it.
+use super::{debian, debian::Unpacked, kbuild};
+
+pub struct Kernel {
+    /// Short name used on the command line and in the cache.
+    pub name: &'static str,
+    pub source: Source,
+}
+
+pub enum Source {
+    /// A Debian image: the meta package resolving to the current one, and the
+    /// suite it comes from.
+    Debian {
+        meta: &'static str,
+        suite: Option<&'static str>,
+    },
+    /// Debian's 6.1 source with the seed's kvm_ops patch, built here (kbuild.rs).
+    Patched,
+}
+
+pub const KERNELS: &[Kernel] = &[
+    Kernel {
+        name: "6.12",
+        source: Source::Debian {
+            meta: "linux-image-cloud-amd64",
+            suite: Some("bookworm-backports"),
+        },
+    },
+    Kernel {
+        name: "6.1",
+        source: Source::Debian {
+            meta: "linux-image-cloud-amd64",
+            suite: None,
+        },
+    },
+    // The newest kernel the registry offers (sid), where it unpacks and boots.
+    Kernel {
+        name: "sid",
+        source: Source::Debian {
+            meta: "linux-image-cloud-amd64",
+            suite: Some("sid"),
+        },
+    },
+    Kernel {
+        name: "patched",
+        source: Source::Patched,
+    },
+];
+
+/// The kernel of a matrix entry: downloaded and unpacked, or built.
+pub fn unpacked(k: &Kernel) -> anyhow::Result<Unpacked> {
+    match k.source {
+        Source::Debian { meta, suite } => debian::debian_kernel(meta, suite),
+        Source::Patched => kbuild::patched(),
+    }
+}

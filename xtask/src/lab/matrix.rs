@@ -1,0 +1,144 @@
+//! `cargo xtask lab`: for each kernel of the matrix, boot it with kvscope in the
+//! initramfs, run the scenarios (`kvscope-lab-driver suite`) and check the one
+//! JSON document the guest returns: what attached, for real, against that
+//! kernel's verifier, and what kvscope saw of each scenario.
+use std::time::Duration;
+
+use anyhow::bail;
+use lab_driver::protocol::{GuestResult, RESULT_PREFIX};
+
+use super::{
+    debian, initramfs, kbuild,
+    kernels::{self, KERNELS, Kernel, Source},
+    qemu, readme,
+    scenarios::{SCENARIOS, suite},
+    verdict,
+};
+use crate::{cmd, setup};
+
+fn select(names: &[String]) -> anyhow::Result<Vec<&'static Kernel>> {
+    if names.is_empty() {
+        return Ok(KERNELS.iter().collect());
+    }
+    names
+        .iter()
+        .map(|n| {
+            KERNELS.iter().find(|k| k.name == n).ok_or_else(|| {
+                let all: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
+                anyhow::anyhow!(
+                    "unknown lab kernel {n:?}; the matrix has {}",
+                    all.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// The guest's command: the suite of this kernel, as one JSON argument.
+fn guest_command(kernel: &str) -> anyhow::Result<String> {
+    let json = serde_json::to_string(&suite(kernel))?;
+    // JSON of names and arguments: no single quote to escape.
+    anyhow::ensure!(!json.contains('\''), "a scenario argument holds a quote");
+    Ok(format!("kvscope-lab-driver suite '{json}'"))
+}
+
+/// Everything wrong with the guest's result on `kernel`.
+fn verdict(kernel: &str, output: &[String]) -> Vec<String> {
+    let Some(line) = output.iter().find_map(|l| l.strip_prefix(RESULT_PREFIX)) else {
+        return vec!["no result document from the guest".to_owned()];
+    };
+    let result: GuestResult = match serde_json::from_str(line) {
+        Ok(r) => r,
+        Err(e) => return vec![format!("the guest's result did not parse: {e}")],
+    };
+    let mut bad = match &result.check {
+        Ok(c) => verdict::check_report(kernel, c),
+        Err(e) => vec![format!("kvscope check --json: {e}")],
+    };
+    for s in &result.steps {
+        let sc = &SCENARIOS[s.id];
+        let name = sc.name();
+        eprintln!("lab:   {name}: {}", sc.why);
+        bad.extend(s.errors.iter().map(|e| format!("{name}: {e}")));
+        match &s.report {
+            Some(r) => bad.extend(verdict::check_scenario(&name, sc, r, &s.timeline)),
+            None => bad.push(format!("{name}: no replay report from the guest")),
+        }
+    }
+    let ran = result.steps.len();
+    let want = SCENARIOS.iter().filter(|sc| sc.runs_on(kernel)).count();
+    if ran != want {
+        bad.push(format!("{ran} scenarios ran, {want} expected"));
+    }
+    bad
+}
+
+/// Boots `k` with `command`; the guest's output lines and whether it ended well.
+fn boot(k: &Kernel, command: &str) -> anyhow::Result<(qemu::Boot, String)> {
+    let un = kernels::unpacked(k)?;
+    // The test module, where a scenario of this kernel uses it.
+    let needs_testdev = SCENARIOS
+        .iter()
+        .any(|sc| sc.testdev.is_some() && sc.runs_on(k.name));
+    let suite = match k.source {
+        Source::Debian { suite, .. } => suite,
+        Source::Patched => None,
+    };
+    let extra = if needs_testdev {
+        vec![kbuild::testdev(&un, suite)?]
+    } else {
+        vec![]
+    };
+    let initrd = debian::lab_dir().join(format!("initrd-{}.gz", un.release));
+    let bins = [cmd::kvscope_bin(), cmd::lab_driver_bin()];
+    initramfs::initramfs(&un, &bins, &extra, command, &initrd)?;
+    eprintln!("lab: booting {} ({})", k.name, un.release);
+    let boot = qemu::boot(&un, &initrd, Duration::from_secs(240))?;
+    eprintln!(
+        "lab: {} ran in {:.1} s, rc {:?}",
+        k.name, boot.secs, boot.rc
+    );
+    // The guest's whole console, kept for reading the evidence later.
+    let log = setup::cache_dir()
+        .join("lab")
+        .join(format!("last-{}.console", k.name));
+    std::fs::write(&log, &boot.console)?;
+    eprintln!("lab: guest console in {}", log.display());
+    Ok((boot, un.release))
+}
+
+pub fn run(kernels: &[String], custom: Option<&str>) -> anyhow::Result<()> {
+    debian::ensure_host_tools()?;
+    let mut failed = Vec::new();
+    for k in select(kernels)? {
+        let command = match custom {
+            Some(c) => c.to_owned(),
+            None => guest_command(k.name)?,
+        };
+        let (boot, release) = boot(k, &command)?;
+        if custom.is_some() {
+            for l in &boot.output {
+                println!("{l}");
+            }
+            continue;
+        }
+        let bad = verdict(k.name, &boot.output);
+        if bad.is_empty() && boot.rc == Some(0) {
+            eprintln!("lab: {}: PASS", k.name);
+            readme::record_pass(k.name, &release)?;
+        } else {
+            eprintln!(
+                "lab: {}: FAIL (rc {:?})\n  {}\n--- guest console ---\n{}",
+                k.name,
+                boot.rc,
+                bad.join("\n  "),
+                boot.console
+            );
+            failed.push(k.name);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("lab failed on {}", failed.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! The lab's scenarios, as data: which kernels each runs on, what the guest
+//! does (the test module's mode, the driver's arguments), and what kvscope
+//! must show (counts, opens, findings, holders, frames), with why the
+//! kernel's design implies it. Also the roles each kernel must attach.
+use lab_driver::protocol::{Step, Suite};
+
+/// Roles that must attach on each lab kernel, with the method expected. On the
+/// Debian kernels KVM and VFIO are modules: kprobes (aya 0.14 takes fentry
+/// targets from vmlinux BTF only). The patched kernel builds them in: fentry.
+/// The mutex API is in vmlinux everywhere: fentry.
+const MODULAR: &[&str] = &["6.1", "6.12", "sid"];
+/// Kernels with the 6.6+ shape (vfio_df_*, VFIO's own kvm reference).
+const DF66: &[&str] = &["6.12", "sid"];
+pub const EXPECT: &[(&str, &[&str], &str)] = &[
+    ("vm-get", MODULAR, "kprobe"),
+    ("vm-put", MODULAR, "kprobe"),
+    ("vm-destroyed", MODULAR, "kprobe"),
+    ("vm-fd-release", MODULAR, "kprobe"),
+    ("device-open", MODULAR, "kprobe"),
+    ("device-release", MODULAR, "kprobe"),
+    ("vfio-kvm-get", DF66, "kprobe"),
+    ("vfio-kvm-put", DF66, "kprobe"),
+    ("group-vm-link", MODULAR, "kprobe"),
+    ("kvm-vfio-teardown", MODULAR, "kprobe"),
+    ("vm-get", &["patched"], "fentry"),
+    ("vm-put", &["patched"], "fentry"),
+    ("vm-destroyed", &["patched"], "fentry"),
+    ("vm-fd-release", &["patched"], "fentry"),
+    // vfio_device_open is inlined there: the group ioctl stands in for it.
+    ("device-open", &["patched"], "fentry"),
+    ("device-release", &["patched"], "fentry"),
+    ("group-vm-link", &["patched"], "fentry"),
+    ("kvm-vfio-teardown", &["patched"], "fentry"),
+    ("device-open-attempt", &["6.1"], "kprobe"),
+    ("device-open-attempt", &["patched"], "fentry"),
+    ("lock-acquire", ALL, "fentry"),
+    ("lock-release", ALL, "fentry"),
+];
+
+/// The stack variant `check` must name per kernel.
+pub fn expect_variant(kernel: &str) -> &'static str {
+    match kernel {
+        "patched" => "kvm_ops patch",
+        "6.12" | "sid" => "6.6+",
+        _ => "6.1-style",
+    }
+}
+
+/// One scenario of the lab: what the guest does, and what kvscope must show.
+pub struct Scenario {
+    /// Kernels of the matrix it runs on.
+    pub kernels: &'static [&'static str],
+    /// kvscope_testdev's mode (None: the edu device bound to vfio-pci).
+    pub testdev: Option<&'static str>,
+    /// kvscope-lab-driver's arguments.
+    pub driver: &'static str,
+    /// The VM's users_count after every change, read from the kernel.
+    pub counts: &'static [i64],
+    /// The device's open_count after every change.
+    pub open_counts: &'static [i64],
+    /// Findings (kind, locks named), exactly, in order.
+    pub findings: &'static [(&'static str, &'static [&'static str])],
+    /// Holders the VM's timeline must name, as "+1 HOLDER" / "-1 HOLDER".
+    pub attributed: &'static [&'static str],
+    /// Frames the VM's timeline (with stacks) must show.
+    pub frames: &'static [&'static str],
+    /// Why the kernel's design implies this.
+    pub why: &'static str,
+    /// Exact expectations; false for a race whose interleaving varies: then
+    /// the counts must end at 0 with one destroy, every open_count must be 0
+    /// or 1 ending at 0, and `findings` lists the kinds allowed.
+    pub exact: bool,
+}
+
+const GROUP_LOCK: &str = "vfio_group.group_lock";
+const DEV_SET_LOCK: &str = "vfio_device_set.lock";
+const KVM_LOCK: &str = "kvm.lock";
+const NO_VFIO_REF: &[&str] = &["6.1", "patched"];
+const ALL: &[&str] = &["6.1", "6.12", "sid", "patched"];
+
+pub const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        kernels: DF66,
+        testdev: None,
+        driver: "dev-first",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[],
+        attributed: &[],
+        frames: &[],
+        why: "6.6+: VFIO holds a reference from open to last close; the kvm-vfio get is inlined (an inferred +1)",
+        exact: true,
+    },
+    Scenario {
+        kernels: DF66,
+        testdev: None,
+        driver: "vm-first",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[("destroy-under-lock", &[GROUP_LOCK, DEV_SET_LOCK])],
+        attributed: &[],
+        frames: &["vfio_device_put_kvm"],
+        why: "VM and kvm-vfio fds closed first: VFIO's put is the last, under group_lock and dev_set->lock (S3)",
+        exact: true,
+    },
+    Scenario {
+        kernels: DF66,
+        testdev: None,
+        driver: "exit",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[],
+        attributed: &[],
+        frames: &[],
+        why: "exit's deferred fputs run LIFO: the device goes first, the VM fd drops the last reference under no VFIO lock",
+        exact: true,
+    },
+    Scenario {
+        kernels: NO_VFIO_REF,
+        testdev: None,
+        driver: "dev-first",
+        counts: &[1, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[],
+        attributed: &[],
+        frames: &[],
+        why: "6.1 (and the patch with a driver that sets no kvm_ops): VFIO holds no kvm reference",
+        exact: true,
+    },
+    Scenario {
+        kernels: NO_VFIO_REF,
+        testdev: None,
+        driver: "vm-first",
+        counts: &[1, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[],
+        attributed: &[],
+        frames: &[],
+        why: "6.1: the VM dies with its last KVM fd, the VFIO device still open",
+        exact: true,
+    },
+    Scenario {
+        kernels: NO_VFIO_REF,
+        testdev: None,
+        driver: "exit",
+        counts: &[1, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[],
+        attributed: &[],
+        frames: &[],
+        why: "6.1: no VFIO reference, no VFIO lock around the last put",
+        exact: true,
+    },
+    // S2 with a real driver: open_device takes kvm->lock under the VFIO locks.
+    Scenario {
+        kernels: &["6.1"],
+        testdev: Some("kvmlock"),
+        driver: "--testdev dev-first",
+        counts: &[1, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[("lock-order-inversion", &[KVM_LOCK, GROUP_LOCK])],
+        attributed: &[],
+        frames: &[],
+        why: "6.1: open_device takes kvm->lock under group_lock; kvm_vfio_release takes group_lock under kvm->lock (S2)",
+        exact: true,
+    },
+    Scenario {
+        kernels: &["6.12"],
+        testdev: Some("kvmlock"),
+        driver: "--testdev dev-first",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[],
+        attributed: &[],
+        frames: &[],
+        why: "6.3+ (2b48f52f2bff): kvm_vfio_release reaches only the kvm_ref_lock spinlock: no reverse edge",
+        exact: true,
+    },
+    // The 6.1 S1 shape: the driver's own reference is the last, dropped in close_device.
+    Scenario {
+        kernels: &["6.1"],
+        testdev: Some("ownref"),
+        driver: "--testdev vm-first",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[("destroy-under-lock", &[DEV_SET_LOCK, GROUP_LOCK])],
+        attributed: &[],
+        frames: &["testdev_close_device"],
+        why: "6.1: close_device runs under dev_set->lock and group_lock; the driver's put there is the last",
+        exact: true,
+    },
+    Scenario {
+        kernels: &["6.12"],
+        testdev: Some("ownref"),
+        driver: "--testdev vm-first",
+        counts: &[1, 2, 3, 4, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[("destroy-under-lock", &[GROUP_LOCK, DEV_SET_LOCK])],
+        attributed: &[],
+        frames: &["vfio_device_put_kvm"],
+        why: "6.12: the driver's put comes first; VFIO's own reference is still the last, dropped after close_device (S3)",
+        exact: true,
+    },
+    // The patched stack: a driver that uses kvm_ops.
+    Scenario {
+        kernels: &["patched"],
+        testdev: Some("kvmops"),
+        driver: "--testdev vm-first",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[("destroy-under-lock", &[DEV_SET_LOCK])],
+        attributed: &["+1 (kvm_ops)", "-1 (kvm_ops)"],
+        // The driver's put_kvm tail-calls kvm_put_kvm: the release is its frame.
+        frames: &["testdev_get_kvm", "vfio_device_fops_release"],
+        why: "the patch: put_kvm() runs after group_lock is dropped but under dev_set->lock",
+        exact: true,
+    },
+    Scenario {
+        kernels: &["patched"],
+        testdev: Some("kvmops"),
+        driver: "--testdev dev-first",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[],
+        attributed: &["+1 (kvm_ops)", "-1 (kvm_ops)"],
+        // The driver's put_kvm tail-calls kvm_put_kvm: the release is its frame.
+        frames: &["testdev_get_kvm", "vfio_device_fops_release"],
+        why: "device first: the driver's put is not the last",
+        exact: true,
+    },
+    Scenario {
+        kernels: &["patched"],
+        testdev: Some("kvmops"),
+        driver: "--testdev --no-kvm dev-first",
+        counts: &[1, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[("unbalanced-put", &[])],
+        attributed: &[],
+        frames: &[],
+        why: "the patch's defect: put_kvm() at the last close although get_kvm() was never called",
+        exact: true,
+    },
+    Scenario {
+        kernels: &["patched"],
+        testdev: Some("kvmops-fail"),
+        driver: "--testdev --expect-open-error dev-first",
+        counts: &[1, 2, 1, 0],
+        // The device is seen at the attempt; its open_count never rises.
+        open_counts: &[],
+        findings: &[("unbalanced-put", &[])],
+        attributed: &[],
+        frames: &[],
+        why: "the patch's open error path calls put_kvm() although the driver's get_kvm() failed",
+        exact: true,
+    },
+    Scenario {
+        kernels: &["patched"],
+        testdev: Some("kvmops-lock"),
+        driver: "--testdev dev-first",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[("lock-order-inversion", &[KVM_LOCK, GROUP_LOCK])],
+        attributed: &["+1 (kvm_ops)", "-1 (kvm_ops)"],
+        frames: &[],
+        why: "the patch keeps 6.1's kvm_vfio_release under kvm->lock -> group_lock; open_device takes kvm->lock under group_lock (S2)",
+        exact: true,
+    },
+    // Opens racing the last puts: invariants, whatever the interleaving.
+    Scenario {
+        kernels: DF66,
+        testdev: None,
+        driver: "race 40",
+        counts: &[0],
+        open_counts: &[0],
+        findings: &[("destroy-under-lock", &[]), ("get-safe-failed", &[])],
+        attributed: &[],
+        frames: &[],
+        why: "6.6+: an open between the unlink and the last put gets no kvm; if a device close comes last, VFIO's put is (S3)",
+        exact: false,
+    },
+    Scenario {
+        kernels: NO_VFIO_REF,
+        testdev: None,
+        driver: "race 40",
+        counts: &[0],
+        open_counts: &[0],
+        findings: &[],
+        attributed: &[],
+        frames: &[],
+        why: "6.1: vfio-pci's opens take no kvm reference: the VM ends with its KVM fds, cleanly",
+        exact: false,
+    },
+];
+
+impl Scenario {
+    pub fn runs_on(&self, kernel: &str) -> bool {
+        self.kernels.contains(&kernel)
+    }
+
+    /// How the lab names it: the device and the driver's mode.
+    pub fn name(&self) -> String {
+        format!(
+            "{} {}",
+            self.testdev
+                .map_or("edu".to_owned(), |m| format!("testdev mode={m}")),
+            self.driver.trim_start_matches("--testdev ")
+        )
+    }
+}
+
+/// What the guest runs on `kernel`: each scenario's step, by index.
+pub fn suite(kernel: &str) -> Suite {
+    let steps = SCENARIOS
+        .iter()
+        .enumerate()
+        .filter(|(_, sc)| sc.runs_on(kernel))
+        .map(|(id, sc)| Step {
+            id,
+            testdev: sc.testdev.map(str::to_owned),
+            driver: sc.driver.split_whitespace().map(str::to_owned).collect(),
+        })
+        .collect();
+    Suite { steps }
+}

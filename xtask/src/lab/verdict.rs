@@ -1,0 +1,278 @@
+//! The guest's result checked against the scenarios: the report types the
+//! lab reads (the fields of `kvscope check --json` and `kvscope replay --json`
+//! it asserts on, deserialised), and one function per document.
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::scenarios::{EXPECT, Scenario, expect_variant};
+
+/// `kvscope check --json`, the parts the lab asserts.
+#[derive(Deserialize)]
+pub struct Check {
+    pub usable: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+    pub variant_description: String,
+    pub plan: CheckPlan,
+}
+
+#[derive(Deserialize)]
+pub struct CheckPlan {
+    pub roles: Vec<RolePlan>,
+    pub tracepoints: Vec<TracepointPlan>,
+}
+
+#[derive(Deserialize)]
+pub struct RolePlan {
+    pub role: String,
+    pub choices: Vec<Choice>,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct Choice {
+    pub symbol: String,
+    pub method: String,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub struct TracepointPlan {
+    pub tracepoint: String,
+    pub method: String,
+    pub reason: String,
+}
+
+/// `kvscope replay --json`, the parts the lab asserts.
+#[derive(Deserialize)]
+pub struct Report {
+    pub damage: Option<String>,
+    pub anomalies: Anomalies,
+    pub lost: BTreeMap<String, u64>,
+    pub vms: Vec<VmSummary>,
+    pub device_list: Vec<DeviceSummary>,
+    pub findings: Vec<Finding>,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct Anomalies {
+    pub out_of_order: u64,
+    pub unseen_creation: u64,
+    pub unmatched_release: u64,
+}
+
+#[derive(Deserialize)]
+pub struct VmSummary {
+    pub counts: Vec<i64>,
+    pub destroys: u64,
+    pub changes: Vec<String>,
+}
+
+#[derive(Deserialize)]
+pub struct DeviceSummary {
+    pub open_counts: Vec<i64>,
+}
+
+#[derive(Deserialize, Debug, PartialEq)]
+pub struct Finding {
+    pub kind: String,
+    pub locks: Vec<String>,
+}
+
+pub fn check_report(kernel: &str, v: &Value) -> Vec<String> {
+    let r: Check = match serde_json::from_value(v.clone()) {
+        Ok(r) => r,
+        Err(e) => return vec![format!("kvscope check --json: unexpected shape: {e}")],
+    };
+    let mut bad = Vec::new();
+    if !r.usable {
+        bad.push(format!("not usable: {:?}", r.reason));
+    }
+    let variant = expect_variant(kernel);
+    if !r.variant_description.starts_with(variant) {
+        bad.push(format!(
+            "check names the variant {:?}, expected {variant:?}",
+            r.variant_description
+        ));
+    }
+    // Every tracepoint program attaches on every lab kernel (the patched
+    // kernel's config must have FTRACE_SYSCALLS for the syscalls ones).
+    for t in r.plan.tracepoints.iter().filter(|t| t.method == "none") {
+        bad.push(format!(
+            "tracepoint {} not attached: {}",
+            t.tracepoint, t.reason
+        ));
+    }
+    for (role, kernels, method) in EXPECT {
+        if !kernels.contains(&kernel) {
+            continue;
+        }
+        let Some(rp) = r.plan.roles.iter().find(|x| x.role == *role) else {
+            bad.push(format!("{role}: missing from the report"));
+            continue;
+        };
+        let attached: Vec<&Choice> = rp
+            .choices
+            .iter()
+            .filter(|c| c.error.is_none() && c.method != "none")
+            .collect();
+        if attached.is_empty() {
+            bad.push(format!("{role}: not attached: {:?}", rp.choices));
+        } else if !attached.iter().any(|c| c.method == *method) {
+            bad.push(format!(
+                "{role}: attached, but not by {method}: {:?}",
+                rp.choices
+            ));
+        }
+        for c in &rp.choices {
+            if let Some(e) = &c.error {
+                bad.push(format!("{role}: {} failed: {e}", c.symbol));
+            }
+        }
+    }
+    bad
+}
+
+/// Counts, opens and holders of the one VM and its device generations.
+fn check_objects(name: &str, sc: &Scenario, r: &Report, bad: &mut Vec<String>) {
+    if r.vms.len() != 1 {
+        bad.push(format!("{name}: {} VMs, expected 1", r.vms.len()));
+    }
+    for vm in &r.vms {
+        if !sc.exact {
+            if vm.counts.last() != Some(&0) {
+                bad.push(format!(
+                    "{name}: users_count {:?} does not end at 0",
+                    vm.counts
+                ));
+            }
+        } else if vm.counts != sc.counts {
+            bad.push(format!(
+                "{name}: users_count {:?}, expected {:?}",
+                vm.counts, sc.counts
+            ));
+        }
+        if vm.destroys != 1 {
+            bad.push(format!(
+                "{name}: kvm_destroy_vm seen {} times, expected once",
+                vm.destroys
+            ));
+        }
+        for a in sc.attributed {
+            let (sign, holder) = a.split_once(' ').unwrap_or((a, ""));
+            if !vm
+                .changes
+                .iter()
+                .any(|c| c.starts_with(sign) && c.contains(holder))
+            {
+                bad.push(format!(
+                    "{name}: no step {a} in the VM's timeline: {:?}",
+                    vm.changes
+                ));
+            }
+        }
+    }
+    let opens: Vec<&Vec<i64>> = r.device_list.iter().map(|d| &d.open_counts).collect();
+    if !sc.exact {
+        // Each open after a close is a new generation of the device.
+        let ok = !opens.is_empty()
+            && opens
+                .iter()
+                .all(|o| o.iter().all(|c| *c == 0 || *c == 1) && o.last() == Some(&0));
+        if !ok {
+            bad.push(format!(
+                "{name}: device open_count {opens:?}: not 0/1 per open, ending closed"
+            ));
+        }
+    } else if opens != [&sc.open_counts.to_vec()] {
+        bad.push(format!(
+            "{name}: device open_count {opens:?}, expected [{:?}]",
+            sc.open_counts
+        ));
+    }
+}
+
+/// Exactly the findings the scenario names (in order), or for a race only
+/// the kinds it allows.
+fn check_findings(name: &str, sc: &Scenario, r: &Report, bad: &mut Vec<String>) {
+    let want: Vec<Finding> = sc
+        .findings
+        .iter()
+        .map(|(k, l)| Finding {
+            kind: k.to_string(),
+            locks: l.iter().map(|x| x.to_string()).collect(),
+        })
+        .collect();
+    if sc.exact {
+        if r.findings != want {
+            bad.push(format!(
+                "{name}: findings {:?}, expected {want:?}",
+                r.findings
+            ));
+        }
+        return;
+    }
+    let allowed: Vec<&str> = sc.findings.iter().map(|(k, _)| *k).collect();
+    for f in r
+        .findings
+        .iter()
+        .filter(|f| !allowed.contains(&f.kind.as_str()))
+    {
+        bad.push(format!("{name}: finding {f:?}; only {allowed:?} may occur"));
+    }
+}
+
+pub fn check_scenario(name: &str, sc: &Scenario, v: &Value, timeline: &str) -> Vec<String> {
+    let r: Report = match serde_json::from_value(v.clone()) {
+        Ok(r) => r,
+        Err(e) => return vec![format!("{name}: replay --json: unexpected shape: {e}")],
+    };
+    let mut bad = Vec::new();
+    if let Some(d) = &r.damage {
+        bad.push(format!("{name}: damaged recording: {d}"));
+    }
+    // A clean capture shows no anomaly (locks taken before kvscope watched
+    // them are a note, not an anomaly).
+    let a = &r.anomalies;
+    if sc.exact && a.out_of_order + a.unseen_creation + a.unmatched_release > 0 {
+        bad.push(format!("{name}: anomalies {a:?}"));
+    }
+    let lost: u64 = r.lost.values().sum();
+    if lost > 0 {
+        bad.push(format!("{name}: {lost} events lost"));
+    }
+    check_objects(name, sc, &r, &mut bad);
+    check_findings(name, sc, &r, &mut bad);
+    // A JIT image or trampoline after the test module was once named after
+    // the module's last symbol; frames past a module's extent stay raw now.
+    if timeline.contains("cleanup_module+") {
+        bad.push(format!(
+            "{name}: a stack frame named after a module's cleanup_module"
+        ));
+    }
+    for f in sc.frames {
+        if !timeline.contains(f) {
+            bad.push(format!("{name}: no {f} frame in the VM's timeline stacks"));
+        }
+    }
+    let counts = r.vms.first().map(|v| v.counts.clone()).unwrap_or_default();
+    let opens: Vec<&Vec<i64>> = r.device_list.iter().map(|d| &d.open_counts).collect();
+    let got: Vec<(&str, &Vec<String>)> = r
+        .findings
+        .iter()
+        .map(|f| (f.kind.as_str(), &f.locks))
+        .collect();
+    if sc.exact {
+        eprintln!("lab:   {name}: users_count {counts:?}, open_count {opens:?}, findings {got:?}");
+    } else {
+        eprintln!(
+            "lab:   {name}: {} count changes ending {:?}, {} device opens, findings {got:?}",
+            counts.len(),
+            counts.last(),
+            opens.len()
+        );
+    }
+    bad
+}
