@@ -1,0 +1,179 @@
+//! Locks: entry-only mutex hooks, contention, long waits and holds, locks
+//! taken before they were watched, a lock-order cycle of three.
+use super::*;
+
+#[test]
+fn a_three_lock_cycle_is_reported_with_its_whole_chain() {
+    // kvm.lock -> group_lock, then group_lock -> dev_set->lock, then a third
+    // thread takes kvm.lock under dev_set->lock: a cycle of three classes
+    // that no pair of paths shows alone. Lockdep prints every link.
+    let mut s = Script::new();
+    s.lock(101, KVM_LOCK, KvmLock, KVM)
+        .lock(101, GROUP_LOCK, VfioGroupLock, GROUP)
+        .unlock(101, GROUP_LOCK, VfioGroupLock, GROUP)
+        .unlock(101, KVM_LOCK, KvmLock, KVM);
+    s.lock(102, GROUP_LOCK, VfioGroupLock, GROUP)
+        .lock(102, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .unlock(102, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .unlock(102, GROUP_LOCK, VfioGroupLock, GROUP);
+    s.lock(103, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .lock(103, KVM_LOCK, KvmLock, KVM)
+        .unlock(103, KVM_LOCK, KvmLock, KVM)
+        .unlock(103, DEV_SET_LOCK, VfioDevSetLock, DEV_SET);
+    let (_, f) = run(&s);
+    assert_eq!(kinds(&f), [FindingKind::LockOrderInversion], "{f:#?}");
+    assert_eq!(
+        lock_names(&f[0].locks),
+        ["vfio_device_set.lock", "kvm.lock", "vfio_group.group_lock"]
+    );
+    assert!(
+        summary(&f[0]).contains("a cycle of 3 locks"),
+        "{}",
+        summary(&f[0])
+    );
+    let text = detail(&f[0]).join("\n");
+    assert!(
+        text.contains("-> #2 (vfio_group.group_lock -> vfio_device_set.lock)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("-> #1 (kvm.lock -> vfio_group.group_lock)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("-> #0 (vfio_device_set.lock -> kvm.lock)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("kvm.lock --> vfio_group.group_lock --> vfio_device_set.lock"),
+        "{text}"
+    );
+}
+
+/// mutex_lock is hooked at entry only: an attempt, then whatever the thread
+/// does next. The held set, the lock graph and the findings must be as with
+/// explicit acquisitions.
+fn entry_only(s: &mut Script) {
+    s.events.retain(|e| {
+        !(e.kind == kvscope::event::Kind::LockAcquired && e.hook == trace_common::HookId::MutexLock)
+    });
+}
+
+#[test]
+fn entry_only_mutex_lock_still_sees_s3_and_the_inversion() {
+    // S3 on 6.6+ with attempts only.
+    let mut s = Script::new();
+    setup(&mut s);
+    open_66(&mut s, 3);
+    s.close_vm_fd(QEMU, KVM, 3);
+    close_kvm_vfio_66(&mut s, 2);
+    release_66(&mut s, 1);
+    entry_only(&mut s);
+    let (_, f) = run(&s);
+    assert_eq!(kinds(&f), [FindingKind::DestroyUnderLock], "{f:#?}");
+    assert_eq!(
+        lock_names(&f[0].locks),
+        ["vfio_group.group_lock", "vfio_device_set.lock"]
+    );
+    // S2 on 6.1 with attempts only.
+    let mut s = Script::new();
+    setup(&mut s);
+    open_61(&mut s, true);
+    s.close_kvm_vfio_fd(QEMU, KVM, KVM_LOCK, 3, |s| {
+        s.lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+            .file_unlink(QEMU, GROUP)
+            .unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP);
+    });
+    entry_only(&mut s);
+    let (e, f) = run(&s);
+    assert_eq!(kinds(&f), [FindingKind::LockOrderInversion], "{f:#?}");
+    assert_eq!(e.anomalies.unmatched_release, 0);
+}
+
+#[test]
+fn entry_only_mutex_lock_waits_until_its_contention_ends() {
+    let mut s = Script::new();
+    s.attempt(QEMU, KVM_LOCK, KvmLock, KVM);
+    s.ev(
+        QEMU,
+        kvscope::event::Kind::ContentionBegin,
+        trace_common::HookId::ContentionBegin,
+    )
+    .lock = s.events[0].lock;
+    s.sleep_ms(3_000);
+    s.ev(
+        QEMU,
+        kvscope::event::Kind::ContentionEnd,
+        trace_common::HookId::ContentionEnd,
+    )
+    .lock = s.events[0].lock;
+    s.unlock(QEMU, KVM_LOCK, KvmLock, KVM);
+    let (e, f) = run(&s);
+    assert_eq!(kinds(&f), [FindingKind::LongWait], "{f:#?}");
+    assert_eq!(e.anomalies.unmatched_release, 0);
+    // A thread that never returns from its mutex_lock stays waiting.
+    let mut s = Script::new();
+    s.attempt(QEMU, KVM_LOCK, KvmLock, KVM);
+    let (e, _) = run(&s);
+    assert!(e.held_locks(QEMU).is_empty());
+}
+
+#[test]
+fn long_waits_and_holds_cross_their_thresholds() {
+    let mut s = Script::new();
+    s.attempt(QEMU, KVM_LOCK, KvmLock, KVM);
+    s.sleep_ms(1500);
+    s.ev(
+        QEMU,
+        kvscope::event::Kind::LockAcquired,
+        trace_common::HookId::MutexLock,
+    )
+    .lock = s.events[0].lock;
+    s.sleep_ms(6000);
+    s.unlock(QEMU, KVM_LOCK, KvmLock, KVM);
+    let (_, f) = run(&s);
+    assert_eq!(
+        kinds(&f),
+        [FindingKind::LongWait, FindingKind::LongHold],
+        "{f:#?}"
+    );
+}
+
+/// 6.6+: the open path takes group_lock and dev_set->lock before the device
+/// hook registers them as watched, so the first event of each lock is its
+/// release. Not an anomaly; a release of a lock seen before, by a thread not
+/// seen taking it, is one (named by class).
+#[test]
+fn releases_of_locks_taken_before_they_were_watched_are_no_anomaly() {
+    let mut s = Script::new();
+    setup(&mut s);
+    s.vfio_get_kvm(QEMU, DEV, KVM, 3)
+        .device_opened(QEMU, DEV, GROUP, 1)
+        .unlock(QEMU, DEV_SET_LOCK, VfioDevSetLock, DEV_SET)
+        .unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP);
+    // Later, a close takes and drops group_lock: seen both ways.
+    s.lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP)
+        .unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP);
+    let (e, f) = run(&s);
+    assert!(kinds(&f).is_empty(), "{f:?}");
+    let a = &e.anomalies;
+    assert_eq!(a.unmatched_release, 0, "{a:?}");
+    assert_eq!(
+        a.taken_before_watched
+            .iter()
+            .map(|(c, n)| (c.as_str(), *n))
+            .collect::<Vec<_>>(),
+        [("vfio_device_set.lock", 1), ("vfio_group.group_lock", 1)]
+    );
+    // A second release nobody was seen taking: a missed acquire.
+    let mut s2 = s.clone();
+    s2.unlock(QEMU + 1, GROUP_LOCK, VfioGroupLock, GROUP);
+    let (e, _) = run(&s2);
+    assert_eq!(e.anomalies.unmatched_release, 1);
+    assert_eq!(
+        e.anomalies
+            .unmatched_release_by_class
+            .get("vfio_group.group_lock"),
+        Some(&1)
+    );
+}
