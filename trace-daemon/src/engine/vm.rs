@@ -69,6 +69,18 @@ fn inferred(
     }
 }
 
+/// Kinds that change no count but are shown on the VM's timeline.
+fn observed_step(k: Kind) -> Option<StepKind> {
+    match k {
+        Kind::FileLink => Some(StepKind::FileLink),
+        Kind::FileUnlink => Some(StepKind::FileUnlink),
+        Kind::DeviceOpened => Some(StepKind::DeviceOpen),
+        Kind::DeviceRelease => Some(StepKind::DeviceRelease),
+        Kind::DeviceClose => Some(StepKind::DeviceClose),
+        _ => None,
+    }
+}
+
 impl Vm {
     fn new(addr: u64, generation: u32, e: &Event, creating: bool) -> Vm {
         Vm {
@@ -461,28 +473,11 @@ impl Engine {
                 vm.kvm_ops_open(e, cap);
                 None
             }
-            Kind::FileLink => {
-                vm.observed(e, cap, StepKind::FileLink);
-                None
-            }
-            Kind::FileUnlink => {
-                vm.observed(e, cap, StepKind::FileUnlink);
-                None
-            }
-            Kind::DeviceOpened => {
-                vm.observed(e, cap, StepKind::DeviceOpen);
-                None
-            }
-            Kind::DeviceRelease => {
-                vm.observed(e, cap, StepKind::DeviceRelease);
-                None
-            }
-            Kind::DeviceClose => {
-                vm.observed(e, cap, StepKind::DeviceClose);
-                None
-            }
-            _ => {
-                vm.read(e);
+            k => {
+                match observed_step(k) {
+                    Some(step) => vm.observed(e, cap, step),
+                    None => vm.read(e),
+                }
                 None
             }
         };
