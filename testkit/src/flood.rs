@@ -44,6 +44,8 @@ pub struct FloodResult {
     pub flood_secs: f64,
     /// CPU time of the consumer thread (ring -> decode -> engine), user + system.
     pub consumer_cpu_secs: f64,
+    /// After a stall: the backlog delivered back to back (events, seconds).
+    pub backlog: Option<(u64, f64)>,
 }
 
 impl FloodResult {
@@ -129,13 +131,37 @@ struct CountSink {
     /// Block the consumer this long at the first event (a reader that falls
     /// behind), so that a small ring overflows.
     stall: Option<Duration>,
+    /// The burst after the stall: its start, events, last delivery; closed
+    /// at the first gap over `BURST_GAP` (the ring was empty).
+    burst: Option<(Instant, u64, Instant)>,
+    backlog: Option<(u64, f64)>,
+}
+
+/// A gap this long between two deliveries ends the post-stall burst.
+const BURST_GAP: Duration = Duration::from_millis(1);
+
+impl CountSink {
+    fn note_burst(&mut self, now: Instant) {
+        let Some((start, n, last)) = self.burst else {
+            return;
+        };
+        if now.duration_since(last) > BURST_GAP {
+            self.backlog = Some((n, last.duration_since(start).as_secs_f64()));
+            self.burst = None;
+        } else {
+            self.burst = Some((start, n + 1, now));
+        }
+    }
 }
 
 impl Sink for CountSink {
     fn event(&mut self, _s: &Session, _r: &trace_common::Event, ev: &Event) -> anyhow::Result<()> {
         if let Some(d) = self.stall.take() {
             std::thread::sleep(d);
+            let now = Instant::now();
+            self.burst = Some((now, 0, now));
         }
+        self.note_burst(Instant::now());
         self.engine.ingest(ev);
         *self.by_hook.entry(ev.hook).or_default() += 1;
         self.delivered += 1;
@@ -198,6 +224,8 @@ pub fn run(
             flood_done: flood_done.clone(),
             done_at: None,
             stall,
+            burst: None,
+            backlog: None,
         };
         let started = Instant::now();
         let worker = std::thread::spawn(move || {
@@ -247,6 +275,7 @@ pub fn run(
             secs,
             flood_secs: flood_time.as_secs_f64(),
             consumer_cpu_secs,
+            backlog: sink.backlog,
         })
     })
 }
