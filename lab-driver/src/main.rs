@@ -11,12 +11,15 @@
 //! - `suite JSON`: the lab's scenarios (suite.rs, protocol.rs), one JSON
 //!   document back.
 //!
-//! Options: `--testdev` uses lab-kernel/testdev's device (kvscope-testdev, an
+//! Options: `--cdev` opens the edu device through its cdev bound to an
+//! iommufd instead of its group (the dev-first / vm-first / exit orders);
+//! `--testdev` uses lab-kernel/testdev's device (kvscope-testdev, an
 //! emulated-IOMMU VFIO device) instead of edu; `--no-kvm` never adds the group
 //! to the kvm-vfio device; `--expect-open-error` expects VFIO_GROUP_GET_DEVICE_FD
 //! to fail (a driver refusing the open) and closes the rest in MODE's order.
 //! Each step prints `[driver] step -> result`.
 mod bench;
+mod cdev;
 mod rig;
 mod running;
 mod stress;
@@ -30,7 +33,7 @@ use anyhow::{Context as _, bail};
 
 use rig::Rig;
 
-const OPTIONS: &[&str] = &["--testdev", "--no-kvm", "--expect-open-error"];
+const OPTIONS: &[&str] = &["--testdev", "--no-kvm", "--expect-open-error", "--cdev"];
 const MODES: &[&str] = &[
     "dev-first",
     "vm-first",
@@ -69,6 +72,15 @@ fn main() -> anyhow::Result<()> {
     if mode == "stress" {
         return stress::run(count(50)?);
     }
+    if flag("--cdev") {
+        let c = cdev::CdevRig::new(!flag("--no-kvm"))?;
+        let cdev::CdevRig {
+            kvm: rig::KvmPair { vm, kv, .. },
+            device,
+            iommufd,
+        } = c;
+        return close_in_order(mode, Some(device), kv, vm, Some(iommufd));
+    }
     let rig = Rig::new(flag("--testdev"), !flag("--no-kvm"))?;
     match mode {
         "race" => return race(rig, count(20)?),
@@ -93,7 +105,22 @@ fn main() -> anyhow::Result<()> {
     } else {
         Some(rig.open_device()?)
     };
-    let Rig { vm, kv, .. } = rig;
+    let Rig {
+        kvm: rig::KvmPair { vm, kv, .. },
+        ..
+    } = rig;
+    close_in_order(mode, dev, kv, vm, None)
+}
+
+/// Closes the device, the kvm-vfio device and the VM in `mode`'s order (the
+/// iommufd, when there is one, last), or exits without closing anything.
+fn close_in_order(
+    mode: &str,
+    dev: Option<OwnedFd>,
+    kv: OwnedFd,
+    vm: OwnedFd,
+    iommufd: Option<OwnedFd>,
+) -> anyhow::Result<()> {
     match mode {
         "dev-first" => {
             drop(dev);
@@ -110,6 +137,7 @@ fn main() -> anyhow::Result<()> {
             std::process::exit(0);
         }
     }
+    drop(iommufd);
     println!("[driver] closed ({mode})");
     Ok(())
 }
@@ -120,8 +148,7 @@ fn main() -> anyhow::Result<()> {
 /// taken is given back and the VM is destroyed once.
 fn race(rig: Rig, n: u64) -> anyhow::Result<()> {
     let Rig {
-        vm,
-        kv,
+        kvm: rig::KvmPair { vm, kv, .. },
         group,
         name,
         ..

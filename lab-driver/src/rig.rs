@@ -28,7 +28,7 @@ pub fn step(name: &str, r: libc::c_int) -> anyhow::Result<libc::c_int> {
     Ok(r)
 }
 
-fn open(path: &str) -> anyhow::Result<OwnedFd> {
+pub fn open(path: &str) -> anyhow::Result<OwnedFd> {
     let c = CString::new(path)?;
     let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
     step(&format!("open {path}"), fd)?;
@@ -36,7 +36,7 @@ fn open(path: &str) -> anyhow::Result<OwnedFd> {
 }
 
 /// The edu device (1234:11e8): its PCI address and IOMMU group number.
-fn edu() -> anyhow::Result<(String, String)> {
+pub fn edu() -> anyhow::Result<(String, String)> {
     for e in std::fs::read_dir("/sys/bus/pci/devices")? {
         let p = e?.path();
         let id = |f: &str| std::fs::read_to_string(p.join(f)).unwrap_or_default();
@@ -73,12 +73,48 @@ pub fn get_device_fd(group: &OwnedFd, name: &std::ffi::CStr) -> libc::c_int {
     unsafe { libc::ioctl(group.as_raw_fd(), VFIO_GROUP_GET_DEVICE_FD, name.as_ptr()) }
 }
 
-pub struct Rig {
+/// A VM and its kvm-vfio device.
+pub struct KvmPair {
     /// /dev/kvm stays open, as in QEMU: at exit the fds' releases run in
     /// reverse fd order, so fd numbering decides which put is the last.
     pub _kvm: OwnedFd,
     pub vm: OwnedFd,
     pub kv: OwnedFd,
+}
+
+impl KvmPair {
+    pub fn new() -> anyhow::Result<KvmPair> {
+        let kvm = open("/dev/kvm")?;
+        let vm = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_CREATE_VM, 0) };
+        let vm = unsafe { OwnedFd::from_raw_fd(step("KVM_CREATE_VM", vm)?) };
+        let mut cd = [4u32 /* KVM_DEV_TYPE_VFIO */, 0, 0];
+        step("KVM_CREATE_DEVICE(VFIO)", unsafe {
+            libc::ioctl(vm.as_raw_fd(), KVM_CREATE_DEVICE, cd.as_mut_ptr())
+        })?;
+        let kv = unsafe { OwnedFd::from_raw_fd(cd[1] as i32) };
+        Ok(KvmPair { _kvm: kvm, vm, kv })
+    }
+}
+
+/// KVM_SET_DEVICE_ATTR adding or removing a VFIO file (group or device
+/// cdev) to the kvm-vfio device `kv`; the raw result.
+pub fn set_file(kv: &OwnedFd, file: &OwnedFd, add: bool) -> libc::c_int {
+    let fd: i32 = file.as_raw_fd();
+    let attr = Attr {
+        flags: 0,
+        group: KVM_DEV_VFIO_FILE,
+        attr: if add {
+            KVM_DEV_VFIO_FILE_ADD
+        } else {
+            KVM_DEV_VFIO_FILE_DEL
+        },
+        addr: &fd as *const i32 as u64,
+    };
+    unsafe { libc::ioctl(kv.as_raw_fd(), KVM_SET_DEVICE_ATTR, &attr) }
+}
+
+pub struct Rig {
+    pub kvm: KvmPair,
     pub group: OwnedFd,
     /// Kept open for the group's container; closed with the rig.
     pub _container: OwnedFd,
@@ -97,14 +133,7 @@ struct Attr {
 impl Rig {
     pub fn new(use_testdev: bool, add_group: bool) -> anyhow::Result<Rig> {
         let (name, group_no) = if use_testdev { testdev()? } else { edu()? };
-        let kvm = open("/dev/kvm")?;
-        let vm = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_CREATE_VM, 0) };
-        let vm = unsafe { OwnedFd::from_raw_fd(step("KVM_CREATE_VM", vm)?) };
-        let mut cd = [4u32 /* KVM_DEV_TYPE_VFIO */, 0, 0];
-        step("KVM_CREATE_DEVICE(VFIO)", unsafe {
-            libc::ioctl(vm.as_raw_fd(), KVM_CREATE_DEVICE, cd.as_mut_ptr())
-        })?;
-        let kv = unsafe { OwnedFd::from_raw_fd(cd[1] as i32) };
+        let kvm = KvmPair::new()?;
         let container = open("/dev/vfio/vfio")?;
         let group = open(&format!("/dev/vfio/{group_no}"))?;
         let cfd: libc::c_int = container.as_raw_fd();
@@ -115,9 +144,7 @@ impl Rig {
             libc::ioctl(container.as_raw_fd(), VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU)
         })?;
         let rig = Rig {
-            _kvm: kvm,
-            vm,
-            kv,
+            kvm,
             group,
             _container: container,
             name: CString::new(name)?,
@@ -132,18 +159,7 @@ impl Rig {
 
     /// KVM_SET_DEVICE_ATTR adding or removing the group; the raw result.
     pub fn set_group(&self, add: bool) -> libc::c_int {
-        let gfd: i32 = self.group.as_raw_fd();
-        let attr = Attr {
-            flags: 0,
-            group: KVM_DEV_VFIO_FILE,
-            attr: if add {
-                KVM_DEV_VFIO_FILE_ADD
-            } else {
-                KVM_DEV_VFIO_FILE_DEL
-            },
-            addr: &gfd as *const i32 as u64,
-        };
-        unsafe { libc::ioctl(self.kv.as_raw_fd(), KVM_SET_DEVICE_ATTR, &attr) }
+        set_file(&self.kvm.kv, &self.group, add)
     }
 
     /// VFIO_GROUP_GET_DEVICE_FD; the raw result.

@@ -47,7 +47,10 @@ impl Kind {
 fn scenario() -> anyhow::Result<()> {
     let rig = Rig::new(false, true)?;
     let dev = rig.open_device()?;
-    let Rig { vm, kv, .. } = rig;
+    let Rig {
+        kvm: crate::rig::KvmPair { vm, kv, .. },
+        ..
+    } = rig;
     drop(dev);
     drop(kv);
     drop(vm);

@@ -50,7 +50,8 @@ enum Task {
     /// The guest lab: boot real Debian kernels under QEMU with KVM and VFIO and
     /// check that kvscope attaches there (see README, "Guest lab").
     Lab {
-        /// Kernels to boot (default: all of the matrix).
+        /// Kernels to boot (default: all of the matrix: 6.12, 6.1, sid, trixie,
+        /// trixie-bpo, patched, cdev).
         #[arg(long = "kernel")]
         kernels: Vec<String>,
         /// Run this shell command in the guest instead of the checks.

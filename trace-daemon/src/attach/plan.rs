@@ -283,6 +283,26 @@ impl StackVariant {
 }
 
 /// `has_kvm_ops`: vfio_device has a `kvm_ops` member in BTF.
+/// The ways user space can open a VFIO device on this kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct VfioPaths {
+    /// `/dev/vfio/N` and VFIO_GROUP_GET_DEVICE_FD (every line).
+    pub group: bool,
+    /// `/dev/vfio/devices/vfioN` bound to an iommufd (6.6+ with
+    /// CONFIG_VFIO_DEVICE_CDEV): dev_set->lock only on open and close.
+    pub cdev: bool,
+}
+
+pub fn vfio_paths(k: &Kallsyms) -> VfioPaths {
+    let has = |s: &str| k.get(s).is_some();
+    VfioPaths {
+        group: has("vfio_group_fops_unl_ioctl"),
+        // Not vfio_device_fops_cdev_open: without the cdev its stub is still
+        // emitted (a fops pointer). These two exist only in device_cdev.c.
+        cdev: has("vfio_df_ioctl_bind_iommufd") || has("vfio_df_get_kvm_safe"),
+    }
+}
+
 pub fn stack_variant(k: &Kallsyms, has_kvm_ops: bool, has_vfio_device: bool) -> StackVariant {
     let has = |s: &str| k.get(s).is_some();
     if has_kvm_ops {
@@ -346,6 +366,17 @@ ffffffff821fe900 T mutex_unlock
 
     fn in_btf(_: &str) -> bool {
         true
+    }
+
+    #[test]
+    fn the_cdev_path_is_told_by_its_own_functions_not_the_open_stub() {
+        // Debian's 6.12 (no VFIO_DEVICE_CDEV) still emits the cdev open stub.
+        let without =
+            format!("{DEBIAN_612}ffffffffc0002000 t vfio_device_fops_cdev_open\t[vfio]\n");
+        let p = vfio_paths(&Kallsyms::parse(&without));
+        assert!(p.group && !p.cdev, "{p:?}");
+        let with = format!("{without}ffffffffc0002100 T vfio_df_ioctl_bind_iommufd\t[vfio]\n");
+        assert!(vfio_paths(&Kallsyms::parse(&with)).cdev);
     }
 
     #[test]

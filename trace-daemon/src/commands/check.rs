@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use crate::{
     attach::loader::{self, Facts, LoadOptions},
-    attach::plan::{Method, Plan, StackVariant, Tier},
+    attach::plan::{self, Method, Plan, StackVariant, Tier, VfioPaths},
     kernel::{btf::OffsetReport, caps::Privileges, version::KernelVersion},
 };
 
@@ -43,6 +43,8 @@ pub struct Report {
     pub tracefs: Status,
     pub variant: StackVariant,
     pub variant_description: &'static str,
+    /// Group and/or cdev: the paths the roles cover here.
+    pub vfio_paths: VfioPaths,
     pub tier: Tier,
     pub tier_description: &'static str,
     pub usable: bool,
@@ -87,6 +89,7 @@ pub fn run(facts: &Facts) -> Report {
         tracefs: (&facts.tracing.as_ref().map(|_| ()).map_err(Clone::clone)).into(),
         variant: facts.variant,
         variant_description: facts.variant.describe(),
+        vfio_paths: plan::vfio_paths(&facts.kallsyms),
         tier,
         tier_description: tier.describe(),
         usable,
@@ -99,6 +102,23 @@ pub fn run(facts: &Facts) -> Report {
         },
         plan,
         offsets: facts.offset_report.clone(),
+    }
+}
+
+fn paths_line(p: VfioPaths) -> String {
+    let mut v = Vec::new();
+    if p.group {
+        v.push("group (/dev/vfio/N)");
+    }
+    if p.cdev {
+        v.push(
+            "cdev (/dev/vfio/devices/vfioN bound to iommufd: the same roles, dev_set->lock only)",
+        );
+    }
+    if v.is_empty() {
+        "none (no VFIO functions in kallsyms)".to_owned()
+    } else {
+        v.join("; ")
     }
 }
 
@@ -147,6 +167,7 @@ pub fn render_text(r: &Report) -> String {
     let _ = writeln!(o, "kprobes       {}", status_line(&r.kprobes));
     let _ = writeln!(o, "tracefs       {}", status_line(&r.tracefs));
     let _ = writeln!(o, "stack         {}", r.variant_description);
+    let _ = writeln!(o, "VFIO paths    {}", paths_line(r.vfio_paths));
     let _ = writeln!(o);
     let _ = writeln!(o, "{:<18} {:<34} {:<10} why", "ROLE", "SYMBOL", "METHOD");
     for role in &r.plan.roles {

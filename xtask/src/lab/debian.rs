@@ -30,32 +30,63 @@ fn suite_source(suite: &str) -> anyhow::Result<String> {
     ))
 }
 
+/// A private apt configuration: its directory and the suites in it. Each
+/// Debian line has its own, so that a newer line never becomes the candidate
+/// for an older one's kernels: the host's sources plus bookworm-backports;
+/// trixie with trixie-backports (`-t` picks one); sid alone.
+struct AptFamily {
+    dir: &'static str,
+    /// Suites written as sources (besides the host's, when `host` is set).
+    suites: &'static [&'static str],
+    host: bool,
+}
+
+fn family(suite: Option<&str>) -> AptFamily {
+    match suite {
+        Some("sid") => AptFamily {
+            dir: "apt-sid",
+            suites: &["sid"],
+            host: false,
+        },
+        Some("trixie" | "trixie-backports") => AptFamily {
+            dir: "apt-trixie",
+            suites: &["trixie", "trixie-backports"],
+            host: false,
+        },
+        _ => AptFamily {
+            dir: "apt",
+            suites: &["bookworm-backports"],
+            host: true,
+        },
+    }
+}
+
 /// apt with a private configuration, its own lists and cache, nothing of the
-/// host's apt state touched: the host's sources plus bookworm-backports, or
-/// (for `Some("sid")`) sid alone, so that sid never becomes the candidate
-/// for the bookworm kernels.
+/// host's apt state touched (see `AptFamily`).
 pub fn apt(bin: &str, suite: Option<&str>) -> anyhow::Result<Command> {
-    let sid = suite == Some("sid");
-    let dir = lab_dir().join(if sid { "apt-sid" } else { "apt" });
+    let f = family(suite);
+    let dir = lab_dir().join(f.dir);
     let src = dir.join("src");
-    let marker = src.join(if sid {
-        "sid.sources"
-    } else {
-        "backports.sources"
-    });
+    // (The host family's file keeps the name earlier caches gave it.)
+    let file = |s: &str| {
+        let stem = if f.host { "backports" } else { s };
+        src.join(format!("{stem}.sources"))
+    };
+    let marker = file(f.suites[0]);
     if !marker.exists() {
         for d in ["src", "lists/partial", "cache/archives/partial"] {
             std::fs::create_dir_all(dir.join(d))?;
         }
-        if sid {
-            std::fs::write(&marker, suite_source("sid")?)?;
-        } else {
+        if f.host {
             std::fs::copy(
                 "/etc/apt/sources.list.d/debian.sources",
                 src.join("debian.sources"),
             )
             .context("the host's /etc/apt/sources.list.d/debian.sources")?;
-            std::fs::write(&marker, suite_source("bookworm-backports")?)?;
+        }
+        // The marker last: a set-up cut short is redone.
+        for s in f.suites.iter().rev() {
+            std::fs::write(file(s), suite_source(s)?)?;
         }
     }
     let mut c = Command::new(bin);
@@ -73,12 +104,7 @@ pub fn apt(bin: &str, suite: Option<&str>) -> anyhow::Result<Command> {
 }
 
 fn apt_update_once(suite: Option<&str>) -> anyhow::Result<()> {
-    let dir = if suite == Some("sid") {
-        "apt-sid"
-    } else {
-        "apt"
-    };
-    let stamp = lab_dir().join(dir).join("updated");
+    let stamp = lab_dir().join(family(suite).dir).join("updated");
     let fresh = std::fs::metadata(&stamp)
         .and_then(|m| m.modified())
         .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(24 * 3600));

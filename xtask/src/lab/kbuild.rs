@@ -1,5 +1,7 @@
 //! Kernel builds for the lab: the patched-stack kernel (Debian's 6.1 source +
-//! the seed's kvm_ops patch, lab-kernel/), and the out-of-tree test module
+//! the seed's kvm_ops patch, lab-kernel/), the cdev kernel (Debian's 6.12
+//! source with IOMMUFD and VFIO_DEVICE_CDEV, which Debian's configs leave
+//! off), and the out-of-tree test module
 //! (lab-kernel/testdev) built against each lab kernel: Debian's linux-headers
 //! packages for the distribution kernels, the same build tree for the patched one
 //! (module BTF only matches the vmlinux it was built with: notes/patched-lab.md).
@@ -17,9 +19,33 @@ use crate::{
     setup::{self, output},
 };
 
-const PATCH: &str = "lab-kernel/vfio-kvm_ops-6.1.patch";
-const CONFIG: &str = "lab-kernel/patched.config";
 const TESTDEV: &str = "lab-kernel/testdev";
+
+/// A kernel the lab builds from Debian's source package.
+pub struct Build {
+    /// The cache directory under the lab's (and the name in messages).
+    pub name: &'static str,
+    pub source: &'static str,
+    /// Applied with `patch -p1` to the unpacked source.
+    pub patch: Option<&'static str>,
+    /// scripts/config fragments, applied in order after `x86_64_defconfig`.
+    pub configs: &'static [&'static str],
+}
+
+pub const PATCHED: Build = Build {
+    name: "patched",
+    source: "linux-source-6.1",
+    patch: Some("lab-kernel/vfio-kvm_ops-6.1.patch"),
+    configs: &["lab-kernel/patched.config"],
+};
+
+/// The lab's base config plus IOMMUFD and the VFIO device cdev.
+pub const CDEV: Build = Build {
+    name: "cdev",
+    source: "linux-source-6.12",
+    patch: None,
+    configs: &["lab-kernel/patched.config", "lab-kernel/cdev.config"],
+};
 
 /// Short content hash of files and strings (sha256sum, first 16 hex digits).
 fn key(parts: &[&[u8]]) -> anyhow::Result<String> {
@@ -77,17 +103,25 @@ fn ensure_build_tools() -> anyhow::Result<()> {
     ])
 }
 
-/// The patched-stack kernel, built once per (source version, patch, config) and
-/// cached with its modules and build tree; later runs reuse it.
-pub fn patched() -> anyhow::Result<Unpacked> {
+/// A lab kernel built once per (source version, patch, config) and cached
+/// with its modules and build tree; later runs reuse it.
+pub fn built(b: &Build) -> anyhow::Result<Unpacked> {
     ensure_build_tools()?;
-    let deb = lab::download("linux-source-6.1", None)?;
+    let deb = lab::download(b.source, None)?;
     let deb_name = deb.file_name().unwrap().to_string_lossy().into_owned();
     // The tree is keyed by source and patch; the built kernel also by config
     // (a config change rebuilds incrementally in the kept tree).
-    let tree_k = key(&[deb_name.as_bytes(), &read(PATCH)?])?;
-    let k = key(&[tree_k.as_bytes(), &read(CONFIG)?])?;
-    let base = lab::lab_dir().join("patched");
+    let patch = match b.patch {
+        Some(p) => read(p)?,
+        None => Vec::new(),
+    };
+    let tree_k = key(&[deb_name.as_bytes(), &patch])?;
+    let mut config = Vec::new();
+    for c in b.configs {
+        config.extend(read(c)?);
+    }
+    let k = key(&[tree_k.as_bytes(), &config])?;
+    let base = lab::lab_dir().join(b.name);
     let tree = base.join("tree");
     let root = base.join(format!("root-{k}"));
     let stamp = root.join("release");
@@ -100,8 +134,9 @@ pub fn patched() -> anyhow::Result<Unpacked> {
     }
     let started = Instant::now();
     eprintln!(
-        "lab: building the patched-stack kernel ({deb_name} + {PATCH}, key {k}); \
-         about 8.5 minutes on 2 cores, once; log in {}",
+        "lab: building the {} kernel ({deb_name}{}, key {k}); about 8.5 minutes on 2 cores, once; log in {}",
+        b.name,
+        b.patch.map_or(String::new(), |p| format!(" + {p}")),
         base.display()
     );
     std::fs::create_dir_all(&base)?;
@@ -116,7 +151,7 @@ pub fn patched() -> anyhow::Result<Unpacked> {
             .filter_map(Result::ok)
             .map(|e| e.path())
             .find(|p| p.to_string_lossy().ends_with(".tar.xz"))
-            .context("no source tarball in linux-source-6.1")?;
+            .with_context(|| format!("no source tarball in {}", b.source))?;
         output(
             Command::new("tar")
                 .arg("xf")
@@ -131,17 +166,19 @@ pub fn patched() -> anyhow::Result<Unpacked> {
             .context("no source directory in the tarball")?;
         std::fs::rename(&src, &tree)?;
         std::fs::remove_dir_all(&unpack)?;
-        let patch = std::fs::File::open(workspace_root().join(PATCH))?;
-        let o = Command::new("patch")
-            .args(["-p1", "--forward", "--no-backup-if-mismatch"])
-            .current_dir(&tree)
-            .stdin(patch)
-            .output()?;
-        if !o.status.success() {
-            bail!(
-                "{PATCH} does not apply to {deb_name}:\n{}",
-                String::from_utf8_lossy(&o.stdout)
-            );
+        if let Some(p) = b.patch {
+            let patch = std::fs::File::open(workspace_root().join(p))?;
+            let o = Command::new("patch")
+                .args(["-p1", "--forward", "--no-backup-if-mismatch"])
+                .current_dir(&tree)
+                .stdin(patch)
+                .output()?;
+            if !o.status.success() {
+                bail!(
+                    "{p} does not apply to {deb_name}:\n{}",
+                    String::from_utf8_lossy(&o.stdout)
+                );
+            }
         }
         std::fs::write(&tree_key, &tree_k)?;
     }
@@ -154,7 +191,7 @@ pub fn patched() -> anyhow::Result<Unpacked> {
             &log,
             "make x86_64_defconfig",
         )?;
-        let cfg = String::from_utf8(read(CONFIG)?)?;
+        let cfg = String::from_utf8(config)?;
         let mut sc = Command::new("scripts/config");
         sc.current_dir(&tree);
         for l in cfg.lines().map(str::trim) {
@@ -177,7 +214,7 @@ pub fn patched() -> anyhow::Result<Unpacked> {
             .args(["bzImage", "modules"])
             .current_dir(&tree),
         &base.join("build.log"),
-        "building the patched kernel",
+        &format!("building the {} kernel", b.name),
     )?;
     let release = output(
         Command::new("make")
@@ -214,7 +251,8 @@ pub fn patched() -> anyhow::Result<Unpacked> {
     }
     std::fs::write(&stamp, &release)?;
     eprintln!(
-        "lab: patched kernel {release} built in {:.0} s",
+        "lab: {} kernel {release} built in {:.0} s",
+        b.name,
         started.elapsed().as_secs_f64()
     );
     Ok(Unpacked {

@@ -14,8 +14,9 @@ pub enum Source {
         meta: &'static str,
         suite: Option<&'static str>,
     },
-    /// Debian's 6.1 source with the seed's kvm_ops patch, built here (kbuild.rs).
-    Patched,
+    /// Built here from Debian's source (kbuild.rs): the patched stack, the
+    /// cdev kernel.
+    Built(&'static kbuild::Build),
 }
 
 pub const KERNELS: &[Kernel] = &[
@@ -41,9 +42,30 @@ pub const KERNELS: &[Kernel] = &[
             suite: Some("sid"),
         },
     },
+    // Debian 13 (trixie): the stable line's kernel, and the newest its
+    // backports offer (both picked at run time, as for the others).
+    Kernel {
+        name: "trixie",
+        source: Source::Debian {
+            meta: "linux-image-cloud-amd64",
+            suite: Some("trixie"),
+        },
+    },
+    Kernel {
+        name: "trixie-bpo",
+        source: Source::Debian {
+            meta: "linux-image-cloud-amd64",
+            suite: Some("trixie-backports"),
+        },
+    },
     Kernel {
         name: "patched",
-        source: Source::Patched,
+        source: Source::Built(&kbuild::PATCHED),
+    },
+    // 6.12 with IOMMUFD and the VFIO device cdev (off in Debian's configs).
+    Kernel {
+        name: "cdev",
+        source: Source::Built(&kbuild::CDEV),
     },
 ];
 
@@ -51,6 +73,6 @@ pub const KERNELS: &[Kernel] = &[
 pub fn unpacked(k: &Kernel) -> anyhow::Result<Unpacked> {
     match k.source {
         Source::Debian { meta, suite } => debian::debian_kernel(meta, suite),
-        Source::Patched => kbuild::patched(),
+        Source::Built(b) => kbuild::built(b),
     }
 }

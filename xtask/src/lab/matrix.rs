@@ -82,7 +82,7 @@ fn boot(k: &Kernel, command: &str) -> anyhow::Result<(qemu::Boot, String)> {
         .any(|sc| sc.testdev.is_some() && sc.runs_on(k.name));
     let suite = match k.source {
         Source::Debian { suite, .. } => suite,
-        Source::Patched => None,
+        Source::Built(_) => None,
     };
     let extra = if needs_testdev {
         vec![kbuild::testdev(&un, suite)?]

@@ -6,11 +6,13 @@ use lab_driver::protocol::{Step, Suite};
 
 /// Roles that must attach on each lab kernel, with the method expected. On the
 /// Debian kernels KVM and VFIO are modules: kprobes (aya 0.14 takes fentry
-/// targets from vmlinux BTF only). The patched kernel builds them in: fentry.
-/// The mutex API is in vmlinux everywhere: fentry.
-const MODULAR: &[&str] = &["6.1", "6.12", "sid"];
+/// targets from vmlinux BTF only). The kernels built here build them in:
+/// fentry. The mutex API is in vmlinux everywhere: fentry.
+const MODULAR: &[&str] = &["6.1", "6.12", "sid", "trixie", "trixie-bpo"];
+const BUILT: &[&str] = &["patched", "cdev"];
 /// Kernels with the 6.6+ shape (vfio_df_*, VFIO's own kvm reference).
-const DF66: &[&str] = &["6.12", "sid"];
+const DF66: &[&str] = &["6.12", "sid", "trixie", "trixie-bpo", "cdev"];
+const DF66_MODULAR: &[&str] = &["6.12", "sid", "trixie", "trixie-bpo"];
 pub const EXPECT: &[(&str, &[&str], &str)] = &[
     ("vm-get", MODULAR, "kprobe"),
     ("vm-put", MODULAR, "kprobe"),
@@ -18,19 +20,21 @@ pub const EXPECT: &[(&str, &[&str], &str)] = &[
     ("vm-fd-release", MODULAR, "kprobe"),
     ("device-open", MODULAR, "kprobe"),
     ("device-release", MODULAR, "kprobe"),
-    ("vfio-kvm-get", DF66, "kprobe"),
-    ("vfio-kvm-put", DF66, "kprobe"),
+    ("vfio-kvm-get", DF66_MODULAR, "kprobe"),
+    ("vfio-kvm-put", DF66_MODULAR, "kprobe"),
+    ("vfio-kvm-get", &["cdev"], "fentry"),
+    ("vfio-kvm-put", &["cdev"], "fentry"),
     ("group-vm-link", MODULAR, "kprobe"),
     ("kvm-vfio-teardown", MODULAR, "kprobe"),
-    ("vm-get", &["patched"], "fentry"),
-    ("vm-put", &["patched"], "fentry"),
-    ("vm-destroyed", &["patched"], "fentry"),
-    ("vm-fd-release", &["patched"], "fentry"),
-    // vfio_device_open is inlined there: the group ioctl stands in for it.
-    ("device-open", &["patched"], "fentry"),
-    ("device-release", &["patched"], "fentry"),
-    ("group-vm-link", &["patched"], "fentry"),
-    ("kvm-vfio-teardown", &["patched"], "fentry"),
+    ("vm-get", BUILT, "fentry"),
+    ("vm-put", BUILT, "fentry"),
+    ("vm-destroyed", BUILT, "fentry"),
+    ("vm-fd-release", BUILT, "fentry"),
+    // On the patched 6.1 vfio_device_open is inlined: the group ioctl stands in.
+    ("device-open", BUILT, "fentry"),
+    ("device-release", BUILT, "fentry"),
+    ("group-vm-link", BUILT, "fentry"),
+    ("kvm-vfio-teardown", BUILT, "fentry"),
     ("device-open-attempt", &["6.1"], "kprobe"),
     ("device-open-attempt", &["patched"], "fentry"),
     ("lock-acquire", ALL, "fentry"),
@@ -41,7 +45,7 @@ pub const EXPECT: &[(&str, &[&str], &str)] = &[
 pub fn expect_variant(kernel: &str) -> &'static str {
     match kernel {
         "patched" => "kvm_ops patch",
-        "6.12" | "sid" => "6.6+",
+        "6.12" | "sid" | "trixie" | "trixie-bpo" | "cdev" => "6.6+",
         _ => "6.1-style",
     }
 }
@@ -76,7 +80,15 @@ const GROUP_LOCK: &str = "vfio_group.group_lock";
 const DEV_SET_LOCK: &str = "vfio_device_set.lock";
 const KVM_LOCK: &str = "kvm.lock";
 const NO_VFIO_REF: &[&str] = &["6.1", "patched"];
-const ALL: &[&str] = &["6.1", "6.12", "sid", "patched"];
+const ALL: &[&str] = &[
+    "6.1",
+    "6.12",
+    "sid",
+    "trixie",
+    "trixie-bpo",
+    "patched",
+    "cdev",
+];
 
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
@@ -263,6 +275,44 @@ pub const SCENARIOS: &[Scenario] = &[
         attributed: &["+1 (kvm_ops)", "-1 (kvm_ops)"],
         frames: &[],
         why: "the patch keeps 6.1's kvm_vfio_release under kvm->lock -> group_lock; open_device takes kvm->lock under group_lock (S2)",
+        exact: true,
+    },
+    // The cdev / iommufd path (6.6+, CONFIG_VFIO_DEVICE_CDEV): the device's
+    // own node, added to the kvm-vfio device by its fd, bound to an iommufd.
+    Scenario {
+        kernels: &["cdev"],
+        testdev: None,
+        driver: "--cdev dev-first",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[],
+        attributed: &[],
+        frames: &[],
+        why: "cdev: the bind (vfio_df_open under dev_set->lock) takes VFIO's kvm reference; closing the device first gives it back before the KVM fds",
+        exact: true,
+    },
+    Scenario {
+        kernels: &["cdev"],
+        testdev: None,
+        driver: "--cdev vm-first",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[("destroy-under-lock", &[DEV_SET_LOCK])],
+        attributed: &[],
+        frames: &["vfio_device_put_kvm"],
+        why: "cdev: VFIO's put is the last, in vfio_df_unbind_iommufd under dev_set->lock only (S3 on the cdev path: no group_lock)",
+        exact: true,
+    },
+    Scenario {
+        kernels: &["cdev"],
+        testdev: None,
+        driver: "--cdev exit",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[("destroy-under-lock", &[DEV_SET_LOCK])],
+        attributed: &[],
+        frames: &["vfio_device_put_kvm"],
+        why: "cdev, process exit: kvm-vfio holds the device file itself (KVM_DEV_VFIO_FILE_ADD keeps a reference), so the device is released by kvm_vfio_release's fput, queued after the VM fd's put: VFIO's put is the last, under dev_set->lock (S3 on any exit, a crash or a kill included; the group path's exit is clean because kvm-vfio holds the group file, not the device's)",
         exact: true,
     },
     // Opens racing the last puts: invariants, whatever the interleaving.

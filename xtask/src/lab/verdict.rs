@@ -15,7 +15,14 @@ pub struct Check {
     #[serde(default)]
     pub reason: Option<String>,
     pub variant_description: String,
+    pub vfio_paths: VfioPaths,
     pub plan: CheckPlan,
+}
+
+#[derive(Deserialize, Debug)]
+pub struct VfioPaths {
+    pub group: bool,
+    pub cdev: bool,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +102,15 @@ pub fn check_report(kernel: &str, v: &Value) -> Vec<String> {
         bad.push(format!(
             "check names the variant {:?}, expected {variant:?}",
             r.variant_description
+        ));
+    }
+    // Only the cdev kernel has the cdev path (Debian's configs leave it off).
+    let cdev = kernel == "cdev";
+    if !r.vfio_paths.group || r.vfio_paths.cdev != cdev {
+        bad.push(format!(
+            "check reports the VFIO paths {:?}, expected group and {}",
+            r.vfio_paths,
+            if cdev { "cdev" } else { "no cdev" }
         ));
     }
     // Every tracepoint program attaches on every lab kernel (the patched
