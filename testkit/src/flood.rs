@@ -23,7 +23,7 @@ use kvscope::{
         plan::Tier,
     },
     engine::{Config, Engine},
-    event::Event,
+    event::{Event, drops::Drops},
 };
 use trace_common::HookId;
 
@@ -46,6 +46,9 @@ pub struct FloodResult {
     pub consumer_cpu_secs: f64,
     /// After a stall: the backlog delivered back to back (events, seconds).
     pub backlog: Option<(u64, f64)>,
+    /// The kernel side's other drops at the end (and the watched-lock
+    /// entries added: one kvm.lock per KVM_CREATE_VM on the tracepoint tier).
+    pub drops: Drops,
 }
 
 impl FloodResult {
@@ -245,6 +248,7 @@ pub fn run(
         let (r, flood_time) = worker.join().expect("flood");
         r?;
         let lost = session.probes.lost()?;
+        let drops = session.probes.drops()?;
         drop(session);
         let vms = (threads * per_thread) as u64;
         let caused = |h: HookId| match h {
@@ -276,6 +280,7 @@ pub fn run(
             flood_secs: flood_time.as_secs_f64(),
             consumer_cpu_secs,
             backlog: sink.backlog,
+            drops,
         })
     })
 }

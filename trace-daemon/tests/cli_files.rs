@@ -109,6 +109,42 @@ fn replay_warns_when_delivery_was_never_verified() {
 }
 
 #[test]
+fn kernel_side_drops_are_reported_in_text_and_json() {
+    let h = kvscope::recording::Header {
+        abi_version: trace_common::ABI_VERSION,
+        kvscope_version: "test".into(),
+        kernel_release: "6.12.0-test".into(),
+        ..Default::default()
+    };
+    let mut d = kvscope::event::drops::Drops::default();
+    d.stack_id_failed.insert("kvm_put_kvm".into(), 2);
+    d.stash_full.insert("mutex_lock_killable".into(), 1);
+    d.watched_added = 9000;
+    d.watched_evicted = 808;
+    let mut buf = Vec::new();
+    let mut w = kvscope::recording::Writer::new(&mut buf, &h).unwrap();
+    w.drops(&d).unwrap();
+    w.flush().unwrap();
+    let f = tmp("drops.kvs", &buf);
+    let (code, out, err) = kvscope(&["replay", &f]);
+    assert_eq!(code, Some(0), "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("DROPPED"))
+        .unwrap_or_default();
+    assert!(
+        line.contains("2 events without their stack (kvm_put_kvm=2)")
+            && line.contains("1 exits lost to a full argument stash")
+            && line.contains("808 watched locks evicted of 9000 added"),
+        "{out}"
+    );
+    let (_, out, _) = kvscope(&["replay", "--json", &f]);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["drops"]["watched_evicted"], 808, "{out}");
+    assert_eq!(j["drops"]["stack_id_failed"]["kvm_put_kvm"], 2, "{out}");
+}
+
+#[test]
 fn report_output_goes_to_the_file_privately_and_fails_clearly() {
     use std::os::unix::fs::MetadataExt as _;
     let rec = recording("for-report.kvs", Default::default());

@@ -47,6 +47,16 @@ fn main() -> anyhow::Result<()> {
             r.lost(),
             r.cpu_us_per_event(),
         );
+        println!(
+            "  watched locks added {}, evicted {}; {}",
+            r.drops.watched_added,
+            r.drops.watched_evicted,
+            if r.drops.is_empty() {
+                "no other kernel-side drops".to_owned()
+            } else {
+                r.drops.summary()
+            }
+        );
         if let Some((n, secs)) = r.backlog {
             println!(
                 "  after the stall: a backlog of {n} events delivered back to back in {:.2} ms: {:.0} events/s",

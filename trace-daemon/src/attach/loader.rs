@@ -108,6 +108,16 @@ impl Default for LoadOptions {
     }
 }
 
+/// A ring buffer size the kernel accepts: a power of two, at least a page.
+pub fn check_ring_bytes(v: u32) -> Result<u32, String> {
+    if v < 4096 || !v.is_power_of_two() {
+        return Err(format!(
+            "{v} must be a power of two of at least 4096 (the kernel requires it for ring buffers)"
+        ));
+    }
+    Ok(v)
+}
+
 /// Loaded and attached programs. Dropping it detaches and unloads everything.
 pub struct Probes {
     pub ebpf: Ebpf,

@@ -296,10 +296,5 @@ pub fn parse_ring_bytes(s: &str) -> Result<u32, String> {
     let v: u32 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a byte count"))?;
-    if v < 4096 || !v.is_power_of_two() {
-        return Err(format!(
-            "{v} must be a power of two of at least 4096 (the kernel requires it for ring buffers)"
-        ));
-    }
-    Ok(v)
+    crate::attach::loader::check_ring_bytes(v)
 }

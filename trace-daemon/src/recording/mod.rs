@@ -472,6 +472,20 @@ mod tests {
     }
 
     #[test]
+    fn drops_frames_round_trip() {
+        let mut d = Drops::default();
+        d.stack_id_failed.insert("kvm_put_kvm".into(), 3);
+        d.watched_added = 9000;
+        d.watched_evicted = 808;
+        let mut w = Writer::new(Vec::new(), &header()).unwrap();
+        w.event(&rec(0)).unwrap();
+        w.drops(&d).unwrap();
+        let (frames, damage) = read_all(&w.into_inner()).unwrap();
+        assert_eq!(damage, None);
+        assert_eq!(frames[1], Frame::Drops(d));
+    }
+
+    #[test]
     fn truncation_anywhere_keeps_every_whole_frame() {
         let full = sample(5);
         let header_len = 16 + serde_json::to_vec(&header()).unwrap().len();

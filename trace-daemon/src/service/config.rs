@@ -70,7 +70,7 @@ impl DaemonConfig {
                     self.metrics_listen
                 )
             })?;
-        crate::commands::cli::parse_ring_bytes(&self.ring_bytes.to_string())
+        crate::attach::loader::check_ring_bytes(self.ring_bytes)
             .map_err(|e| anyhow::anyhow!("ring_bytes: {e}"))?;
         if self.engine.timeline_cap == 0 || self.engine.max_findings == 0 {
             anyhow::bail!("engine.timeline_cap and engine.max_findings must be at least 1");
