@@ -67,7 +67,9 @@ enum Task {
         stress: u64,
     },
     /// Replay-analysis benchmark: events/s (median of 3) and memory at two
-    /// sizes; with --lab, probe overhead in a guest (kvscope vs bpftrace vs none).
+    /// sizes (--against REV: side by side with another revision); with --lab,
+    /// probe overhead in a guest (kvscope vs bpftrace vs none); with --live, the
+    /// live path on this host's kernel under a flood of real VMs.
     Bench {
         /// Events in the larger run (the smaller is half).
         #[arg(long, default_value_t = 10_000_000)]
@@ -88,7 +90,7 @@ enum Task {
         live: bool,
         /// Also build the replay benchmark at this git revision and run the two
         /// alternately: before/after figures from one run.
-        #[arg(long, value_name = "REV")]
+        #[arg(long, value_name = "REV", conflicts_with_all = ["lab", "live"])]
         against: Option<String>,
     },
 }
