@@ -20,6 +20,9 @@ pub struct Step {
     /// kvscope_testdev's `mode=` (None: the edu device bound to vfio-pci).
     pub testdev: Option<String>,
     pub driver: Vec<String>,
+    /// `kvscope record --locks MODE` (None: the default, deep).
+    #[serde(default)]
+    pub locks: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -34,6 +37,9 @@ pub struct GuestResult {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct StepResult {
     pub id: usize,
+    /// The step's `locks`, echoed.
+    #[serde(default)]
+    pub locks: Option<String>,
     /// `kvscope replay --json` of the step's recording.
     pub report: Option<Value>,
     /// `kvscope timeline --stacks` of the recording's first VM.

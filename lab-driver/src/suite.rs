@@ -42,9 +42,18 @@ fn load_testdev(mode: &str) -> Result<(), String> {
     output("insmod", &[TESTDEV, &format!("mode={mode}")]).map(|_| ())
 }
 
-/// The recording of the driver run with `args`.
-fn record(path: &str, args: &[String], r: &mut StepResult) -> anyhow::Result<()> {
-    let mut k = start(&["record", "-o", path])?;
+/// The recording of the driver run with `args`, kvscope with `--locks locks`.
+fn record(
+    path: &str,
+    args: &[String],
+    locks: Option<&str>,
+    r: &mut StepResult,
+) -> anyhow::Result<()> {
+    let mut kargs = vec!["record", "-o", path];
+    if let Some(l) = locks {
+        kargs.extend(["--locks", l]);
+    }
+    let mut k = start(&kargs)?;
     k.wait_for("kvscope: ready:", READY_BOUND)
         .with_context(|| format!("record: {:?}", k.rest()))?;
     let me = std::env::current_exe()?;
@@ -67,6 +76,7 @@ fn record(path: &str, args: &[String], r: &mut StepResult) -> anyhow::Result<()>
 fn step(s: &Step) -> StepResult {
     let mut r = StepResult {
         id: s.id,
+        locks: s.locks.clone(),
         ..StepResult::default()
     };
     if let Some(m) = &s.testdev
@@ -74,8 +84,12 @@ fn step(s: &Step) -> StepResult {
     {
         r.errors.push(format!("loading the test module: {e}"));
     }
-    let path = format!("/tmp/s{}.kvs", s.id);
-    if let Err(e) = record(&path, &s.driver, &mut r) {
+    let path = format!(
+        "/tmp/s{}-{}.kvs",
+        s.id,
+        s.locks.as_deref().unwrap_or("deep")
+    );
+    if let Err(e) = record(&path, &s.driver, s.locks.as_deref(), &mut r) {
         r.errors.push(format!("{e:#}"));
         return r;
     }

@@ -246,4 +246,12 @@ impl Script {
     pub fn unlock(&mut self, pid: u32, addr: u64, class: LockClass, owner: u64) -> &mut Self {
         self.lock_ev(pid, Kind::LockReleased, addr, class, owner)
     }
+
+    /// Lean lock watching: at kvm_destroy_vm the lock's owner word named
+    /// this thread.
+    pub fn held(&mut self, pid: u32, addr: u64, class: LockClass, owner: u64) -> &mut Self {
+        self.lock_ev(pid, Kind::LockHeld, addr, class, owner);
+        self.events.last_mut().expect("pushed").hook = HookId::KvmDestroyVm;
+        self
+    }
 }

@@ -206,6 +206,9 @@ pub enum LockOp {
     Released = 4,
     ContentionBegin = 5,
     ContentionEnd = 6,
+    /// At a path hook: the watched lock's owner word names the current task
+    /// (lean lock watching: no mutex API hook sees the acquire).
+    Held = 7,
 }
 
 impl LockOp {
@@ -217,6 +220,7 @@ impl LockOp {
             4 => Self::Released,
             5 => Self::ContentionBegin,
             6 => Self::ContentionEnd,
+            7 => Self::Held,
             _ => Self::None,
         }
     }
@@ -431,6 +435,9 @@ pub struct ProbeConfig {
     /// kvscope's own thread group: only its `KVSCOPE_SELFTEST` ioctl is
     /// answered with a self-test event.
     pub self_tgid: u32,
+    /// `mutex.owner` (the owner task, low bits flags); unknown on PREEMPT_RT,
+    /// where a mutex wraps an rt_mutex.
+    pub mutex_owner: u32,
 }
 
 pub mod config_flags {
@@ -438,7 +445,13 @@ pub mod config_flags {
     pub const STACKS: u32 = 1 << 0;
     /// Collect stacks on watched-lock attempts too.
     pub const LOCK_STACKS: u32 = 1 << 1;
+    /// The VFIO locks are taken dev_set->lock first (6.1 and the kvm_ops
+    /// patch), so report held ones in that order.
+    pub const DEV_SET_FIRST: u32 = 1 << 2;
 }
+
+/// The flag bits in `mutex.owner` below the task pointer (MUTEX_FLAGS).
+pub const MUTEX_OWNER_FLAGS: u64 = 0x07;
 
 impl ProbeConfig {
     pub const UNKNOWN: ProbeConfig = ProbeConfig {
@@ -465,6 +478,7 @@ impl ProbeConfig {
         filter_tgid: 0,
         flags: 0,
         self_tgid: 0,
+        mutex_owner: OFFSET_UNKNOWN,
     };
 }
 

@@ -112,6 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 load: LoadOptions {
                     filter_tgid: args.pid.unwrap_or(0),
                     ring_bytes: args.ring_bytes,
+                    lock_watch: args.lock_watch,
                     ..LoadOptions::default()
                 },
                 engine: engine::Config::default(),
@@ -127,6 +128,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 load: LoadOptions {
                     filter_tgid: args.pid.unwrap_or(0),
                     ring_bytes: args.ring_bytes,
+                    lock_watch: args.lock_watch,
                     ..LoadOptions::default()
                 },
                 share: args.share,

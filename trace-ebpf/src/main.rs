@@ -10,6 +10,7 @@
 
 mod config;
 mod emit;
+mod held;
 #[macro_use]
 mod hook;
 mod kread;

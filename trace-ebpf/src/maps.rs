@@ -48,6 +48,19 @@ pub static TRACKED_FDS: LruHashMap<FdKey, u32> = LruHashMap::with_max_entries(16
 #[map]
 pub static TRACKED_TGIDS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);
 
+/// The VFIO device a thread is releasing (set at vfio_device_fops_release's
+/// entry, removed at its exit): where kvm_destroy_vm, reached from that
+/// release, finds the VFIO locks whose owner words to read. Key: pid_tgid.
+#[map]
+pub static PATH_CTX: LruHashMap<u64, PathCtx> = LruHashMap::with_max_entries(4096, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PathCtx {
+    pub device: u64,
+    pub group: u64,
+}
+
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct StashKey {

@@ -182,7 +182,8 @@ pub const ROLES: &[RoleSpec] = &[
         role: Role::DeviceRelease,
         pick: Pick::All,
         candidates: &[
-            c(H::VfioDeviceFopsRelease, true, false, "all"),
+            // Its exit forgets the thread's path context (lean lock watching).
+            c(H::VfioDeviceFopsRelease, true, true, "all"),
             c(H::VfioDfClose, true, false, "6.6+"),
             c(H::VfioDeviceClose, true, false, "6.2-6.5"),
         ],

@@ -14,7 +14,7 @@ use trace_common::HookId;
 use crate::{
     attach::hooks::Role,
     attach::loader::{self, Facts, LoadOptions, Probes},
-    attach::plan::Method,
+    attach::plan::{LockWatch, Method},
     attach::selftest,
     engine,
     event::{DecodeError, Event, drops::Drops, record_from_bytes},
@@ -115,6 +115,7 @@ pub struct Session {
     pub delivery: Delivery,
     /// The kernel side's other drops, as of the last tick.
     pub drops: Drops,
+    pub lock_watch: LockWatch,
 }
 
 impl Session {
@@ -139,6 +140,7 @@ impl Session {
             pending,
             delivery,
             drops: Drops::default(),
+            lock_watch: opts.lock_watch,
         })
     }
 
@@ -156,11 +158,12 @@ impl Session {
             "event delivery NOT verified".to_owned()
         };
         format!(
-            "kvscope: ready: attached on {} ({}); {}/{} roles; {delivery}",
+            "kvscope: ready: attached on {} ({}); {}/{} roles; locks {}; {delivery}",
             self.facts.version.release,
             plan.tier().describe(),
             attached,
-            plan.roles.len()
+            plan.roles.len(),
+            self.lock_watch.name()
         )
     }
 
@@ -211,6 +214,7 @@ impl Session {
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default(),
             variant: self.facts.variant.describe().to_owned(),
+            lock_watch: self.lock_watch.name().to_owned(),
             offsets: self
                 .facts
                 .offset_report

@@ -11,13 +11,13 @@ use aya::{
     programs::{FEntry, FExit, KProbe, Program, TracePoint},
 };
 use trace_common::{
-    DropCause, HOOK_SLOTS, HookId, LockClass, ProbeConfig, WatchedLock, config_flags, drop_slot,
-    maps,
+    DropCause, HOOK_SLOTS, HookId, LockClass, OFFSET_UNKNOWN, ProbeConfig, WatchedLock,
+    config_flags, drop_slot, maps,
 };
 
 use crate::{
     attach::hooks::TRACEPOINTS,
-    attach::plan::{self, HostFacts, Method, Plan, StackVariant},
+    attach::plan::{self, HostFacts, LockWatch, Method, Plan, StackVariant},
     event::drops::Drops,
     kernel::{
         btf::{KernelBtf, OffsetReport, probe_config},
@@ -95,6 +95,7 @@ pub struct LoadOptions {
     pub stacks: bool,
     pub lock_stacks: bool,
     pub ring_bytes: u32,
+    pub lock_watch: LockWatch,
 }
 
 impl Default for LoadOptions {
@@ -104,6 +105,7 @@ impl Default for LoadOptions {
             stacks: true,
             lock_stacks: true,
             ring_bytes: 4 << 20,
+            lock_watch: LockWatch::Deep,
         }
     }
 }
@@ -178,6 +180,11 @@ pub fn load(facts: &Facts, opts: &LoadOptions) -> anyhow::Result<Probes> {
             facts.privileges.euid
         );
     }
+    if opts.lock_watch == LockWatch::Lean && facts.offsets.mutex_owner == OFFSET_UNKNOWN {
+        bail!(
+            "--locks lean needs the layout of struct mutex (its owner field) and this kernel's BTF has none (PREEMPT_RT?): use --locks deep"
+        );
+    }
     let mut config = facts.offsets;
     config.filter_tgid = opts.filter_tgid;
     // Only this process's delivery self-test is answered.
@@ -192,6 +199,11 @@ pub fn load(facts: &Facts, opts: &LoadOptions) -> anyhow::Result<Probes> {
             config_flags::LOCK_STACKS
         } else {
             0
+        })
+        | (if facts.variant.dev_set_first() {
+            config_flags::DEV_SET_FIRST
+        } else {
+            0
         });
     let mut ebpf = EbpfLoader::new()
         .override_global(maps::CONFIG_GLOBAL, &config, true)
@@ -201,6 +213,9 @@ pub fn load(facts: &Facts, opts: &LoadOptions) -> anyhow::Result<Probes> {
     let aya_btf = Btf::from_sys_fs().ok();
     let fentry = probe_fentry(&mut ebpf, aya_btf.as_ref());
     let mut plan = facts.plan(fentry.clone());
+    if opts.lock_watch == LockWatch::Lean {
+        plan.without_lock_roles();
+    }
     let watched_by_user = watch_globals(&mut ebpf, &facts.kallsyms)?;
     attach(&mut ebpf, &mut plan, aya_btf.as_ref());
     if plan.tier() == plan::Tier::None {

@@ -17,6 +17,56 @@ pub enum Method {
     None,
 }
 
+/// How watched locks are followed.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum LockWatch {
+    /// The mutex API hooked (every mutex of the host pays the filter): every
+    /// acquire and release of a watched lock.
+    #[default]
+    Deep,
+    /// No program on the mutex API: the locks a thread holds are read from
+    /// their owner words at the path hooks (today: at kvm_destroy_vm reached
+    /// from a VFIO device release). Raises destroy-under-lock; not yet the
+    /// lock-order and self-deadlock findings.
+    Lean,
+}
+
+impl LockWatch {
+    pub fn name(self) -> &'static str {
+        match self {
+            LockWatch::Deep => "deep",
+            LockWatch::Lean => "lean",
+        }
+    }
+}
+
+impl StackVariant {
+    /// 6.1 and the kvm_ops patch take dev_set->lock before group_lock.
+    pub fn dev_set_first(self) -> bool {
+        matches!(self, StackVariant::Mainline61 | StackVariant::KvmOpsPatch)
+    }
+}
+
+impl Plan {
+    /// Lean lock watching: the mutex API roles are planned, not attached.
+    pub fn without_lock_roles(&mut self) {
+        for r in &mut self.roles {
+            if matches!(r.role, Role::LockAcquire | Role::LockRelease) {
+                for c in &mut r.choices {
+                    c.method = Method::None;
+                    c.programs.clear();
+                    c.reason =
+                        "lean lock watching: the mutex API is not hooked (--locks deep hooks it)"
+                            .into();
+                }
+            }
+        }
+    }
+}
+
 /// What the loader knows about the host before attaching anything.
 pub struct HostFacts<'a> {
     pub kallsyms: &'a Kallsyms,

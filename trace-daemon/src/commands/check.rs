@@ -2,6 +2,7 @@
 //! It really loads and attaches (then detaches): what it reports was tried.
 use serde::Serialize;
 
+use super::lock_modes;
 use crate::{
     attach::loader::{self, Facts, LoadOptions},
     attach::plan::{self, Method, Plan, StackVariant, Tier, VfioPaths},
@@ -52,6 +53,8 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub plan: Plan,
+    /// Per finding kind: what `--locks deep` and `--locks lean` raise here.
+    pub lock_watch: Vec<lock_modes::ModeRow>,
     pub offsets: Vec<OffsetReport>,
 }
 
@@ -100,6 +103,7 @@ pub fn run(facts: &Facts) -> Report {
                 "nothing attachable: no role and no tracepoint could be attached".to_owned()
             }))
         },
+        lock_watch: lock_modes::rows(&plan),
         plan,
         offsets: facts.offset_report.clone(),
     }
@@ -224,6 +228,15 @@ pub fn render_text(r: &Report) -> String {
         );
     }
     let _ = writeln!(o, "tier          {}", r.tier_description);
+    let _ = writeln!(o);
+    let _ = writeln!(
+        o,
+        "{:<22} {:<50} LEAN (--locks lean)",
+        "FINDING", "DEEP (--locks deep, the default)"
+    );
+    for m in &r.lock_watch {
+        let _ = writeln!(o, "{:<22} {:<50} {}", m.kind.id(), m.deep, m.lean);
+    }
     if let Some(why) = &r.reason {
         let _ = writeln!(o, "NOT USABLE    {why}");
     }

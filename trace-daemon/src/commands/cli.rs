@@ -1,6 +1,8 @@
 //! Command-line interface definitions.
 use clap::{Args, Parser, Subcommand};
 
+use crate::attach::plan::LockWatch;
+
 use crate::commands::trace::VmSel;
 
 #[derive(Parser)]
@@ -133,6 +135,12 @@ pub struct RecordArgs {
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
+    /// How watched locks are followed: `deep` hooks the mutex API (every
+    /// mutex of the host pays a filter); `lean` hooks no mutex and reads the
+    /// held locks' owner words at the VFIO/KVM path hooks (destroy-under-lock
+    /// only, today).
+    #[arg(long = "locks", value_enum, default_value_t = LockWatch::Deep)]
+    pub lock_watch: LockWatch,
     /// Create the file world-readable (0644). By default it is 0600: it holds
     /// kernel addresses and stacks, which the kernel hides from other users.
     #[arg(long)]
@@ -290,6 +298,9 @@ pub struct TraceArgs {
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
     #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
+    /// How watched locks are followed (as for `record --locks`).
+    #[arg(long = "locks", value_enum, default_value_t = LockWatch::Deep)]
+    pub lock_watch: LockWatch,
 }
 
 pub fn parse_ring_bytes(s: &str) -> Result<u32, String> {

@@ -2,6 +2,7 @@
 //! command (the daemon's lives in `service`).
 pub mod check;
 pub mod cli;
+pub mod lock_modes;
 pub mod offline;
 pub mod record;
 pub mod trace;

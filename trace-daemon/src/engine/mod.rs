@@ -232,5 +232,8 @@ impl Engine {
         if let Some(dev) = e.device {
             self.device_event(dev, e, out);
         }
+        if e.kind != Kind::LockHeld {
+            self.locks.end_momentary(e.pid);
+        }
     }
 }

@@ -424,7 +424,7 @@ impl Engine {
         self.retire_if_reused(addr, e);
         let pending = self.take_pending_put(addr, e);
         let held = match e.kind {
-            Kind::VmDestroyed => self.locks.held_by(e.pid).to_vec(),
+            Kind::VmDestroyed => self.locks.held_now(e.pid),
             _ => Vec::new(),
         };
         let vm = self.vm_mut(addr, e);

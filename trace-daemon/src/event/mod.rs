@@ -41,6 +41,9 @@ pub enum Kind {
     LockReleased,
     ContentionBegin,
     ContentionEnd,
+    /// The thread holds this watched lock now: its owner word, read at a path
+    /// hook (lean lock watching), names the thread.
+    LockHeld,
     /// A record that decodes to nothing we use (e.g. an ioctl we do not model).
     Other,
 }
@@ -255,6 +258,11 @@ impl Event {
             at_return: e.phase == abi::Phase::Exit as u8,
         };
         let arg = opt(e, known::ARG, e.arg);
+        // A held lock reported at a path hook (lean lock watching).
+        if LockOp::from_u8(e.lock_op) == LockOp::Held {
+            ev.kind = Kind::LockHeld;
+            return Ok(ev);
+        }
         ev.kind = match hook {
             HookId::KvmCreateVm => {
                 if ev.kvm.is_some() {
@@ -324,6 +332,7 @@ impl Event {
                 LockOp::Released => Kind::LockReleased,
                 LockOp::ContentionBegin => Kind::ContentionBegin,
                 LockOp::ContentionEnd => Kind::ContentionEnd,
+                LockOp::Held => Kind::LockHeld,
                 LockOp::None => Kind::Other,
             },
             HookId::SysIoctl => {

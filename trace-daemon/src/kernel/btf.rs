@@ -189,6 +189,7 @@ offsets! {
     files_fdt: "files_struct" "fdt";
     fdtable_fd: "fdtable" "fd";
     fdtable_max_fds: "fdtable" "max_fds";
+    mutex_owner: "mutex" "owner";
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]

@@ -29,6 +29,7 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::LockReleased => "lock-released",
         Kind::ContentionBegin => "lock-wait",
         Kind::ContentionEnd => "lock-wait-end",
+        Kind::LockHeld => "lock-held",
         Kind::Other => "other",
     }
 }

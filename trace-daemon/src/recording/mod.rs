@@ -66,6 +66,10 @@ pub struct Header {
     /// recordings older than the self-test: never verified.
     #[serde(default)]
     pub delivery: Delivery,
+    /// `deep` or `lean` (`--locks`); empty in recordings made before the
+    /// modes existed, which were all deep.
+    #[serde(default)]
+    pub lock_watch: String,
 }
 
 /// The attach-time self-test: kvscope makes the kernel side emit one event

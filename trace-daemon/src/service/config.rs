@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::engine;
+use crate::{attach::plan::LockWatch, engine};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -28,6 +28,10 @@ pub struct DaemonConfig {
     pub ring_bytes: u32,
     /// Collect kernel stacks on path hooks and lock attempts.
     pub stacks: bool,
+    /// `deep`: the mutex API hooked, every acquire and release of a watched
+    /// lock; `lean`: no mutex hook, held locks read at the path hooks
+    /// (README, "Lock watching").
+    pub lock_watch: LockWatch,
     /// Analysis thresholds and bounds.
     pub engine: engine::Config,
 }
@@ -43,6 +47,7 @@ impl Default for DaemonConfig {
             journal: true,
             ring_bytes: 4 << 20,
             stacks: true,
+            lock_watch: LockWatch::Deep,
             engine: engine::Config::default(),
         }
     }

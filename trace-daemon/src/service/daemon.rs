@@ -16,6 +16,7 @@ use sd_notify::NotifyState;
 use crate::{
     attach::live::{self, Session, Signals, Sink},
     attach::loader::LoadOptions,
+    attach::plan::LockWatch,
     engine::{self, Finding},
     event::Event,
     output::finding_text::{self, FindingJson},
@@ -187,12 +188,19 @@ impl Sink for DaemonSink {
             c
         });
         match result {
-            Ok(c) => {
+            Ok(mut c) => {
                 if c.metrics_listen != self.config.metrics_listen {
                     eprintln!(
                         "kvscope: metrics_listen changes only at restart; still serving {}",
                         self.config.metrics_listen
                     );
+                }
+                if c.lock_watch != self.config.lock_watch {
+                    eprintln!(
+                        "kvscope: lock_watch changes only at restart in this version; still {}",
+                        self.config.lock_watch.name()
+                    );
+                    c.lock_watch = self.config.lock_watch;
                 }
                 // Thresholds change; state (VMs, locks, findings) stays.
                 // What the attach plan decided stays too.
@@ -250,11 +258,16 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         stacks: config.stacks,
         lock_stacks: config.stacks,
         filter_tgid: 0,
+        lock_watch: config.lock_watch,
     };
     let Some(mut session) = live::attach(&load, &mut signals).await? else {
         return Ok(());
     };
     metrics.set_plan(&session.probes.plan);
+    for m in [LockWatch::Deep, LockWatch::Lean] {
+        let on = f64::from(u8::from(m == session.lock_watch));
+        metrics.lock_watch.with_label_values(&[m.name()]).set(on);
+    }
     metrics
         .delivery_verified
         .set(i64::from(session.delivery.verified));

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub reloads: IntCounter,
     pub build_info: GaugeVec,
     pub delivery_verified: IntGauge,
+    pub lock_watch: GaugeVec,
 }
 
 /// Buckets from 10 µs to about 40 s: lock holds are µs, teardowns are ms..s.
@@ -74,15 +75,17 @@ impl Metrics {
             ring_fill: reg!(r, Gauge::new("kvscope_ring_buffer_fill_ratio", "Fraction of the event ring buffer holding unread events.")),
             reloads: reg!(r, IntCounter::new("kvscope_config_reloads_total", "Configuration reloads (SIGHUP) applied.")),
             build_info: reg!(r, GaugeVec::new(Opts::new("kvscope_build_info", "Always 1; the kvscope version as a label."), &["version"])),
+            lock_watch: reg!(r, GaugeVec::new(Opts::new("kvscope_lock_watch", "1 for the lock-watching mode in use: deep (the mutex API hooked) or lean (held locks read from owner words at the path hooks)."), &["mode"])),
             delivery_verified: reg!(r, IntGauge::new("kvscope_delivery_verified", "1 when the attach-time self-test event came back through the ring buffer; 0: an absence of events proves nothing.")),
             registry: r,
         }
     }
 
-    fn collectors(&self) -> [&dyn prometheus::core::Collector; 19] {
+    fn collectors(&self) -> [&dyn prometheus::core::Collector; 21] {
         [
             &self.events,
             &self.lost,
+            &self.drops,
             &self.undecodable,
             &self.attached,
             &self.role_missing,
@@ -100,6 +103,7 @@ impl Metrics {
             &self.reloads,
             &self.build_info,
             &self.delivery_verified,
+            &self.lock_watch,
         ]
     }
 

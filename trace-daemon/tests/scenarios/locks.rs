@@ -177,3 +177,48 @@ fn releases_of_locks_taken_before_they_were_watched_are_no_anomaly() {
         Some(&1)
     );
 }
+
+/// Lean lock watching: no mutex event at all; at kvm_destroy_vm the owner
+/// words showed the releasing thread holding group_lock and dev_set->lock.
+/// The same S3 finding as with every acquire seen, and nothing lingers: the
+/// held locks count for that destroy only.
+#[test]
+fn lean_owner_words_at_destroy_give_the_same_destroy_under_lock() {
+    let mut s = Script::new();
+    setup(&mut s);
+    open_66(&mut s, 3);
+    s.close_vm_fd(QEMU, KVM, 3);
+    close_kvm_vfio_66(&mut s, 2);
+    release_66(&mut s, 1);
+    let mut events: Vec<_> = s.events.into_iter().filter(|e| e.lock.is_none()).collect();
+    let at = events
+        .iter()
+        .position(|e| e.kind == kvscope::event::Kind::VmDestroyed)
+        .expect("a destroy");
+    let mut held = Script::new();
+    held.t = events[at].ts_ns - 10;
+    held.held(QEMU, GROUP_LOCK, VfioGroupLock, GROUP).held(
+        QEMU,
+        DEV_SET_LOCK,
+        VfioDevSetLock,
+        DEV_SET,
+    );
+    events.splice(at..at, held.events);
+    // A second VM ends on the same thread later, under no lock.
+    let mut later = Script::new();
+    later.t = events.last().unwrap().ts_ns + 1_000_000;
+    later
+        .create_vm(QEMU, KVM + 0x10_0000)
+        .close_vm_fd(QEMU, KVM + 0x10_0000, 1);
+    events.extend(later.events);
+    let mut e = Engine::new(Config::default());
+    let mut f: Vec<Finding> = events.iter().flat_map(|ev| e.ingest(ev)).collect();
+    f.extend(e.tick(u64::MAX / 2));
+    assert_eq!(kinds(&f), [FindingKind::DestroyUnderLock], "{f:#?}");
+    assert_eq!(
+        lock_names(&f[0].locks),
+        ["vfio_group.group_lock", "vfio_device_set.lock"]
+    );
+    assert_eq!(f[0].object(ObjectRole::Kvm), Some(KVM));
+    assert!(e.held_locks(QEMU).is_empty());
+}

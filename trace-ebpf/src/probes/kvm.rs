@@ -108,6 +108,7 @@ fn on_destroy<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
     if !wanted() {
         return false;
     }
+    crate::held::report_held_locks(ctx, call.arg(0));
     let mut e = new_event(HookId::KvmDestroyVm, Phase::Entry);
     set_kvm(&mut e, call.arg(0));
     submit(ctx, e, true);

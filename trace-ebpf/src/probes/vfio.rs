@@ -9,6 +9,7 @@ use crate::{
         new_event, set_device, set_fd, set_file, set_kvm, set_ret, submit, wanted, watch,
         watch_device_locks,
     },
+    held::{enter_path, leave_path},
     hook::Call,
     kread::{file_of_fd, private_data, ptr_at, vfio_device_of_private},
 };
@@ -141,10 +142,15 @@ fn open_exit<C: EbpfContext + StackIdContext>(ctx: &C, hook: HookId, dev: u64, r
 
 // int vfio_device_fops_release(struct inode *inode, struct file *filep): the
 // device fd's release, all lines. private_data: device (<6.6) or df (6.6+).
-entry_hook!(
+// The exit only forgets the thread's path context (see `PATH_CTX`).
+entry_exit_hook!(
+    HookId::VfioDeviceFopsRelease,
     fentry_vfio_device_fops_release,
+    fexit_vfio_device_fops_release,
     kprobe_vfio_device_fops_release,
-    on_fops_release
+    kretprobe_vfio_device_fops_release,
+    on_fops_release,
+    on_fops_release_exit
 );
 
 fn on_fops_release<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
@@ -154,12 +160,18 @@ fn on_fops_release<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> boo
     let mut e = new_event(HookId::VfioDeviceFopsRelease, Phase::Entry);
     let file = call.arg(1);
     set_file(&mut e, file);
+    let mut in_path = false;
     if let Some(dev) = private_data(file).and_then(vfio_device_of_private) {
         set_device(&mut e, dev);
         watch_device_locks(&e);
+        in_path = enter_path(dev, e.group);
     }
     submit(ctx, e, true);
-    false
+    in_path
+}
+
+fn on_fops_release_exit<C>(_ctx: &C, _call: &Call) {
+    leave_path();
 }
 
 // 6.6+: void vfio_df_close(struct vfio_device_file *df); 6.2-6.5:

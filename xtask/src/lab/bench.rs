@@ -1,6 +1,6 @@
 //! `cargo xtask bench --lab`: probe overhead measured in one guest, side by
 //! side: the driver's loops (lab-driver bench.rs) with no probe, with kvscope
-//! recording, with an equivalent bpftrace program, and (for the unrelated
+//! recording (`--locks deep`, then `--locks lean`), with an equivalent bpftrace program, and (for the unrelated
 //! mutex loop) with an empty fentry on mutex_lock/unlock. TCG makes absolute
 //! times meaningless: the figures that count are the ratios to "none".
 use std::{collections::BTreeMap, time::Duration};
@@ -41,12 +41,15 @@ run none0
 kvscope record -o /tmp/b.kvs 2>/tmp/k.err & P=$!; attached /tmp/k.err "kvscope: ready:"
 run kvscope; kill -INT $P; wait $P
 run none1
+kvscope record --locks lean -o /tmp/l.kvs 2>/tmp/l.err & P=$!; attached /tmp/l.err "kvscope: ready:"
+run kvscope-lean; kill -INT $P; wait $P
+run none2
 bpftrace -e '{eq}' >/tmp/bt.out 2>&1 & P=$!; attached /tmp/bt.out Attaching
 run bpftrace; kill -INT $P; wait $P
-run none2
+run none3
 bpftrace -e '{empty}' >/tmp/be.out 2>&1 & P=$!; attached /tmp/be.out Attaching
 run empty-fentry; kill -INT $P; wait $P
-run none3
+run none4
 grep -m3 -i error /tmp/bt.out /tmp/be.out || true
 "#,
         eq = BPFTRACE_EQUIVALENT,
@@ -114,8 +117,9 @@ pub fn run(kernel: &str, iterations: u64) -> anyhow::Result<()> {
     // runs together, so that drift across the guest's life (TCG) cancels.
     let configs = [
         ("kvscope", "none0", "none1"),
-        ("bpftrace", "none1", "none2"),
-        ("empty-fentry", "none2", "none3"),
+        ("kvscope-lean", "none1", "none2"),
+        ("bpftrace", "none2", "none3"),
+        ("empty-fentry", "none3", "none4"),
     ];
     let med_of = |got: &BTreeMap<(String, String), Vec<f64>>, keys: &[&str], l: &str| {
         let mut v: Vec<f64> = keys
@@ -151,7 +155,7 @@ pub fn run(kernel: &str, iterations: u64) -> anyhow::Result<()> {
         }
         println!("{c:<14} {} {}", cells[0], cells[1]);
     }
-    let blocks: Vec<String> = ["none0", "none1", "none2", "none3"]
+    let blocks: Vec<String> = ["none0", "none1", "none2", "none3", "none4"]
         .iter()
         .filter_map(|n| med_of(&got, &[n], "pipe-mutex").map(|v| format!("{v:.0}")))
         .collect();
@@ -176,6 +180,14 @@ pub fn run(kernel: &str, iterations: u64) -> anyhow::Result<()> {
         println!(
             "unrelated mutex loop, added cost per iteration: kvscope's watched-lock filter {k:.0} ns, an empty fentry {e:.0} ns (filter/empty {:.2})",
             k / e
+        );
+    }
+    if let (Some(d), Some(l)) = (
+        added("kvscope", "pipe-mutex"),
+        added("kvscope-lean", "pipe-mutex"),
+    ) {
+        println!(
+            "unrelated mutex loop, added cost per iteration: deep {d:.0} ns, lean {l:.0} ns (no program on the mutex API)"
         );
     }
     Ok(())

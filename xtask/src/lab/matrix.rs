@@ -57,16 +57,21 @@ fn verdict(kernel: &str, output: &[String]) -> Vec<String> {
     };
     for s in &result.steps {
         let sc = &SCENARIOS[s.id];
-        let name = sc.name();
+        let lean = s.locks.as_deref() == Some("lean");
+        let name = if lean {
+            format!("{} [lean]", sc.name())
+        } else {
+            sc.name()
+        };
         eprintln!("lab:   {name}: {}", sc.why);
         bad.extend(s.errors.iter().map(|e| format!("{name}: {e}")));
         match &s.report {
-            Some(r) => bad.extend(verdict::check_scenario(&name, sc, r, &s.timeline)),
+            Some(r) => bad.extend(verdict::check_scenario(&name, sc, lean, r, &s.timeline)),
             None => bad.push(format!("{name}: no replay report from the guest")),
         }
     }
     let ran = result.steps.len();
-    let want = SCENARIOS.iter().filter(|sc| sc.runs_on(kernel)).count();
+    let want = suite(kernel).steps.len();
     if ran != want {
         bad.push(format!("{ran} scenarios ran, {want} expected"));
     }

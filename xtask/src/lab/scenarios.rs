@@ -358,17 +358,53 @@ impl Scenario {
     }
 }
 
-/// What the guest runs on `kernel`: each scenario's step, by index.
+impl Scenario {
+    /// Also run with `--locks lean`: the exact scenarios whose VM dies under
+    /// VFIO locks (lean reads the held locks from their owner words there).
+    pub fn also_lean(&self) -> bool {
+        self.exact
+            && self
+                .findings
+                .iter()
+                .any(|(k, _)| *k == "destroy-under-lock")
+    }
+
+    /// The findings expected in a lock-watching mode: lean raises no
+    /// lock-order, self-deadlock or long wait/hold finding yet.
+    pub fn findings_in(&self, lean: bool) -> Vec<(&'static str, &'static [&'static str])> {
+        let lean_only = [
+            "lock-order-inversion",
+            "self-deadlock",
+            "long-wait",
+            "long-hold",
+        ];
+        self.findings
+            .iter()
+            .filter(|(k, _)| !lean || !lean_only.contains(k))
+            .copied()
+            .collect()
+    }
+}
+
+/// What the guest runs on `kernel`: each scenario's step, by index, and its
+/// lean run where it has one.
 pub fn suite(kernel: &str) -> Suite {
-    let steps = SCENARIOS
+    let mut steps = Vec::new();
+    for (id, sc) in SCENARIOS
         .iter()
         .enumerate()
         .filter(|(_, sc)| sc.runs_on(kernel))
-        .map(|(id, sc)| Step {
+    {
+        let step = |locks: Option<&str>| Step {
             id,
             testdev: sc.testdev.map(str::to_owned),
             driver: sc.driver.split_whitespace().map(str::to_owned).collect(),
-        })
-        .collect();
+            locks: locks.map(str::to_owned),
+        };
+        steps.push(step(None));
+        if sc.also_lean() {
+            steps.push(step(Some("lean")));
+        }
+    }
     Suite { steps }
 }

@@ -212,9 +212,9 @@ fn check_objects(name: &str, sc: &Scenario, r: &Report, bad: &mut Vec<String>) {
 
 /// Exactly the findings the scenario names (in order), or for a race only
 /// the kinds it allows.
-fn check_findings(name: &str, sc: &Scenario, r: &Report, bad: &mut Vec<String>) {
+fn check_findings(name: &str, sc: &Scenario, lean: bool, r: &Report, bad: &mut Vec<String>) {
     let want: Vec<Finding> = sc
-        .findings
+        .findings_in(lean)
         .iter()
         .map(|(k, l)| Finding {
             kind: k.to_string(),
@@ -240,7 +240,13 @@ fn check_findings(name: &str, sc: &Scenario, r: &Report, bad: &mut Vec<String>) 
     }
 }
 
-pub fn check_scenario(name: &str, sc: &Scenario, v: &Value, timeline: &str) -> Vec<String> {
+pub fn check_scenario(
+    name: &str,
+    sc: &Scenario,
+    lean: bool,
+    v: &Value,
+    timeline: &str,
+) -> Vec<String> {
     let r: Report = match serde_json::from_value(v.clone()) {
         Ok(r) => r,
         Err(e) => return vec![format!("{name}: replay --json: unexpected shape: {e}")],
@@ -260,7 +266,7 @@ pub fn check_scenario(name: &str, sc: &Scenario, v: &Value, timeline: &str) -> V
         bad.push(format!("{name}: {lost} events lost"));
     }
     check_objects(name, sc, &r, &mut bad);
-    check_findings(name, sc, &r, &mut bad);
+    check_findings(name, sc, lean, &r, &mut bad);
     // A JIT image or trampoline after the test module was once named after
     // the module's last symbol; frames past a module's extent stay raw now.
     if timeline.contains("cleanup_module+") {

@@ -32,6 +32,7 @@ impl Engine {
             Kind::LockFailed => self.locks.attempt_failed(e.pid),
             Kind::LockReleased => self.lock_released(e, out),
             Kind::ContentionBegin | Kind::ContentionEnd => self.contention(e, out),
+            Kind::LockHeld => self.lock_held(e),
             _ => {}
         }
     }
@@ -139,6 +140,14 @@ impl Engine {
             secs: at.saturating_sub(w.since_ns) as f64 / 1e9,
         });
         self.locks.push_held(e.pid, Held { since_ns: at, ..w });
+    }
+
+    /// The owner word showed the thread holding the lock (at a path hook).
+    fn lock_held(&mut self, e: &Event) {
+        let Some(l) = e.lock else { return };
+        self.locks.first_sighting(l.addr);
+        let h = held_from(&l, e.ts_ns, None);
+        self.locks.momentary.entry(e.pid).or_default().push(h);
     }
 
     fn lock_acquired(&mut self, e: &Event, out: &mut Vec<Finding>) {

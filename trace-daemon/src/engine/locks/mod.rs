@@ -31,6 +31,9 @@ pub struct LockState {
     /// does anything else, or once its contention ends.
     implicit: FastMap<u32, bool>,
     graph: LockGraph,
+    /// Locks the thread was seen to hold by their owner word at a path hook
+    /// (lean: no acquire or release is seen), valid for its next event only.
+    momentary: FastMap<u32, Vec<Held>>,
     /// Lock addresses seen in any lock event so far (bounded: `MAX_SEEN`).
     seen: FastSet<u64>,
 }
@@ -54,6 +57,23 @@ impl LockState {
 
     pub fn held_by(&self, pid: u32) -> &[Held] {
         self.held.get(&pid).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Held now: the acquisitions seen, then the locks the owner words showed
+    /// at the path hook just before (those not already among them).
+    pub fn held_now(&self, pid: u32) -> Vec<Held> {
+        let mut v = self.held_by(pid).to_vec();
+        for h in self.momentary.get(&pid).into_iter().flatten() {
+            if !v.iter().any(|x| x.addr == h.addr) {
+                v.push(h.clone());
+            }
+        }
+        v
+    }
+
+    /// After the thread's next event, what its owner words showed is stale.
+    pub fn end_momentary(&mut self, pid: u32) {
+        self.momentary.remove(&pid);
     }
 
     pub fn holds(&self, pid: u32, addr: u64) -> Option<&Held> {
@@ -86,6 +106,7 @@ impl LockState {
     /// The thread is gone: nothing it held or waited for stays.
     pub fn forget_thread(&mut self, pid: u32) {
         self.held.remove(&pid);
+        self.momentary.remove(&pid);
         self.waiting.remove(&pid);
         self.implicit.remove(&pid);
     }

@@ -1,0 +1,69 @@
+//! What each lock-watching mode can raise on this host, per finding kind, and
+//! why (for `kvscope check`).
+use serde::Serialize;
+
+use crate::{
+    attach::{
+        hooks::Role,
+        plan::{Method, Plan},
+    },
+    engine::FindingKind,
+};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ModeRow {
+    pub kind: FindingKind,
+    pub deep: String,
+    pub lean: String,
+}
+
+/// The roles' state that decides it: whether kvm_destroy_vm is hooked and
+/// whether the mutex API could be.
+fn attachable(plan: &Plan, role: Role) -> bool {
+    plan.roles.iter().filter(|r| r.role == role).any(|r| {
+        r.choices
+            .iter()
+            .any(|c| c.method != Method::None || c.reason.starts_with("lean"))
+    })
+}
+
+pub fn rows(plan: &Plan) -> Vec<ModeRow> {
+    let destroy = attachable(plan, Role::VmDestroyed);
+    let mutex = attachable(plan, Role::LockAcquire);
+    let no_mutex = "the mutex API cannot be hooked here (see the lock roles)";
+    let by_acquires = |what: &str| {
+        if mutex {
+            format!("yes: {what}")
+        } else {
+            format!("no: {no_mutex}")
+        }
+    };
+    FindingKind::ALL
+        .iter()
+        .map(|&kind| {
+            let (deep, lean) = match kind {
+                FindingKind::DestroyUnderLock if !destroy => {
+                    let why = "no: kvm_destroy_vm is not hooked here (tier 3)".to_owned();
+                    (why.clone(), why)
+                }
+                FindingKind::DestroyUnderLock => (
+                    by_acquires("the held set from every acquire and release"),
+                    "yes: owner words of the releasing device's group_lock and dev_set->lock (and kvm->lock) read at kvm_destroy_vm".to_owned(),
+                ),
+                FindingKind::SelfDeadlock | FindingKind::LockOrderInversion => (
+                    by_acquires("each attempt against the held set and the lock-order graph"),
+                    "not yet: lean sees no acquire and no contention in this version".to_owned(),
+                ),
+                FindingKind::LongWait | FindingKind::LongHold => (
+                    by_acquires("acquire to release"),
+                    "no: no acquire or release is seen".to_owned(),
+                ),
+                _ => {
+                    let both = "yes: reference counts, independent of locks".to_owned();
+                    (both.clone(), both)
+                }
+            };
+            ModeRow { kind, deep, lean }
+        })
+        .collect()
+}
