@@ -343,6 +343,13 @@ pub struct VfioPaths {
     pub cdev: bool,
 }
 
+/// A lockdep kernel (CONFIG_DEBUG_LOCK_ALLOC): every mutex_lock is
+/// `mutex_lock_nested` and takes the slow path, so hooking the mutex API
+/// (deep) costs more there, and lean's owner words are unchanged.
+pub fn lockdep(k: &Kallsyms) -> bool {
+    k.get("mutex_lock_nested").is_some() && k.get("lock_acquire").is_some()
+}
+
 pub fn vfio_paths(k: &Kallsyms) -> VfioPaths {
     let has = |s: &str| k.get(s).is_some();
     VfioPaths {
@@ -416,6 +423,15 @@ ffffffff821fe900 T mutex_unlock
 
     fn in_btf(_: &str) -> bool {
         true
+    }
+
+    #[test]
+    fn a_lockdep_kernel_is_told_by_mutex_lock_nested() {
+        assert!(!lockdep(&Kallsyms::parse(DEBIAN_612)));
+        let k = format!(
+            "{DEBIAN_612}ffffffff81000500 T mutex_lock_nested\nffffffff81000600 T lock_acquire\n"
+        );
+        assert!(lockdep(&Kallsyms::parse(&k)));
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct Report {
     pub variant_description: &'static str,
     /// Group and/or cdev: the paths the roles cover here.
     pub vfio_paths: VfioPaths,
+    /// CONFIG_DEBUG_LOCK_ALLOC: every mutex_lock takes the slow path.
+    pub lockdep: bool,
     pub tier: Tier,
     pub tier_description: &'static str,
     pub usable: bool,
@@ -93,6 +95,7 @@ pub fn run(facts: &Facts) -> Report {
         variant: facts.variant,
         variant_description: facts.variant.describe(),
         vfio_paths: plan::vfio_paths(&facts.kallsyms),
+        lockdep: plan::lockdep(&facts.kallsyms),
         tier,
         tier_description: tier.describe(),
         usable,
@@ -172,6 +175,12 @@ pub fn render_text(r: &Report) -> String {
     let _ = writeln!(o, "tracefs       {}", status_line(&r.tracefs));
     let _ = writeln!(o, "stack         {}", r.variant_description);
     let _ = writeln!(o, "VFIO paths    {}", paths_line(r.vfio_paths));
+    if r.lockdep {
+        let _ = writeln!(
+            o,
+            "lockdep       on: every mutex_lock is mutex_lock_nested and takes the slow path; --locks deep costs more here than on a production kernel"
+        );
+    }
     let _ = writeln!(o);
     let _ = writeln!(o, "{:<18} {:<34} {:<10} why", "ROLE", "SYMBOL", "METHOD");
     for role in &r.plan.roles {

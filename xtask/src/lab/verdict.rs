@@ -16,6 +16,7 @@ pub struct Check {
     pub reason: Option<String>,
     pub variant_description: String,
     pub vfio_paths: VfioPaths,
+    pub lockdep: bool,
     pub plan: CheckPlan,
 }
 
@@ -112,6 +113,11 @@ pub fn check_report(kernel: &str, v: &Value) -> Vec<String> {
             r.vfio_paths,
             if cdev { "cdev" } else { "no cdev" }
         ));
+    }
+    // No lab kernel is a lockdep build (Debian's are not; the built ones
+    // leave DEBUG_LOCK_ALLOC off).
+    if r.lockdep {
+        bad.push("check reports a lockdep kernel".to_owned());
     }
     // Every tracepoint program attaches on every lab kernel (the patched
     // kernel's config must have FTRACE_SYSCALLS for the syscalls ones).
