@@ -62,12 +62,7 @@ fn entry_only(s: &mut Script) {
 #[test]
 fn entry_only_mutex_lock_still_sees_s3_and_the_inversion() {
     // S3 on 6.6+ with attempts only.
-    let mut s = Script::new();
-    setup(&mut s);
-    open_66(&mut s, 3);
-    s.close_vm_fd(QEMU, KVM, 3);
-    close_kvm_vfio_66(&mut s, 2);
-    release_66(&mut s, 1);
+    let mut s = s3_66();
     entry_only(&mut s);
     let (_, f) = run(&s);
     assert_eq!(kinds(&f), [FindingKind::DestroyUnderLock], "{f:#?}");
@@ -184,12 +179,7 @@ fn releases_of_locks_taken_before_they_were_watched_are_no_anomaly() {
 /// held locks count for that destroy only.
 #[test]
 fn lean_owner_words_at_destroy_give_the_same_destroy_under_lock() {
-    let mut s = Script::new();
-    setup(&mut s);
-    open_66(&mut s, 3);
-    s.close_vm_fd(QEMU, KVM, 3);
-    close_kvm_vfio_66(&mut s, 2);
-    release_66(&mut s, 1);
+    let s = s3_66();
     let mut events: Vec<_> = s.events.into_iter().filter(|e| e.lock.is_none()).collect();
     let at = events
         .iter()

@@ -8,7 +8,7 @@ mod lifetimes;
 mod locks;
 mod paths;
 
-use paths::{close_kvm_vfio_66, open_61, open_66, release_66};
+use paths::{open_61, open_66, release_66, s3_66};
 
 use kvscope::{
     engine::{Config, Engine, Finding, FindingKind, ObjectRole, Severity},

@@ -23,7 +23,18 @@ pub(crate) fn release_66(s: &mut Script, users_before: i32) {
         .unlock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP);
 }
 
-pub(crate) fn close_kvm_vfio_66(s: &mut Script, users_before: i32) {
+/// S3 on 6.6+: VM and kvm-vfio fds closed first, the device's release last.
+pub(crate) fn s3_66() -> Script {
+    let mut s = Script::new();
+    setup(&mut s);
+    open_66(&mut s, 3);
+    s.close_vm_fd(QEMU, KVM, 3);
+    close_kvm_vfio_66(&mut s, 2);
+    release_66(&mut s, 1);
+    s
+}
+
+fn close_kvm_vfio_66(s: &mut Script, users_before: i32) {
     // 6.3+: vfio_file_set_kvm(NULL) takes only the kvm_ref_lock spinlock.
     s.close_kvm_vfio_fd(QEMU, KVM, KVM_LOCK, users_before, |s| {
         s.file_unlink(QEMU, GROUP);
@@ -65,12 +76,7 @@ fn clean_66_device_first_raises_nothing() {
 
 #[test]
 fn s3_66_vm_first_is_destroy_under_both_vfio_locks() {
-    let mut s = Script::new();
-    setup(&mut s);
-    open_66(&mut s, 3);
-    s.close_vm_fd(QEMU, KVM, 3);
-    close_kvm_vfio_66(&mut s, 2);
-    release_66(&mut s, 1);
+    let s = s3_66();
     let (_, f) = run(&s);
     assert_eq!(kinds(&f), [FindingKind::DestroyUnderLock], "{f:#?}");
     assert_eq!(f[0].severity(), Severity::Warning);
