@@ -24,19 +24,17 @@ use crate::{
 #[inline(always)]
 pub fn enter_path(device: u64, group: u64) -> bool {
     let ctx = PathCtx { device, group };
-    PATH_CTX
-        .insert(&bpf_get_current_pid_tgid(), &ctx, 0)
-        .is_ok()
+    PATH_CTX.insert(bpf_get_current_pid_tgid(), ctx, 0).is_ok()
 }
 
 #[inline(always)]
 pub fn leave_path() {
-    let _ = PATH_CTX.remove(&bpf_get_current_pid_tgid());
+    let _ = PATH_CTX.remove(bpf_get_current_pid_tgid());
 }
 
 /// Whether the mutex at `lock` is owned by the current task.
 #[inline(always)]
-fn owned_by_me(lock: u64) -> bool {
+pub fn owned_by_me(lock: u64) -> bool {
     let Some(word) = field_addr(lock, conf!(mutex_owner)) else {
         return false;
     };
@@ -47,29 +45,42 @@ fn owned_by_me(lock: u64) -> bool {
     owner & !MUTEX_OWNER_FLAGS == me
 }
 
+/// Reports that the current task holds the watched `lock` (of `class`, in
+/// `obj`), as seen at `hook`.
+#[inline(always)]
+pub fn report_held<C: EbpfContext + StackIdContext>(
+    ctx: &C,
+    hook: HookId,
+    lock: u64,
+    class: u8,
+    obj: u64,
+    want_stack: bool,
+) {
+    let mut e = new_event(hook, Phase::Entry);
+    e.lock = lock;
+    e.lock_class = class;
+    e.lock_op = LockOp::Held as u8;
+    e.arg = obj;
+    e.known |= known::LOCK | known::ARG;
+    submit(ctx, e, want_stack);
+}
+
 /// Reports the watched lock at `obj + off` when the current task holds it.
 #[inline(always)]
 fn report_if_held<C: EbpfContext + StackIdContext>(ctx: &C, obj: u64, off: u32, class: LockClass) {
     let Some(lock) = field_addr(obj, off) else {
         return;
     };
-    if !owned_by_me(lock) {
-        return;
+    if owned_by_me(lock) {
+        report_held(ctx, HookId::KvmDestroyVm, lock, class as u8, obj, false);
     }
-    let mut e = new_event(HookId::KvmDestroyVm, Phase::Entry);
-    e.lock = lock;
-    e.lock_class = class as u8;
-    e.lock_op = LockOp::Held as u8;
-    e.arg = obj;
-    e.known |= known::LOCK | known::ARG;
-    submit(ctx, e, false);
 }
 
 /// At kvm_destroy_vm: the VFIO locks of the device this thread is releasing,
 /// in the kernel's order, then kvm->lock.
 #[inline(always)]
 pub fn report_held_locks<C: EbpfContext + StackIdContext>(ctx: &C, kvm: u64) {
-    if let Some(p) = unsafe { PATH_CTX.get(&bpf_get_current_pid_tgid()) }.copied() {
+    if let Some(p) = unsafe { PATH_CTX.get(bpf_get_current_pid_tgid()) }.copied() {
         let set = ptr_at(p.device, conf!(vfio_device_dev_set)).unwrap_or(0);
         let dev_set_first = conf!(flags) & config_flags::DEV_SET_FIRST != 0;
         if dev_set_first {

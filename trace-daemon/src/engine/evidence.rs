@@ -53,8 +53,11 @@ pub enum Evidence {
     },
     SelfDeadlock {
         pid: u32,
-        /// The attempt (its `since_ns`: when the lock was first taken).
+        /// The attempt.
         lock: Held,
+        /// When the thread took the lock it waits for again; None when its
+        /// acquire was not seen (lean: the owner word names the thread).
+        taken_ns: Option<u64>,
         /// The thread's held locks at the attempt.
         held: Vec<Held>,
     },

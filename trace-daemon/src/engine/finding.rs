@@ -283,12 +283,14 @@ impl Finding {
     pub fn self_deadlock(
         e: &Event,
         lock: super::locks::Held,
+        taken_ns: Option<u64>,
         held: Vec<super::locks::Held>,
     ) -> Finding {
         let (addr, owner, class) = (lock.addr, lock.owner, lock.class);
         let ev = Evidence::SelfDeadlock {
             pid: e.pid,
             lock,
+            taken_ns,
             held,
         };
         let mut f = Finding::at(FindingKind::SelfDeadlock, e.ts_ns, ev)

@@ -161,7 +161,12 @@ pub fn detail(f: &Finding) -> Vec<String> {
             d
         }
         Evidence::DestroyUnderLock { held, recent, .. } => destroy_detail(f, held, recent),
-        Evidence::SelfDeadlock { lock, held, .. } => self_deadlock_detail(f, lock, held),
+        Evidence::SelfDeadlock {
+            lock,
+            taken_ns,
+            held,
+            ..
+        } => self_deadlock_detail(f, lock, *taken_ns, held),
         Evidence::Inversion(inv) => inversion_detail(f, inv),
         Evidence::LongWait(l) | Evidence::LongHold(l) => vec![format!(
             "threshold {} ms; since {}",
@@ -217,18 +222,26 @@ fn destroy_detail(f: &Finding, held: &[Held], recent: &Recent) -> Vec<String> {
     d
 }
 
-fn self_deadlock_detail(f: &Finding, lock: &Held, held: &[Held]) -> Vec<String> {
+fn self_deadlock_detail(
+    f: &Finding,
+    lock: &Held,
+    taken_ns: Option<u64>,
+    held: &[Held],
+) -> Vec<String> {
     let class = lock.class.name();
+    let taken = match taken_ns {
+        Some(t) => format!(
+            "taken {:.3} ms earlier",
+            f.first_ns.saturating_sub(t) as f64 / 1e6
+        ),
+        None => "its acquire unseen: the mutex's owner word names this task".to_owned(),
+    };
     let mut d = vec![
         "WARNING: possible recursive locking detected (self-deadlock)".to_owned(),
         format!("{} is trying to acquire lock:", who(f)),
         format!("  ({class}) at {:#x}, owner {:#x}", lock.addr, lock.owner),
         "but task is already holding lock:".into(),
-        format!(
-            "  ({class}) at {:#x}, taken {:.3} ms earlier",
-            lock.addr,
-            f.first_ns.saturating_sub(lock.since_ns) as f64 / 1e6
-        ),
+        format!("  ({class}) at {:#x}, {taken}", lock.addr),
         "a mutex is not recursive: this thread will wait forever (hung task in 120 s).".into(),
     ];
     d.extend(held_list(held));

@@ -212,3 +212,48 @@ fn lean_owner_words_at_destroy_give_the_same_destroy_under_lock() {
     assert_eq!(f[0].object(ObjectRole::Kvm), Some(KVM));
     assert!(e.held_locks(QEMU).is_empty());
 }
+
+/// Lean lock watching: no mutex hook, but the contention tracepoint fires for
+/// a watched lock whose owner word names the waiting thread: it waits for
+/// itself. Raised once, with the acquire said unseen.
+#[test]
+fn lean_a_wait_on_a_lock_the_thread_owns_is_a_self_deadlock() {
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM);
+    s.held(QEMU, KVM_LOCK, KvmLock, KVM)
+        .with_hook(trace_common::HookId::ContentionBegin);
+    let e = s.ev(
+        QEMU,
+        kvscope::event::Kind::ContentionBegin,
+        trace_common::HookId::ContentionBegin,
+    );
+    e.lock = Some(kvscope::event::LockRef {
+        addr: KVM_LOCK,
+        class: kvscope::event::LockClassName(KvmLock),
+        owner: KVM,
+    });
+    s.close_vm_fd(QEMU, KVM, 1);
+    let (_, f) = run(&s);
+    assert_eq!(kinds(&f), [FindingKind::SelfDeadlock], "{f:#?}");
+    assert_eq!(f[0].count, 1);
+    let text = detail(&f[0]).join("\n");
+    assert!(text.contains("owner word names this task"), "{text}");
+    // Another thread waiting on the same lock is only a wait.
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM);
+    let e = s.ev(
+        QEMU + 1,
+        kvscope::event::Kind::ContentionBegin,
+        trace_common::HookId::ContentionBegin,
+    );
+    e.lock = Some(kvscope::event::LockRef {
+        addr: KVM_LOCK,
+        class: kvscope::event::LockClassName(KvmLock),
+        owner: KVM,
+    });
+    let (_, f) = run(&s);
+    assert!(
+        f.iter().all(|x| x.kind != FindingKind::SelfDeadlock),
+        "{f:#?}"
+    );
+}

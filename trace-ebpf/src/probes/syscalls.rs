@@ -271,6 +271,11 @@ fn contention(ctx: &TracePointContext, hook: HookId, op: LockOp) -> u32 {
     if !wanted() {
         return 0;
     }
+    // A wait on a lock this task owns: it waits for itself (self-deadlock),
+    // seen without any mutex hook. Its stack is the evidence.
+    if op == LockOp::ContentionBegin && crate::held::owned_by_me(lock) {
+        crate::held::report_held(ctx, hook, lock, w.class, w.owner, true);
+    }
     let mut e = new_event(hook, Phase::Entry);
     e.lock = lock;
     e.lock_class = w.class;

@@ -41,9 +41,10 @@ impl Engine {
         let Some(l) = e.lock else { return };
         self.locks.first_sighting(l.addr);
         if let Some(h) = self.locks.holds(e.pid, l.addr) {
-            let lock = held_from(&l, h.since_ns, e.stack_id);
+            let taken = Some(h.since_ns);
+            let lock = held_from(&l, e.ts_ns, e.stack_id);
             let held = self.locks.held_by(e.pid).to_vec();
-            out.push(Finding::self_deadlock(e, lock, held));
+            out.push(Finding::self_deadlock(e, lock, taken, held));
         } else {
             self.new_edges(e, l.class.0, l.addr, out);
         }
@@ -92,6 +93,10 @@ impl Engine {
     /// the time it does anything else: at the attempt if it never contended,
     /// at the end of its contention if it did.
     fn settle_implicit(&mut self, e: &Event, out: &mut Vec<Finding>) {
+        // An owner-word report is what the kernel saw, not a step of the thread.
+        if e.kind == Kind::LockHeld {
+            return;
+        }
         let Some(&contended) = self.locks.implicit.get(&e.pid) else {
             return;
         };
@@ -146,7 +151,7 @@ impl Engine {
     fn lock_held(&mut self, e: &Event) {
         let Some(l) = e.lock else { return };
         self.locks.first_sighting(l.addr);
-        let h = held_from(&l, e.ts_ns, None);
+        let h = held_from(&l, e.ts_ns, e.stack_id);
         self.locks.momentary.entry(e.pid).or_default().push(h);
     }
 
@@ -187,6 +192,7 @@ impl Engine {
         let Some(l) = e.lock else { return };
         self.locks.first_sighting(l.addr);
         if e.kind == Kind::ContentionBegin {
+            self.waits_for_itself(e, &l, out);
             self.locks
                 .waiting
                 .entry(e.pid)
@@ -198,6 +204,30 @@ impl Engine {
             // The attempt path (if hooked) will see the acquire; keep the wait
             // only for it.
         }
+    }
+
+    /// A contention on a lock the thread's owner word shows it holding (the
+    /// Held report just before, lean): it waits for itself. With the mutex
+    /// API hooked the attempt has already said so.
+    fn waits_for_itself(&self, e: &Event, l: &LockRef, out: &mut Vec<Finding>) {
+        let attempted = self
+            .locks
+            .waiting
+            .get(&e.pid)
+            .is_some_and(|w| w.addr == l.addr);
+        let held = self.locks.held_now(e.pid);
+        if attempted || !held.iter().any(|h| h.addr == l.addr) {
+            return;
+        }
+        let taken = self.locks.holds(e.pid, l.addr).map(|h| h.since_ns);
+        let lock = held_from(
+            l,
+            e.ts_ns,
+            held.iter()
+                .find(|h| h.addr == l.addr)
+                .and_then(|h| h.stack_id),
+        );
+        out.push(Finding::self_deadlock(e, lock, taken, held));
     }
 
     fn check_long(&self, kind: FindingKind, e: &Event, h: &Held, out: &mut Vec<Finding>) {
