@@ -23,6 +23,10 @@ pub struct Step {
     /// `kvscope record --locks MODE` (None: the default, deep).
     #[serde(default)]
     pub locks: Option<String>,
+    /// The driver is expected to block (a thread waiting for itself): kill it
+    /// (SIGKILL) after this long. None: it must finish by itself.
+    #[serde(default)]
+    pub kill_after_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

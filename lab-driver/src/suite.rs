@@ -42,13 +42,48 @@ fn load_testdev(mode: &str) -> Result<(), String> {
     output("insmod", &[TESTDEV, &format!("mode={mode}")]).map(|_| ())
 }
 
+/// Runs the driver with `args`; with `kill_after`, it must still be running
+/// then (it blocks by design) and is killed.
+fn drive(args: &[String], kill_after: Option<Duration>, r: &mut StepResult) -> anyhow::Result<()> {
+    let me = std::env::current_exe()?;
+    let Some(after) = kill_after else {
+        let out = Command::new(me).args(args).output()?;
+        r.driver_output = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            r.errors.push(format!(
+                "driver {} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        return Ok(());
+    };
+    let mut child = Command::new(me)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::thread::sleep(after);
+    match child.try_wait()? {
+        Some(st) => r.errors.push(format!(
+            "driver {} ended ({st}) before {after:?}: it should have blocked",
+            args.join(" ")
+        )),
+        None => {
+            child.kill()?;
+            let out = child.wait_with_output()?;
+            r.driver_output = format!(
+                "{}[suite] killed after {after:?}, as the step asks\n",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The recording of the driver run with `args`, kvscope with `--locks locks`.
-fn record(
-    path: &str,
-    args: &[String],
-    locks: Option<&str>,
-    r: &mut StepResult,
-) -> anyhow::Result<()> {
+fn record(path: &str, s: &Step, r: &mut StepResult) -> anyhow::Result<()> {
+    let (args, locks) = (&s.driver, s.locks.as_deref());
     let mut kargs = vec!["record", "-o", path];
     if let Some(l) = locks {
         kargs.extend(["--locks", l]);
@@ -56,17 +91,7 @@ fn record(
     let mut k = start(&kargs)?;
     k.wait_for("kvscope: ready:", READY_BOUND)
         .with_context(|| format!("record: {:?}", k.rest()))?;
-    let me = std::env::current_exe()?;
-    let out = Command::new(me).args(args).output()?;
-    r.driver_output = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        r.errors.push(format!(
-            "driver {} failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
+    drive(args, s.kill_after_ms.map(Duration::from_millis), r)?;
     // What the last close set off (deferred puts) is delivered before the stop.
     std::thread::sleep(Duration::from_secs(1));
     k.stop(libc::SIGINT)?;
@@ -89,7 +114,7 @@ fn step(s: &Step) -> StepResult {
         s.id,
         s.locks.as_deref().unwrap_or("deep")
     );
-    if let Err(e) = record(&path, &s.driver, s.locks.as_deref(), &mut r) {
+    if let Err(e) = record(&path, s, &mut r) {
         r.errors.push(format!("{e:#}"));
         return r;
     }

@@ -15,6 +15,9 @@
  * mode=plain      open_device/close_device do nothing with KVM.
  * mode=kvmlock    open_device takes and releases kvm->lock (the vfio_ap pattern,
  *                 scenario S2 in kernel-paths.md): under the VFIO locks.
+ * mode=relock     open_device takes kvm->lock, then waits for it again
+ *                 (mutex_lock_killable): a thread waiting for itself. The lab
+ *                 kills the opener after a few seconds; the open fails -EINTR.
  * mode=ownref     open_device takes its own kvm reference, close_device drops it
  *                 (the 6.1 S1 shape): with the VM fds closed first, the last
  *                 reference goes from close_device, under the VFIO locks.
@@ -35,7 +38,7 @@
 
 static char *mode = "plain";
 module_param(mode, charp, 0444);
-MODULE_PARM_DESC(mode, "plain | kvmlock | ownref | kvmops | kvmops-lock | kvmops-fail");
+MODULE_PARM_DESC(mode, "plain | kvmlock | relock | ownref | kvmops | kvmops-lock | kvmops-fail");
 
 #define DRV_NAME "kvscope-testdev"
 
@@ -111,6 +114,16 @@ static int testdev_open_device(struct vfio_device *vdev)
 		mutex_lock(&kvm->lock);
 		pr_info("kvscope_testdev: open_device holds kvm->lock of %px\n", kvm);
 		mutex_unlock(&kvm->lock);
+	}
+	if (mode_is("relock")) {
+		/* A driver bug: re-taking a mutex it holds. Killable, so the
+		 * opener recovers when it is killed. */
+		mutex_lock(&kvm->lock);
+		pr_info("kvscope_testdev: open_device re-takes kvm->lock of %px\n", kvm);
+		if (!mutex_lock_killable(&kvm->lock))
+			mutex_unlock(&kvm->lock); /* not reached: it waits for itself */
+		mutex_unlock(&kvm->lock);
+		return -EINTR;
 	}
 	if (mode_is("ownref")) {
 		kvm_get_kvm(kvm);
@@ -188,7 +201,7 @@ static struct platform_driver testdev_driver = {
 static int __init testdev_init(void)
 {
 	static const char *const modes[] = {
-		"plain", "kvmlock", "ownref",
+		"plain", "kvmlock", "relock", "ownref",
 #ifdef KVSCOPE_KVM_OPS
 		"kvmops", "kvmops-lock", "kvmops-fail",
 #endif

@@ -31,6 +31,17 @@ pub fn rows(plan: &Plan) -> Vec<ModeRow> {
     let destroy = attachable(plan, Role::VmDestroyed);
     let mutex = attachable(plan, Role::LockAcquire);
     let no_mutex = "the mutex API cannot be hooked here (see the lock roles)";
+    let contended = plan
+        .tracepoints
+        .iter()
+        .any(|t| t.tracepoint == "lock:contention_begin" && t.method == Method::Tracepoint);
+    let contention = |what: &str| {
+        if contended {
+            format!("yes, when contended: {what}")
+        } else {
+            "no: the lock contention tracepoints are not attached here".to_owned()
+        }
+    };
     let by_acquires = |what: &str| {
         if mutex {
             format!("yes: {what}")
@@ -50,11 +61,19 @@ pub fn rows(plan: &Plan) -> Vec<ModeRow> {
                     by_acquires("the held set from every acquire and release"),
                     "yes: owner words of the releasing device's group_lock and dev_set->lock (and kvm->lock) read at kvm_destroy_vm".to_owned(),
                 ),
-                FindingKind::SelfDeadlock | FindingKind::LockOrderInversion => (
-                    by_acquires("each attempt against the held set and the lock-order graph"),
-                    "not yet: lean sees no acquire and no contention in this version".to_owned(),
+                FindingKind::SelfDeadlock => (
+                    by_acquires("each attempt against the held set"),
+                    contention("a wait (lock:contention_begin) on a watched lock whose owner word names the waiting task"),
                 ),
-                FindingKind::LongWait | FindingKind::LongHold => (
+                FindingKind::LockOrderInversion => (
+                    by_acquires("each attempt against the lock-order graph"),
+                    "not yet: lean sees no acquire in this version".to_owned(),
+                ),
+                FindingKind::LongWait => (
+                    by_acquires("attempt to acquire"),
+                    contention("contention begin to end"),
+                ),
+                FindingKind::LongHold => (
                     by_acquires("acquire to release"),
                     "no: no acquire or release is seen".to_owned(),
                 ),

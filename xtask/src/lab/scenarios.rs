@@ -70,6 +70,9 @@ pub struct Scenario {
     pub frames: &'static [&'static str],
     /// Why the kernel's design implies this.
     pub why: &'static str,
+    /// The driver blocks by design (a thread waiting for itself): killed after
+    /// this many ms.
+    pub kill_after_ms: Option<u64>,
     /// Exact expectations; false for a race whose interleaving varies: then
     /// the counts must end at 0 with one destroy, every open_count must be 0
     /// or 1 ending at 0, and `findings` lists the kinds allowed.
@@ -102,6 +105,7 @@ pub const SCENARIOS: &[Scenario] = &[
         frames: &[],
         why: "6.6+: VFIO holds a reference from open to last close; the kvm-vfio get is inlined (an inferred +1)",
         exact: true,
+        kill_after_ms: None,
     },
     Scenario {
         kernels: DF66,
@@ -114,6 +118,7 @@ pub const SCENARIOS: &[Scenario] = &[
         frames: &["vfio_device_put_kvm"],
         why: "VM and kvm-vfio fds closed first: VFIO's put is the last, under group_lock and dev_set->lock (S3)",
         exact: true,
+        kill_after_ms: None,
     },
     Scenario {
         kernels: DF66,
@@ -126,6 +131,7 @@ pub const SCENARIOS: &[Scenario] = &[
         frames: &[],
         why: "exit's deferred fputs run LIFO: the device goes first, the VM fd drops the last reference under no VFIO lock",
         exact: true,
+        kill_after_ms: None,
     },
     Scenario {
         kernels: NO_VFIO_REF,
@@ -138,6 +144,7 @@ pub const SCENARIOS: &[Scenario] = &[
         frames: &[],
         why: "6.1 (and the patch with a driver that sets no kvm_ops): VFIO holds no kvm reference",
         exact: true,
+        kill_after_ms: None,
     },
     Scenario {
         kernels: NO_VFIO_REF,
@@ -150,6 +157,7 @@ pub const SCENARIOS: &[Scenario] = &[
         frames: &[],
         why: "6.1: the VM dies with its last KVM fd, the VFIO device still open",
         exact: true,
+        kill_after_ms: None,
     },
     Scenario {
         kernels: NO_VFIO_REF,
@@ -162,6 +170,7 @@ pub const SCENARIOS: &[Scenario] = &[
         frames: &[],
         why: "6.1: no VFIO reference, no VFIO lock around the last put",
         exact: true,
+        kill_after_ms: None,
     },
     // S2 with a real driver: open_device takes kvm->lock under the VFIO locks.
     Scenario {
@@ -175,6 +184,7 @@ pub const SCENARIOS: &[Scenario] = &[
         frames: &[],
         why: "6.1: open_device takes kvm->lock under group_lock; kvm_vfio_release takes group_lock under kvm->lock (S2)",
         exact: true,
+        kill_after_ms: None,
     },
     Scenario {
         kernels: &["6.12"],
@@ -187,6 +197,23 @@ pub const SCENARIOS: &[Scenario] = &[
         frames: &[],
         why: "6.3+ (2b48f52f2bff): kvm_vfio_release reaches only the kvm_ref_lock spinlock: no reverse edge",
         exact: true,
+        kill_after_ms: None,
+    },
+    // A driver bug: open_device re-takes kvm->lock it holds (killable): the
+    // opener waits for itself until the lab kills it.
+    Scenario {
+        kernels: &["6.12"],
+        testdev: Some("relock"),
+        driver: "--testdev --expect-open-error dev-first",
+        counts: &[1, 2, 3, 2, 1, 0],
+        // The open never completes: open_count never rises.
+        open_counts: &[],
+        findings: &[("self-deadlock", &[KVM_LOCK]), ("long-wait", &[KVM_LOCK])],
+        attributed: &[],
+        frames: &[],
+        why: "open_device waits for kvm->lock it holds: self-deadlock at the wait, a long wait when the kill ends it (-EINTR); VFIO then gives its reference back",
+        exact: true,
+        kill_after_ms: Some(3000),
     },
     // The 6.1 S1 shape: the driver's own reference is the last, dropped in close_device.
     Scenario {
@@ -200,6 +227,7 @@ pub const SCENARIOS: &[Scenario] = &[
         frames: &["testdev_close_device"],
         why: "6.1: close_device runs under dev_set->lock and group_lock; the driver's put there is the last",
         exact: true,
+        kill_after_ms: None,
     },
     Scenario {
         kernels: &["6.12"],
@@ -212,6 +240,7 @@ pub const SCENARIOS: &[Scenario] = &[
         frames: &["vfio_device_put_kvm"],
         why: "6.12: the driver's put comes first; VFIO's own reference is still the last, dropped after close_device (S3)",
         exact: true,
+        kill_after_ms: None,
     },
     // The patched stack: a driver that uses kvm_ops.
     Scenario {
@@ -226,6 +255,7 @@ pub const SCENARIOS: &[Scenario] = &[
         frames: &["testdev_get_kvm", "vfio_device_fops_release"],
         why: "the patch: put_kvm() runs after group_lock is dropped but under dev_set->lock",
         exact: true,
+        kill_after_ms: None,
     },
     Scenario {
         kernels: &["patched"],
@@ -239,6 +269,7 @@ pub const SCENARIOS: &[Scenario] = &[
         frames: &["testdev_get_kvm", "vfio_device_fops_release"],
         why: "device first: the driver's put is not the last",
         exact: true,
+        kill_after_ms: None,
     },
     Scenario {
         kernels: &["patched"],
@@ -251,6 +282,7 @@ pub const SCENARIOS: &[Scenario] = &[
         frames: &[],
         why: "the patch's defect: put_kvm() at the last close although get_kvm() was never called",
         exact: true,
+        kill_after_ms: None,
     },
     Scenario {
         kernels: &["patched"],
@@ -264,6 +296,7 @@ pub const SCENARIOS: &[Scenario] = &[
         frames: &[],
         why: "the patch's open error path calls put_kvm() although the driver's get_kvm() failed",
         exact: true,
+        kill_after_ms: None,
     },
     Scenario {
         kernels: &["patched"],
@@ -276,6 +309,7 @@ pub const SCENARIOS: &[Scenario] = &[
         frames: &[],
         why: "the patch keeps 6.1's kvm_vfio_release under kvm->lock -> group_lock; open_device takes kvm->lock under group_lock (S2)",
         exact: true,
+        kill_after_ms: None,
     },
     // The cdev / iommufd path (6.6+, CONFIG_VFIO_DEVICE_CDEV): the device's
     // own node, added to the kvm-vfio device by its fd, bound to an iommufd.
@@ -290,6 +324,7 @@ pub const SCENARIOS: &[Scenario] = &[
         frames: &[],
         why: "cdev: the bind (vfio_df_open under dev_set->lock) takes VFIO's kvm reference; closing the device first gives it back before the KVM fds",
         exact: true,
+        kill_after_ms: None,
     },
     Scenario {
         kernels: &["cdev"],
@@ -302,6 +337,7 @@ pub const SCENARIOS: &[Scenario] = &[
         frames: &["vfio_device_put_kvm"],
         why: "cdev: VFIO's put is the last, in vfio_df_unbind_iommufd under dev_set->lock only (S3 on the cdev path: no group_lock)",
         exact: true,
+        kill_after_ms: None,
     },
     Scenario {
         kernels: &["cdev"],
@@ -314,6 +350,7 @@ pub const SCENARIOS: &[Scenario] = &[
         frames: &["vfio_device_put_kvm"],
         why: "cdev, process exit: kvm-vfio holds the device file itself (KVM_DEV_VFIO_FILE_ADD keeps a reference), so the device is released by kvm_vfio_release's fput, queued after the VM fd's put: VFIO's put is the last, under dev_set->lock (S3 on any exit, a crash or a kill included; the group path's exit is clean because kvm-vfio holds the group file, not the device's)",
         exact: true,
+        kill_after_ms: None,
     },
     // Opens racing the last puts: invariants, whatever the interleaving.
     Scenario {
@@ -327,6 +364,7 @@ pub const SCENARIOS: &[Scenario] = &[
         frames: &[],
         why: "6.6+: an open between the unlink and the last put gets no kvm; if a device close comes last, VFIO's put is (S3)",
         exact: false,
+        kill_after_ms: None,
     },
     Scenario {
         kernels: NO_VFIO_REF,
@@ -339,6 +377,7 @@ pub const SCENARIOS: &[Scenario] = &[
         frames: &[],
         why: "6.1: vfio-pci's opens take no kvm reference: the VM ends with its KVM fds, cleanly",
         exact: false,
+        kill_after_ms: None,
     },
 ];
 
@@ -360,24 +399,21 @@ impl Scenario {
 
 impl Scenario {
     /// Also run with `--locks lean`: the exact scenarios whose VM dies under
-    /// VFIO locks (lean reads the held locks from their owner words there).
+    /// VFIO locks, or whose thread waits for a lock it holds (lean reads the
+    /// owner words there).
     pub fn also_lean(&self) -> bool {
         self.exact
             && self
                 .findings
                 .iter()
-                .any(|(k, _)| *k == "destroy-under-lock")
+                .any(|(k, _)| ["destroy-under-lock", "self-deadlock"].contains(k))
     }
 
     /// The findings expected in a lock-watching mode: lean raises no
-    /// lock-order, self-deadlock or long wait/hold finding yet.
+    /// lock-order or long-hold finding yet (self-deadlock and long-wait it
+    /// sees through the contention tracepoints).
     pub fn findings_in(&self, lean: bool) -> Vec<(&'static str, &'static [&'static str])> {
-        let lean_only = [
-            "lock-order-inversion",
-            "self-deadlock",
-            "long-wait",
-            "long-hold",
-        ];
+        let lean_only = ["lock-order-inversion", "long-hold"];
         self.findings
             .iter()
             .filter(|(k, _)| !lean || !lean_only.contains(k))
@@ -400,6 +436,7 @@ pub fn suite(kernel: &str) -> Suite {
             testdev: sc.testdev.map(str::to_owned),
             driver: sc.driver.split_whitespace().map(str::to_owned).collect(),
             locks: locks.map(str::to_owned),
+            kill_after_ms: sc.kill_after_ms,
         };
         steps.push(step(None));
         if sc.also_lean() {
