@@ -10,10 +10,7 @@
 //!
 //! Every stop must end the process within [`STOP_BOUND`]. Prints one line,
 //! `STRESS {json}`: cycles per kind, slowest stop and attach, failures.
-use std::{
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
@@ -59,13 +56,8 @@ fn scenario() -> anyhow::Result<()> {
 
 /// What a recording must hold after the scenario.
 fn check_recording(path: &str) -> anyhow::Result<u64> {
-    let out = Command::new("kvscope")
-        .args(["replay", "--json", path])
-        .output()?;
-    if !out.status.success() {
-        bail!("replay: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let r =
+        crate::suite::json("kvscope", &["replay", "--json", path]).map_err(anyhow::Error::msg)?;
     if r["header"]["delivery"]["verified"] != true {
         bail!("delivery not verified: {}", r["header"]["delivery"]);
     }

@@ -32,7 +32,8 @@ fn output(program: &str, args: &[&str]) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn json(program: &str, args: &[&str]) -> Result<Value, String> {
+/// A command's stdout as JSON, or why not.
+pub fn json(program: &str, args: &[&str]) -> Result<Value, String> {
     let text = output(program, args)?;
     serde_json::from_str(&text).map_err(|e| format!("{program} {}: not JSON: {e}", args.join(" ")))
 }

@@ -18,13 +18,12 @@ pub struct ModeRow {
 }
 
 /// The roles' state that decides it: whether kvm_destroy_vm is hooked and
-/// whether the mutex API could be.
+/// whether the mutex API could be (`check` plans with the mutex API).
 fn attachable(plan: &Plan, role: Role) -> bool {
-    plan.roles.iter().filter(|r| r.role == role).any(|r| {
-        r.choices
-            .iter()
-            .any(|c| c.method != Method::None || c.reason.starts_with("lean"))
-    })
+    plan.roles
+        .iter()
+        .filter(|r| r.role == role)
+        .any(|r| r.choices.iter().any(|c| c.method != Method::None))
 }
 
 pub fn rows(plan: &Plan) -> Vec<ModeRow> {

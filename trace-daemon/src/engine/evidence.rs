@@ -36,15 +36,7 @@ pub enum Evidence {
         vm: u64,
         recent: Recent,
     },
-    ZombieVm {
-        vm: ObjRef,
-        /// Time since its fd was closed, and the threshold passed (s).
-        closed_for_ns: u64,
-        after_s: u64,
-        users: Option<i32>,
-        holders: Vec<(Holder, i32)>,
-        recent: Recent,
-    },
+    ZombieVm(Zombie),
     DestroyUnderLock {
         vm: ObjRef,
         /// Every watched lock the destroying thread held, outermost first.
@@ -64,6 +56,18 @@ pub enum Evidence {
     Inversion(Inversion),
     LongWait(Long),
     LongHold(Long),
+}
+
+/// A VM not destroyed long after its fd was closed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Zombie {
+    pub vm: ObjRef,
+    /// Time since its fd was closed, and the threshold passed (s).
+    pub closed_for_ns: u64,
+    pub after_s: u64,
+    pub users: Option<i32>,
+    pub holders: Vec<(Holder, i32)>,
+    pub recent: Recent,
 }
 
 /// Why a put gives back no reference.
@@ -158,7 +162,7 @@ impl Evidence {
         match self {
             Evidence::GetAfterZero { vm, .. }
             | Evidence::GetSafeFailed { vm, .. }
-            | Evidence::ZombieVm { vm, .. }
+            | Evidence::ZombieVm(Zombie { vm, .. })
             | Evidence::DestroyUnderLock { vm, .. } => obj(vm),
             Evidence::LeakedRef { device, .. } => obj(device),
             Evidence::UnbalancedPut(p) => match p {

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use trace_common::LockClass;
 
-pub use super::evidence::{Evidence, Inversion, Long, ObjRef, PutFault, Recent};
+pub use super::evidence::{Evidence, Inversion, Long, ObjRef, PutFault, Recent, Zombie};
 use crate::event::{Comm, Event};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -215,29 +215,28 @@ impl Finding {
     /// A put that gives back no reference (see `PutFault`). `open_stack`: the
     /// stack of the open attempt an open-error put belongs to.
     pub fn unbalanced_put(e: &Event, fault: PutFault, open_stack: Option<u32>) -> Finding {
-        let mut f = Finding::at(FindingKind::UnbalancedPut, e.ts_ns, fault.clone().into());
+        let objects = match &fault {
+            PutFault::AfterDestroy { vm, .. }
+            | PutFault::BelowZero { vm, .. }
+            | PutFault::NotHolder { vm, .. } => vec![(ObjectRole::Kvm, vm.addr)],
+            PutFault::KvmOpsNoGet { device, group, .. } => {
+                let mut v = vec![(ObjectRole::VfioDevice, device.addr)];
+                v.extend(group.map(|g| (ObjectRole::VfioGroup, g)));
+                v
+            }
+            PutFault::KvmOpsOpenError { device, .. } => {
+                let mut v = vec![(ObjectRole::VfioDevice, device.addr)];
+                v.extend(e.group.map(|g| (ObjectRole::VfioGroup, g)));
+                v.extend(e.kvm.map(|k| (ObjectRole::Kvm, k)));
+                v
+            }
+        };
+        let mut f = Finding::at(FindingKind::UnbalancedPut, e.ts_ns, fault.into());
+        f.objects = objects;
         f.threads.push(Thread::of(e));
         f.stacks.extend(open_stack);
         f.stacks.extend(e.stack_id);
-        match fault {
-            PutFault::AfterDestroy { vm, .. }
-            | PutFault::BelowZero { vm, .. }
-            | PutFault::NotHolder { vm, .. } => f.on(ObjectRole::Kvm, vm.addr),
-            PutFault::KvmOpsNoGet { device, group, .. } => {
-                let f = f.on(ObjectRole::VfioDevice, device.addr);
-                match group {
-                    Some(g) => f.on(ObjectRole::VfioGroup, g),
-                    None => f,
-                }
-            }
-            PutFault::KvmOpsOpenError { device, .. } => {
-                let mut f = f.on(ObjectRole::VfioDevice, device.addr);
-                f.objects
-                    .extend(e.group.map(|g| (ObjectRole::VfioGroup, g)));
-                f.objects.extend(e.kvm.map(|k| (ObjectRole::Kvm, k)));
-                f
-            }
-        }
+        f
     }
 
     /// A device fully closed still holding its VM, past the grace time.
@@ -249,11 +248,9 @@ impl Finding {
     }
 
     /// A VM not destroyed long after its fd was closed.
-    pub fn zombie_vm(now_ns: u64, creator: Option<Thread>, ev: Evidence) -> Finding {
-        let Evidence::ZombieVm { vm, .. } = &ev else {
-            unreachable!("zombie_vm takes zombie evidence")
-        };
-        let addr = vm.addr;
+    pub fn zombie_vm(now_ns: u64, creator: Option<Thread>, z: Zombie) -> Finding {
+        let addr = z.vm.addr;
+        let ev = Evidence::ZombieVm(z);
         let mut f = Finding::at(FindingKind::ZombieVm, now_ns, ev).on(ObjectRole::Kvm, addr);
         f.threads.extend(creator);
         f

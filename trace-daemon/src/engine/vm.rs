@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{
     Engine, MS, Observation,
-    finding::{Evidence, Finding, ObjRef, PutFault, Thread},
+    finding::{Finding, ObjRef, PutFault, Thread, Zombie},
     holder::Holder,
     locks::Held,
     timeline::{Step, StepKind, Timeline},
@@ -524,7 +524,7 @@ impl Engine {
                 continue;
             }
             vm.zombie_reported = true;
-            let ev = Evidence::ZombieVm {
+            let z = Zombie {
                 vm: vm.obj(),
                 closed_for_ns: now_ns - closed,
                 after_s: after_ns / 1_000_000_000,
@@ -532,7 +532,7 @@ impl Engine {
                 holders: vm.holders_now(),
                 recent: vm.timeline.recent(RECENT),
             };
-            out.push(Finding::zombie_vm(now_ns, vm.creator, ev));
+            out.push(Finding::zombie_vm(now_ns, vm.creator, z));
         }
     }
 }

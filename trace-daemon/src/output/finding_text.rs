@@ -48,9 +48,9 @@ pub fn summary(f: &Finding) -> String {
                 device.addr
             )
         }
-        Evidence::ZombieVm { vm, after_s, .. } => format!(
-            "VM {:#x} not destroyed {after_s} s after its fd was closed",
-            vm.addr
+        Evidence::ZombieVm(z) => format!(
+            "VM {:#x} not destroyed {} s after its fd was closed",
+            z.vm.addr, z.after_s
         ),
         Evidence::DestroyUnderLock { vm, .. } => {
             let n = names(&f.locks);
@@ -139,25 +139,23 @@ pub fn detail(f: &Finding) -> Vec<String> {
             d.extend(excerpt(recent));
             d
         }
-        Evidence::ZombieVm {
-            closed_for_ns,
-            users,
-            holders,
-            recent,
-            ..
-        } => {
-            let held: Vec<String> = holders.iter().map(|(h, n)| format!("{h} ({n})")).collect();
+        Evidence::ZombieVm(z) => {
+            let held: Vec<String> = z
+                .holders
+                .iter()
+                .map(|(h, n)| format!("{h} ({n})"))
+                .collect();
             let mut d = vec![format!(
                 "VM fd closed {:.1} s ago; users_count {}; still held by: {}",
-                *closed_for_ns as f64 / 1e9,
-                users.map_or("unknown".to_owned(), |u| u.to_string()),
+                z.closed_for_ns as f64 / 1e9,
+                z.users.map_or("unknown".to_owned(), |u| u.to_string()),
                 if held.is_empty() {
                     "nobody named".to_owned()
                 } else {
                     held.join(", ")
                 }
             )];
-            d.extend(excerpt(recent));
+            d.extend(excerpt(&z.recent));
             d
         }
         Evidence::DestroyUnderLock { held, recent, .. } => destroy_detail(f, held, recent),

@@ -215,18 +215,15 @@ impl Engine {
             .waiting
             .get(&e.pid)
             .is_some_and(|w| w.addr == l.addr);
-        let held = self.locks.held_now(e.pid);
-        if attempted || !held.iter().any(|h| h.addr == l.addr) {
+        if attempted {
             return;
         }
+        let held = self.locks.held_now(e.pid);
+        let Some(stack_id) = held.iter().find(|h| h.addr == l.addr).map(|h| h.stack_id) else {
+            return;
+        };
         let taken = self.locks.holds(e.pid, l.addr).map(|h| h.since_ns);
-        let lock = held_from(
-            l,
-            e.ts_ns,
-            held.iter()
-                .find(|h| h.addr == l.addr)
-                .and_then(|h| h.stack_id),
-        );
+        let lock = held_from(l, e.ts_ns, stack_id);
         out.push(Finding::self_deadlock(e, lock, taken, held));
     }
 

@@ -73,6 +73,10 @@ impl LockState {
 
     /// After the thread's next event, what its owner words showed is stale.
     pub fn end_momentary(&mut self, pid: u32) {
+        // Called for every event: no hashing while nothing is pending.
+        if self.momentary.is_empty() {
+            return;
+        }
         self.momentary.remove(&pid);
     }
 
