@@ -28,9 +28,9 @@ pub enum LockWatch {
     #[default]
     Deep,
     /// No program on the mutex API: the locks a thread holds are read from
-    /// their owner words at the path hooks (today: at kvm_destroy_vm reached
-    /// from a VFIO device release). Raises destroy-under-lock; not yet the
-    /// lock-order and self-deadlock findings.
+    /// their owner words at kvm_destroy_vm reached from a VFIO device release
+    /// and at lock contention. Raises destroy-under-lock, self-deadlock and
+    /// long-wait; not yet the lock-order and long-hold findings.
     Lean,
 }
 

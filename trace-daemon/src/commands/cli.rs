@@ -137,8 +137,9 @@ pub struct RecordArgs {
     pub ring_bytes: u32,
     /// How watched locks are followed: `deep` hooks the mutex API (every
     /// mutex of the host pays a filter); `lean` hooks no mutex and reads the
-    /// held locks' owner words at the VFIO/KVM path hooks (destroy-under-lock
-    /// only, today).
+    /// held locks' owner words at the VFIO/KVM path hooks and at lock
+    /// contention (no lock-order findings yet: `kvscope check` lists what each
+    /// mode raises).
     #[arg(long = "locks", value_enum, default_value_t = LockWatch::Deep)]
     pub lock_watch: LockWatch,
     /// Create the file world-readable (0644). By default it is 0600: it holds
