@@ -55,3 +55,41 @@ pub fn pipe(n: u64) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// An unrelated ioctl loop: FIONREAD on a pipe, a syscall kvscope must not
+/// pay on (the syscall tracepoints would put every task on the slow path).
+pub fn ioctl(n: u64) -> anyhow::Result<()> {
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe(fds.as_mut_ptr()) } < 0 {
+        bail!("pipe: {}", std::io::Error::last_os_error());
+    }
+    let mut avail: libc::c_int = 0;
+    let t = Instant::now();
+    for _ in 0..n {
+        if unsafe { libc::ioctl(fds[0], libc::FIONREAD, &mut avail) } < 0 {
+            bail!("FIONREAD: {}", std::io::Error::last_os_error());
+        }
+    }
+    report("ioctl", n, t);
+    unsafe {
+        libc::close(fds[0]);
+        libc::close(fds[1]);
+    }
+    Ok(())
+}
+
+/// `KVM_RUN` of a vCPU whose real-mode code writes an I/O port and loops: every
+/// iteration exits to user space (KVM_EXIT_IO) and enters again. The vCPU
+/// ioctls of a running VM, which kvscope must not pay on.
+pub fn kvm_run(n: u64) -> anyhow::Result<()> {
+    let vcpu = crate::vcpu::Vcpu::new(&[0xe6, 0x10, 0xeb, 0xfc])?; // out 0x10,al; jmp .-2
+    let t = Instant::now();
+    for _ in 0..n {
+        let exit = vcpu.run()?;
+        if exit != crate::vcpu::KVM_EXIT_IO {
+            bail!("KVM_RUN: exit reason {exit}, not KVM_EXIT_IO");
+        }
+    }
+    report("kvm-run", n, t);
+    Ok(())
+}

@@ -5,7 +5,8 @@
 //!   `exit` (close nothing: process exit closes everything);
 //! - `race N`: a second thread opens and closes the device N times while the
 //!   main thread closes the VM and kvm-vfio fds (opens racing the last puts);
-//! - `bench N`: the overhead loops of bench.rs, N iterations each;
+//! - `bench N`: the overhead loops of bench.rs: N hooked attr add/del and N
+//!   KVM_RUN exits, 10 N unrelated ioctls and 10 N pipe round trips;
 //! - `stress N`: kvscope started and stopped in a loop around the dev-first
 //!   scenario (stress.rs): N record cycles, trace, daemon and early stops;
 //! - `suite JSON`: the lab's scenarios (suite.rs, protocol.rs), one JSON
@@ -24,6 +25,7 @@ mod rig;
 mod running;
 mod stress;
 mod suite;
+mod vcpu;
 
 use lab_driver::protocol;
 
@@ -87,6 +89,8 @@ fn main() -> anyhow::Result<()> {
         "bench" => {
             let n = count(2000)?;
             bench::attr(&rig, n)?;
+            bench::kvm_run(n)?;
+            bench::ioctl(n * 10)?;
             return bench::pipe(n * 10);
         }
         _ => {}

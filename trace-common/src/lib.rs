@@ -85,6 +85,13 @@ hook_ids! {
     /// 6.1 (and the kvm_ops patch): called first in the inlined
     /// vfio_device_open with the device: an open attempt, even one that fails.
     VfioDeviceAssignContainer = 27, "vfio_device_assign_container";
+    /// vfio_ap: `vfio_ap_mdev_set_kvm(matrix_mdev, kvm)`, from open_device under
+    /// the VFIO open locks; takes kvm->lock (S2). `matrix_mdev` starts with its
+    /// `struct vfio_device`.
+    VfioApMdevSetKvm = 28, "vfio_ap_mdev_set_kvm";
+    /// kvscope's lab test module: `testdev_lock_kvm(vdev, kvm)`, the same shape
+    /// (modes kvmlock, kvmops-lock).
+    TestdevLockKvm = 29, "testdev_lock_kvm";
     MutexLock = 21, "mutex_lock";
     MutexLockInterruptible = 22, "mutex_lock_interruptible";
     MutexLockKillable = 23, "mutex_lock_killable";

@@ -67,44 +67,71 @@ pub fn report_held<C: EbpfContext + StackIdContext>(
 
 /// Reports the watched lock at `obj + off` when the current task holds it.
 #[inline(always)]
-fn report_if_held<C: EbpfContext + StackIdContext>(ctx: &C, obj: u64, off: u32, class: LockClass) {
+fn report_if_held<C: EbpfContext + StackIdContext>(
+    ctx: &C,
+    hook: HookId,
+    obj: u64,
+    off: u32,
+    class: LockClass,
+) {
     let Some(lock) = field_addr(obj, off) else {
         return;
     };
     if owned_by_me(lock) {
-        report_held(ctx, HookId::KvmDestroyVm, lock, class as u8, obj, false);
+        report_held(ctx, hook, lock, class as u8, obj, false);
     }
 }
 
+/// The VFIO locks of `device` (and `group`) the current task holds, in the
+/// kernel's order.
+#[inline(always)]
+pub fn report_device_locks<C: EbpfContext + StackIdContext>(
+    ctx: &C,
+    hook: HookId,
+    device: u64,
+    group: u64,
+) {
+    let set = ptr_at(device, conf!(vfio_device_dev_set)).unwrap_or(0);
+    let dev_set_first = conf!(flags) & config_flags::DEV_SET_FIRST != 0;
+    if dev_set_first {
+        report_if_held(
+            ctx,
+            hook,
+            set,
+            conf!(vfio_device_set_lock),
+            LockClass::VfioDevSetLock,
+        );
+    }
+    report_if_held(
+        ctx,
+        hook,
+        group,
+        conf!(vfio_group_group_lock),
+        LockClass::VfioGroupLock,
+    );
+    if !dev_set_first {
+        report_if_held(
+            ctx,
+            hook,
+            set,
+            conf!(vfio_device_set_lock),
+            LockClass::VfioDevSetLock,
+        );
+    }
+}
+
+/// kvm->lock of `kvm`, when the current task holds it.
+#[inline(always)]
+pub fn report_kvm_lock<C: EbpfContext + StackIdContext>(ctx: &C, hook: HookId, kvm: u64) {
+    report_if_held(ctx, hook, kvm, conf!(kvm_lock), LockClass::KvmLock);
+}
+
 /// At kvm_destroy_vm: the VFIO locks of the device this thread is releasing,
-/// in the kernel's order, then kvm->lock.
+/// then kvm->lock.
 #[inline(always)]
 pub fn report_held_locks<C: EbpfContext + StackIdContext>(ctx: &C, kvm: u64) {
     if let Some(p) = unsafe { PATH_CTX.get(bpf_get_current_pid_tgid()) }.copied() {
-        let set = ptr_at(p.device, conf!(vfio_device_dev_set)).unwrap_or(0);
-        let dev_set_first = conf!(flags) & config_flags::DEV_SET_FIRST != 0;
-        if dev_set_first {
-            report_if_held(
-                ctx,
-                set,
-                conf!(vfio_device_set_lock),
-                LockClass::VfioDevSetLock,
-            );
-        }
-        report_if_held(
-            ctx,
-            p.group,
-            conf!(vfio_group_group_lock),
-            LockClass::VfioGroupLock,
-        );
-        if !dev_set_first {
-            report_if_held(
-                ctx,
-                set,
-                conf!(vfio_device_set_lock),
-                LockClass::VfioDevSetLock,
-            );
-        }
+        report_device_locks(ctx, HookId::KvmDestroyVm, p.device, p.group);
     }
-    report_if_held(ctx, kvm, conf!(kvm_lock), LockClass::KvmLock);
+    report_kvm_lock(ctx, HookId::KvmDestroyVm, kvm);
 }

@@ -19,6 +19,7 @@ pub enum Role {
     VfioKvmPut,
     GroupVmLink,
     KvmVfioTeardown,
+    DriverTakesKvmLock,
     LockAcquire,
     LockRelease,
 }
@@ -38,6 +39,7 @@ impl Role {
             Role::VfioKvmPut => "vfio-kvm-put",
             Role::GroupVmLink => "group-vm-link",
             Role::KvmVfioTeardown => "kvm-vfio-teardown",
+            Role::DriverTakesKvmLock => "driver-takes-kvm-lock",
             Role::LockAcquire => "lock-acquire",
             Role::LockRelease => "lock-release",
         }
@@ -236,6 +238,25 @@ pub const ROLES: &[RoleSpec] = &[
             ),
         ],
         yields: "kvm, kvm_vfio.lock watched",
+    },
+    RoleSpec {
+        role: Role::DriverTakesKvmLock,
+        pick: Pick::All,
+        candidates: &[
+            c(
+                H::VfioApMdevSetKvm,
+                true,
+                false,
+                "s390 vfio_ap: from open_device, under the VFIO open locks",
+            ),
+            c(
+                H::TestdevLockKvm,
+                true,
+                false,
+                "kvscope's lab test module (modes kvmlock, kvmops-lock)",
+            ),
+        ],
+        yields: "VFIO locks held (owner words) where a driver takes kvm->lock: the S2 order",
     },
     RoleSpec {
         role: Role::LockAcquire,

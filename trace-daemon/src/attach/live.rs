@@ -179,6 +179,8 @@ impl Session {
     pub fn engine_config(&self, mut cfg: engine::Config) -> engine::Config {
         cfg.destroy_observable = role_covered(&self.probes, Role::VmDestroyed);
         cfg.release_closes = release_closes(&self.probes);
+        cfg.table_edges = self.lock_watch == LockWatch::Lean;
+        cfg.set_kvm_takes_group_lock = self.facts.variant.set_kvm_takes_group_lock();
         cfg
     }
 
@@ -224,6 +226,7 @@ impl Session {
             attach,
             destroy_observable: role_covered(&self.probes, Role::VmDestroyed),
             release_closes: release_closes(&self.probes),
+            set_kvm_takes_group_lock: self.facts.variant.set_kvm_takes_group_lock(),
             mono_start_ns: mono_now_ns(),
             wall_start_ns: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

@@ -28,9 +28,10 @@ pub enum LockWatch {
     #[default]
     Deep,
     /// No program on the mutex API: the locks a thread holds are read from
-    /// their owner words at kvm_destroy_vm reached from a VFIO device release
-    /// and at lock contention. Raises destroy-under-lock, self-deadlock and
-    /// long-wait; not yet the lock-order and long-hold findings.
+    /// their owner words at the path hooks (kvm_destroy_vm reached from a VFIO
+    /// device release, vfio_file_set_kvm, drivers that take kvm->lock) and at
+    /// lock contention. Raises destroy-under-lock, self-deadlock, long-wait
+    /// and lock-order-inversion (edges from the lock table); not long-hold.
     Lean,
 }
 
@@ -47,6 +48,15 @@ impl StackVariant {
     /// 6.1 and the kvm_ops patch take dev_set->lock before group_lock.
     pub fn dev_set_first(self) -> bool {
         matches!(self, StackVariant::Mainline61 | StackVariant::KvmOpsPatch)
+    }
+
+    /// vfio_file_set_kvm takes group_lock (6.3's 2b48f52f moved the kvm
+    /// pointer under the kvm_ref_lock spinlock).
+    pub fn set_kvm_takes_group_lock(self) -> bool {
+        matches!(
+            self,
+            StackVariant::Mainline61 | StackVariant::Mainline62 | StackVariant::KvmOpsPatch
+        )
     }
 }
 

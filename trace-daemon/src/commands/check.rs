@@ -106,7 +106,7 @@ pub fn run(facts: &Facts) -> Report {
                 "nothing attachable: no role and no tracepoint could be attached".to_owned()
             }))
         },
-        lock_watch: lock_modes::rows(&plan),
+        lock_watch: lock_modes::rows(&plan, facts.variant),
         plan,
         offsets: facts.offset_report.clone(),
     }

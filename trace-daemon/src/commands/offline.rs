@@ -18,6 +18,8 @@ pub fn analyse(path: &Path, cfg: engine::Config) -> anyhow::Result<(Loaded, Engi
     let mut cfg = cfg;
     cfg.destroy_observable = loaded.header.destroy_observable;
     cfg.release_closes = loaded.header.release_closes;
+    cfg.table_edges = loaded.header.lock_watch == "lean";
+    cfg.set_kvm_takes_group_lock = loaded.header.set_kvm_takes_group_lock;
     let mut e = Engine::new(cfg);
     let mut last = 0;
     for ev in &loaded.events {

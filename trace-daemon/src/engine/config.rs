@@ -24,6 +24,15 @@ pub struct Config {
     /// open_count drops at the release. Set from the attach plan, not config.
     #[serde(skip)]
     pub release_closes: bool,
+    /// Lean lock watching: lock-order edges also come from the lock table (a
+    /// hooked call that takes a watched lock, ordered after the locks its
+    /// owner words showed held). Set from the session, not config.
+    #[serde(skip)]
+    pub table_edges: bool,
+    /// vfio_file_set_kvm takes group_lock (before 6.3's 2b48f52f: 6.1, 6.2,
+    /// the kvm_ops patch). Set from the attach plan, not config.
+    #[serde(skip)]
+    pub set_kvm_takes_group_lock: bool,
     /// Distinct findings kept; the oldest are dropped (and counted) past it.
     pub max_findings: usize,
     /// Collect measurements (lock waits and holds, VM teardown) for the
@@ -43,8 +52,24 @@ impl Default for Config {
             long_hold_ms: 5_000,
             destroy_observable: true,
             release_closes: false,
+            table_edges: false,
+            set_kvm_takes_group_lock: false,
             max_findings: 10_000,
             observe: false,
+        }
+    }
+}
+
+impl Config {
+    /// A reloaded configuration keeps what the running session's attach
+    /// decided (it is not the file's to change).
+    pub fn keeping_attach_facts(self, running: &Config) -> Config {
+        Config {
+            destroy_observable: running.destroy_observable,
+            release_closes: running.release_closes,
+            table_edges: running.table_edges,
+            set_kvm_takes_group_lock: running.set_kvm_takes_group_lock,
+            ..self
         }
     }
 }

@@ -4,7 +4,7 @@ use trace_common::LockClass;
 
 use super::{
     holder::Holder,
-    locks::{EdgeSeen, Held},
+    locks::{EdgeHow, EdgeSeen, Held},
     timeline::Step,
 };
 
@@ -126,6 +126,8 @@ pub struct Inversion {
     pub held: Vec<Held>,
     /// The attempt's stack.
     pub stack_id: Option<u32>,
+    /// How the new edge was learnt.
+    pub how: EdgeHow,
 }
 
 impl Inversion {

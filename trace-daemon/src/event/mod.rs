@@ -318,6 +318,8 @@ impl Event {
             HookId::VfioDfClose | HookId::VfioDeviceClose => Kind::DeviceClose,
             HookId::VfioDeviceGetKvmSafe | HookId::VfioDeviceGetKvmSafeOld => Kind::VfioKvmGet,
             HookId::VfioDevicePutKvm => Kind::VfioKvmPut,
+            // Changes no count: the lock table orders its held locks (lean).
+            HookId::VfioApMdevSetKvm | HookId::TestdevLockKvm => Kind::Other,
             HookId::MutexLock
             | HookId::MutexLockInterruptible
             | HookId::MutexLockKillable

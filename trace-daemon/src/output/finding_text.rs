@@ -256,7 +256,10 @@ fn inversion_detail(f: &Finding, inv: &Inversion) -> Vec<String> {
     let mut d = vec![
         "WARNING: possible circular locking dependency detected".to_owned(),
         format!("{} is trying to acquire lock:", who(f)),
-        format!("  ({b}) at {:#x}", inv.want_addr),
+        match inv.want_addr {
+            0 => format!("  ({b}) (address not read: the lock table says this call takes it)"),
+            w => format!("  ({b}) at {w:#x}"),
+        },
         "but task is already holding lock:".into(),
         format!("  ({a}) at {:#x}", inv.holding.addr),
         "which lock already depends on the new lock.".into(),
@@ -264,20 +267,22 @@ fn inversion_detail(f: &Finding, inv: &Inversion) -> Vec<String> {
     ];
     for (i, (from, to, seen)) in inv.path.iter().enumerate().rev() {
         d.push(format!(
-            "-> #{} ({} -> {}): first seen at {} by {}/{}{}",
+            "-> #{} ({} -> {}): first seen at {} by {}/{}{} [{}]",
             i + 1,
             from.name(),
             to.name(),
             ts(seen.ts_ns),
             seen.comm,
             seen.pid,
-            stack(seen.stack_id)
+            stack(seen.stack_id),
+            seen.how.describe()
         ));
     }
     d.push(format!(
-        "-> #0 ({a} -> {b}): now, by {}{}",
+        "-> #0 ({a} -> {b}): now, by {}{} [{}]",
         who(f),
-        stack(inv.stack_id)
+        stack(inv.stack_id),
+        inv.how.describe()
     ));
     d.push("other info that might help us debug this:".into());
     let cycle = names(&inv.cycle_classes());

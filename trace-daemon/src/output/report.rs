@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt::Write as _};
 use serde::Serialize;
 
 use crate::{
-    engine::{Anomalies, Engine, Finding, Holder, ObjectRole, Vm},
+    engine::{Anomalies, Engine, Finding, Holder, ObjectRole, Vm, locks::EdgeHow},
     event::drops::Drops,
     output::event_line as render,
     output::finding_text::{self, FindingJson, step_line},
@@ -234,8 +234,11 @@ impl<'a> Report<'a> {
             device_list,
             lock_graph: engine
                 .lock_graph()
-                .keys()
-                .map(|(a, b)| format!("{} -> {}", a.name(), b.name()))
+                .iter()
+                .map(|((a, b), seen)| match seen.how {
+                    EdgeHow::Observed => format!("{} -> {}", a.name(), b.name()),
+                    how => format!("{} -> {} ({})", a.name(), b.name(), how.describe()),
+                })
                 .collect(),
             findings,
             stacks,

@@ -70,6 +70,10 @@ pub struct Header {
     /// modes existed, which were all deep.
     #[serde(default)]
     pub lock_watch: String,
+    /// Whether vfio_file_set_kvm takes group_lock on the recorded kernel
+    /// (the lock table's edge; absent in older recordings: not used).
+    #[serde(default)]
+    pub set_kvm_takes_group_lock: bool,
 }
 
 /// The attach-time self-test: kvscope makes the kernel side emit one event

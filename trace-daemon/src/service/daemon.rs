@@ -204,14 +204,11 @@ impl Sink for DaemonSink {
                 }
                 // Thresholds change; state (VMs, locks, findings) stays.
                 // What the attach plan decided stays too.
-                let observable = self.engine.cfg.destroy_observable;
-                let release_closes = self.engine.cfg.release_closes;
                 self.engine.cfg = engine::Config {
-                    destroy_observable: observable,
-                    release_closes,
                     observe: true,
                     ..c.engine.clone()
-                };
+                }
+                .keeping_attach_facts(&self.engine.cfg);
                 self.findings = open_findings(&c)?;
                 self.journal = open_journal(&c);
                 self.config = c;

@@ -9,7 +9,7 @@ use crate::{
         new_event, set_device, set_fd, set_file, set_kvm, set_ret, submit, wanted, watch,
         watch_device_locks,
     },
-    held::{enter_path, leave_path},
+    held::{enter_path, leave_path, report_device_locks, report_kvm_lock},
     hook::Call,
     kread::{file_of_fd, private_data, ptr_at, vfio_device_of_private},
 };
@@ -278,10 +278,21 @@ fn on_file_set_kvm<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> boo
     if !wanted() {
         return false;
     }
-    let mut e = new_event(HookId::VfioFileSetKvm, Phase::Entry);
     let file = call.arg(0);
+    let private = private_data(file);
+    // Lean lock order: kvm->lock held here (kvm_vfio_release runs under it)
+    // orders it before the group_lock this call takes (before 6.3). An unlink
+    // passes NULL: the group still names the VM it is linked to.
+    let kvm = match call.arg(1) {
+        0 => private.and_then(|g| ptr_at(g, conf!(vfio_group_kvm))),
+        k => Some(k),
+    };
+    if let Some(kvm) = kvm {
+        report_kvm_lock(ctx, HookId::VfioFileSetKvm, kvm);
+    }
+    let mut e = new_event(HookId::VfioFileSetKvm, Phase::Entry);
     set_file(&mut e, file);
-    if let Some(p) = private_data(file) {
+    if let Some(p) = private {
         e.arg = p;
         e.known |= known::ARG;
     }
@@ -292,4 +303,45 @@ fn on_file_set_kvm<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> boo
     }
     submit(ctx, e, true);
     false
+}
+
+// Drivers that take kvm->lock under the VFIO open locks (S2):
+// vfio_ap_mdev_set_kvm(struct ap_matrix_mdev *, struct kvm *) and the lab's
+// testdev_lock_kvm(struct vfio_device *, struct kvm *); both first arguments
+// start with the `struct vfio_device`. The VFIO locks held here (owner words)
+// are ordered before kvm->lock (the lock-order table says the call takes it).
+entry_hook!(
+    fentry_vfio_ap_mdev_set_kvm,
+    kprobe_vfio_ap_mdev_set_kvm,
+    on_vfio_ap_set_kvm
+);
+entry_hook!(
+    fentry_testdev_lock_kvm,
+    kprobe_testdev_lock_kvm,
+    on_testdev_lock_kvm
+);
+
+fn on_vfio_ap_set_kvm<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    driver_takes_kvm_lock(ctx, HookId::VfioApMdevSetKvm, call);
+    false
+}
+
+fn on_testdev_lock_kvm<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    driver_takes_kvm_lock(ctx, HookId::TestdevLockKvm, call);
+    false
+}
+
+#[inline(always)]
+fn driver_takes_kvm_lock<C: EbpfContext + StackIdContext>(ctx: &C, hook: HookId, call: &Call) {
+    if !wanted() {
+        return;
+    }
+    let (dev, kvm) = (call.arg(0), call.arg(1));
+    let group = ptr_at(dev, conf!(vfio_device_group)).unwrap_or(0);
+    report_device_locks(ctx, hook, dev, group);
+    let mut e = new_event(hook, Phase::Entry);
+    set_device(&mut e, dev);
+    set_kvm(&mut e, kvm);
+    watch(kvm, conf!(kvm_lock), LockClass::KvmLock);
+    submit(ctx, e, true);
 }

@@ -23,7 +23,7 @@ const RUNS: usize = 5;
 /// and the watched-lock test on every mutex_lock/unlock (a map lookup; it
 /// never matches here, where kvscope's does for kv->lock and group_lock, so
 /// bpftrace does less lock work than kvscope on this loop).
-const BPFTRACE_EQUIVALENT: &str = "BEGIN { @w[(uint64)0] = 1; } \
+const BPFTRACE_EQUIVALENT: &str = "BEGIN { @w[(uint64)0] = 1; printf(\"BEGIN-RAN\\n\"); } \
 kprobe:kvm_vfio_set_attr, kprobe:vfio_file_set_kvm, kprobe:kvm_put_kvm, kprobe:kvm_get_kvm { printf(\"%d %s %lx %s\\n\", tid, probe, arg0, kstack); } \
 kretprobe:kvm_vfio_set_attr { printf(\"%d ret %d\\n\", tid, retval); } \
 tracepoint:syscalls:sys_enter_ioctl { printf(\"%d ioctl %d %lx\\n\", tid, args->fd, args->cmd); } \
@@ -31,7 +31,8 @@ tracepoint:syscalls:sys_exit_ioctl { printf(\"%d ioctl ret %d\\n\", tid, args->r
 kfunc:mutex_lock /@w[(uint64)args->lock]/ { printf(\"%d lock\\n\", tid); } \
 kfunc:mutex_unlock /@w[(uint64)args->lock]/ { printf(\"%d unlock\\n\", tid); }";
 
-const EMPTY_FENTRY: &str = "kfunc:mutex_lock {} kfunc:mutex_unlock {}";
+const EMPTY_FENTRY: &str =
+    "BEGIN { printf(\"BEGIN-RAN\\n\"); } kfunc:mutex_lock {} kfunc:mutex_unlock {}";
 
 fn script(iterations: u64) -> String {
     format!(
@@ -44,12 +45,13 @@ run none1
 kvscope record --locks lean -o /tmp/l.kvs 2>/tmp/l.err & P=$!; attached /tmp/l.err "kvscope: ready:"
 run kvscope-lean; kill -INT $P; wait $P
 run none2
-bpftrace -e '{eq}' >/tmp/bt.out 2>&1 & P=$!; attached /tmp/bt.out Attaching
+bpftrace -e '{eq}' >/tmp/bt.out 2>&1 & P=$!; attached /tmp/bt.out BEGIN-RAN
 run bpftrace; kill -INT $P; wait $P
 run none3
-bpftrace -e '{empty}' >/tmp/be.out 2>&1 & P=$!; attached /tmp/be.out Attaching
+bpftrace -e '{empty}' >/tmp/be.out 2>&1 & P=$!; attached /tmp/be.out BEGIN-RAN
 run empty-fentry; kill -INT $P; wait $P
 run none4
+grep -q ' ioctl ' /tmp/bt.out || echo "NOT ATTACHED: bpftrace printed no probe output"
 grep -m3 -i error /tmp/bt.out /tmp/be.out || true
 "#,
         eq = BPFTRACE_EQUIVALENT,
@@ -112,83 +114,96 @@ pub fn run(kernel: &str, iterations: u64) -> anyhow::Result<()> {
             boot.console
         );
     }
-    let loops = ["attr-add-del", "pipe-mutex"];
-    // Each probed block sits between two unprobed ones; its baseline is their
-    // runs together, so that drift across the guest's life (TCG) cancels.
-    let configs = [
-        ("kvscope", "none0", "none1"),
-        ("kvscope-lean", "none1", "none2"),
-        ("bpftrace", "none2", "none3"),
-        ("empty-fentry", "none3", "none4"),
-    ];
-    let med_of = |got: &BTreeMap<(String, String), Vec<f64>>, keys: &[&str], l: &str| {
-        let mut v: Vec<f64> = keys
-            .iter()
-            .filter_map(|k| got.get(&(k.to_string(), l.to_owned())))
-            .flatten()
-            .copied()
-            .collect();
-        (!v.is_empty()).then(|| median(&mut v))
-    };
+    report(&got, &un.release, iterations);
+    Ok(())
+}
+
+/// The loops, as the issue names them.
+const LOOPS: [(&str, &str); 4] = [
+    ("pipe-mutex", "(a) unrelated pipe/mutex"),
+    ("kvm-run", "(b) KVM_RUN exits"),
+    ("attr-add-del", "(c) hooked KVM_SET_DEVICE_ATTR"),
+    ("ioctl", "(d) unrelated ioctl"),
+];
+
+/// Each probed block sits between two unprobed ones; its baseline is their
+/// runs together, so that drift across the guest's life (TCG) cancels.
+const CONFIGS: [(&str, &str, &str); 4] = [
+    ("kvscope", "none0", "none1"),
+    ("kvscope-lean", "none1", "none2"),
+    ("bpftrace", "none2", "none3"),
+    ("empty-fentry", "none3", "none4"),
+];
+
+type Runs = BTreeMap<(String, String), Vec<f64>>;
+
+fn runs_of(got: &Runs, keys: &[&str], l: &str) -> Vec<f64> {
+    keys.iter()
+        .filter_map(|k| got.get(&(k.to_string(), l.to_owned())))
+        .flatten()
+        .copied()
+        .collect()
+}
+
+/// Half the range of the unprobed runs, relative to their median: the noise
+/// a ratio is read against.
+fn noise(v: &[f64]) -> f64 {
+    let (lo, hi) = v
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(l, h), x| (l.min(*x), h.max(*x)));
+    let mut v = v.to_vec();
+    (hi - lo) / 2.0 / median(&mut v)
+}
+
+fn report(got: &Runs, release: &str, iterations: u64) {
     println!(
-        "guest {} under TCG, {iterations} attr iterations and {} pipe iterations per run, median of {RUNS} runs; baseline: the {} unprobed runs just before and after each block",
-        un.release,
+        "guest {release} under TCG; per run {iterations} attr and KVM_RUN iterations, {} ioctl and pipe iterations; median of {RUNS} runs; baseline: the {} unprobed runs just before and after each block; noise: half their range over their median",
         iterations * 10,
         RUNS * 2
     );
     println!(
-        "{:<14} {:>12} {:>10} {:>7} {:>12} {:>10} {:>7}",
-        "config", "attr ns", "baseline", "ratio", "pipe ns", "baseline", "ratio"
+        "{:<32} {:<14} {:>10} {:>10} {:>7} {:>7} {:>10}",
+        "loop", "config", "ns/iter", "baseline", "ratio", "noise", "added ns"
     );
-    // (config, loop) -> (median, baseline)
-    let mut m: BTreeMap<(&str, &str), (f64, f64)> = BTreeMap::new();
-    for (c, before, after) in configs {
-        let mut cells = Vec::new();
-        for l in loops {
-            match (med_of(&got, &[c], l), med_of(&got, &[before, after], l)) {
-                (Some(v), Some(b)) => {
-                    m.insert((c, l), (v, b));
-                    cells.push(format!("{v:>12.0} {b:>10.0} {:>7.2}", v / b));
-                }
-                _ => cells.push(format!("{:>12} {:>10} {:>7}", "-", "-", "-")),
+    let mut added: BTreeMap<(&str, &str), f64> = BTreeMap::new();
+    for (l, label) in LOOPS {
+        for (c, before, after) in CONFIGS {
+            let mut v = runs_of(got, &[c], l);
+            let mut b = runs_of(got, &[before, after], l);
+            if v.is_empty() || b.is_empty() {
+                println!("{label:<32} {c:<14} {:>10}", "-");
+                continue;
             }
+            let n = noise(&b);
+            let (v, b) = (median(&mut v), median(&mut b));
+            added.insert((c, l), v - b);
+            println!(
+                "{label:<32} {c:<14} {v:>10.0} {b:>10.0} {:>7.3} {:>6.1}% {:>10.0}",
+                v / b,
+                n * 100.0,
+                v - b
+            );
         }
-        println!("{c:<14} {} {}", cells[0], cells[1]);
     }
     let blocks: Vec<String> = ["none0", "none1", "none2", "none3", "none4"]
         .iter()
-        .filter_map(|n| med_of(&got, &[n], "pipe-mutex").map(|v| format!("{v:.0}")))
+        .filter_map(|n| {
+            let mut v = runs_of(got, &[n], "pipe-mutex");
+            (!v.is_empty()).then(|| format!("{:.0}", median(&mut v)))
+        })
         .collect();
     println!(
         "unprobed pipe-loop medians through the guest's life (drift): {}",
         blocks.join(", ")
     );
-    let added = |c: &str, l: &str| m.get(&(c, l)).map(|(v, b)| v - b);
-    if let (Some(k), Some(b)) = (
-        added("kvscope", "attr-add-del"),
-        added("bpftrace", "attr-add-del"),
+    if let (Some(k), Some(d), Some(b)) = (
+        added.get(&("kvscope-lean", "attr-add-del")),
+        added.get(&("kvscope", "attr-add-del")),
+        added.get(&("bpftrace", "attr-add-del")),
     ) {
         println!(
-            "hooked path, added cost per iteration: kvscope {k:.0} ns, bpftrace {b:.0} ns (kvscope/bpftrace {:.2})",
+            "hooked path (c), added cost per iteration: lean {k:.0} ns, deep {d:.0} ns, bpftrace {b:.0} ns (lean/bpftrace {:.2})",
             k / b
         );
     }
-    if let (Some(k), Some(e)) = (
-        added("kvscope", "pipe-mutex"),
-        added("empty-fentry", "pipe-mutex"),
-    ) {
-        println!(
-            "unrelated mutex loop, added cost per iteration: kvscope's watched-lock filter {k:.0} ns, an empty fentry {e:.0} ns (filter/empty {:.2})",
-            k / e
-        );
-    }
-    if let (Some(d), Some(l)) = (
-        added("kvscope", "pipe-mutex"),
-        added("kvscope-lean", "pipe-mutex"),
-    ) {
-        println!(
-            "unrelated mutex loop, added cost per iteration: deep {d:.0} ns, lean {l:.0} ns (no program on the mutex API)"
-        );
-    }
-    Ok(())
 }

@@ -398,25 +398,29 @@ impl Scenario {
 }
 
 impl Scenario {
-    /// Also run with `--locks lean`: the exact scenarios whose VM dies under
-    /// VFIO locks, or whose thread waits for a lock it holds (lean reads the
-    /// owner words there).
+    /// Also run with `--locks lean`: the exact scenarios with a lock
+    /// finding (a VM dying under VFIO locks, a thread waiting for a lock it
+    /// holds, the S2 order), which lean must raise from owner words, the
+    /// contention tracepoints and the lock table.
     pub fn also_lean(&self) -> bool {
         self.exact
-            && self
-                .findings
-                .iter()
-                .any(|(k, _)| ["destroy-under-lock", "self-deadlock"].contains(k))
+            && self.findings.iter().any(|(k, _)| {
+                [
+                    "destroy-under-lock",
+                    "self-deadlock",
+                    "lock-order-inversion",
+                ]
+                .contains(k)
+            })
     }
 
-    /// The findings expected in a lock-watching mode: lean raises no
-    /// lock-order or long-hold finding yet (self-deadlock and long-wait it
-    /// sees through the contention tracepoints).
+    /// The findings expected in a lock-watching mode: lean sees no release,
+    /// so it raises no long-hold (the rest it raises like deep).
     pub fn findings_in(&self, lean: bool) -> Vec<(&'static str, &'static [&'static str])> {
-        let lean_only = ["lock-order-inversion", "long-hold"];
+        let deep_only = ["long-hold"];
         self.findings
             .iter()
-            .filter(|(k, _)| !lean || !lean_only.contains(k))
+            .filter(|(k, _)| !lean || !deep_only.contains(k))
             .copied()
             .collect()
     }

@@ -3,7 +3,7 @@
 //! acquisitions inferred for entry-only hooks.
 use trace_common::LockClass;
 
-use super::{EdgeSeen, Held};
+use super::{EdgeHow, EdgeSeen, Held, table};
 use crate::{
     engine::{
         Engine, MS, Observation,
@@ -33,7 +33,23 @@ impl Engine {
             Kind::LockReleased => self.lock_released(e, out),
             Kind::ContentionBegin | Kind::ContentionEnd => self.contention(e, out),
             Kind::LockHeld => self.lock_held(e),
-            _ => {}
+            _ => self.table_edges(e, out),
+        }
+    }
+
+    /// Lean: a hooked call the lock table says takes a watched lock orders it
+    /// after what the owner words showed held just before.
+    fn table_edges(&mut self, e: &Event, out: &mut Vec<Finding>) {
+        if !self.cfg.table_edges {
+            return;
+        }
+        let Some(class) = table::taken_by(e.hook, &self.cfg) else {
+            return;
+        };
+        let held = self.locks.momentary(e.pid).to_vec();
+        if !held.is_empty() {
+            // The taken lock's address is not read: the table names its class.
+            self.new_edges(e, class, 0, &held, EdgeHow::Table(e.hook), out);
         }
     }
 
@@ -46,7 +62,8 @@ impl Engine {
             let held = self.locks.held_by(e.pid).to_vec();
             out.push(Finding::self_deadlock(e, lock, taken, held));
         } else {
-            self.new_edges(e, l.class.0, l.addr, out);
+            let held = self.locks.held_by(e.pid).to_vec();
+            self.new_edges(e, l.class.0, l.addr, &held, EdgeHow::Observed, out);
         }
         self.locks
             .waiting
@@ -58,12 +75,19 @@ impl Engine {
         }
     }
 
-    /// Edges held -> `class` for each lock the thread holds; an edge that
-    /// closes a cycle is a lock-order inversion.
-    fn new_edges(&mut self, e: &Event, class: LockClass, addr: u64, out: &mut Vec<Finding>) {
-        let held: Vec<Held> = self.locks.held_by(e.pid).to_vec();
+    /// Edges held -> `class` for each lock in `held`; an edge that closes a
+    /// cycle is a lock-order inversion.
+    fn new_edges(
+        &mut self,
+        e: &Event,
+        class: LockClass,
+        addr: u64,
+        held: &[Held],
+        how: EdgeHow,
+        out: &mut Vec<Finding>,
+    ) {
         let held_classes: Vec<LockClass> = held.iter().map(|h| h.class).collect();
-        for h in &held {
+        for h in held {
             if h.class == class || self.locks.graph.contains(h.class, class) {
                 continue;
             }
@@ -73,8 +97,9 @@ impl Engine {
                     want: class,
                     want_addr: addr,
                     path,
-                    held: held.clone(),
+                    held: held.to_vec(),
                     stack_id: e.stack_id,
+                    how,
                 };
                 out.push(Finding::lock_order_inversion(e, inv));
             }
@@ -84,6 +109,7 @@ impl Engine {
                 comm: e.comm,
                 stack_id: e.stack_id,
                 held: held_classes.clone(),
+                how,
             };
             self.locks.graph.insert(h.class, class, seen);
         }
@@ -150,7 +176,9 @@ impl Engine {
     /// The owner word showed the thread holding the lock (at a path hook).
     fn lock_held(&mut self, e: &Event) {
         let Some(l) = e.lock else { return };
-        self.locks.first_sighting(l.addr);
+        // Not a sighting of the lock's acquire or release: a release seen
+        // later of a lock taken before it was watched stays that, not an
+        // unmatched release.
         let h = held_from(&l, e.ts_ns, e.stack_id);
         self.locks.momentary.entry(e.pid).or_default().push(h);
     }

@@ -4,9 +4,31 @@
 //! nothing by itself: only both orders seen on one host close a cycle.
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use trace_common::LockClass;
+use trace_common::{HookId, LockClass};
 
 use crate::event::Comm;
+
+/// How an edge A -> B was learnt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EdgeHow {
+    /// B requested while A was held, both seen (the mutex API hooked).
+    Observed,
+    /// A held by its owner word at a hooked call that, per the lock table,
+    /// takes B (lean: the acquire of B is not seen).
+    Table(HookId),
+}
+
+impl EdgeHow {
+    pub fn describe(self) -> String {
+        match self {
+            EdgeHow::Observed => "observed".to_owned(),
+            EdgeHow::Table(h) => format!(
+                "table: {} takes it; the held lock read from its owner word",
+                h.symbol()
+            ),
+        }
+    }
+}
 
 /// Where an edge of the graph was first seen.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,6 +39,7 @@ pub struct EdgeSeen {
     pub stack_id: Option<u32>,
     /// The held locks when the edge was made, outermost first.
     pub held: Vec<LockClass>,
+    pub how: EdgeHow,
 }
 
 #[derive(Default)]
@@ -98,6 +121,7 @@ mod tests {
             comm: Comm::from("t"),
             stack_id: None,
             held: vec![],
+            how: EdgeHow::Observed,
         }
     }
 

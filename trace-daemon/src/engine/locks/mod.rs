@@ -3,12 +3,13 @@
 //! methods here (`events.rs` maps lock events onto them).
 mod events;
 pub mod graph;
+mod table;
 
 use crate::engine::fast_hash::{FastMap, FastSet};
 
 use trace_common::LockClass;
 
-pub use self::graph::{EdgeSeen, LockGraph};
+pub use self::graph::{EdgeHow, EdgeSeen, LockGraph};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Held {
@@ -69,6 +70,12 @@ impl LockState {
             }
         }
         v
+    }
+
+    /// What the owner words showed the thread holding at its path hook just
+    /// before (lean).
+    pub fn momentary(&self, pid: u32) -> &[Held] {
+        self.momentary.get(&pid).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// After the thread's next event, what its owner words showed is stale.
