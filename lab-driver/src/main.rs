@@ -3,6 +3,8 @@
 //! `edu` device (bound to vfio-pci) added to it, the device opened; then MODE:
 //! - `dev-first` (device, kvm-vfio, VM), `vm-first` (VM, kvm-vfio, device), or
 //!   `exit` (close nothing: process exit closes everything);
+//! - `abba`: (test module mode=abba) two threads deadlock ABBA on kvm->lock
+//!   and dev_set->lock through the device's ioctls, until killed;
 //! - `race N`: a second thread opens and closes the device N times while the
 //!   main thread closes the VM and kvm-vfio fds (opens racing the last puts);
 //! - `bench N`: the overhead loops of bench.rs: N hooked attr add/del and N
@@ -29,7 +31,7 @@ mod vcpu;
 
 use lab_driver::protocol;
 
-use std::os::fd::{FromRawFd as _, OwnedFd};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 
 use anyhow::{Context as _, bail};
 
@@ -41,6 +43,7 @@ const MODES: &[&str] = &[
     "vm-first",
     "exit",
     "race",
+    "abba",
     "bench",
     "stress",
     "suite",
@@ -86,6 +89,7 @@ fn main() -> anyhow::Result<()> {
     let rig = Rig::new(flag("--testdev"), !flag("--no-kvm"))?;
     match mode {
         "race" => return race(rig, count(20)?),
+        "abba" => return abba(&rig),
         "bench" => {
             let n = count(2000)?;
             bench::attr(&rig, n)?;
@@ -150,6 +154,24 @@ fn close_in_order(
 /// main thread, half-way through, closes the VM fd and the kvm-vfio fd (whose
 /// release unlinks the group). Whatever the interleaving, every reference
 /// taken is given back and the VM is destroyed once.
+/// The test module's ABBA ioctls (mode=abba), from two threads at once: each
+/// takes one watched lock and waits for the other's. They never return; the
+/// lab kills this process, which ends both (killable) waits.
+fn abba(rig: &Rig) -> anyhow::Result<()> {
+    const KVM_THEN_DEV_SET: libc::c_ulong = 0x4b70;
+    const DEV_SET_THEN_KVM: libc::c_ulong = 0x4b71;
+    let dev = rig.open_device()?;
+    let fd = dev.as_raw_fd();
+    let rcs: Vec<libc::c_int> = std::thread::scope(|s| {
+        let t: Vec<_> = [KVM_THEN_DEV_SET, DEV_SET_THEN_KVM]
+            .into_iter()
+            .map(|cmd| s.spawn(move || unsafe { libc::ioctl(fd, cmd, 0) }))
+            .collect();
+        t.into_iter().map(|h| h.join().unwrap_or(-1)).collect()
+    });
+    bail!("abba: both ioctls returned ({rcs:?}): no deadlock")
+}
+
 fn race(rig: Rig, n: u64) -> anyhow::Result<()> {
     let Rig {
         kvm: rig::KvmPair { vm, kv, .. },

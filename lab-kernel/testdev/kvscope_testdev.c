@@ -18,6 +18,10 @@
  * mode=relock     open_device takes kvm->lock, then waits for it again
  *                 (mutex_lock_killable): a thread waiting for itself. The lab
  *                 kills the opener after a few seconds; the open fails -EINTR.
+ * mode=abba       two ioctls on the device fd take kvm->lock and dev_set->lock
+ *                 in opposite orders, the second wait killable: two threads
+ *                 calling them at once really deadlock (ABBA) until the lab
+ *                 kills their process; both waits end -EINTR.
  * mode=ownref     open_device takes its own kvm reference, close_device drops it
  *                 (the 6.1 S1 shape): with the VM fds closed first, the last
  *                 reference goes from close_device, under the VFIO locks.
@@ -35,10 +39,15 @@
 #include <linux/platform_device.h>
 #include <linux/vfio.h>
 #include <linux/kvm_host.h>
+#include <linux/delay.h>
 
 static char *mode = "plain";
 module_param(mode, charp, 0444);
-MODULE_PARM_DESC(mode, "plain | kvmlock | relock | ownref | kvmops | kvmops-lock | kvmops-fail");
+MODULE_PARM_DESC(mode, "plain | kvmlock | relock | abba | ownref | kvmops | kvmops-lock | kvmops-fail");
+
+/* mode=abba: the device fd's ioctls (any type byte the VFIO core passes on). */
+#define TESTDEV_KVM_THEN_DEV_SET 0x4b70
+#define TESTDEV_DEV_SET_THEN_KVM 0x4b71
 
 #define DRV_NAME "kvscope-testdev"
 
@@ -154,6 +163,44 @@ static void testdev_close_device(struct vfio_device *vdev)
 	}
 }
 
+/*
+ * mode=abba: take one watched lock, give the other thread time to take the
+ * other, then wait (killably) for the other: with both ioctls running at once
+ * each thread waits for the lock the other holds.
+ */
+static long testdev_ioctl(struct vfio_device *vdev, unsigned int cmd,
+			  unsigned long arg)
+{
+	struct kvm *kvm = device_kvm(vdev);
+	struct mutex *first, *second;
+
+	if (!mode_is("abba") || !kvm)
+		return -ENOTTY;
+	switch (cmd) {
+	case TESTDEV_KVM_THEN_DEV_SET:
+		first = &kvm->lock;
+		second = &vdev->dev_set->lock;
+		break;
+	case TESTDEV_DEV_SET_THEN_KVM:
+		first = &vdev->dev_set->lock;
+		second = &kvm->lock;
+		break;
+	default:
+		return -ENOTTY;
+	}
+	mutex_lock(first);
+	msleep(300);
+	pr_info("kvscope_testdev: ioctl %#x holds %px, waits for %px\n", cmd,
+		first, second);
+	if (mutex_lock_killable(second)) {
+		mutex_unlock(first);
+		return -EINTR;
+	}
+	mutex_unlock(second);
+	mutex_unlock(first);
+	return 0;
+}
+
 #if LINUX_VERSION_CODE < KERNEL_VERSION(6, 2, 0)
 /* 6.1 requires drivers to free the device from release (vfio-ccw's life cycle). */
 static void testdev_release(struct vfio_device *vdev)
@@ -169,6 +216,7 @@ static const struct vfio_device_ops testdev_ops = {
 #endif
 	.open_device = testdev_open_device,
 	.close_device = testdev_close_device,
+	.ioctl = testdev_ioctl,
 };
 
 static int testdev_probe(struct platform_device *p)
@@ -210,7 +258,7 @@ static struct platform_driver testdev_driver = {
 static int __init testdev_init(void)
 {
 	static const char *const modes[] = {
-		"plain", "kvmlock", "relock", "ownref",
+		"plain", "kvmlock", "relock", "abba", "ownref",
 #ifdef KVSCOPE_KVM_OPS
 		"kvmops", "kvmops-lock", "kvmops-fail",
 #endif

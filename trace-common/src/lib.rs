@@ -92,6 +92,12 @@ hook_ids! {
     /// kvscope's lab test module: `testdev_lock_kvm(vdev, kvm)`, the same shape
     /// (modes kvmlock, kvmops-lock).
     TestdevLockKvm = 29, "testdev_lock_kvm";
+    /// `/dev/kvm`'s ioctl handler (never a vCPU's or a VM's): KVM_CREATE_VM's
+    /// fd without the syscall tracepoints (lean), and kvscope's self-test.
+    KvmDevIoctl = 30, "kvm_dev_ioctl";
+    /// The kvm-vfio device's `create` op (KVM_CREATE_DEVICE of type VFIO),
+    /// without the syscall tracepoints (lean).
+    KvmVfioCreate = 31, "kvm_vfio_create";
     MutexLock = 21, "mutex_lock";
     MutexLockInterruptible = 22, "mutex_lock_interruptible";
     MutexLockKillable = 23, "mutex_lock_killable";
@@ -324,7 +330,10 @@ pub struct Event {
     pub file: u64,
     /// Address of a watched lock.
     pub lock: u64,
-    /// Return value (fexit/kretprobe/sys_exit), sign-extended.
+    /// Return value (fexit/kretprobe/sys_exit), sign-extended. At
+    /// lock:contention_begin: the flags (LCB_F_*) in the low 32 bits, and the
+    /// thread id of the task the lock's owner word names in the high 32 bits
+    /// (0: unknown).
     pub ret: i64,
     /// Hook-specific extra: ioctl cmd, set_attr attr, contention flags.
     pub arg: u64,
@@ -445,6 +454,8 @@ pub struct ProbeConfig {
     /// `mutex.owner` (the owner task, low bits flags); unknown on PREEMPT_RT,
     /// where a mutex wraps an rt_mutex.
     pub mutex_owner: u32,
+    /// `task_struct.pid` (the thread id): who owns a contended watched lock.
+    pub task_pid: u32,
 }
 
 pub mod config_flags {
@@ -486,6 +497,7 @@ impl ProbeConfig {
         flags: 0,
         self_tgid: 0,
         mutex_owner: OFFSET_UNKNOWN,
+        task_pid: OFFSET_UNKNOWN,
     };
 }
 

@@ -44,9 +44,10 @@ fn event_layout_is_pinned() {
 
 #[test]
 fn config_and_map_value_layouts_are_pinned() {
-    // 23 u32 fields, no padding.
-    assert_eq!(size_of::<ProbeConfig>(), 24 * 4);
+    // 25 u32 fields, no padding.
+    assert_eq!(size_of::<ProbeConfig>(), 25 * 4);
     assert_eq!(offset_of!(ProbeConfig, mutex_owner), 23 * 4);
+    assert_eq!(offset_of!(ProbeConfig, task_pid), 24 * 4);
     assert_eq!(offset_of!(ProbeConfig, exit_group_dead), 19 * 4);
     assert_eq!(offset_of!(ProbeConfig, filter_tgid), 20 * 4);
     assert_eq!(offset_of!(ProbeConfig, flags), 21 * 4);

@@ -39,8 +39,9 @@ fn every_program_of_the_hook_table_is_in_its_section() {
     let obj = object();
     let progs = programs(&obj);
     let names = hooks::all_program_names();
-    // 73 fentry/fexit/kprobe/kretprobe programs for the path and lock hooks, 6 tracepoints.
-    assert_eq!(names.len(), 79, "{names:?}");
+    // 83 fentry/fexit/kprobe/kretprobe programs for the path, handler, driver
+    // and lock hooks, 6 tracepoints.
+    assert_eq!(names.len(), 89, "{names:?}");
     for name in &names {
         let section = progs
             .get(name)

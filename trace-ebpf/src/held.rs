@@ -32,6 +32,23 @@ pub fn leave_path() {
     let _ = PATH_CTX.remove(bpf_get_current_pid_tgid());
 }
 
+/// The thread id of the task the mutex at `lock`'s owner word names; 0 when
+/// unowned or unreadable.
+#[inline(always)]
+pub fn owner_tid(lock: u64) -> u32 {
+    let Some(word) = field_addr(lock, conf!(mutex_owner)) else {
+        return 0;
+    };
+    let Ok(owner) = (unsafe { bpf_probe_read_kernel(word as *const u64) }) else {
+        return 0;
+    };
+    let task = owner & !MUTEX_OWNER_FLAGS;
+    let Some(pid) = field_addr(task, conf!(task_pid)) else {
+        return 0;
+    };
+    unsafe { bpf_probe_read_kernel(pid as *const i32) }.map_or(0, |p| p as u32)
+}
+
 /// Whether the mutex at `lock` is owned by the current task.
 #[inline(always)]
 pub fn owned_by_me(lock: u64) -> bool {

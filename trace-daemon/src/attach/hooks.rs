@@ -8,6 +8,8 @@ use trace_common::HookId;
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     VmCreated,
+    VmFdCreated,
+    KvmVfioCreated,
     VmGet,
     VmPut,
     VmDestroyed,
@@ -28,6 +30,8 @@ impl Role {
     pub fn name(self) -> &'static str {
         match self {
             Role::VmCreated => "vm-created",
+            Role::VmFdCreated => "vm-fd-created",
+            Role::KvmVfioCreated => "kvm-vfio-created",
             Role::VmGet => "vm-get",
             Role::VmPut => "vm-put",
             Role::VmDestroyed => "vm-destroyed",
@@ -123,6 +127,31 @@ pub const ROLES: &[RoleSpec] = &[
         pick: Pick::First,
         candidates: &[c(H::KvmCreateVm, false, true, "all (often inlined)")],
         yields: "kvm pointer, creator",
+    },
+    // Lean at tiers 1-2: in place of the syscall tracepoints (which put every
+    // task of the host on the syscall slow path), the handlers of /dev/kvm and
+    // of the kvm-vfio device's creation. Deep and tier 3 keep the tracepoints.
+    RoleSpec {
+        role: Role::VmFdCreated,
+        pick: Pick::First,
+        candidates: &[c(
+            H::KvmDevIoctl,
+            false,
+            true,
+            "all: /dev/kvm's ioctls only, never a VM's or a vCPU's",
+        )],
+        yields: "KVM_CREATE_VM: fd, kvm, users_count (lean, without the syscall tracepoints); the self-test",
+    },
+    RoleSpec {
+        role: Role::KvmVfioCreated,
+        pick: Pick::First,
+        candidates: &[c(
+            H::KvmVfioCreate,
+            false,
+            true,
+            "all (the device's create op)",
+        )],
+        yields: "kvm-vfio device created: kvm (lean, without the syscall tracepoints)",
     },
     RoleSpec {
         role: Role::VmGet,
@@ -402,10 +431,11 @@ mod tests {
 
     #[test]
     fn program_names_follow_the_flavour_scheme() {
-        let put = ROLES[2].candidates[0];
+        let role = |r: Role| ROLES.iter().find(|s| s.role == r).unwrap();
+        let put = role(Role::VmPut).candidates[0];
         assert_eq!(put.fentry_programs(), ["fentry_kvm_put_kvm"]);
         assert_eq!(put.kprobe_programs(), ["kprobe_kvm_put_kvm"]);
-        let get = ROLES[1].candidates[0];
+        let get = role(Role::VmGet).candidates[0];
         assert_eq!(get.fentry_programs(), ["fexit_kvm_get_kvm"]);
         assert_eq!(
             get.kprobe_programs(),

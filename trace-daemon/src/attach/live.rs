@@ -227,6 +227,12 @@ impl Session {
             destroy_observable: role_covered(&self.probes, Role::VmDestroyed),
             release_closes: release_closes(&self.probes),
             set_kvm_takes_group_lock: self.facts.variant.set_kvm_takes_group_lock(),
+            tracepoints: plan
+                .tracepoints
+                .iter()
+                .filter(|t| t.method == Method::Tracepoint)
+                .map(|t| t.tracepoint.clone())
+                .collect(),
             mono_start_ns: mono_now_ns(),
             wall_start_ns: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -270,20 +276,16 @@ fn release_closes(p: &Probes) -> bool {
 }
 
 /// The self-test's answer comes from the sys_enter_ioctl program.
-fn self_test_possible(p: &Probes) -> Result<(), String> {
-    match p
-        .plan
-        .tracepoints
-        .iter()
-        .find(|t| t.program == "tp_sys_enter_ioctl")
-    {
-        Some(t) if t.method == Method::Tracepoint => Ok(()),
-        Some(t) => Err(format!(
-            "syscalls:sys_enter_ioctl is not attached ({})",
-            t.reason
-        )),
-        None => Err("syscalls:sys_enter_ioctl is not in the plan".into()),
+/// Who answers the self-test: the sys_enter_ioctl program where the syscall
+/// tracepoints are attached, else (lean, tiers 1-2) the kvm_dev_ioctl hook.
+fn self_test_possible(p: &Probes) -> Result<selftest::Trigger, String> {
+    if p.plan.syscalls_traced() {
+        return Ok(selftest::Trigger::DevNull);
     }
+    if role_covered(p, Role::VmFdCreated) {
+        return Ok(selftest::Trigger::DevKvm);
+    }
+    Err("neither syscalls:sys_enter_ioctl nor kvm_dev_ioctl is attached".into())
 }
 
 fn lost_of(p: &Probes, hook: HookId) -> u64 {

@@ -96,6 +96,9 @@ pub struct LoadOptions {
     pub lock_stacks: bool,
     pub ring_bytes: u32,
     pub lock_watch: LockWatch,
+    /// `check`: attach every role and tracepoint once, whatever the mode, to
+    /// report what can be attached here.
+    pub every_role: bool,
 }
 
 impl Default for LoadOptions {
@@ -105,7 +108,8 @@ impl Default for LoadOptions {
             stacks: true,
             lock_stacks: true,
             ring_bytes: 4 << 20,
-            lock_watch: LockWatch::Deep,
+            lock_watch: LockWatch::Lean,
+            every_role: false,
         }
     }
 }
@@ -213,11 +217,18 @@ pub fn load(facts: &Facts, opts: &LoadOptions) -> anyhow::Result<Probes> {
     let aya_btf = Btf::from_sys_fs().ok();
     let fentry = probe_fentry(&mut ebpf, aya_btf.as_ref());
     let mut plan = facts.plan(fentry.clone());
-    if opts.lock_watch == LockWatch::Lean {
-        plan.without_lock_roles();
+    let lean = opts.lock_watch == LockWatch::Lean;
+    match (opts.every_role, lean) {
+        (true, _) => {}
+        (false, true) => plan.without_lock_roles(),
+        (false, false) => plan.without_handler_roles(),
     }
     let watched_by_user = watch_globals(&mut ebpf, &facts.kallsyms)?;
-    attach(&mut ebpf, &mut plan, aya_btf.as_ref());
+    attach_roles(&mut ebpf, &mut plan, aya_btf.as_ref());
+    if lean && !opts.every_role {
+        plan.lean_fd_view();
+    }
+    attach_tracepoints(&mut ebpf, &mut plan);
     if plan.tier() == plan::Tier::None {
         bail!("nothing could be attached on this host; run `kvscope check` for the reasons");
     }
@@ -240,7 +251,7 @@ pub fn load(facts: &Facts, opts: &LoadOptions) -> anyhow::Result<Probes> {
     })
 }
 
-fn attach(ebpf: &mut Ebpf, plan: &mut Plan, btf: Option<&Btf>) {
+fn attach_roles(ebpf: &mut Ebpf, plan: &mut Plan, btf: Option<&Btf>) {
     for role in &mut plan.roles {
         for choice in &mut role.choices {
             if choice.method == Method::None {
@@ -254,6 +265,9 @@ fn attach(ebpf: &mut Ebpf, plan: &mut Plan, btf: Option<&Btf>) {
             }
         }
     }
+}
+
+fn attach_tracepoints(ebpf: &mut Ebpf, plan: &mut Plan) {
     for tp in &mut plan.tracepoints {
         if tp.method != Method::Tracepoint {
             continue;

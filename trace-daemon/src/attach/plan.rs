@@ -25,13 +25,15 @@ pub enum Method {
 pub enum LockWatch {
     /// The mutex API hooked (every mutex of the host pays the filter): every
     /// acquire and release of a watched lock.
-    #[default]
     Deep,
     /// No program on the mutex API: the locks a thread holds are read from
     /// their owner words at the path hooks (kvm_destroy_vm reached from a VFIO
     /// device release, vfio_file_set_kvm, drivers that take kvm->lock) and at
     /// lock contention. Raises destroy-under-lock, self-deadlock, long-wait
     /// and lock-order-inversion (edges from the lock table); not long-hold.
+    /// The default: no program on the mutex API, nor (tiers 1-2) on any
+    /// system call.
+    #[default]
     Lean,
 }
 
@@ -60,17 +62,66 @@ impl StackVariant {
     }
 }
 
+/// The syscall tracepoints: tier 3's whole view, and deep's fd view.
+const SYSCALL_TRACEPOINTS: [&str; 3] = [
+    "tp_sys_enter_ioctl",
+    "tp_sys_exit_ioctl",
+    "tp_sys_enter_close",
+];
+
+/// The handler hooks lean uses in their place.
+const HANDLER_ROLES: [Role; 2] = [Role::VmFdCreated, Role::KvmVfioCreated];
+
 impl Plan {
     /// Lean lock watching: the mutex API roles are planned, not attached.
     pub fn without_lock_roles(&mut self) {
+        self.drop_roles(
+            &[Role::LockAcquire, Role::LockRelease],
+            "lean lock watching: the mutex API is not hooked (--locks deep hooks it)",
+        );
+    }
+
+    /// Deep keeps the syscall tracepoints: the handler roles would repeat them.
+    pub fn without_handler_roles(&mut self) {
+        self.drop_roles(
+            &HANDLER_ROLES,
+            "deep: the syscall tracepoints give the fd view (--locks lean hooks this instead)",
+        );
+    }
+
+    /// Lean, once the roles are attached: where /dev/kvm's handler is hooked,
+    /// no syscall tracepoint is attached (nothing per system call for the
+    /// rest of the host); else (tier 3) they stay.
+    pub fn lean_fd_view(&mut self) {
+        let handled = self
+            .roles
+            .iter()
+            .any(|r| r.role == Role::VmFdCreated && r.is_covered());
+        if !handled {
+            return;
+        }
+        for t in &mut self.tracepoints {
+            if SYSCALL_TRACEPOINTS.contains(&t.program) && t.method == Method::Tracepoint {
+                t.method = Method::None;
+                t.reason = "lean: kvm_dev_ioctl and kvm_vfio_create are hooked instead (no program on any system call)".into();
+            }
+        }
+    }
+
+    /// Whether the syscall tracepoints are (to be) attached.
+    pub fn syscalls_traced(&self) -> bool {
+        self.tracepoints
+            .iter()
+            .any(|t| SYSCALL_TRACEPOINTS.contains(&t.program) && t.method == Method::Tracepoint)
+    }
+
+    fn drop_roles(&mut self, roles: &[Role], reason: &str) {
         for r in &mut self.roles {
-            if matches!(r.role, Role::LockAcquire | Role::LockRelease) {
+            if roles.contains(&r.role) {
                 for c in &mut r.choices {
                     c.method = Method::None;
                     c.programs.clear();
-                    c.reason =
-                        "lean lock watching: the mutex API is not hooked (--locks deep hooks it)"
-                            .into();
+                    c.reason = reason.into();
                 }
             }
         }
@@ -565,5 +616,58 @@ ffffffff821fe900 T mutex_unlock
             StackVariant::GetKvmSafe63
         );
         assert_eq!(v("1 T vfio_df_open\n", false), StackVariant::Df66);
+    }
+
+    /// Lean with /dev/kvm's handler hooked: no syscall tracepoint; where it
+    /// cannot be (this sandbox, tier 3) they stay. Deep never uses the handler
+    /// roles (the tracepoints would report the same creations twice).
+    #[test]
+    fn lean_drops_the_syscall_tracepoints_only_where_the_handlers_are_hooked() {
+        let k = format!(
+            "{DEBIAN_612}ffffffffc0001800 t kvm_dev_ioctl\t[kvm]\nffffffffc0001900 t kvm_vfio_create\t[kvm]\n"
+        );
+        let k = Kallsyms::parse(&k);
+        let facts = HostFacts {
+            kallsyms: &k,
+            vmlinux_func: &in_btf,
+            fentry: Ok(()),
+            kprobes: Ok(()),
+            tracepoint: &all_tps,
+        };
+        let mut lean = plan(&facts);
+        lean.without_lock_roles();
+        lean.lean_fd_view();
+        assert!(!lean.syscalls_traced());
+        let tp = |p: &Plan, n: &str| {
+            p.tracepoints
+                .iter()
+                .find(|t| t.program == n)
+                .unwrap()
+                .method
+        };
+        assert_eq!(tp(&lean, "tp_contention_begin"), Method::Tracepoint);
+        assert_eq!(tp(&lean, "tp_sched_process_exit"), Method::Tracepoint);
+        let mut deep = plan(&facts);
+        deep.without_handler_roles();
+        assert!(deep.syscalls_traced());
+        assert!(
+            deep.roles
+                .iter()
+                .filter(|r| matches!(r.role, Role::VmFdCreated | Role::KvmVfioCreated))
+                .all(|r| !r.is_covered())
+        );
+        // Tier 3: nothing to hook, the tracepoints stay.
+        let sandbox = Kallsyms::parse(SANDBOX);
+        let t3 = HostFacts {
+            kallsyms: &sandbox,
+            vmlinux_func: &in_btf,
+            fentry: Err("refused".into()),
+            kprobes: Err("absent".into()),
+            tracepoint: &all_tps,
+        };
+        let mut lean3 = plan(&t3);
+        lean3.without_lock_roles();
+        lean3.lean_fd_view();
+        assert!(lean3.syscalls_traced());
     }
 }

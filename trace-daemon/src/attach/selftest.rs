@@ -1,7 +1,9 @@
 //! The attach-time delivery self-test. kvscope issues one harmless system call
-//! that its own sys_enter_ioctl program answers with an event (an ioctl no
-//! driver defines, on /dev/null: it fails with ENOTTY and changes nothing), then
-//! waits for that event through the ring buffer. Only then does an empty
+//! that one of its own programs answers with an event (an ioctl no driver
+//! defines: on /dev/null, seen by sys_enter_ioctl, it fails with ENOTTY; on
+//! /dev/kvm, seen by the kvm_dev_ioctl hook where no syscall is traced, it
+//! fails with EINVAL or ENOTTY; neither changes anything), then waits for that
+//! event through the ring buffer. Only then does an empty
 //! capture mean "nothing happened" rather than "nothing was delivered".
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
@@ -28,15 +30,16 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 pub fn run(
     ring: &mut RingBuf<MapData>,
     pending: &mut Vec<Result<AbiEvent, DecodeError>>,
-    possible: Result<(), String>,
+    possible: Result<Trigger, String>,
     lost: impl Fn() -> u64,
 ) -> Delivery {
-    if let Err(why) = possible {
-        return unverified(format!("no self-test possible: {why}"));
-    }
+    let via = match possible {
+        Ok(t) => t,
+        Err(why) => return unverified(format!("no self-test possible: {why}")),
+    };
     let nonce = crate::attach::live::mono_now_ns() | 1;
     let started = Instant::now();
-    if let Err(e) = trigger(nonce) {
+    if let Err(e) = trigger(via, nonce) {
         return unverified(format!("the self-test trigger failed: {e}"));
     }
     loop {
@@ -81,15 +84,29 @@ fn unverified(detail: String) -> Delivery {
     }
 }
 
-/// `ioctl(/dev/null, KVSCOPE_SELFTEST, nonce)`: ENOTTY is the expected answer.
-fn trigger(nonce: u64) -> std::io::Result<()> {
-    let null = std::fs::File::open("/dev/null")?;
-    // SAFETY: an ioctl on a valid fd; /dev/null defines none, so the kernel
-    // returns ENOTTY without reading or writing `nonce` as a pointer.
-    let rc = unsafe { libc::ioctl(null.as_raw_fd(), ioctl::KVSCOPE_SELFTEST as _, nonce) };
+/// Where the self-test's ioctl goes, by the program that answers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// `/dev/null`, seen by the sys_enter_ioctl tracepoint.
+    DevNull,
+    /// `/dev/kvm`, seen by the kvm_dev_ioctl hook (no syscall traced).
+    DevKvm,
+}
+
+/// `ioctl(DEV, KVSCOPE_SELFTEST, nonce)`: refused (ENOTTY; /dev/kvm's
+/// architecture handler says EINVAL) is the expected answer.
+fn trigger(via: Trigger, nonce: u64) -> std::io::Result<()> {
+    let path = match via {
+        Trigger::DevNull => "/dev/null",
+        Trigger::DevKvm => "/dev/kvm",
+    };
+    let dev = std::fs::File::open(path)?;
+    // SAFETY: an ioctl on a valid fd; neither device defines this command, so
+    // the kernel refuses it without reading or writing `nonce` as a pointer.
+    let rc = unsafe { libc::ioctl(dev.as_raw_fd(), ioctl::KVSCOPE_SELFTEST as _, nonce) };
     let err = std::io::Error::last_os_error();
     match (rc, err.raw_os_error()) {
-        (-1, Some(libc::ENOTTY)) => Ok(()),
+        (-1, Some(libc::ENOTTY | libc::EINVAL)) => Ok(()),
         (-1, _) => Err(err),
         // Something answered an ioctl that should not exist: the event, if
         // any, still proves delivery.

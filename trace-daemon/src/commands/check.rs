@@ -57,11 +57,17 @@ pub struct Report {
     pub plan: Plan,
     /// Per finding kind: what `--locks deep` and `--locks lean` raise here.
     pub lock_watch: Vec<lock_modes::ModeRow>,
+    /// What each mode costs every system call of the host.
+    pub syscalls: lock_modes::SyscallCost,
     pub offsets: Vec<OffsetReport>,
 }
 
 pub fn run(facts: &Facts) -> Report {
-    let (plan, fentry, load_error) = match loader::load(facts, &LoadOptions::default()) {
+    let every = LoadOptions {
+        every_role: true,
+        ..LoadOptions::default()
+    };
+    let (plan, fentry, load_error) = match loader::load(facts, &every) {
         Ok(p) => {
             let (plan, fentry) = (p.plan.clone(), p.fentry.clone());
             drop(p); // detach now: check only tries
@@ -107,6 +113,7 @@ pub fn run(facts: &Facts) -> Report {
             }))
         },
         lock_watch: lock_modes::rows(&plan, facts.variant),
+        syscalls: lock_modes::syscall_cost(&plan),
         plan,
         offsets: facts.offset_report.clone(),
     }
@@ -240,12 +247,15 @@ pub fn render_text(r: &Report) -> String {
     let _ = writeln!(o);
     let _ = writeln!(
         o,
-        "{:<22} {:<50} LEAN (--locks lean)",
-        "FINDING", "DEEP (--locks deep, the default)"
+        "{:<22} {:<50} LEAN (--locks lean, the default)",
+        "FINDING", "DEEP (--locks deep)"
     );
     for m in &r.lock_watch {
         let _ = writeln!(o, "{:<22} {:<50} {}", m.kind.id(), m.deep, m.lean);
     }
+    let _ = writeln!(o);
+    let _ = writeln!(o, "syscalls, deep  {}", r.syscalls.deep);
+    let _ = writeln!(o, "syscalls, lean  {}", r.syscalls.lean);
     if let Some(why) = &r.reason {
         let _ = writeln!(o, "NOT USABLE    {why}");
     }

@@ -136,11 +136,14 @@ pub struct RecordArgs {
     #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
     /// How watched locks are followed: `deep` hooks the mutex API (every
-    /// mutex of the host pays a filter); `lean` hooks no mutex and reads the
-    /// held locks' owner words at the VFIO/KVM path hooks and at lock
-    /// contention (no lock-order findings yet: `kvscope check` lists what each
-    /// mode raises).
-    #[arg(long = "locks", value_enum, default_value_t = LockWatch::Deep)]
+    /// mutex of the host pays a filter) and traces ioctl/close (every syscall
+    /// of the host takes the slow path); `lean` hooks no mutex and no syscall
+    /// where function hooks work (tiers 1-2): it reads the held locks' owner
+    /// words at the VFIO/KVM path hooks and at lock contention, orders them by
+    /// the lock table, and follows VMs from /dev/kvm's handler. Lean sees no
+    /// long-hold and no lock order outside the table: `kvscope check` lists
+    /// what each mode raises here.
+    #[arg(long = "locks", value_enum, default_value_t = LockWatch::Lean)]
     pub lock_watch: LockWatch,
     /// Create the file world-readable (0644). By default it is 0600: it holds
     /// kernel addresses and stacks, which the kernel hides from other users.
@@ -300,7 +303,7 @@ pub struct TraceArgs {
     #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
     /// How watched locks are followed (as for `record --locks`).
-    #[arg(long = "locks", value_enum, default_value_t = LockWatch::Deep)]
+    #[arg(long = "locks", value_enum, default_value_t = LockWatch::Lean)]
     pub lock_watch: LockWatch,
 }
 

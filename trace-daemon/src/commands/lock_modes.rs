@@ -89,6 +89,10 @@ pub fn rows(plan: &Plan, variant: StackVariant) -> Vec<ModeRow> {
                     by_acquires("attempt to acquire"),
                     contention("contention begin to end"),
                 ),
+                FindingKind::Deadlock => {
+                    let both = contention("a cycle of waits (lock:contention_begin), each lock's owner word naming another waiting thread");
+                    (both.clone(), both)
+                }
                 FindingKind::LongHold => (
                     by_acquires("acquire to release"),
                     "no: no acquire or release is seen".to_owned(),
@@ -101,4 +105,33 @@ pub fn rows(plan: &Plan, variant: StackVariant) -> Vec<ModeRow> {
             ModeRow { kind, deep, lean }
         })
         .collect()
+}
+
+/// What each mode costs the host's system calls.
+#[derive(Clone, Debug, Serialize)]
+pub struct SyscallCost {
+    pub deep: String,
+    pub lean: String,
+}
+
+pub fn syscall_cost(plan: &Plan) -> SyscallCost {
+    let traced = "syscalls:sys_enter_ioctl, sys_exit_ioctl and sys_enter_close attached: while kvscope runs, every task of this host takes the syscall slow path (`cargo xtask bench --lab` measures it)";
+    if !plan.syscalls_traced() {
+        let none = "no syscall tracepoint can be attached here".to_owned();
+        return SyscallCost {
+            deep: none.clone(),
+            lean: none,
+        };
+    }
+    let lean = if attachable(plan, Role::VmFdCreated) {
+        "none traced: kvm_dev_ioctl and kvm_vfio_create are hooked instead (only /dev/kvm's ioctls and kvm-vfio creation pass a program; KVM_RUN and every other syscall none)".to_owned()
+    } else {
+        format!(
+            "the same ({traced}): /dev/kvm's handler cannot be hooked here (tier 3), and nothing else shows VMs and their fds"
+        )
+    };
+    SyscallCost {
+        deep: traced.to_owned(),
+        lean,
+    }
 }

@@ -4,7 +4,7 @@ use trace_common::LockClass;
 
 use super::{
     holder::Holder,
-    locks::{EdgeHow, EdgeSeen, Held},
+    locks::{EdgeHow, EdgeSeen, Held, waits::Wait},
     timeline::Step,
 };
 
@@ -56,6 +56,8 @@ pub enum Evidence {
     Inversion(Inversion),
     LongWait(Long),
     LongHold(Long),
+    /// The waits of the cycle, starting with the one that closed it.
+    Deadlock(Vec<Wait>),
 }
 
 /// A VM not destroyed long after its fd was closed.
@@ -185,6 +187,14 @@ impl Evidence {
                 names.join("/")
             }
             Evidence::LongWait(l) | Evidence::LongHold(l) => l.lock.class.name().to_owned(),
+            Evidence::Deadlock(cycle) => {
+                let mut w: Vec<String> = cycle
+                    .iter()
+                    .map(|w| format!("{}:{:#x}", w.pid, w.lock.addr))
+                    .collect();
+                w.sort();
+                w.join("/")
+            }
         }
     }
 }

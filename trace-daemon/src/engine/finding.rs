@@ -21,6 +21,7 @@ pub enum FindingKind {
     LockOrderInversion,
     LongWait,
     LongHold,
+    Deadlock,
 }
 
 impl FindingKind {
@@ -35,12 +36,15 @@ impl FindingKind {
         FindingKind::LockOrderInversion,
         FindingKind::LongWait,
         FindingKind::LongHold,
+        FindingKind::Deadlock,
     ];
 
     /// Each kind has one severity: a fact of the kind, not of the finding.
     pub fn severity(self) -> Severity {
         match self {
-            FindingKind::GetAfterZero | FindingKind::SelfDeadlock => Severity::Critical,
+            FindingKind::GetAfterZero | FindingKind::SelfDeadlock | FindingKind::Deadlock => {
+                Severity::Critical
+            }
             FindingKind::UnbalancedPut
             | FindingKind::LeakedRef
             | FindingKind::LockOrderInversion => Severity::Error,
@@ -64,6 +68,7 @@ impl FindingKind {
             FindingKind::LockOrderInversion => "lock-order-inversion",
             FindingKind::LongWait => "long-wait",
             FindingKind::LongHold => "long-hold",
+            FindingKind::Deadlock => "deadlock",
         }
     }
 }
@@ -314,6 +319,29 @@ impl Finding {
         f.objects = objects;
         f.locks = locks;
         f.stacks = stacks;
+        f
+    }
+
+    /// Threads that wait, now, for watched locks each other holds.
+    pub fn deadlock(e: &Event, cycle: Vec<super::locks::waits::Wait>) -> Finding {
+        let mut locks: Vec<LockClass> = cycle.iter().map(|w| w.lock.class).collect();
+        locks.sort();
+        locks.dedup();
+        let mut f = Finding::at(
+            FindingKind::Deadlock,
+            e.ts_ns,
+            Evidence::Deadlock(cycle.clone()),
+        );
+        for w in &cycle {
+            f.objects.push((ObjectRole::Lock, w.lock.addr));
+            f.threads.push(Thread {
+                pid: w.pid,
+                tgid: w.tgid,
+                comm: w.comm,
+            });
+            f.stacks.extend(w.lock.stack_id);
+        }
+        f.locks = locks;
         f
     }
 

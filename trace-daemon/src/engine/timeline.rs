@@ -228,6 +228,11 @@ impl Timeline {
         self.steps.back_mut()
     }
 
+    /// The last step's kind and the hook that saw it.
+    pub fn last_seen(&self) -> Option<(StepKind, Option<HookId>)> {
+        self.steps.back().map(|s| (s.kind, s.hook))
+    }
+
     pub fn last_kind(&self) -> Option<StepKind> {
         self.steps.back().map(|s| s.kind)
     }

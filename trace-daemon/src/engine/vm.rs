@@ -11,6 +11,7 @@ use super::{
     timeline::{Step, StepKind, Timeline},
 };
 use crate::event::{Event, FdKind, Kind};
+use trace_common::HookId;
 
 /// Steps of a VM's timeline a finding quotes.
 const RECENT: usize = 8;
@@ -156,10 +157,15 @@ impl Vm {
         } else {
             StepKind::InferredPut
         };
-        // A drop right after an fd close we saw is that fd's reference.
-        let holder = match self.timeline.last_kind() {
-            Some(StepKind::KvmVfioFdClose) if d < 0 => Some(Holder::KvmVfioFd),
-            Some(StepKind::VmFdClose) if d < 0 => Some(Holder::VmFd),
+        // A drop right after an fd close we saw is that fd's reference; the
+        // rise right after the kvm-vfio create op (reported before its
+        // inlined get) is that device's.
+        let holder = match self.timeline.last_seen() {
+            Some((StepKind::KvmVfioFdClose, _)) if d < 0 => Some(Holder::KvmVfioFd),
+            Some((StepKind::VmFdClose, _)) if d < 0 => Some(Holder::VmFd),
+            Some((StepKind::KvmVfioCreated, Some(HookId::KvmVfioCreate))) if d == 1 => {
+                Some(Holder::KvmVfioFd)
+            }
             _ => None,
         };
         if let Some(h) = holder {
@@ -181,15 +187,18 @@ impl Vm {
     }
 
     fn kvm_vfio_created(&mut self, e: &Event, cap: usize) {
-        // kvm_get_kvm in KVM_CREATE_DEVICE is inlined: the +1 was just
-        // inferred; name its holder.
-        if let Some(last) = self.timeline.last_mut()
-            && last.inferred()
-            && last.delta == 1
-        {
-            last.holder = Some(Holder::KvmVfioFd);
+        // kvm_get_kvm in KVM_CREATE_DEVICE is inlined. The ioctl's return
+        // comes after it: the +1 was just inferred; name its holder. The
+        // create op comes before it: `reconcile` names the next rise.
+        if e.hook != HookId::KvmVfioCreate {
+            if let Some(last) = self.timeline.last_mut()
+                && last.inferred()
+                && last.delta == 1
+            {
+                last.holder = Some(Holder::KvmVfioFd);
+            }
+            *self.holders.entry(Holder::KvmVfioFd).or_default() += 1;
         }
-        *self.holders.entry(Holder::KvmVfioFd).or_default() += 1;
         self.timeline
             .push(cap, seen(e, StepKind::KvmVfioCreated, 0, e.users));
         self.read(e);

@@ -143,6 +143,10 @@ pub struct Event {
     pub fd_kind: Option<FdKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock: Option<LockRef>,
+    /// At a contention begin: the thread the lock's owner word names, which
+    /// this one now waits for (a wait-for edge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waits_for: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stack_id: Option<u32>,
     /// For a get: whether it took a reference (kvm_get_kvm_safe can fail).
@@ -253,6 +257,7 @@ impl Event {
                 class: LockClassName(LockClass::from_u8(e.lock_class)),
                 owner: e.arg,
             }),
+            waits_for: None,
             stack_id: opt(e, known::STACK, e.stack_id as u32),
             ok: None,
             at_return: e.phase == abi::Phase::Exit as u8,
@@ -318,6 +323,11 @@ impl Event {
             HookId::VfioDfClose | HookId::VfioDeviceClose => Kind::DeviceClose,
             HookId::VfioDeviceGetKvmSafe | HookId::VfioDeviceGetKvmSafeOld => Kind::VfioKvmGet,
             HookId::VfioDevicePutKvm => Kind::VfioKvmPut,
+            HookId::KvmDevIoctl => match (arg, ret) {
+                (Some(a), Some(r)) if a as u32 == ioctl::KVM_CREATE_VM && r >= 0 => Kind::VmCreated,
+                _ => Kind::Other,
+            },
+            HookId::KvmVfioCreate => Kind::KvmVfioCreated,
             // Changes no count: the lock table orders its held locks (lean).
             HookId::VfioApMdevSetKvm | HookId::TestdevLockKvm => Kind::Other,
             HookId::MutexLock
@@ -362,6 +372,13 @@ impl Event {
             // Consumed by the live session; never analysed.
             HookId::SelfTest => Kind::Other,
         };
+        if ev.kind == Kind::ContentionBegin
+            && let Some(r) = ev.ret
+        {
+            // flags | holder's thread id << 32
+            ev.ret = Some(r & 0xffff_ffff);
+            ev.waits_for = Some((r >> 32) as u32).filter(|t| *t != 0);
+        }
         Ok(ev)
     }
 
@@ -386,6 +403,7 @@ impl Event {
             fd: None,
             fd_kind: None,
             lock: None,
+            waits_for: None,
             stack_id: None,
             ok: None,
             at_return: false,

@@ -190,6 +190,7 @@ offsets! {
     fdtable_fd: "fdtable" "fd";
     fdtable_max_fds: "fdtable" "max_fds";
     mutex_owner: "mutex" "owner";
+    task_pid: "task_struct" "pid";
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use crate::{
     engine::{
         Finding, FindingKind, ObjectRole, Severity, Thread,
         evidence::{Evidence, Inversion, Long, PutFault, Recent},
-        locks::Held,
+        locks::{Held, waits::Wait},
         timeline::Step,
     },
     output::event_line::ts,
@@ -81,6 +81,11 @@ pub fn summary(f: &Finding) -> String {
         }
         Evidence::LongWait(l) => long_summary(f, "waited", l),
         Evidence::LongHold(l) => long_summary(f, "held", l),
+        Evidence::Deadlock(cycle) => format!(
+            "deadlock: {} threads wait for each other on {}",
+            cycle.len(),
+            names(&f.locks).join(" and ")
+        ),
     }
 }
 
@@ -171,7 +176,40 @@ pub fn detail(f: &Finding) -> Vec<String> {
             l.threshold_ms,
             ts(l.lock.since_ns)
         )],
+        Evidence::Deadlock(cycle) => deadlock_detail(cycle),
     }
+}
+
+/// Each wait of the cycle: who, for which lock, held by whom, since when.
+fn deadlock_detail(cycle: &[Wait]) -> Vec<String> {
+    let mut d = vec![
+        "DEADLOCK: every thread below waits for a lock the next one holds (seen waiting now, not predicted)".to_owned(),
+    ];
+    let name = |pid: u32| {
+        cycle
+            .iter()
+            .find(|w| w.pid == pid)
+            .map_or_else(|| format!("{pid}"), |w| format!("{}/{pid}", w.comm))
+    };
+    for w in cycle {
+        d.push(format!(
+            "  {}/{} waits since {} for {} at {:#x}, held by {}{}",
+            w.comm,
+            w.pid,
+            ts(w.lock.since_ns),
+            w.lock.class.name(),
+            w.lock.addr,
+            name(w.holder),
+            w.lock
+                .stack_id
+                .map(|s| format!(" (stack #{s})"))
+                .unwrap_or_default()
+        ));
+    }
+    d.push(
+        "none of them can go on until one is killed (a killable or interruptible wait) or the machine is rebooted".into(),
+    );
+    d
 }
 
 fn put_detail(p: &PutFault) -> Vec<String> {

@@ -74,6 +74,10 @@ pub struct Header {
     /// (the lock table's edge; absent in older recordings: not used).
     #[serde(default)]
     pub set_kvm_takes_group_lock: bool,
+    /// The tracepoints attached (`category:name`); absent in older
+    /// recordings. Lean at tiers 1-2 attaches no `syscalls:` one.
+    #[serde(default)]
+    pub tracepoints: Vec<String>,
 }
 
 /// The attach-time self-test: kvscope makes the kernel side emit one event

@@ -47,7 +47,7 @@ impl Default for DaemonConfig {
             journal: true,
             ring_bytes: 4 << 20,
             stacks: true,
-            lock_watch: LockWatch::Deep,
+            lock_watch: LockWatch::Lean,
             engine: engine::Config::default(),
         }
     }

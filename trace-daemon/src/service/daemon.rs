@@ -254,8 +254,8 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         ring_bytes: config.ring_bytes,
         stacks: config.stacks,
         lock_stacks: config.stacks,
-        filter_tgid: 0,
         lock_watch: config.lock_watch,
+        ..LoadOptions::default()
     };
     let Some(mut session) = live::attach(&load, &mut signals).await? else {
         return Ok(());

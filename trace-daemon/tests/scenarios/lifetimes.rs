@@ -215,3 +215,28 @@ fn every_timeline_step_has_a_count_and_a_source_and_device_steps_name_the_vm() {
         "{dev_text}"
     );
 }
+
+/// Lean at tiers 1-2: no syscall tracepoint; /dev/kvm's handler reports the
+/// VM and the kvm-vfio create op reports the device *before* its inlined
+/// kvm_get_kvm. The rise read at the next event is that device's reference:
+/// the same holders as with the tracepoints (the zombie names it).
+#[test]
+fn kvm_vfio_create_op_names_the_rise_that_follows() {
+    use trace_common::HookId;
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM).with_hook(HookId::KvmDevIoctl);
+    s.create_kvm_vfio(QEMU, KVM, 1)
+        .with_hook(HookId::KvmVfioCreate);
+    s.file_link(QEMU, GROUP, KVM);
+    s.events.last_mut().unwrap().users = Some(2);
+    s.close_vm_fd(QEMU, KVM, 2);
+    let (e, f) = run(&s);
+    assert_eq!(kinds(&f), [FindingKind::ZombieVm], "{f:#?}");
+    assert!(
+        detail(&f[0])[0].contains("kvm-vfio fd (1)"),
+        "{:?}",
+        detail(&f[0])
+    );
+    let vm = e.live_vms().next().expect("the VM");
+    assert_eq!(vm.timeline.counts_after_changes(), [1, 2, 1]);
+}

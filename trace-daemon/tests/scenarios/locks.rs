@@ -327,3 +327,57 @@ fn lean_table_edges_close_the_s2_cycle_and_say_where_they_came_from() {
     // Deep: edges come from the acquires it sees, never from the table.
     assert!(run_with(&s, Config::default()).is_empty());
 }
+
+/// Two threads each hold one watched lock and wait, at the contention
+/// tracepoint, for the other's (the owner word names the holder): a deadlock,
+/// raised once when the second wait closes the cycle, naming both threads,
+/// both locks and both stacks. Once a wait ends, a new wait on the same lock
+/// by one of them is no deadlock.
+#[test]
+fn a_cycle_of_contended_waits_is_a_deadlock_now() {
+    use kvscope::event::{Kind, LockClassName, LockRef};
+    use trace_common::HookId::ContentionBegin;
+    let (a, b) = (QEMU, QEMU + 1);
+    let wait = |s: &mut Script, pid: u32, addr: u64, class, owner, holder: u32, stack: u32| {
+        let e = s.ev(pid, Kind::ContentionBegin, ContentionBegin);
+        e.lock = Some(LockRef {
+            addr,
+            class: LockClassName(class),
+            owner,
+        });
+        e.waits_for = Some(holder);
+        e.stack_id = Some(stack);
+    };
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM);
+    wait(&mut s, a, DEV_SET_LOCK, VfioDevSetLock, DEV_SET, b, 7);
+    wait(&mut s, b, KVM_LOCK, KvmLock, KVM, a, 8);
+    let (_, f) = run(&s);
+    let dl: Vec<&Finding> = f
+        .iter()
+        .filter(|x| x.kind == FindingKind::Deadlock)
+        .collect();
+    assert_eq!(dl.len(), 1, "{f:#?}");
+    assert_eq!(dl[0].severity(), Severity::Critical);
+    assert_eq!(
+        lock_names(&dl[0].locks),
+        ["vfio_device_set.lock", "kvm.lock"]
+    );
+    assert_eq!(dl[0].stacks, [8, 7]);
+    let text = detail(dl[0]).join("\n");
+    assert!(
+        text.contains("t101/101 waits since")
+            && text.contains("for kvm.lock at 0xffff888100000040, held by t100/100"),
+        "{text}"
+    );
+    assert!(summary(dl[0]).contains("2 threads wait for each other"));
+    // A's wait ended (it did something else); B waits on alone: no cycle.
+    let mut s2 = Script::new();
+    s2.create_vm(QEMU, KVM);
+    wait(&mut s2, a, DEV_SET_LOCK, VfioDevSetLock, DEV_SET, b, 7);
+    s2.held(a, GROUP_LOCK, VfioGroupLock, GROUP); // not an end: a report about it
+    s2.file_link(a, GROUP, KVM); // a step of its own: its wait is over
+    wait(&mut s2, b, KVM_LOCK, KvmLock, KVM, a, 8);
+    let (_, f) = run(&s2);
+    assert!(f.iter().all(|x| x.kind != FindingKind::Deadlock), "{f:#?}");
+}

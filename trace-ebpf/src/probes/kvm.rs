@@ -1,13 +1,19 @@
 //! KVM core: VM lifetime and references (virt/kvm/kvm_main.c) and the kvm-vfio
 //! device (virt/kvm/vfio.c).
-use aya_ebpf::{EbpfContext, helpers::bpf_probe_read_kernel, programs::tracing::StackIdContext};
-use trace_common::{HookId, LockClass, Phase, known};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    programs::tracing::StackIdContext,
+};
+use trace_common::{FdKind, HookId, LockClass, Phase, ioctl, known};
 
 use crate::{
     config::conf,
     emit::{new_event, set_file, set_kvm, set_ret, submit, wanted, watch},
     hook::Call,
     kread::{is_kptr, private_data, ptr_at},
+    maps::TRACKED_TGIDS,
+    probes::syscalls::{answer_self_test, is_self, vm_fd_created},
     uapi::KvmDeviceAttr,
 };
 
@@ -206,4 +212,69 @@ fn on_set_attr<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) {
     }
     set_ret(&mut e, call.ret.map(|r| r as i32 as i64));
     submit(ctx, e, true);
+}
+
+// static long kvm_dev_ioctl(struct file *filp, unsigned int ioctl, unsigned long arg):
+// /dev/kvm's ioctls only (a vCPU's KVM_RUN never passes here). Lean at tiers
+// 1-2: KVM_CREATE_VM's fd, file and kvm in place of the syscall tracepoints;
+// and kvscope's own self-test.
+exit_hook!(
+    HookId::KvmDevIoctl,
+    fexit_kvm_dev_ioctl,
+    kprobe_kvm_dev_ioctl,
+    kretprobe_kvm_dev_ioctl,
+    on_dev_ioctl,
+    dev_ioctl_kept
+);
+
+#[inline(always)]
+fn dev_ioctl_kept(call: &Call) -> bool {
+    match call.arg(1) as u32 {
+        ioctl::KVSCOPE_SELFTEST => is_self(),
+        ioctl::KVM_CREATE_VM => wanted(),
+        _ => false,
+    }
+}
+
+fn on_dev_ioctl<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) {
+    let cmd = call.arg(1) as u32;
+    if cmd == ioctl::KVSCOPE_SELFTEST {
+        answer_self_test(ctx, call.arg(2));
+        return;
+    }
+    if cmd != ioctl::KVM_CREATE_VM || !wanted() {
+        return;
+    }
+    let Some(ret) = call.ret.filter(|r| *r >= 0) else {
+        return;
+    };
+    let mut e = new_event(HookId::KvmDevIoctl, Phase::Exit);
+    e.arg = cmd as u64;
+    e.known |= known::ARG;
+    set_ret(&mut e, Some(ret));
+    e.fd_kind = FdKind::Vm as u8;
+    e.known |= known::FD_KIND;
+    vm_fd_created(&mut e, ret as i32);
+    // Its exit is reported (the fds go with it); no fd is tracked: no close
+    // program runs here to forget it.
+    let _ = TRACKED_TGIDS.insert((bpf_get_current_pid_tgid() >> 32) as u32, 1, 0);
+    submit(ctx, e, true);
+}
+
+// static int kvm_vfio_create(struct kvm_device *dev, u32 type): the kvm-vfio
+// device of KVM_CREATE_DEVICE, before its kvm reference is taken (inlined
+// kvm_get_kvm, inferred at the next count read).
+exit_hook!(
+    HookId::KvmVfioCreate,
+    fexit_kvm_vfio_create,
+    kprobe_kvm_vfio_create,
+    kretprobe_kvm_vfio_create,
+    on_kvm_vfio_create
+);
+
+fn on_kvm_vfio_create<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) {
+    if call.ret != Some(0) || !wanted() {
+        return;
+    }
+    kvm_device_event(ctx, HookId::KvmVfioCreate, call.arg(0));
 }

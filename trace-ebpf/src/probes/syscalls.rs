@@ -4,9 +4,10 @@
 //! fd is still followed to its `struct file` and object, so the VM pointer and its
 //! users_count are real here too.
 use aya_ebpf::{
+    EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::tracepoint,
-    programs::TracePointContext,
+    programs::{TracePointContext, tracing::StackIdContext},
 };
 use trace_common::{FdKey, FdKind, HookId, LockOp, Phase, ioctl, known, tp};
 
@@ -42,7 +43,8 @@ pub fn tp_sys_enter_ioctl(ctx: TracePointContext) -> u32 {
     };
     if !interesting(cmd as u32) {
         if cmd as u32 == ioctl::KVSCOPE_SELFTEST {
-            self_test(&ctx);
+            let nonce = unsafe { ctx.read_at::<u64>(tp::SYSCALL_ARG2) }.unwrap_or(0);
+            answer_self_test(&ctx, nonce);
         }
         return 0;
     }
@@ -59,15 +61,34 @@ pub fn tp_sys_enter_ioctl(ctx: TracePointContext) -> u32 {
 /// filter does not apply, the thread group must be kvscope's). The nonce comes
 /// back in `arg` so user space matches the answer to its question.
 #[inline(always)]
-fn self_test(ctx: &TracePointContext) {
-    let me = conf!(self_tgid);
-    if me == 0 || (bpf_get_current_pid_tgid() >> 32) as u32 != me {
+pub fn answer_self_test<C: EbpfContext + StackIdContext>(ctx: &C, nonce: u64) {
+    if !is_self() {
         return;
     }
     let mut e = new_event(HookId::SelfTest, Phase::Entry);
-    e.arg = unsafe { ctx.read_at::<u64>(tp::SYSCALL_ARG2) }.unwrap_or(0);
+    e.arg = nonce;
     e.known |= known::ARG;
     submit(ctx, e, false);
+}
+
+/// The current task is kvscope itself (its self-test).
+#[inline(always)]
+pub fn is_self() -> bool {
+    let me = conf!(self_tgid);
+    me != 0 && (bpf_get_current_pid_tgid() >> 32) as u32 == me
+}
+
+/// A new VM's fd: the fd, its file and kvm, kvm->lock watched.
+#[inline(always)]
+pub fn vm_fd_created(e: &mut trace_common::Event, fd: i32) {
+    set_fd(e, fd);
+    if let Some(file) = file_of_fd(fd) {
+        set_file(e, file);
+        if let Some(kvm) = private_data(file) {
+            set_kvm(e, kvm);
+            watch(kvm, conf!(kvm_lock), trace_common::LockClass::KvmLock);
+        }
+    }
 }
 
 #[tracepoint]
@@ -85,16 +106,8 @@ pub fn tp_sys_exit_ioctl(ctx: TracePointContext) -> u32 {
     match cmd {
         ioctl::KVM_CREATE_VM => {
             if ret >= 0 {
-                // The new VM: its fd, file and kvm.
-                set_fd(&mut e, ret as i32);
                 track(ret as i32, FdKind::Vm, &mut e);
-                if let Some(file) = file_of_fd(ret as i32) {
-                    set_file(&mut e, file);
-                    if let Some(kvm) = private_data(file) {
-                        set_kvm(&mut e, kvm);
-                        watch(kvm, conf!(kvm_lock), trace_common::LockClass::KvmLock);
-                    }
-                }
+                vm_fd_created(&mut e, ret as i32);
             }
         }
         ioctl::KVM_CREATE_DEVICE => {
@@ -282,8 +295,14 @@ fn contention(ctx: &TracePointContext, hook: HookId, op: LockOp) -> u32 {
     e.lock_op = op as u8;
     e.known |= known::LOCK | known::ARG | known::RET;
     e.arg = w.owner;
-    // begin: flags (LCB_F_*); end: ret.
-    e.ret = unsafe { ctx.read_at::<i32>(tp::CONTENTION_FLAGS_OR_RET) }.unwrap_or(0) as i64;
-    submit(ctx, e, false);
+    // begin: flags (LCB_F_*) and who holds the lock (a wait-for edge); end: ret.
+    let flags = unsafe { ctx.read_at::<i32>(tp::CONTENTION_FLAGS_OR_RET) }.unwrap_or(0);
+    e.ret = flags as i64;
+    let begin = op == LockOp::ContentionBegin;
+    if begin {
+        e.ret = (flags as u32 as i64) | ((crate::held::owner_tid(lock) as i64) << 32);
+    }
+    // A wait on a watched lock is rare and the evidence of a deadlock: its stack.
+    submit(ctx, e, begin);
     0
 }

@@ -39,7 +39,7 @@ fn script(iterations: u64) -> String {
         r#"run() {{ for r in $(seq {RUNS}); do kvscope-lab-driver bench {iterations} | grep '^BENCH' | sed "s/^/$1 /"; done; }}
 attached() {{ i=0; until grep -q "$2" "$1" || [ $i -ge 240 ]; do sleep 0.5; i=$((i+1)); done; grep -q "$2" "$1" || echo "NOT ATTACHED: $1"; }}
 run none0
-kvscope record -o /tmp/b.kvs 2>/tmp/k.err & P=$!; attached /tmp/k.err "kvscope: ready:"
+kvscope record --locks deep -o /tmp/b.kvs 2>/tmp/k.err & P=$!; attached /tmp/k.err "kvscope: ready:"
 run kvscope; kill -INT $P; wait $P
 run none1
 kvscope record --locks lean -o /tmp/l.kvs 2>/tmp/l.err & P=$!; attached /tmp/l.err "kvscope: ready:"

@@ -34,10 +34,16 @@ pub fn boot(k: &Unpacked, initrd: &Path, timeout: Duration) -> anyhow::Result<Bo
     match boot_once(k, initrd, timeout)? {
         Ok(b) => Ok(b),
         Err(stranded) => {
+            let log = crate::setup::cache_dir()
+                .join("lab")
+                .join(format!("stranded-{}.console", k.release));
+            let _ = std::fs::write(&log, &stranded.0);
             eprintln!(
                 "lab: {}: the guest kernel reports its timer never fired on an idle vCPU \
-                 (\"{LOST_TIMER}\": the emulator, not the guest's code); booting it again, once",
-                k.release
+                 (\"{LOST_TIMER}\": the emulator, not the guest's code; console in {}); \
+                 booting it again, once",
+                k.release,
+                log.display()
             );
             match boot_once(k, initrd, timeout)? {
                 Ok(b) => Ok(b),

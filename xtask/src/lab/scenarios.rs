@@ -35,6 +35,11 @@ pub const EXPECT: &[(&str, &[&str], &str)] = &[
     ("device-release", BUILT, "fentry"),
     ("group-vm-link", BUILT, "fentry"),
     ("kvm-vfio-teardown", BUILT, "fentry"),
+    // Lean's handlers in place of the syscall tracepoints.
+    ("vm-fd-created", MODULAR, "kprobe"),
+    ("kvm-vfio-created", MODULAR, "kprobe"),
+    ("vm-fd-created", BUILT, "fentry"),
+    ("kvm-vfio-created", BUILT, "fentry"),
     ("device-open-attempt", &["6.1"], "kprobe"),
     ("device-open-attempt", &["patched"], "fentry"),
     ("lock-acquire", ALL, "fentry"),
@@ -73,6 +78,12 @@ pub struct Scenario {
     /// The driver blocks by design (a thread waiting for itself): killed after
     /// this many ms.
     pub kill_after_ms: Option<u64>,
+    /// Findings deep raises that lean cannot see in this scenario (an order
+    /// outside the lock table); `long-hold` never is in lean.
+    pub lean_lacks: &'static [&'static str],
+    /// Two threads race: the findings are compared as a set, each one's locks
+    /// sorted (which thread closes a cycle first varies).
+    pub unordered: bool,
     /// Exact expectations; false for a race whose interleaving varies: then
     /// the counts must end at 0 with one destroy, every open_count must be 0
     /// or 1 ending at 0, and `findings` lists the kinds allowed.
@@ -106,6 +117,8 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "6.6+: VFIO holds a reference from open to last close; the kvm-vfio get is inlined (an inferred +1)",
         exact: true,
         kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
     },
     Scenario {
         kernels: DF66,
@@ -119,6 +132,8 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "VM and kvm-vfio fds closed first: VFIO's put is the last, under group_lock and dev_set->lock (S3)",
         exact: true,
         kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
     },
     Scenario {
         kernels: DF66,
@@ -132,6 +147,8 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "exit's deferred fputs run LIFO: the device goes first, the VM fd drops the last reference under no VFIO lock",
         exact: true,
         kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
     },
     Scenario {
         kernels: NO_VFIO_REF,
@@ -145,6 +162,8 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "6.1 (and the patch with a driver that sets no kvm_ops): VFIO holds no kvm reference",
         exact: true,
         kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
     },
     Scenario {
         kernels: NO_VFIO_REF,
@@ -158,6 +177,8 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "6.1: the VM dies with its last KVM fd, the VFIO device still open",
         exact: true,
         kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
     },
     Scenario {
         kernels: NO_VFIO_REF,
@@ -171,6 +192,8 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "6.1: no VFIO reference, no VFIO lock around the last put",
         exact: true,
         kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
     },
     // S2 with a real driver: open_device takes kvm->lock under the VFIO locks.
     Scenario {
@@ -185,6 +208,8 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "6.1: open_device takes kvm->lock under group_lock; kvm_vfio_release takes group_lock under kvm->lock (S2)",
         exact: true,
         kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
     },
     Scenario {
         kernels: &["6.12"],
@@ -198,6 +223,8 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "6.3+ (2b48f52f2bff): kvm_vfio_release reaches only the kvm_ref_lock spinlock: no reverse edge",
         exact: true,
         kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
     },
     // A driver bug: open_device re-takes kvm->lock it holds (killable): the
     // opener waits for itself until the lab kills it.
@@ -214,6 +241,31 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "open_device waits for kvm->lock it holds: self-deadlock at the wait, a long wait when the kill ends it (-EINTR); VFIO then gives its reference back",
         exact: true,
         kill_after_ms: Some(3000),
+        lean_lacks: &[],
+        unordered: false,
+    },
+    // A real ABBA deadlock on watched locks: two threads of one process, each
+    // holding one of kvm->lock and dev_set->lock and waiting (killably) for
+    // the other's, until the lab kills the process.
+    Scenario {
+        kernels: &["6.12", "sid"],
+        testdev: Some("abba"),
+        driver: "--testdev abba",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[
+            ("lock-order-inversion", &[DEV_SET_LOCK, KVM_LOCK]),
+            ("deadlock", &[DEV_SET_LOCK, KVM_LOCK]),
+            ("long-wait", &[KVM_LOCK]),
+            ("long-wait", &[DEV_SET_LOCK]),
+        ],
+        attributed: &[],
+        frames: &[],
+        why: "each thread waits for the lock the other holds: a deadlock while it lasts (both modes, from the contention tracepoints and owner words); deep also sees both orders; the kill ends both waits",
+        exact: true,
+        kill_after_ms: Some(3000),
+        lean_lacks: &["lock-order-inversion"],
+        unordered: true,
     },
     // The 6.1 S1 shape: the driver's own reference is the last, dropped in close_device.
     Scenario {
@@ -228,6 +280,8 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "6.1: close_device runs under dev_set->lock and group_lock; the driver's put there is the last",
         exact: true,
         kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
     },
     Scenario {
         kernels: &["6.12"],
@@ -241,6 +295,8 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "6.12: the driver's put comes first; VFIO's own reference is still the last, dropped after close_device (S3)",
         exact: true,
         kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
     },
     // The patched stack: a driver that uses kvm_ops.
     Scenario {
@@ -256,6 +312,8 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "the patch: put_kvm() runs after group_lock is dropped but under dev_set->lock",
         exact: true,
         kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
     },
     Scenario {
         kernels: &["patched"],
@@ -270,6 +328,8 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "device first: the driver's put is not the last",
         exact: true,
         kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
     },
     Scenario {
         kernels: &["patched"],
@@ -283,6 +343,8 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "the patch's defect: put_kvm() at the last close although get_kvm() was never called",
         exact: true,
         kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
     },
     Scenario {
         kernels: &["patched"],
@@ -297,6 +359,8 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "the patch's open error path calls put_kvm() although the driver's get_kvm() failed",
         exact: true,
         kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
     },
     Scenario {
         kernels: &["patched"],
@@ -310,6 +374,8 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "the patch keeps 6.1's kvm_vfio_release under kvm->lock -> group_lock; open_device takes kvm->lock under group_lock (S2)",
         exact: true,
         kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
     },
     // The cdev / iommufd path (6.6+, CONFIG_VFIO_DEVICE_CDEV): the device's
     // own node, added to the kvm-vfio device by its fd, bound to an iommufd.
@@ -325,6 +391,8 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "cdev: the bind (vfio_df_open under dev_set->lock) takes VFIO's kvm reference; closing the device first gives it back before the KVM fds",
         exact: true,
         kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
     },
     Scenario {
         kernels: &["cdev"],
@@ -338,6 +406,8 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "cdev: VFIO's put is the last, in vfio_df_unbind_iommufd under dev_set->lock only (S3 on the cdev path: no group_lock)",
         exact: true,
         kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
     },
     Scenario {
         kernels: &["cdev"],
@@ -351,6 +421,8 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "cdev, process exit: kvm-vfio holds the device file itself (KVM_DEV_VFIO_FILE_ADD keeps a reference), so the device is released by kvm_vfio_release's fput, queued after the VM fd's put: VFIO's put is the last, under dev_set->lock (S3 on any exit, a crash or a kill included; the group path's exit is clean because kvm-vfio holds the group file, not the device's)",
         exact: true,
         kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
     },
     // Opens racing the last puts: invariants, whatever the interleaving.
     Scenario {
@@ -365,6 +437,8 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "6.6+: an open between the unlink and the last put gets no kvm; if a device close comes last, VFIO's put is (S3)",
         exact: false,
         kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
     },
     Scenario {
         kernels: NO_VFIO_REF,
@@ -378,6 +452,8 @@ pub const SCENARIOS: &[Scenario] = &[
         why: "6.1: vfio-pci's opens take no kvm reference: the VM ends with its KVM fds, cleanly",
         exact: false,
         kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
     },
 ];
 
@@ -415,12 +491,11 @@ impl Scenario {
     }
 
     /// The findings expected in a lock-watching mode: lean sees no release,
-    /// so it raises no long-hold (the rest it raises like deep).
+    /// so it raises no long-hold, nor what the scenario says it lacks.
     pub fn findings_in(&self, lean: bool) -> Vec<(&'static str, &'static [&'static str])> {
-        let deep_only = ["long-hold"];
         self.findings
             .iter()
-            .filter(|(k, _)| !lean || !deep_only.contains(k))
+            .filter(|(k, _)| !lean || !(*k == "long-hold" || self.lean_lacks.contains(k)))
             .copied()
             .collect()
     }
@@ -442,7 +517,7 @@ pub fn suite(kernel: &str) -> Suite {
             locks: locks.map(str::to_owned),
             kill_after_ms: sc.kill_after_ms,
         };
-        steps.push(step(None));
+        steps.push(step(Some("deep")));
         if sc.also_lean() {
             steps.push(step(Some("lean")));
         }

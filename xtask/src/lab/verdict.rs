@@ -62,6 +62,14 @@ pub struct Report {
     pub vms: Vec<VmSummary>,
     pub device_list: Vec<DeviceSummary>,
     pub findings: Vec<Finding>,
+    pub header: Option<HeaderSummary>,
+}
+
+#[derive(Deserialize)]
+pub struct HeaderSummary {
+    #[serde(default)]
+    pub tracepoints: Vec<String>,
+    pub attach: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Deserialize, Debug)]
@@ -157,6 +165,38 @@ pub fn check_report(kernel: &str, v: &Value) -> Vec<String> {
     bad
 }
 
+/// Every lab kernel has function hooks: deep keeps the syscall tracepoints,
+/// lean attaches none and hooks /dev/kvm's handler instead.
+fn check_fd_view(name: &str, lean: bool, r: &Report, bad: &mut Vec<String>) {
+    let Some(h) = &r.header else {
+        bad.push(format!("{name}: the recording has no header"));
+        return;
+    };
+    let syscalls = h
+        .tracepoints
+        .iter()
+        .filter(|t| t.starts_with("syscalls:"))
+        .count();
+    let handler = h
+        .attach
+        .get("vm-fd-created")
+        .into_iter()
+        .flatten()
+        .any(|c| c.starts_with("kvm_dev_ioctl ") && !c.contains("none") && !c.contains("failed"));
+    match lean {
+        true if syscalls > 0 || !handler => bad.push(format!(
+            "{name}: lean must hook kvm_dev_ioctl and trace no syscall: tracepoints {:?}, vm-fd-created {:?}",
+            h.tracepoints,
+            h.attach.get("vm-fd-created")
+        )),
+        false if syscalls != 3 => bad.push(format!(
+            "{name}: deep keeps the three syscall tracepoints: {:?}",
+            h.tracepoints
+        )),
+        _ => {}
+    }
+}
+
 /// Counts, opens and holders of the one VM and its device generations.
 fn check_objects(name: &str, sc: &Scenario, r: &Report, bad: &mut Vec<String>) {
     if r.vms.len() != 1 {
@@ -228,7 +268,24 @@ fn check_findings(name: &str, sc: &Scenario, lean: bool, r: &Report, bad: &mut V
         })
         .collect();
     if sc.exact {
-        if r.findings != want {
+        let canon = |v: &[Finding]| {
+            let mut v: Vec<(String, Vec<String>)> = v
+                .iter()
+                .map(|f| {
+                    let mut l = f.locks.clone();
+                    l.sort();
+                    (f.kind.clone(), l)
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let differ = if sc.unordered {
+            canon(&r.findings) != canon(&want)
+        } else {
+            r.findings != want
+        };
+        if differ {
             bad.push(format!(
                 "{name}: findings {:?}, expected {want:?}",
                 r.findings
@@ -273,6 +330,7 @@ pub fn check_scenario(
     }
     check_objects(name, sc, &r, &mut bad);
     check_findings(name, sc, lean, &r, &mut bad);
+    check_fd_view(name, lean, &r, &mut bad);
     // A JIT image or trampoline after the test module was once named after
     // the module's last symbol; frames past a module's extent stay raw now.
     if timeline.contains("cleanup_module+") {

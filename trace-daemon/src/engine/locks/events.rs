@@ -3,7 +3,7 @@
 //! acquisitions inferred for entry-only hooks.
 use trace_common::LockClass;
 
-use super::{EdgeHow, EdgeSeen, Held, table};
+use super::{EdgeHow, EdgeSeen, Held, table, waits::Wait};
 use crate::{
     engine::{
         Engine, MS, Observation,
@@ -26,6 +26,10 @@ impl Engine {
     /// Lock events (and the implicit acquire any event of a waiting thread settles).
     pub(in crate::engine) fn lock_event(&mut self, e: &Event, out: &mut Vec<Finding>) {
         self.settle_implicit(e, out);
+        // A waiting thread does nothing else: any other step of it ends its wait.
+        if !matches!(e.kind, Kind::ContentionBegin | Kind::LockHeld) {
+            self.locks.waits.end(e.pid);
+        }
         match e.kind {
             Kind::LockAttempt => self.lock_attempt(e, out),
             Kind::LockAcquired => self.lock_acquired(e, out),
@@ -221,6 +225,7 @@ impl Engine {
         self.locks.first_sighting(l.addr);
         if e.kind == Kind::ContentionBegin {
             self.waits_for_itself(e, &l, out);
+            self.waits_for_another(e, &l, out);
             self.locks
                 .waiting
                 .entry(e.pid)
@@ -253,6 +258,24 @@ impl Engine {
         let taken = self.locks.holds(e.pid, l.addr).map(|h| h.since_ns);
         let lock = held_from(l, e.ts_ns, stack_id);
         out.push(Finding::self_deadlock(e, lock, taken, held));
+    }
+
+    /// A contention on a lock another thread holds: a wait-for edge; one that
+    /// closes a cycle is a deadlock, happening now.
+    fn waits_for_another(&mut self, e: &Event, l: &LockRef, out: &mut Vec<Finding>) {
+        let Some(holder) = e.waits_for.filter(|h| *h != e.pid) else {
+            return;
+        };
+        let w = Wait {
+            pid: e.pid,
+            tgid: e.tgid,
+            comm: e.comm,
+            lock: held_from(l, e.ts_ns, e.stack_id),
+            holder,
+        };
+        if let Some(cycle) = self.locks.waits.begin(w) {
+            out.push(Finding::deadlock(e, cycle));
+        }
     }
 
     fn check_long(&self, kind: FindingKind, e: &Event, h: &Held, out: &mut Vec<Finding>) {

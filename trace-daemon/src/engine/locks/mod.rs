@@ -4,6 +4,7 @@
 mod events;
 pub mod graph;
 mod table;
+pub mod waits;
 
 use crate::engine::fast_hash::{FastMap, FastSet};
 
@@ -35,6 +36,8 @@ pub struct LockState {
     /// Locks the thread was seen to hold by their owner word at a path hook
     /// (lean: no acquire or release is seen), valid for its next event only.
     momentary: FastMap<u32, Vec<Held>>,
+    /// Contended waits now in progress: who waits for whom.
+    waits: self::waits::WaitGraph,
     /// Lock addresses seen in any lock event so far (bounded: `MAX_SEEN`).
     seen: FastSet<u64>,
 }
@@ -120,6 +123,7 @@ impl LockState {
         self.momentary.remove(&pid);
         self.waiting.remove(&pid);
         self.implicit.remove(&pid);
+        self.waits.end(pid);
     }
 
     /// The attempt failed (trylock, interrupted or killed wait).
