@@ -9,6 +9,8 @@
 //!   main thread closes the VM and kvm-vfio fds (opens racing the last puts);
 //! - `bench N`: the overhead loops of bench.rs: N hooked attr add/del and N
 //!   KVM_RUN exits, 10 N unrelated ioctls and 10 N pipe round trips;
+//! - `loops N`: the bench's loops that need no VFIO (N KVM_RUN exits where
+//!   /dev/kvm runs a vCPU, 10 N ioctls, 10 N pipe round trips), for a host;
 //! - `stress N`: kvscope started and stopped in a loop around the dev-first
 //!   scenario (stress.rs): N record cycles, trace, daemon and early stops;
 //! - `suite JSON`: the lab's scenarios (suite.rs, protocol.rs), one JSON
@@ -45,6 +47,7 @@ const MODES: &[&str] = &[
     "race",
     "abba",
     "bench",
+    "loops",
     "stress",
     "suite",
 ];
@@ -76,6 +79,9 @@ fn main() -> anyhow::Result<()> {
     }
     if mode == "stress" {
         return stress::run(count(50)?);
+    }
+    if mode == "loops" {
+        return bench::unrelated(count(2000)?);
     }
     if flag("--cdev") {
         let c = cdev::CdevRig::new(!flag("--no-kvm"))?;

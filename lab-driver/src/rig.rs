@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
+pub const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
 const KVM_CREATE_DEVICE: libc::c_ulong = 0xC00C_AEE0;
 const KVM_SET_DEVICE_ATTR: libc::c_ulong = 0x4018_AEE1;
 const VFIO_SET_IOMMU: libc::c_ulong = 0x3B66;

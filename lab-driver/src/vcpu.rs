@@ -5,9 +5,8 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
 
 use anyhow::bail;
 
-use crate::rig::{open, step};
+use crate::rig::{KVM_CREATE_VM, open, step};
 
-const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
 const KVM_GET_VCPU_MMAP_SIZE: libc::c_ulong = 0xAE04;
 const KVM_CREATE_VCPU: libc::c_ulong = 0xAE41;
 const KVM_RUN: libc::c_ulong = 0xAE80;

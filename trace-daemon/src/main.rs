@@ -2,7 +2,10 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::Parser as _;
 use kvscope::{
-    attach::loader::{Facts, LoadOptions},
+    attach::{
+        loader::{Facts, LoadOptions},
+        plan::LockWatch,
+    },
     commands::check,
     commands::cli::{Cli, Command},
     commands::offline,
@@ -112,7 +115,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 load: LoadOptions {
                     filter_tgid: args.pid.unwrap_or(0),
                     ring_bytes: args.ring_bytes,
-                    lock_watch: args.lock_watch,
+                    lock_watch: if args.deep_for.is_some() {
+                        LockWatch::Deep
+                    } else {
+                        args.lock_watch
+                    },
+                    deep_for: args.deep_for,
                     ..LoadOptions::default()
                 },
                 engine: engine::Config::default(),

@@ -203,6 +203,46 @@ fn check_reports_this_sandbox_as_tier_three() {
     );
 }
 
+/// `--deep-for`: the session starts deep and switches to lean while running,
+/// saying so; the stream goes on (this host is tier 3: the switch keeps the
+/// syscall tracepoints, the only programs it can attach).
+#[test]
+fn a_deep_session_ends_lean_without_stopping() {
+    if !live_or_skip("a_deep_session_ends_lean_without_stopping", &[]) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let me = std::process::id().to_string();
+    let (guard, stderr) = start_trace(&["--json", "--pid", &me, "--deep-for", "1s"]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let switched = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match stderr.recv_timeout(left) {
+            Ok(l) if l.contains("the deep session's time is up") => break l,
+            Ok(_) => continue,
+            Err(e) => panic!("no switch to lean reported: {e}"),
+        }
+    };
+    assert!(
+        switched.contains("lock watching switched deep -> lean")
+            && switched.contains("syscalls:sys_enter_ioctl"),
+        "{switched}"
+    );
+    let kvm = open_kvm();
+    let (vm, dev) = create_vm_with_kvm_vfio(&kvm);
+    drop(dev);
+    drop(vm);
+    let (events, status) = stop(guard);
+    assert!(status.success(), "kvscope trace exited with {status}");
+    let got: Vec<String> = kinds(&events).into_iter().map(|(k, _)| k).collect();
+    assert_eq!(
+        got,
+        ["vm-created", "kvm-vfio-created", "fd-closed", "fd-closed"],
+        "{events:#?}"
+    );
+    assert!(our_programs_loaded().is_empty());
+}
+
 #[test]
 fn bad_arguments_fail_clearly() {
     let out = kvscope().args(["trace", "--vm", "qemu"]).output().unwrap();
@@ -215,6 +255,12 @@ fn bad_arguments_fail_clearly() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("power of two"));
+    let out = kvscope()
+        .args(["trace", "--deep-for", "10d"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not s, m or h"));
 }
 
 #[test]

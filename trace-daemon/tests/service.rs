@@ -65,10 +65,14 @@ fn tmpdir(tag: &str) -> PathBuf {
 }
 
 fn write_config(path: &Path, port: u16, findings: &Path, zombie_ms: u64) {
+    write_config_locks(path, port, findings, zombie_ms, "lean");
+}
+
+fn write_config_locks(path: &Path, port: u16, findings: &Path, zombie_ms: u64, locks: &str) {
     std::fs::write(
         path,
         format!(
-            "metrics_listen = \"127.0.0.1:{port}\"\nfindings_file = \"{}\"\njournal = false\n[engine]\nzombie_after_ms = {zombie_ms}\n",
+            "metrics_listen = \"127.0.0.1:{port}\"\nfindings_file = \"{}\"\njournal = false\nlock_watch = \"{locks}\"\n[engine]\nzombie_after_ms = {zombie_ms}\n",
             findings.display()
         ),
     )
@@ -160,8 +164,9 @@ fn daemon_scraped_by_prometheus_reload_and_shutdown() {
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(zombie_lines(&findings), 0);
 
-    // SIGHUP with a 200 ms threshold: the same VMs (state kept) become zombies.
-    write_config(&config, mport, &findings, 200);
+    // SIGHUP with a 200 ms threshold and deep lock watching: the same VMs
+    // (state kept) become zombies; the mode switches without a restart.
+    write_config_locks(&config, mport, &findings, 200, "deep");
     unsafe { libc::kill(daemon.0.id() as i32, libc::SIGHUP) };
     wait_for("two zombie-vm findings after reload", 15, || {
         (zombie_lines(&findings) == 2).then_some(())
@@ -170,6 +175,15 @@ fn daemon_scraped_by_prometheus_reload_and_shutdown() {
         http_get(mport, "/metrics").filter(|b| metric(b, "kvscope_zombie_vms") == Some(2.0))
     });
     assert_eq!(metric(&body, "kvscope_config_reloads_total"), Some(1.0));
+    assert_eq!(
+        metric(&body, "kvscope_lock_watch{mode=\"deep\"}"),
+        Some(1.0),
+        "SIGHUP switched lock watching"
+    );
+    assert_eq!(
+        metric(&body, "kvscope_lock_watch{mode=\"lean\"}"),
+        Some(0.0)
+    );
     assert_eq!(
         metric(&body, "kvscope_live_vms"),
         Some(before + 2.0),

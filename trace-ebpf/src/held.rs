@@ -109,31 +109,18 @@ pub fn report_device_locks<C: EbpfContext + StackIdContext>(
     group: u64,
 ) {
     let set = ptr_at(device, conf!(vfio_device_dev_set)).unwrap_or(0);
+    let dev_set = || {
+        let off = conf!(vfio_device_set_lock);
+        report_if_held(ctx, hook, set, off, LockClass::VfioDevSetLock)
+    };
     let dev_set_first = conf!(flags) & config_flags::DEV_SET_FIRST != 0;
     if dev_set_first {
-        report_if_held(
-            ctx,
-            hook,
-            set,
-            conf!(vfio_device_set_lock),
-            LockClass::VfioDevSetLock,
-        );
+        dev_set();
     }
-    report_if_held(
-        ctx,
-        hook,
-        group,
-        conf!(vfio_group_group_lock),
-        LockClass::VfioGroupLock,
-    );
+    let off = conf!(vfio_group_group_lock);
+    report_if_held(ctx, hook, group, off, LockClass::VfioGroupLock);
     if !dev_set_first {
-        report_if_held(
-            ctx,
-            hook,
-            set,
-            conf!(vfio_device_set_lock),
-            LockClass::VfioDevSetLock,
-        );
+        dev_set();
     }
 }
 

@@ -1,6 +1,7 @@
 //! kvscope's developer and CI tasks. `cargo xtask --help` lists them.
 mod cmd;
 mod deb;
+mod hostbench;
 mod install;
 mod lab;
 mod replaybench;
@@ -80,7 +81,8 @@ enum Task {
         /// The lab kernel for --lab.
         #[arg(long, default_value = "6.12")]
         kernel: String,
-        /// Iterations of the hooked loop per run for --lab (the mutex loop does 10x).
+        /// Iterations of the hooked and KVM_RUN loops per run for --lab and
+        /// --host (the ioctl and pipe loops do 10x).
         #[arg(long, default_value_t = 2000)]
         iterations: u64,
         /// Measure the live path on this host's kernel instead: a flood of real
@@ -88,6 +90,12 @@ enum Task {
         /// the default ring and a 4 KiB one (root, /dev/kvm).
         #[arg(long, conflicts_with = "lab")]
         live: bool,
+        /// Measure probe overhead on this host's own kernel and CPU instead:
+        /// the loops kvscope does not watch (KVM_RUN where /dev/kvm runs a
+        /// vCPU, an ioctl, a pipe), unprobed vs `kvscope record` lean and deep
+        /// (root).
+        #[arg(long, conflicts_with_all = ["lab", "live"])]
+        host: bool,
         /// Also build the replay benchmark at this git revision and run the two
         /// alternately: before/after figures from one run.
         #[arg(long, value_name = "REV", conflicts_with_all = ["lab", "live"])]
@@ -143,6 +151,15 @@ fn main() -> anyhow::Result<()> {
             let env = setup::setup()?;
             cmd::build_release(&env)?;
             lab::bench::run(&kernel, iterations)
+        }
+        Task::Bench {
+            host: true,
+            iterations,
+            ..
+        } => {
+            let env = setup::setup()?;
+            cmd::build_release(&env)?;
+            hostbench::run(iterations)
         }
         Task::Bench { live: true, .. } => {
             let env = setup::setup()?;

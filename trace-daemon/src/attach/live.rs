@@ -116,6 +116,9 @@ pub struct Session {
     /// The kernel side's other drops, as of the last tick.
     pub drops: Drops,
     pub lock_watch: LockWatch,
+    /// A time-boxed deep session (`--deep-for`, `deep_for_s`): when it ends,
+    /// lock watching switches to lean.
+    pub deep_until: Option<std::time::Instant>,
 }
 
 impl Session {
@@ -141,7 +144,55 @@ impl Session {
             delivery,
             drops: Drops::default(),
             lock_watch: opts.lock_watch,
+            deep_until: opts
+                .deep_for
+                .filter(|_| opts.lock_watch == LockWatch::Deep)
+                .map(|d| std::time::Instant::now() + d),
         })
+    }
+
+    /// Switches lock watching while running; `deep_for` time-boxes a switch
+    /// to deep. The line to print: what changed, or why nothing did.
+    pub fn switch_lock_watch(&mut self, to: LockWatch, deep_for: Option<Duration>) -> String {
+        self.deep_until = deep_for
+            .filter(|_| to == LockWatch::Deep)
+            .map(|d| std::time::Instant::now() + d);
+        if to == self.lock_watch {
+            return format!("lock watching stays {}", to.name());
+        }
+        if to == LockWatch::Lean && self.facts.offsets.mutex_owner == trace_common::OFFSET_UNKNOWN {
+            return "lean needs struct mutex's owner field and this kernel's BTF has none: staying deep".to_owned();
+        }
+        let from = self.lock_watch;
+        self.probes.switch_lock_watch(&self.facts, to);
+        self.lock_watch = to;
+        let attached = self
+            .probes
+            .plan
+            .roles
+            .iter()
+            .filter(|r| r.is_covered())
+            .count();
+        format!(
+            "lock watching switched {} -> {}; {attached}/{} roles, tracepoints: {}",
+            from.name(),
+            to.name(),
+            self.probes.plan.roles.len(),
+            self.probes
+                .plan
+                .tracepoints
+                .iter()
+                .filter(|t| t.method == Method::Tracepoint)
+                .map(|t| t.tracepoint.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+
+    /// The time-boxed deep session is over.
+    pub fn deep_expired(&self) -> bool {
+        self.deep_until
+            .is_some_and(|t| std::time::Instant::now() >= t && self.lock_watch == LockWatch::Deep)
     }
 
     /// One line for stderr: ready, what is attached, whether delivery was
@@ -330,10 +381,13 @@ pub trait Sink {
         lost: &[(HookId, u64)],
         now_ns: u64,
     ) -> anyhow::Result<()>;
-    /// SIGHUP: re-read configuration, keeping state.
-    fn reload(&mut self) -> anyhow::Result<()> {
+    /// SIGHUP: re-read configuration, keeping state (it may switch the
+    /// session's lock watching).
+    fn reload(&mut self, _session: &mut Session) -> anyhow::Result<()> {
         Ok(())
     }
+    /// The session's lock watching changed (SIGHUP, the end of `--deep-for`).
+    fn lock_watch_changed(&mut self, _session: &Session) {}
     /// Ask the loop to end (e.g. `record --duration`).
     fn done(&self) -> bool {
         false
@@ -410,8 +464,12 @@ pub async fn run(
                 }
                 session.drops = drops;
                 sink.tick(session, &lost, mono_now_ns())?;
+                if session.deep_expired() {
+                    eprintln!("kvscope: the deep session's time is up: {}", session.switch_lock_watch(LockWatch::Lean, None));
+                    sink.lock_watch_changed(session);
+                }
             }
-            _ = hup.recv() => sink.reload()?,
+            _ = hup.recv() => sink.reload(session)?,
             _ = term.recv() => break,
             _ = int.recv() => break,
         }

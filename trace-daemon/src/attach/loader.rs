@@ -2,7 +2,10 @@
 //! kernel's offsets handed to it, and the attach plan carried out. Every failure
 //! to attach becomes a reason in the plan, never an abort, unless nothing at all
 //! could be attached.
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
 
 use anyhow::{Context as _, bail};
 use aya::{
@@ -99,6 +102,8 @@ pub struct LoadOptions {
     /// `check`: attach every role and tracepoint once, whatever the mode, to
     /// report what can be attached here.
     pub every_role: bool,
+    /// Deep for this long, then lean (`--deep-for`, `deep_for_s`).
+    pub deep_for: Option<std::time::Duration>,
 }
 
 impl Default for LoadOptions {
@@ -110,6 +115,7 @@ impl Default for LoadOptions {
             ring_bytes: 4 << 20,
             lock_watch: LockWatch::Lean,
             every_role: false,
+            deep_for: None,
         }
     }
 }
@@ -217,18 +223,15 @@ pub fn load(facts: &Facts, opts: &LoadOptions) -> anyhow::Result<Probes> {
     let aya_btf = Btf::from_sys_fs().ok();
     let fentry = probe_fentry(&mut ebpf, aya_btf.as_ref());
     let mut plan = facts.plan(fentry.clone());
-    let lean = opts.lock_watch == LockWatch::Lean;
-    match (opts.every_role, lean) {
-        (true, _) => {}
-        (false, true) => plan.without_lock_roles(),
-        (false, false) => plan.without_handler_roles(),
-    }
+    let mode = (!opts.every_role).then_some(opts.lock_watch);
+    plan_mode(&mut plan, mode);
     let watched_by_user = watch_globals(&mut ebpf, &facts.kallsyms)?;
-    attach_roles(&mut ebpf, &mut plan, aya_btf.as_ref());
-    if lean && !opts.every_role {
+    let none = BTreeSet::new();
+    attach_roles(&mut ebpf, &mut plan, aya_btf.as_ref(), &none);
+    if mode == Some(LockWatch::Lean) {
         plan.lean_fd_view();
     }
-    attach_tracepoints(&mut ebpf, &mut plan);
+    attach_tracepoints(&mut ebpf, &mut plan, &none);
     if plan.tier() == plan::Tier::None {
         bail!("nothing could be attached on this host; run `kvscope check` for the reasons");
     }
@@ -251,13 +254,92 @@ pub fn load(facts: &Facts, opts: &LoadOptions) -> anyhow::Result<Probes> {
     })
 }
 
-fn attach_roles(ebpf: &mut Ebpf, plan: &mut Plan, btf: Option<&Btf>) {
+/// What a lock-watching mode leaves out of the plan (None: `check`, which
+/// tries every role once).
+fn plan_mode(plan: &mut Plan, mode: Option<LockWatch>) {
+    match mode {
+        None => {}
+        Some(LockWatch::Lean) => plan.without_lock_roles(),
+        Some(LockWatch::Deep) => plan.without_handler_roles(),
+    }
+}
+
+/// Programs attached by the roles of `plan` and by its tracepoints.
+fn attached_programs(plan: &Plan) -> BTreeSet<String> {
+    let roles = plan
+        .roles
+        .iter()
+        .flat_map(|r| r.attached())
+        .flat_map(|c| c.programs.iter().cloned());
+    let tps = plan
+        .tracepoints
+        .iter()
+        .filter(|t| t.method == Method::Tracepoint)
+        .map(|t| t.program.to_owned());
+    roles.chain(tps).collect()
+}
+
+impl Probes {
+    /// Switches lock watching while running (SIGHUP, `--deep-for`): the plan
+    /// of the new mode; the programs only the old one used are unloaded
+    /// (their links with them), those only the new one uses attached. The
+    /// maps stay, and with them the watched locks and the counters.
+    pub fn switch_lock_watch(&mut self, facts: &Facts, to: LockWatch) {
+        let btf = Btf::from_sys_fs().ok();
+        let before = attached_programs(&self.plan);
+        let mut plan = facts.plan(self.fentry.clone());
+        plan_mode(&mut plan, Some(to));
+        let wanted_roles: BTreeSet<String> = plan
+            .roles
+            .iter()
+            .flat_map(|r| r.choices.iter())
+            .filter(|c| c.method != Method::None)
+            .flat_map(|c| c.programs.iter().cloned())
+            .collect();
+        // Roles first: lean's fd view depends on what attached.
+        for name in before.iter().filter(|n| !n.starts_with("tp_")) {
+            if !wanted_roles.contains(name) {
+                self.unload_program(name);
+            }
+        }
+        attach_roles(&mut self.ebpf, &mut plan, btf.as_ref(), &before);
+        if to == LockWatch::Lean {
+            plan.lean_fd_view();
+        }
+        let wanted_tps: BTreeSet<String> = plan
+            .tracepoints
+            .iter()
+            .filter(|t| t.method == Method::Tracepoint)
+            .map(|t| t.program.to_owned())
+            .collect();
+        for name in before.iter().filter(|n| n.starts_with("tp_")) {
+            if !wanted_tps.contains(name) {
+                self.unload_program(name);
+            }
+        }
+        attach_tracepoints(&mut self.ebpf, &mut plan, &before);
+        self.plan = plan;
+    }
+
+    fn unload_program(&mut self, name: &str) {
+        if let Some(p) = self.ebpf.program_mut(name) {
+            unload(p);
+        }
+    }
+}
+
+/// Attaches the planned role programs, but those in `already` (attached by a
+/// previous plan); a failure is recorded on its choice.
+fn attach_roles(ebpf: &mut Ebpf, plan: &mut Plan, btf: Option<&Btf>, already: &BTreeSet<String>) {
     for role in &mut plan.roles {
         for choice in &mut role.choices {
             if choice.method == Method::None {
                 continue;
             }
             for name in choice.programs.clone() {
+                if already.contains(&name) {
+                    continue;
+                }
                 if let Err(e) = attach_one(ebpf, &name, choice.symbol, btf) {
                     choice.error = Some(format!("{name}: {e}"));
                     break;
@@ -267,9 +349,9 @@ fn attach_roles(ebpf: &mut Ebpf, plan: &mut Plan, btf: Option<&Btf>) {
     }
 }
 
-fn attach_tracepoints(ebpf: &mut Ebpf, plan: &mut Plan) {
+fn attach_tracepoints(ebpf: &mut Ebpf, plan: &mut Plan, already: &BTreeSet<String>) {
     for tp in &mut plan.tracepoints {
-        if tp.method != Method::Tracepoint {
+        if tp.method != Method::Tracepoint || already.contains(tp.program) {
             continue;
         }
         let spec = TRACEPOINTS
@@ -278,7 +360,9 @@ fn attach_tracepoints(ebpf: &mut Ebpf, plan: &mut Plan) {
             .expect("plan built from the table");
         let res = (|| -> anyhow::Result<()> {
             let p: &mut TracePoint = program(ebpf, tp.program)?.try_into()?;
-            p.load().map_err(|e| anyhow::anyhow!(reason(&e)))?;
+            if p.fd().is_err() {
+                p.load().map_err(|e| anyhow::anyhow!(reason(&e)))?;
+            }
             p.attach(spec.category, spec.name)
                 .map_err(|e| anyhow::anyhow!(reason(&e)))?;
             Ok(())

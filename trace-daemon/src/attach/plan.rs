@@ -486,6 +486,28 @@ ffffffff821fe900 T mutex_unlock
         true
     }
 
+    /// fentry and kprobes usable, every function in BTF, every tracepoint.
+    fn hookable(k: &Kallsyms) -> HostFacts<'_> {
+        HostFacts {
+            kallsyms: k,
+            vmlinux_func: &in_btf,
+            fentry: Ok(()),
+            kprobes: Ok(()),
+            tracepoint: &all_tps,
+        }
+    }
+
+    /// This sandbox: fentry refused, no kprobes.
+    fn tier3(k: &Kallsyms) -> HostFacts<'_> {
+        HostFacts {
+            kallsyms: k,
+            vmlinux_func: &in_btf,
+            fentry: Err("EPERM loading a tracing program".into()),
+            kprobes: Err("kprobes absent".into()),
+            tracepoint: &all_tps,
+        }
+    }
+
     #[test]
     fn a_lockdep_kernel_is_told_by_mutex_lock_nested() {
         assert!(!lockdep(&Kallsyms::parse(DEBIAN_612)));
@@ -509,14 +531,7 @@ ffffffff821fe900 T mutex_unlock
     #[test]
     fn module_functions_take_kprobes_vmlinux_ones_fentry() {
         let k = Kallsyms::parse(DEBIAN_612);
-        let facts = HostFacts {
-            kallsyms: &k,
-            vmlinux_func: &in_btf,
-            fentry: Ok(()),
-            kprobes: Ok(()),
-            tracepoint: &all_tps,
-        };
-        let p = plan(&facts);
+        let p = plan(&hookable(&k));
         let role = |r: Role| p.roles.iter().find(|x| x.role == r).unwrap();
         let put = &role(Role::VmPut).choices;
         assert_eq!(put.len(), 2, "Pick::All attaches put and put_no_destroy");
@@ -551,14 +566,7 @@ ffffffff821fe900 T mutex_unlock
     #[test]
     fn sandbox_gets_tier_three_with_reasons() {
         let k = Kallsyms::parse(SANDBOX);
-        let facts = HostFacts {
-            kallsyms: &k,
-            vmlinux_func: &in_btf,
-            fentry: Err("EPERM loading a tracing program".into()),
-            kprobes: Err("kprobes absent".into()),
-            tracepoint: &all_tps,
-        };
-        let p = plan(&facts);
+        let p = plan(&tier3(&k));
         assert!(p.roles.iter().all(|r| !r.is_covered()));
         let put = p.roles.iter().find(|r| r.role == Role::VmPut).unwrap();
         let why = put.missing_reason().unwrap();
@@ -627,13 +635,7 @@ ffffffff821fe900 T mutex_unlock
             "{DEBIAN_612}ffffffffc0001800 t kvm_dev_ioctl\t[kvm]\nffffffffc0001900 t kvm_vfio_create\t[kvm]\n"
         );
         let k = Kallsyms::parse(&k);
-        let facts = HostFacts {
-            kallsyms: &k,
-            vmlinux_func: &in_btf,
-            fentry: Ok(()),
-            kprobes: Ok(()),
-            tracepoint: &all_tps,
-        };
+        let facts = hookable(&k);
         let mut lean = plan(&facts);
         lean.without_lock_roles();
         lean.lean_fd_view();
@@ -658,14 +660,7 @@ ffffffff821fe900 T mutex_unlock
         );
         // Tier 3: nothing to hook, the tracepoints stay.
         let sandbox = Kallsyms::parse(SANDBOX);
-        let t3 = HostFacts {
-            kallsyms: &sandbox,
-            vmlinux_func: &in_btf,
-            fentry: Err("refused".into()),
-            kprobes: Err("absent".into()),
-            tracepoint: &all_tps,
-        };
-        let mut lean3 = plan(&t3);
+        let mut lean3 = plan(&tier3(&sandbox));
         lean3.without_lock_roles();
         lean3.lean_fd_view();
         assert!(lean3.syscalls_traced());

@@ -305,6 +305,29 @@ pub struct TraceArgs {
     /// How watched locks are followed (as for `record --locks`).
     #[arg(long = "locks", value_enum, default_value_t = LockWatch::Lean)]
     pub lock_watch: LockWatch,
+    /// Watch locks deep for this long (30s, 10m, 1h), then switch to lean
+    /// without stopping: an investigation, time-boxed. Starts deep whatever
+    /// --locks says.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub deep_for: Option<std::time::Duration>,
+}
+
+/// `30`, `30s`, `10m`, `1h`: a positive duration.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: a duration is a number with s, m or h (30s, 10m, 1h)"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: unit {unit:?} is not s, m or h")),
+    };
+    if secs == 0 {
+        return Err(format!("{s:?}: the duration must be positive"));
+    }
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 pub fn parse_ring_bytes(s: &str) -> Result<u32, String> {
@@ -312,4 +335,20 @@ pub fn parse_ring_bytes(s: &str) -> Result<u32, String> {
         .parse()
         .map_err(|_| format!("{s:?} is not a byte count"))?;
     crate::attach::loader::check_ring_bytes(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_s_m_h_and_refuse_the_rest() {
+        assert_eq!(parse_duration("30").unwrap().as_secs(), 30);
+        assert_eq!(parse_duration("30s").unwrap().as_secs(), 30);
+        assert_eq!(parse_duration("10m").unwrap().as_secs(), 600);
+        assert_eq!(parse_duration("1h").unwrap().as_secs(), 3600);
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("m").is_err());
+        assert!(parse_duration("5d").unwrap_err().contains("not s, m or h"));
+    }
 }

@@ -122,6 +122,11 @@ impl TraceSink {
 }
 
 impl Sink for TraceSink {
+    fn lock_watch_changed(&mut self, s: &Session) {
+        self.engine
+            .set_lock_watch(s.lock_watch == crate::attach::plan::LockWatch::Lean);
+    }
+
     fn event(
         &mut self,
         session: &Session,

@@ -184,6 +184,15 @@ impl Engine {
         raised.into_iter().filter_map(|f| self.record(f)).collect()
     }
 
+    /// Lock watching switched while running: lean orders locks by the table
+    /// and sees no acquire or release, so what deep saw held is forgotten.
+    pub fn set_lock_watch(&mut self, lean: bool) {
+        self.cfg.table_edges = lean;
+        if lean {
+            self.locks.forget_acquires();
+        }
+    }
+
     /// Time passes (live: the clock; replay: the last event's time). Checks the
     /// thresholds: zombie VMs, leaked device references.
     pub fn tick(&mut self, now_ns: u64) -> Vec<Finding> {

@@ -30,8 +30,12 @@ pub struct DaemonConfig {
     pub stacks: bool,
     /// `deep`: the mutex API hooked, every acquire and release of a watched
     /// lock; `lean`: no mutex hook, held locks read at the path hooks
-    /// (README, "Lock watching").
+    /// (README, "Lock watching"). A SIGHUP switches it, keeping the analysis.
     pub lock_watch: LockWatch,
+    /// With `lock_watch = "deep"`: back to lean this many seconds after the
+    /// start or the reload that went deep (an investigation, time-boxed).
+    /// Unset: deep stays.
+    pub deep_for_s: Option<u64>,
     /// Analysis thresholds and bounds.
     pub engine: engine::Config,
 }
@@ -48,6 +52,7 @@ impl Default for DaemonConfig {
             ring_bytes: 4 << 20,
             stacks: true,
             lock_watch: LockWatch::Lean,
+            deep_for_s: None,
             engine: engine::Config::default(),
         }
     }

@@ -175,13 +175,18 @@ impl Sink for DaemonSink {
         Ok(())
     }
 
-    fn reload(&mut self) -> anyhow::Result<()> {
-        let Some(path) = &self.config_path else {
+    fn lock_watch_changed(&mut self, s: &Session) {
+        self.engine.set_lock_watch(s.lock_watch == LockWatch::Lean);
+        set_lock_watch_gauge(&self.metrics, s.lock_watch);
+    }
+
+    fn reload(&mut self, session: &mut Session) -> anyhow::Result<()> {
+        let Some(path) = self.config_path.clone() else {
             log::warn!("SIGHUP: no --config file to reload");
             return Ok(());
         };
         let _ = sd_notify::notify(&[NotifyState::Reloading]);
-        let result = DaemonConfig::load(path).map(|mut c| {
+        let result = DaemonConfig::load(&path).map(|mut c| {
             if let Some(l) = &self.metrics_listen_override {
                 c.metrics_listen = l.clone();
             }
@@ -195,12 +200,18 @@ impl Sink for DaemonSink {
                         self.config.metrics_listen
                     );
                 }
-                if c.lock_watch != self.config.lock_watch {
-                    eprintln!(
-                        "kvscope: lock_watch changes only at restart in this version; still {}",
-                        self.config.lock_watch.name()
-                    );
-                    c.lock_watch = self.config.lock_watch;
+                if c.lock_watch != session.lock_watch
+                    || (c.lock_watch == LockWatch::Deep && c.deep_for_s.is_some())
+                {
+                    let deep_for = c.deep_for_s.map(Duration::from_secs);
+                    let line = session.switch_lock_watch(c.lock_watch, deep_for);
+                    eprintln!("kvscope: {line}");
+                    if session.lock_watch != c.lock_watch {
+                        // Refused (lean without the mutex layout): the file
+                        // does not describe the session.
+                        c.lock_watch = session.lock_watch;
+                    }
+                    self.lock_watch_changed(session);
                 }
                 // Thresholds change; state (VMs, locks, findings) stays.
                 // What the attach plan decided stays too.
@@ -220,6 +231,13 @@ impl Sink for DaemonSink {
         }
         let _ = sd_notify::notify(&[NotifyState::Ready]);
         Ok(())
+    }
+}
+
+fn set_lock_watch_gauge(metrics: &Metrics, mode: LockWatch) {
+    for m in [LockWatch::Deep, LockWatch::Lean] {
+        let on = f64::from(u8::from(m == mode));
+        metrics.lock_watch.with_label_values(&[m.name()]).set(on);
     }
 }
 
@@ -255,16 +273,14 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         stacks: config.stacks,
         lock_stacks: config.stacks,
         lock_watch: config.lock_watch,
+        deep_for: config.deep_for_s.map(Duration::from_secs),
         ..LoadOptions::default()
     };
     let Some(mut session) = live::attach(&load, &mut signals).await? else {
         return Ok(());
     };
     metrics.set_plan(&session.probes.plan);
-    for m in [LockWatch::Deep, LockWatch::Lean] {
-        let on = f64::from(u8::from(m == session.lock_watch));
-        metrics.lock_watch.with_label_values(&[m.name()]).set(on);
-    }
+    set_lock_watch_gauge(&metrics, session.lock_watch);
     metrics
         .delivery_verified
         .set(i64::from(session.delivery.verified));

@@ -381,3 +381,34 @@ fn a_cycle_of_contended_waits_is_a_deadlock_now() {
     let (_, f) = run(&s2);
     assert!(f.iter().all(|x| x.kind != FindingKind::Deadlock), "{f:#?}");
 }
+
+/// Deep switched to lean while running: what deep saw held goes (no release
+/// will be seen), so a VM destroyed later on that thread is not said to die
+/// under a lock the thread has long dropped; lean's table edges start.
+#[test]
+fn switching_to_lean_forgets_what_deep_saw_held() {
+    let mut s = Script::new();
+    setup(&mut s);
+    s.lock(QEMU, GROUP_LOCK, VfioGroupLock, GROUP);
+    let mut later = Script::new();
+    later.t = s.t + 1_000;
+    later.close_vm_fd(QEMU, KVM, 2).close_vm_fd(QEMU, KVM, 1);
+    // Still deep: group_lock was never released, so it counts as held.
+    let mut all = s.clone();
+    all.events.extend(later.events.iter().cloned());
+    let (_, f) = run(&all);
+    assert!(f.iter().any(|x| x.kind == FindingKind::DestroyUnderLock));
+    let mut e = Engine::new(Config::default());
+    for ev in &s.events {
+        e.ingest(ev);
+    }
+    assert_eq!(e.held_locks(QEMU).len(), 1);
+    e.set_lock_watch(true);
+    assert!(e.held_locks(QEMU).is_empty());
+    assert!(e.cfg.table_edges);
+    let f: Vec<Finding> = later.events.iter().flat_map(|ev| e.ingest(ev)).collect();
+    assert!(
+        f.iter().all(|x| x.kind != FindingKind::DestroyUnderLock),
+        "{f:#?}"
+    );
+}

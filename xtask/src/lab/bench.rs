@@ -15,7 +15,7 @@ use super::{
 use crate::{cmd, setup};
 
 /// Runs per configuration; the median is reported.
-const RUNS: usize = 5;
+pub const RUNS: usize = 5;
 
 /// What kvscope does on this path, written for bpftrace: an event with the
 /// thread, the argument and the kernel stack for each hooked call (kvscope
@@ -40,10 +40,10 @@ fn script(iterations: u64) -> String {
 attached() {{ i=0; until grep -q "$2" "$1" || [ $i -ge 240 ]; do sleep 0.5; i=$((i+1)); done; grep -q "$2" "$1" || echo "NOT ATTACHED: $1"; }}
 run none0
 kvscope record --locks deep -o /tmp/b.kvs 2>/tmp/k.err & P=$!; attached /tmp/k.err "kvscope: ready:"
-run kvscope; kill -INT $P; wait $P
+run deep; kill -INT $P; wait $P
 run none1
 kvscope record --locks lean -o /tmp/l.kvs 2>/tmp/l.err & P=$!; attached /tmp/l.err "kvscope: ready:"
-run kvscope-lean; kill -INT $P; wait $P
+run lean; kill -INT $P; wait $P
 run none2
 bpftrace -e '{eq}' >/tmp/bt.out 2>&1 & P=$!; attached /tmp/bt.out BEGIN-RAN
 run bpftrace; kill -INT $P; wait $P
@@ -114,7 +114,12 @@ pub fn run(kernel: &str, iterations: u64) -> anyhow::Result<()> {
             boot.console
         );
     }
-    report(&got, &un.release, iterations);
+    let header = format!(
+        "guest {} under TCG; per run {iterations} attr and KVM_RUN iterations, {} ioctl and pipe iterations",
+        un.release,
+        iterations * 10
+    );
+    report(&got, &header, &CONFIGS);
     Ok(())
 }
 
@@ -129,13 +134,14 @@ const LOOPS: [(&str, &str); 4] = [
 /// Each probed block sits between two unprobed ones; its baseline is their
 /// runs together, so that drift across the guest's life (TCG) cancels.
 const CONFIGS: [(&str, &str, &str); 4] = [
-    ("kvscope", "none0", "none1"),
-    ("kvscope-lean", "none1", "none2"),
+    ("deep", "none0", "none1"),
+    ("lean", "none1", "none2"),
     ("bpftrace", "none2", "none3"),
     ("empty-fentry", "none3", "none4"),
 ];
 
-type Runs = BTreeMap<(String, String), Vec<f64>>;
+/// (config, loop) -> ns per iteration, one per run.
+pub type Runs = BTreeMap<(String, String), Vec<f64>>;
 
 fn runs_of(got: &Runs, keys: &[&str], l: &str) -> Vec<f64> {
     keys.iter()
@@ -155,10 +161,11 @@ fn noise(v: &[f64]) -> f64 {
     (hi - lo) / 2.0 / median(&mut v)
 }
 
-fn report(got: &Runs, release: &str, iterations: u64) {
+/// The table: per loop and probed config, its median against the unprobed
+/// runs around it (`configs`: config, the unprobed block before, after).
+pub fn report(got: &Runs, header: &str, configs: &[(&str, &str, &str)]) {
     println!(
-        "guest {release} under TCG; per run {iterations} attr and KVM_RUN iterations, {} ioctl and pipe iterations; median of {RUNS} runs; baseline: the {} unprobed runs just before and after each block; noise: half their range over their median",
-        iterations * 10,
+        "{header}; median of {RUNS} runs; baseline: the {} unprobed runs just before and after each block; noise: half their range over their median",
         RUNS * 2
     );
     println!(
@@ -167,11 +174,10 @@ fn report(got: &Runs, release: &str, iterations: u64) {
     );
     let mut added: BTreeMap<(&str, &str), f64> = BTreeMap::new();
     for (l, label) in LOOPS {
-        for (c, before, after) in CONFIGS {
+        for &(c, before, after) in configs {
             let mut v = runs_of(got, &[c], l);
             let mut b = runs_of(got, &[before, after], l);
             if v.is_empty() || b.is_empty() {
-                println!("{label:<32} {c:<14} {:>10}", "-");
                 continue;
             }
             let n = noise(&b);
@@ -185,7 +191,9 @@ fn report(got: &Runs, release: &str, iterations: u64) {
             );
         }
     }
-    let blocks: Vec<String> = ["none0", "none1", "none2", "none3", "none4"]
+    let mut blocks: Vec<&str> = configs.iter().flat_map(|(_, b, a)| [*b, *a]).collect();
+    blocks.dedup();
+    let drift: Vec<String> = blocks
         .iter()
         .filter_map(|n| {
             let mut v = runs_of(got, &[n], "pipe-mutex");
@@ -193,12 +201,12 @@ fn report(got: &Runs, release: &str, iterations: u64) {
         })
         .collect();
     println!(
-        "unprobed pipe-loop medians through the guest's life (drift): {}",
-        blocks.join(", ")
+        "unprobed pipe-loop medians through the run (drift): {}",
+        drift.join(", ")
     );
     if let (Some(k), Some(d), Some(b)) = (
-        added.get(&("kvscope-lean", "attr-add-del")),
-        added.get(&("kvscope", "attr-add-del")),
+        added.get(&("lean", "attr-add-del")),
+        added.get(&("deep", "attr-add-del")),
         added.get(&("bpftrace", "attr-add-del")),
     ) {
         println!(

@@ -98,7 +98,7 @@ fn boot(k: &Kernel, command: &str) -> anyhow::Result<(qemu::Boot, String)> {
     let bins = [cmd::kvscope_bin(), cmd::lab_driver_bin()];
     initramfs::initramfs(&un, &bins, &extra, command, &initrd)?;
     eprintln!("lab: booting {} ({})", k.name, un.release);
-    let boot = qemu::boot(&un, &initrd, Duration::from_secs(240))?;
+    let boot = qemu::boot(&un, &initrd, Duration::from_secs(420))?;
     eprintln!(
         "lab: {} ran in {:.1} s, rc {:?}",
         k.name, boot.secs, boot.rc

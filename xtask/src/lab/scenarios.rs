@@ -248,7 +248,7 @@ pub const SCENARIOS: &[Scenario] = &[
     // holding one of kvm->lock and dev_set->lock and waiting (killably) for
     // the other's, until the lab kills the process.
     Scenario {
-        kernels: &["6.12", "sid"],
+        kernels: &["6.12", "cdev"],
         testdev: Some("abba"),
         driver: "--testdev abba",
         counts: &[1, 2, 3, 2, 1, 0],
@@ -474,22 +474,6 @@ impl Scenario {
 }
 
 impl Scenario {
-    /// Also run with `--locks lean`: the exact scenarios with a lock
-    /// finding (a VM dying under VFIO locks, a thread waiting for a lock it
-    /// holds, the S2 order), which lean must raise from owner words, the
-    /// contention tracepoints and the lock table.
-    pub fn also_lean(&self) -> bool {
-        self.exact
-            && self.findings.iter().any(|(k, _)| {
-                [
-                    "destroy-under-lock",
-                    "self-deadlock",
-                    "lock-order-inversion",
-                ]
-                .contains(k)
-            })
-    }
-
     /// The findings expected in a lock-watching mode: lean sees no release,
     /// so it raises no long-hold, nor what the scenario says it lacks.
     pub fn findings_in(&self, lean: bool) -> Vec<(&'static str, &'static [&'static str])> {
@@ -501,8 +485,8 @@ impl Scenario {
     }
 }
 
-/// What the guest runs on `kernel`: each scenario's step, by index, and its
-/// lean run where it has one.
+/// What the guest runs on `kernel`: each scenario's step, by index, once per
+/// lock-watching mode.
 pub fn suite(kernel: &str) -> Suite {
     let mut steps = Vec::new();
     for (id, sc) in SCENARIOS
@@ -517,10 +501,9 @@ pub fn suite(kernel: &str) -> Suite {
             locks: locks.map(str::to_owned),
             kill_after_ms: sc.kill_after_ms,
         };
+        // Every scenario in both modes: deep, then lean (the default).
         steps.push(step(Some("deep")));
-        if sc.also_lean() {
-            steps.push(step(Some("lean")));
-        }
+        steps.push(step(Some("lean")));
     }
     Suite { steps }
 }

@@ -126,6 +126,14 @@ impl LockState {
         self.waits.end(pid);
     }
 
+    /// Lock watching went lean: no acquire or release is seen from now on,
+    /// so what was seen held (and any pending attempt) would go stale.
+    pub fn forget_acquires(&mut self) {
+        self.held.clear();
+        self.waiting.clear();
+        self.implicit.clear();
+    }
+
     /// The attempt failed (trylock, interrupted or killed wait).
     fn attempt_failed(&mut self, pid: u32) {
         self.waiting.remove(&pid);
