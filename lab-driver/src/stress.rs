@@ -3,7 +3,10 @@
 //! - N `record` cycles: ready banner, the dev-first scenario, SIGINT; the
 //!   recording must hold the scenario (one VM, counts ending at 0, one
 //!   destroy, delivery verified, nothing lost);
-//! - N/5 `trace` cycles (SIGINT) whose JSON output must hold the scenario;
+//! - N/5 `trace --deep-for 2s` cycles (SIGINT): the scenario while deep,
+//!   the switch to lean, the scenario again; the JSON output must hold the
+//!   lock events of the first (the mutex API hooked) and the VM creation of
+//!   the second seen by kvm_dev_ioctl (lean's handler, attached at the switch);
 //! - N/5 `daemon` cycles: SIGHUP before and after the scenario (each answered
 //!   by a reload line), SIGTERM; the summary must count the events, no loss;
 //! - N/5 early stops, the signal sent while kvscope is still attaching.
@@ -86,12 +89,39 @@ fn check_recording(path: &str) -> anyhow::Result<u64> {
     r["events"].as_u64().context("no event count")
 }
 
+/// `--deep-for 2s` and the time the deep scenario takes, with margin.
+const SWITCH_BOUND: Duration = Duration::from_secs(20);
+
+/// A trace that switched deep -> lean mid-way: the first scenario's lock
+/// events (deep), the second's VM creation through kvm_dev_ioctl (lean).
+fn check_switched_trace(out: &str) -> anyhow::Result<()> {
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let locks = events
+        .iter()
+        .filter(|e| e["kind"].as_str().is_some_and(|k| k.starts_with("lock-")))
+        .count();
+    let lean_vms = events
+        .iter()
+        .filter(|e| e["kind"] == "vm-created" && e["hook"] == "kvm_dev_ioctl")
+        .count();
+    if events.len() < 20 || locks == 0 || lean_vms != 1 {
+        bail!(
+            "trace --deep-for: {} events, {locks} lock events (deep), {lean_vms} VM creations by kvm_dev_ioctl (lean; want 1)",
+            events.len()
+        );
+    }
+    Ok(())
+}
+
 /// One cycle of `kind`; returns (time to ready, time to stop).
 fn cycle(kind: Kind, i: u64) -> anyhow::Result<(Duration, Duration)> {
     let rec = format!("/tmp/stress-{i}.kvs");
     let args: Vec<&str> = match kind {
         Kind::Record => vec!["record", "-o", &rec],
-        Kind::Trace => vec!["trace", "--json"],
+        Kind::Trace => vec!["trace", "--json", "--deep-for", "2s"],
         Kind::Daemon => vec!["daemon", "--config", DAEMON_CONFIG],
         Kind::EarlyStop => match i % 3 {
             0 => vec!["record", "-o", &rec],
@@ -123,6 +153,10 @@ fn cycle(kind: Kind, i: u64) -> anyhow::Result<(Duration, Duration)> {
         k.signal(libc::SIGHUP);
         k.wait_for("reloaded", STOP_BOUND)?;
     }
+    if kind == Kind::Trace {
+        k.wait_for("lock watching switched deep -> lean", SWITCH_BOUND)?;
+        scenario()?;
+    }
     // Let the last events reach the ring before the stop.
     std::thread::sleep(Duration::from_millis(200));
     let stop = k.stop(if kind == Kind::Daemon {
@@ -135,12 +169,7 @@ fn cycle(kind: Kind, i: u64) -> anyhow::Result<(Duration, Duration)> {
             check_recording(&rec)?;
             std::fs::remove_file(&rec)?;
         }
-        Kind::Trace => {
-            let events = k.stdout().lines().count();
-            if events < 10 {
-                bail!("trace printed {events} events for the scenario");
-            }
-        }
+        Kind::Trace => check_switched_trace(&k.stdout())?,
         Kind::Daemon => {
             let summary = k
                 .rest()
