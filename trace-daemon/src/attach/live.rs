@@ -388,6 +388,10 @@ pub trait Sink {
     }
     /// The session's lock watching changed (SIGHUP, the end of `--deep-for`).
     fn lock_watch_changed(&mut self, _session: &Session) {}
+    /// Asked at every tick: go deep for this long (a lean finding armed it).
+    fn wants_deep(&mut self) -> Option<Duration> {
+        None
+    }
     /// Ask the loop to end (e.g. `record --duration`).
     fn done(&self) -> bool {
         false
@@ -466,6 +470,13 @@ pub async fn run(
                 sink.tick(session, &lost, mono_now_ns())?;
                 if session.deep_expired() {
                     eprintln!("kvscope: the deep session's time is up: {}", session.switch_lock_watch(LockWatch::Lean, None));
+                    sink.lock_watch_changed(session);
+                }
+                if let Some(d) = sink.wants_deep()
+                    && session.lock_watch == LockWatch::Lean
+                {
+                    let line = session.switch_lock_watch(LockWatch::Deep, Some(d));
+                    eprintln!("kvscope: a lock finding armed deep for {} s: {line}", d.as_secs());
                     sink.lock_watch_changed(session);
                 }
             }

@@ -56,6 +56,20 @@ impl FindingKind {
         }
     }
 
+    /// A finding about watched locks (not reference counts): what arms a
+    /// deep session from lean (`arm_deep_s`).
+    pub fn is_lock(self) -> bool {
+        matches!(
+            self,
+            FindingKind::DestroyUnderLock
+                | FindingKind::SelfDeadlock
+                | FindingKind::LockOrderInversion
+                | FindingKind::LongWait
+                | FindingKind::LongHold
+                | FindingKind::Deadlock
+        )
+    }
+
     pub fn id(self) -> &'static str {
         match self {
             FindingKind::GetAfterZero => "get-after-zero",

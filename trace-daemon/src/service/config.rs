@@ -36,6 +36,11 @@ pub struct DaemonConfig {
     /// start or the reload that went deep (an investigation, time-boxed).
     /// Unset: deep stays.
     pub deep_for_s: Option<u64>,
+    /// Lean only: a lock finding (destroy-under-lock, self-deadlock,
+    /// lock-order-inversion, deadlock, a long wait) switches to deep for this
+    /// many seconds, then back to lean, to see every acquire while the trouble
+    /// lasts. Unset (the default): never.
+    pub arm_deep_s: Option<u64>,
     /// Analysis thresholds and bounds.
     pub engine: engine::Config,
 }
@@ -53,6 +58,7 @@ impl Default for DaemonConfig {
             stacks: true,
             lock_watch: LockWatch::Lean,
             deep_for_s: None,
+            arm_deep_s: None,
             engine: engine::Config::default(),
         }
     }

@@ -55,6 +55,8 @@ struct DaemonSink {
     /// Largest delay from an event's kernel timestamp to its analysis since
     /// the last tick (ns; 0: no event arrived).
     max_lag_ns: u64,
+    /// A lock finding arrived while lean and `arm_deep_s` is set.
+    armed: bool,
 }
 
 fn open_findings(c: &DaemonConfig) -> anyhow::Result<Option<Rotating>> {
@@ -79,6 +81,8 @@ fn open_journal(c: &DaemonConfig) -> Option<systemd_journal_logger::JournalLog> 
 
 impl DaemonSink {
     fn emit(&mut self, found: Vec<Finding>) -> anyhow::Result<()> {
+        let kinds: Vec<engine::FindingKind> = found.iter().map(|f| f.kind).collect();
+        self.armed |= arms_deep(&self.config, &kinds);
         for f in found {
             self.metrics.finding(&f);
             if let Some(w) = &mut self.findings {
@@ -175,6 +179,13 @@ impl Sink for DaemonSink {
         Ok(())
     }
 
+    fn wants_deep(&mut self) -> Option<Duration> {
+        std::mem::take(&mut self.armed)
+            .then_some(self.config.arm_deep_s)
+            .flatten()
+            .map(Duration::from_secs)
+    }
+
     fn lock_watch_changed(&mut self, s: &Session) {
         self.engine.set_lock_watch(s.lock_watch == LockWatch::Lean);
         set_lock_watch_gauge(&self.metrics, s.lock_watch);
@@ -232,6 +243,12 @@ impl Sink for DaemonSink {
         let _ = sd_notify::notify(&[NotifyState::Ready]);
         Ok(())
     }
+}
+
+/// Whether `found` arms a deep session: a lock finding, with `arm_deep_s`
+/// set (the session only acts on it while lean).
+fn arms_deep(c: &DaemonConfig, found: &[engine::FindingKind]) -> bool {
+    c.arm_deep_s.is_some() && found.iter().any(|k| k.is_lock())
 }
 
 fn set_lock_watch_gauge(metrics: &Metrics, mode: LockWatch) {
@@ -305,6 +322,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         watchdog,
         last_watchdog: Instant::now(),
         max_lag_ns: 0,
+        armed: false,
     };
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&sink.status())]);
     let stats = live::run(
@@ -323,4 +341,27 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         sink.engine.findings().len()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::FindingKind;
+
+    #[test]
+    fn only_lock_findings_arm_deep_and_only_when_configured() {
+        let mut c = DaemonConfig::default();
+        assert!(!arms_deep(&c, &[FindingKind::Deadlock]), "off by default");
+        c.arm_deep_s = Some(600);
+        assert!(arms_deep(
+            &c,
+            &[FindingKind::ZombieVm, FindingKind::Deadlock]
+        ));
+        assert!(arms_deep(&c, &[FindingKind::LongWait]));
+        assert!(!arms_deep(
+            &c,
+            &[FindingKind::ZombieVm, FindingKind::UnbalancedPut]
+        ));
+        assert!(!arms_deep(&c, &[]));
+    }
 }

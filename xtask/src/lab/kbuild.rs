@@ -307,7 +307,12 @@ pub fn debian_headers(release: &str, suite: Option<&str>) -> anyhow::Result<Path
 /// Builds lab-kernel/testdev against the kernel's build tree or, for a Debian
 /// kernel, its linux-headers; cached per kernel release and module source.
 pub fn testdev(k: &Unpacked, suite: Option<&str>) -> anyhow::Result<PathBuf> {
-    let kvm_ops = k.tree.is_some();
+    // The kvm_ops modes exist where the headers have the patch's type (the
+    // patched tree), not on every kernel built here (the cdev one has none).
+    let kvm_ops = k.tree.as_ref().is_some_and(|t| {
+        std::fs::read_to_string(t.join("include/linux/vfio.h"))
+            .is_ok_and(|h| h.contains("struct vfio_device_kvm_ops"))
+    });
     let kbuild = match &k.tree {
         Some(t) => t.clone(),
         None => debian_headers(&k.release, suite)?,

@@ -248,7 +248,7 @@ pub const SCENARIOS: &[Scenario] = &[
     // holding one of kvm->lock and dev_set->lock and waiting (killably) for
     // the other's, until the lab kills the process.
     Scenario {
-        kernels: &["6.12", "cdev"],
+        kernels: &["6.12"],
         testdev: Some("abba"),
         driver: "--testdev abba",
         counts: &[1, 2, 3, 2, 1, 0],
