@@ -297,11 +297,12 @@ fn contention(ctx: &TracePointContext, hook: HookId, op: LockOp) -> u32 {
     e.arg = w.owner;
     // begin: flags (LCB_F_*) and who holds the lock (a wait-for edge); end: ret.
     let flags = unsafe { ctx.read_at::<i32>(tp::CONTENTION_FLAGS_OR_RET) }.unwrap_or(0);
-    e.ret = flags as i64;
     let begin = op == LockOp::ContentionBegin;
-    if begin {
-        e.ret = (flags as u32 as i64) | ((crate::held::owner_tid(lock) as i64) << 32);
-    }
+    e.ret = if begin {
+        (flags as u32 as i64) | ((crate::held::owner_tid(lock) as i64) << 32)
+    } else {
+        flags as i64
+    };
     // A wait on a watched lock is rare and the evidence of a deadlock: its stack.
     submit(ctx, e, begin);
     0
