@@ -19,6 +19,7 @@ pub mod evidence;
 mod fast_hash;
 pub mod finding;
 pub mod holder;
+mod kept;
 mod kvm_ops;
 pub mod locks;
 pub mod timeline;
@@ -38,6 +39,7 @@ pub use self::{
 };
 use self::{
     fast_hash::FastMap,
+    kept::KeptFindings,
     kvm_ops::PendingOpen,
     locks::{EdgeSeen, Held, LockState},
 };
@@ -52,11 +54,7 @@ pub struct Engine {
     devices: FastMap<u64, Device>,
     dead_devices: VecDeque<Device>,
     locks: LockState,
-    findings: VecDeque<Finding>,
-    /// Key -> sequence number of the finding (index = seq - dropped).
-    by_key: FastMap<String, u64>,
-    /// Findings dropped by `max_findings`, oldest first.
-    pub findings_dropped: u64,
+    findings: KeptFindings,
     /// The holder the next put of this thread on this VM gives back (set by the
     /// entry of the function that will make the put: vfio_device_put_kvm,
     /// kvm_vm_release, kvm_vfio_release, the kvm_ops patch's last close).
@@ -82,9 +80,7 @@ impl Engine {
             devices: FastMap::default(),
             dead_devices: VecDeque::new(),
             locks: LockState::default(),
-            findings: VecDeque::new(),
-            by_key: FastMap::default(),
-            findings_dropped: 0,
+            findings: KeptFindings::default(),
             pending_put: FastMap::default(),
             pending_open: FastMap::default(),
             vm_generations: FastMap::default(),
@@ -114,8 +110,12 @@ impl Engine {
 
     /// The findings kept, oldest first.
     pub fn findings(&self) -> &[Finding] {
-        // Contiguous after every `record` (see there).
-        self.findings.as_slices().0
+        self.findings.as_slice()
+    }
+
+    /// Findings dropped by `max_findings`, oldest first.
+    pub fn findings_dropped(&self) -> u64 {
+        self.findings.dropped
     }
 
     pub fn live_vms(&self) -> impl Iterator<Item = &Vm> {
@@ -204,24 +204,7 @@ impl Engine {
 
     /// Adds a finding, or counts a repeat of one already raised. Returns it when new.
     fn record(&mut self, f: Finding) -> Option<Finding> {
-        let key = f.key();
-        if let Some(&seq) = self.by_key.get(&key) {
-            let old = &mut self.findings[(seq - self.findings_dropped) as usize];
-            old.count += 1;
-            old.last_ns = old.last_ns.max(f.last_ns);
-            return None;
-        }
-        let seq = self.findings_dropped + self.findings.len() as u64;
-        self.by_key.insert(key, seq);
-        self.findings.push_back(f.clone());
-        while self.findings.len() > self.cfg.max_findings.max(1) {
-            if let Some(old) = self.findings.pop_front() {
-                self.by_key.remove(&old.key());
-                self.findings_dropped += 1;
-            }
-        }
-        self.findings.make_contiguous();
-        Some(f)
+        self.findings.record(f, self.cfg.max_findings)
     }
 
     /// Each event goes to every concern it touches: locks (every event may

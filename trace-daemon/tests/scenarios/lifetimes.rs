@@ -162,7 +162,7 @@ fn findings_are_bounded_with_drops_counted() {
         e.ingest(ev);
     });
     assert_eq!(e.findings().len(), 3);
-    assert_eq!(e.findings_dropped, 2);
+    assert_eq!(e.findings_dropped(), 2);
     // The newest are kept; repeats still count on the kept ones.
     assert_eq!(
         e.findings()[2].object(ObjectRole::Kvm),
