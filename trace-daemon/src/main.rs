@@ -91,6 +91,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    kvscope::kernel::btf::set_user_files(cli.btf.clone());
     match cli.command {
         Command::Check(args) => {
             let facts = Facts::gather()?;

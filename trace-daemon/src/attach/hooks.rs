@@ -316,6 +316,8 @@ pub struct TracepointSpec {
     pub name: &'static str,
     pub fields: &'static [(&'static str, usize)],
     pub yields: &'static str,
+    /// The release that added it, where older kernels this tool supports lack it.
+    pub since: Option<&'static str>,
 }
 
 use trace_common::tp;
@@ -332,6 +334,7 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
             ("arg", tp::SYSCALL_ARG2),
         ],
         yields: "KVM_CREATE_VM, KVM_CREATE_DEVICE(VFIO), KVM_SET_DEVICE_ATTR(VFIO file add/del), VFIO_GROUP_GET_DEVICE_FD",
+        since: None,
     },
     TracepointSpec {
         hook: H::SysIoctl,
@@ -340,6 +343,7 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
         name: "sys_exit_ioctl",
         fields: &[("ret", tp::SYSCALL_RET)],
         yields: "their results: new fds, kvm pointer and users_count via the fd",
+        since: None,
     },
     TracepointSpec {
         hook: H::SysClose,
@@ -348,6 +352,7 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
         name: "sys_enter_close",
         fields: &[("fd", tp::SYSCALL_ARG0)],
         yields: "close of a tracked VM / kvm-vfio / VFIO fd",
+        since: None,
     },
     TracepointSpec {
         hook: H::ContentionBegin,
@@ -359,6 +364,7 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
             ("flags", tp::CONTENTION_FLAGS_OR_RET),
         ],
         yields: "waits on watched locks",
+        since: Some("5.19"),
     },
     TracepointSpec {
         hook: H::ContentionEnd,
@@ -370,6 +376,7 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
             ("ret", tp::CONTENTION_FLAGS_OR_RET),
         ],
         yields: "end of waits on watched locks",
+        since: Some("5.19"),
     },
     TracepointSpec {
         hook: H::ProcessExit,
@@ -378,6 +385,7 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
         name: "sched_process_exit",
         fields: &[("pid", tp::PROCESS_EXIT_PID)],
         yields: "exit of a process holding tracked fds",
+        since: None,
     },
 ];
 

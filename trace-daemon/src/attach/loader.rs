@@ -168,8 +168,17 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Program
 
 /// Tries loading one fentry program: the only reliable test of whether this
 /// kernel lets us use BPF trampolines (sandboxes refuse them with EPERM).
-fn probe_fentry(ebpf: &mut Ebpf, btf: Option<&Btf>) -> Result<(), String> {
+/// Before 5.17 the kernel has no `bpf_get_func_arg`, which the fentry
+/// programs read their arguments with: its BTF says so, and that is the
+/// reason given (the load would fail with a bare EINVAL).
+fn probe_fentry(ebpf: &mut Ebpf, btf: Option<&Btf>, kbtf: &KernelBtf) -> Result<(), String> {
     let btf = btf.ok_or("no vmlinux BTF (/sys/kernel/btf/vmlinux)")?;
+    if kbtf.vmlinux_enum_has("bpf_func_id", "BPF_FUNC_get_func_arg") == Some(false) {
+        return Err(format!(
+            "{}: kvscope's fentry programs read their arguments with it (BPF_FUNC_get_func_arg is not in this kernel's enum bpf_func_id); kprobes are used instead",
+            plan::NO_GET_FUNC_ARG
+        ));
+    }
     let p: &mut FEntry = program(ebpf, "fentry_mutex_unlock")
         .map_err(|e| e.to_string())?
         .try_into()
@@ -221,7 +230,7 @@ pub fn load(facts: &Facts, opts: &LoadOptions) -> anyhow::Result<Probes> {
         .load(PROBES)
         .context("loading the BPF object (maps and relocations)")?;
     let aya_btf = Btf::from_sys_fs().ok();
-    let fentry = probe_fentry(&mut ebpf, aya_btf.as_ref());
+    let fentry = probe_fentry(&mut ebpf, aya_btf.as_ref(), &facts.btf);
     let mut plan = facts.plan(fentry.clone());
     let mode = (!opts.every_role).then_some(opts.lock_watch);
     plan_mode(&mut plan, mode);

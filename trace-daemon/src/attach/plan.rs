@@ -319,7 +319,10 @@ pub fn plan(facts: &HostFacts<'_>) -> Plan {
         .map(|t| {
             let (method, reason) = match (facts.tracepoint)(t.program) {
                 Ok(()) => (Method::Tracepoint, "available".to_owned()),
-                Err(e) => (Method::None, e),
+                Err(e) => match t.since {
+                    Some(v) => (Method::None, format!("added in {v}: {e}")),
+                    None => (Method::None, e),
+                },
             };
             TracepointPlan {
                 program: t.program,
@@ -333,9 +336,16 @@ pub fn plan(facts: &HostFacts<'_>) -> Plan {
     Plan { roles, tracepoints }
 }
 
+/// How a refusal of fentry starts when this kernel's BPF lacks the helper the
+/// fentry programs read their arguments with.
+pub const NO_GET_FUNC_ARG: &str = "this kernel's BPF has no bpf_get_func_arg (5.17+)";
+
 fn choose(facts: &HostFacts<'_>, sym: &str, module: Option<&str>) -> (Method, String) {
     // Short reasons: `check` states the host-wide ones (fentry, kprobes) in full once.
     let fentry_why_not = match (&facts.fentry, module) {
+        (Err(e), _) if e.starts_with(NO_GET_FUNC_ARG) => {
+            Some(format!("fentry refused: {NO_GET_FUNC_ARG}"))
+        }
         (Err(_), _) => Some("fentry refused".to_owned()),
         (Ok(()), Some(m)) => Some(format!(
             "in module {m}: aya 0.14 resolves fentry targets only in vmlinux BTF"
@@ -366,6 +376,11 @@ pub enum StackVariant {
     Mainline62,
     /// 6.1: vfio_device_open inlined in the group ioctl, dev_set->lock -> group_lock.
     Mainline61,
+    /// 5.10-5.18: the kvm pointer reaches drivers through the group notifier
+    /// (`vfio_group_set_kvm` -> VFIO_GROUP_NOTIFY_SET_KVM); the VFIO core holds
+    /// no kvm reference and no mutex around a driver's open or release;
+    /// `struct vfio_device` and `struct vfio_group` are private to vfio.c.
+    Notifier510,
     /// No VFIO on this kernel.
     NoVfio,
 }
@@ -387,6 +402,9 @@ impl StackVariant {
             }
             StackVariant::Mainline61 => {
                 "6.1-style: vfio_device_open inlined, dev_set->lock -> group_lock, drivers hold the kvm ref"
+            }
+            StackVariant::Notifier510 => {
+                "5.10-5.18 notifier era: vfio_group_set_kvm hands the kvm to drivers through VFIO_GROUP_NOTIFY_SET_KVM; the VFIO core holds no kvm reference (the kvm-vfio device does, a driver's notifier may take its own) and no lock around open/release"
             }
             StackVariant::NoVfio => "no VFIO on this kernel",
         }
@@ -429,6 +447,9 @@ pub fn stack_variant(k: &Kallsyms, has_kvm_ops: bool, has_vfio_device: bool) -> 
         StackVariant::Df66
     } else if has("_vfio_device_get_kvm_safe") || has("vfio_device_put_kvm") {
         StackVariant::GetKvmSafe63
+    } else if has("vfio_group_set_kvm") {
+        // Renamed vfio_file_set_kvm when the notifier went (421cfe6596f6, 5.19).
+        StackVariant::Notifier510
     } else if has("vfio_device_open") {
         StackVariant::Mainline62
     } else if has("vfio_group_fops_unl_ioctl") || has_vfio_device {

@@ -29,6 +29,8 @@ impl From<&Result<(), String>> for Status {
 pub struct BtfStatus {
     pub vmlinux: bool,
     pub modules: Vec<String>,
+    /// `--btf` files in use, each with how it was vouched for.
+    pub user: Vec<String>,
     pub problems: Vec<String>,
 }
 
@@ -92,6 +94,7 @@ pub fn run(facts: &Facts) -> Report {
         btf: BtfStatus {
             vmlinux: facts.btf.has_vmlinux(),
             modules: facts.btf.module_names(),
+            user: facts.btf.user_labels(),
             problems: facts.btf.problems.clone(),
         },
         kallsyms_addresses_visible: facts.kallsyms.addresses_visible,
@@ -147,6 +150,25 @@ fn status_line(s: &Status) -> String {
     }
 }
 
+/// Each known offset with where it was read, grouped by source.
+fn offsets_text(o: &mut String, offsets: &[OffsetReport]) {
+    use std::fmt::Write as _;
+    let mut by_source: Vec<(&str, Vec<String>)> = Vec::new();
+    for x in offsets {
+        let (Some(off), Some(from)) = (x.offset, x.from.as_deref()) else {
+            continue;
+        };
+        let item = format!("{} {off}", x.source);
+        match by_source.iter_mut().find(|(f, _)| *f == from) {
+            Some((_, v)) => v.push(item),
+            None => by_source.push((from, vec![item])),
+        }
+    }
+    for (from, items) in by_source {
+        let _ = writeln!(o, "offsets from  {from}: {}", items.join(", "));
+    }
+}
+
 pub fn render_text(r: &Report) -> String {
     use std::fmt::Write as _;
     let mut o = String::new();
@@ -165,6 +187,9 @@ pub fn render_text(r: &Report) -> String {
         yes(r.btf.vmlinux),
         r.btf.modules.join(", ")
     );
+    for u in &r.btf.user {
+        let _ = writeln!(o, "              {u}");
+    }
     for p in &r.btf.problems {
         let _ = writeln!(o, "              problem: {p}");
     }
@@ -230,6 +255,7 @@ pub fn render_text(r: &Report) -> String {
         );
     }
     let _ = writeln!(o);
+    offsets_text(&mut o, &r.offsets);
     let unknown: Vec<&str> = r
         .offsets
         .iter()

@@ -32,6 +32,20 @@ pub struct Cli {
     /// trace, or env_logger directives such as `kvscope=debug,aya=warn`.
     #[arg(long, global = true, default_value = "warn", env = "KVSCOPE_LOG", value_parser = parse_log)]
     pub log: String,
+    /// BTF for kernel modules that carry none (kernels before 5.11: KVM and
+    /// VFIO types live in modules): a module's debug `.ko` from the
+    /// distribution's debug package after `pahole -J` (its build id must be
+    /// the running module's, or it is refused), or a raw BTF file (used,
+    /// said unverified). Repeatable; KVSCOPE_BTF takes a colon-separated
+    /// list. `check` says where each struct offset was read.
+    #[arg(
+        long = "btf",
+        global = true,
+        value_name = "FILE",
+        env = "KVSCOPE_BTF",
+        value_delimiter = ':'
+    )]
+    pub btf: Vec<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -2,7 +2,10 @@
 //! (vmlinux, plus the module BTF of kvm and vfio where they are modules), parsed
 //! with `btf-rs`. There is no CO-RE for Rust-written programs yet, so these
 //! offsets are handed to them at load (`ProbeConfig`).
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::OnceLock,
+};
 
 use btf_rs::{Btf, BtfType, Type};
 use serde::Serialize;
@@ -11,11 +14,22 @@ use trace_common::{OFFSET_UNKNOWN, ProbeConfig};
 /// Modules whose BTF holds the types we read, when they are not built in.
 pub const MODULES: &[&str] = &["kvm", "kvm_amd", "kvm_intel", "vfio", "vfio_pci_core"];
 
+use super::btf_file::{self, UserBtf};
+
 pub struct KernelBtf {
     vmlinux: Option<Btf>,
     modules: Vec<(String, Btf)>,
+    /// `--btf` files, searched after the kernel's own BTF.
+    user: Vec<UserBtf>,
     /// Why a BTF file could not be read (shown by `check`).
     pub problems: Vec<String>,
+}
+
+/// `--btf` files (global option, or KVSCOPE_BTF), set once by `main`.
+static USER_FILES: OnceLock<Vec<PathBuf>> = OnceLock::new();
+
+pub fn set_user_files(files: Vec<PathBuf>) {
+    let _ = USER_FILES.set(files);
 }
 
 impl KernelBtf {
@@ -26,7 +40,24 @@ impl KernelBtf {
             .map(|m| (m.to_string(), dir.join(m)))
             .filter(|(_, p)| p.exists())
             .collect();
-        Self::from_files(&dir.join("vmlinux"), &modules)
+        let mut k = Self::from_files(&dir.join("vmlinux"), &modules);
+        for f in USER_FILES.get().into_iter().flatten() {
+            match btf_file::load(f, k.vmlinux.as_ref(), Path::new("/sys/module")) {
+                Ok(u) => k.user.push(u),
+                Err(e) => k.problems.push(e),
+            }
+        }
+        k
+    }
+
+    /// vmlinux BTF (if any) and user-supplied BTF only (tests).
+    pub fn with_user(vmlinux: Option<Btf>, user: Vec<UserBtf>) -> Self {
+        KernelBtf {
+            vmlinux,
+            modules: Vec::new(),
+            user,
+            problems: Vec::new(),
+        }
     }
 
     pub fn from_files(vmlinux: &Path, modules: &[(String, PathBuf)]) -> Self {
@@ -50,6 +81,7 @@ impl KernelBtf {
         KernelBtf {
             vmlinux,
             modules: mods,
+            user: Vec::new(),
             problems,
         }
     }
@@ -62,10 +94,27 @@ impl KernelBtf {
         self.modules.iter().map(|(n, _)| n.clone()).collect()
     }
 
-    fn all(&self) -> impl Iterator<Item = &Btf> {
+    /// Labels of the `--btf` files in use, for `check`.
+    pub fn user_labels(&self) -> Vec<String> {
+        self.user.iter().map(|u| u.label.clone()).collect()
+    }
+
+    /// Every BTF with where it came from: the kernel's own first.
+    fn all(&self) -> impl Iterator<Item = (String, &Btf)> {
         self.vmlinux
             .iter()
-            .chain(self.modules.iter().map(|(_, b)| b))
+            .map(|b| ("vmlinux BTF".to_owned(), b))
+            .chain(
+                self.modules
+                    .iter()
+                    .map(|(n, b)| (format!("module BTF /sys/kernel/btf/{n}"), b)),
+            )
+            .chain(self.user.iter().map(|u| (u.label.clone(), &u.btf)))
+    }
+
+    /// Where `struct name` was found (the first BTF that defines it).
+    pub fn offset_source(&self, name: &str) -> Option<String> {
+        self.find_struct(name).map(|(from, _, _)| from)
     }
 
     /// A FUNC of this name in vmlinux BTF: what aya 0.14 can attach fentry to.
@@ -76,15 +125,36 @@ impl KernelBtf {
         })
     }
 
-    fn find_struct(&self, name: &str) -> Option<(&Btf, btf_rs::Struct)> {
-        for btf in self.all() {
+    /// Whether `enum name` in vmlinux BTF has the value `value`: how a kernel
+    /// says which BPF helpers it has (`bpf_func_id`'s `BPF_FUNC_*`). None
+    /// without vmlinux BTF or without that enum.
+    pub fn vmlinux_enum_has(&self, name: &str, value: &str) -> Option<bool> {
+        let btf = self.vmlinux.as_ref()?;
+        let types = btf.resolve_types_by_name(name).ok()?;
+        types.iter().find_map(|t| match t {
+            Type::Enum(e) => Some(
+                e.members
+                    .iter()
+                    .any(|m| btf.resolve_name(m).is_ok_and(|n| n == value)),
+            ),
+            Type::Enum64(e) => Some(
+                e.members
+                    .iter()
+                    .any(|m| btf.resolve_name(m).is_ok_and(|n| n == value)),
+            ),
+            _ => None,
+        })
+    }
+
+    fn find_struct(&self, name: &str) -> Option<(String, &Btf, btf_rs::Struct)> {
+        for (from, btf) in self.all() {
             if let Ok(types) = btf.resolve_types_by_name(name) {
                 for t in types {
                     // A struct with members; a forward declaration has none.
                     if let Type::Struct(s) = t
                         && !s.members.is_empty()
                     {
-                        return Some((btf, s));
+                        return Some((from, btf, s));
                     }
                 }
             }
@@ -100,7 +170,7 @@ impl KernelBtf {
     /// `struct name`, following typedefs and anonymous members. None when any
     /// step is missing on this kernel, or is a bitfield.
     pub fn field_offset(&self, name: &str, path: &[&str]) -> Option<u32> {
-        let (btf, mut s) = self.find_struct(name)?;
+        let (_, btf, mut s) = self.find_struct(name)?;
         let mut total_bits = 0u32;
         for (i, field) in path.iter().enumerate() {
             let (bits, member_type) = find_member(btf, &s, field)?;
@@ -200,6 +270,9 @@ pub struct OffsetReport {
     pub source: String,
     /// None: not on this kernel; the datum is reported unknown.
     pub offset: Option<u32>,
+    /// Where the offset was read: `vmlinux BTF`, `module BTF ...`, `--btf ...`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
 }
 
 /// Fills a `ProbeConfig` from BTF, with a report line per offset.
@@ -213,6 +286,7 @@ pub fn probe_config(btf: &KernelBtf) -> (ProbeConfig, Vec<OffsetReport>) {
             field: spec.field,
             source: format!("{}.{}", spec.strukt, spec.path.join(".")),
             offset: off,
+            from: off.and_then(|_| btf.offset_source(spec.strukt)),
         });
     }
     (cfg, report)
@@ -252,6 +326,16 @@ mod tests {
         // file.private_data: the anchor of fd -> object in the tracepoint tier.
         assert!(btf.field_offset("file", &["private_data"]).is_some());
         assert!(btf.vmlinux_has_func("kvm_put_kvm"));
+        // This kernel (6.x) has the helper; no kernel has the made-up one.
+        assert_eq!(
+            btf.vmlinux_enum_has("bpf_func_id", "BPF_FUNC_get_func_arg"),
+            Some(true)
+        );
+        assert_eq!(
+            btf.vmlinux_enum_has("bpf_func_id", "BPF_FUNC_kvscope_none"),
+            Some(false)
+        );
+        assert_eq!(btf.vmlinux_enum_has("kvscope_no_enum", "X"), None);
         assert!(!btf.vmlinux_has_func("kvm_no_such_function_kvscope"));
     }
 

@@ -15,8 +15,14 @@ pub fn lab_dir() -> PathBuf {
     setup::cache_dir().join("lab")
 }
 
-/// A suite line for a private sources directory, on the host's mirror.
+/// A suite line for a private sources directory, on the host's mirror
+/// (security updates from Debian's security archive).
 fn suite_source(suite: &str) -> anyhow::Result<String> {
+    if suite.ends_with("-security") {
+        return Ok(format!(
+            "Types: deb\nURIs: http://security.debian.org/debian-security\nSuites: {suite}\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+        ));
+    }
     let host = std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
         .context("the host's /etc/apt/sources.list.d/debian.sources")?;
     let uri = host
@@ -33,7 +39,8 @@ fn suite_source(suite: &str) -> anyhow::Result<String> {
 /// A private apt configuration: its directory and the suites in it. Each
 /// Debian line has its own, so that a newer line never becomes the candidate
 /// for an older one's kernels: the host's sources plus bookworm-backports;
-/// trixie with trixie-backports (`-t` picks one); sid alone.
+/// trixie with trixie-backports (`-t` picks one); bullseye with its security
+/// updates; sid alone.
 struct AptFamily {
     dir: &'static str,
     /// Suites written as sources (besides the host's, when `host` is set).
@@ -46,6 +53,12 @@ fn family(suite: Option<&str>) -> AptFamily {
         Some("sid") => AptFamily {
             dir: "apt-sid",
             suites: &["sid"],
+            host: false,
+        },
+        // Debian 11: its kernel's updates come through bullseye-security.
+        Some("bullseye" | "bullseye-security") => AptFamily {
+            dir: "apt-bullseye",
+            suites: &["bullseye", "bullseye-security"],
             host: false,
         },
         Some("trixie" | "trixie-backports") => AptFamily {

@@ -58,6 +58,15 @@ pub const KERNELS: &[Kernel] = &[
             suite: Some("trixie-backports"),
         },
     },
+    // Debian 11 (bullseye, 5.10): the notifier era (the kvm pointer reaches
+    // drivers through VFIO_GROUP_NOTIFY_SET_KVM), vmlinux BTF, no module BTF.
+    Kernel {
+        name: "bullseye",
+        source: Source::Debian {
+            meta: "linux-image-cloud-amd64",
+            suite: Some("bullseye-security"),
+        },
+    },
     Kernel {
         name: "patched",
         source: Source::Built(&kbuild::PATCHED),

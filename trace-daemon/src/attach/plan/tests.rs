@@ -182,6 +182,52 @@ fn stack_variants_from_symbols() {
         StackVariant::GetKvmSafe63
     );
     assert_eq!(v("1 T vfio_df_open\n", false), StackVariant::Df66);
+    // 5.10: the group ioctl and vfio_group_set_kvm (no vfio_file_set_kvm).
+    assert_eq!(
+        v(
+            "1 t vfio_group_fops_unl_ioctl\n2 T vfio_group_set_kvm\n",
+            false
+        ),
+        StackVariant::Notifier510
+    );
+}
+
+/// A kernel whose BPF lacks bpf_get_func_arg (before 5.17) says so on every
+/// role that falls back to a kprobe; contention tracepoints missing before
+/// 5.19 say which release added them.
+#[test]
+fn missing_bpf_features_are_named_per_role() {
+    let k = Kallsyms::parse(DEBIAN_612);
+    let no_tp = |p: &str| -> Result<(), String> {
+        if p.starts_with("tp_contention") {
+            Err("no such tracepoint".into())
+        } else {
+            Ok(())
+        }
+    };
+    let facts = HostFacts {
+        kallsyms: &k,
+        vmlinux_func: &in_btf,
+        fentry: Err(format!("{NO_GET_FUNC_ARG}: details")),
+        kprobes: Ok(()),
+        tracepoint: &no_tp,
+    };
+    let p = plan(&facts);
+    let lock = p
+        .roles
+        .iter()
+        .find(|r| r.role == Role::LockRelease)
+        .unwrap();
+    let c = lock.attached().next().unwrap();
+    assert_eq!(c.method, Method::Kprobe);
+    assert_eq!(c.reason, format!("fentry refused: {NO_GET_FUNC_ARG}"));
+    let tp = p
+        .tracepoints
+        .iter()
+        .find(|t| t.tracepoint == "lock:contention_begin")
+        .unwrap();
+    assert_eq!(tp.method, Method::None);
+    assert!(tp.reason.starts_with("added in 5.19: "), "{}", tp.reason);
 }
 
 /// Lean with /dev/kvm's handler hooked: no syscall tracepoint; where it
