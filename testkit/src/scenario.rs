@@ -142,6 +142,29 @@ impl Script {
         self
     }
 
+    /// 5.10-5.18: vfio_group_set_kvm(group, kvm) entered (kvm 0: unlink); the
+    /// drivers' notifier callbacks run before `group_set_kvm_done`.
+    pub fn group_set_kvm(&mut self, pid: u32, group: u64, kvm: u64) -> &mut Self {
+        let kind = if kvm == 0 {
+            Kind::FileUnlink
+        } else {
+            Kind::FileLink
+        };
+        let e = self.ev(pid, kind, HookId::VfioGroupSetKvm);
+        e.group = Some(group);
+        e.kvm = (kvm != 0).then_some(kvm);
+        self
+    }
+
+    /// vfio_group_set_kvm returned.
+    pub fn group_set_kvm_done(&mut self, pid: u32, group: u64, kvm: u64) -> &mut Self {
+        let e = self.ev(pid, Kind::NotifierDone, HookId::VfioGroupSetKvm);
+        e.group = Some(group);
+        e.kvm = (kvm != 0).then_some(kvm);
+        e.at_return = true;
+        self
+    }
+
     pub fn file_unlink(&mut self, pid: u32, group: u64) -> &mut Self {
         let e = self.ev(pid, Kind::FileUnlink, HookId::VfioFileSetKvm);
         e.group = Some(group);

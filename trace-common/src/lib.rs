@@ -98,6 +98,10 @@ hook_ids! {
     /// The kvm-vfio device's `create` op (KVM_CREATE_DEVICE of type VFIO),
     /// without the syscall tracepoints (lean).
     KvmVfioCreate = 31, "kvm_vfio_create";
+    /// 5.10-5.18: `vfio_group_set_kvm(group, kvm)`, called by the kvm-vfio
+    /// device: the group's VM (NULL: none), handed to drivers by the group
+    /// notifier (VFIO_GROUP_NOTIFY_SET_KVM). Entry and exit.
+    VfioGroupSetKvm = 32, "vfio_group_set_kvm";
     MutexLock = 21, "mutex_lock";
     MutexLockInterruptible = 22, "mutex_lock_interruptible";
     MutexLockKillable = 23, "mutex_lock_killable";

@@ -244,10 +244,16 @@ pub const ROLES: &[RoleSpec] = &[
         role: Role::GroupVmLink,
         pick: Pick::All,
         candidates: &[
-            c(H::VfioFileSetKvm, true, false, "all"),
+            c(H::VfioFileSetKvm, true, false, "5.19+"),
+            c(
+                H::VfioGroupSetKvm,
+                true,
+                true,
+                "5.10-5.18 (the notifier era: entry to exit brackets the drivers' VFIO_GROUP_NOTIFY_SET_KVM callbacks)",
+            ),
             c(H::KvmVfioSetAttr, false, true, "all"),
         ],
-        yields: "file, kvm (NULL: unlink), fd, return value",
+        yields: "file or group, kvm (NULL: unlink), fd, return value; 5.10-5.18: the gets made in the group notifier",
     },
     RoleSpec {
         role: Role::KvmVfioTeardown,

@@ -12,6 +12,10 @@ pub enum Holder {
     VfioDevice(u64),
     /// A driver's reference through the seed patch's `kvm_ops->get_kvm()`.
     KvmOps(u64),
+    /// 5.10-5.18: a driver's reference taken in its group notifier callback
+    /// (VFIO_GROUP_NOTIFY_SET_KVM from `vfio_group_set_kvm` on this group),
+    /// given back when a device of the group is released (kvmgt's shape).
+    Notifier(u64),
     /// The part of the count no observed get named.
     Unattributed,
 }
@@ -24,8 +28,9 @@ impl Holder {
             Holder::KvmVfioFd => (0, 0, false),
             Holder::VfioDevice(d) => (1, d, false),
             Holder::KvmOps(d) => (1, d, true),
-            Holder::Unattributed => (2, 0, false),
-            Holder::VmFd => (3, 0, false),
+            Holder::Notifier(g) => (2, g, false),
+            Holder::Unattributed => (3, 0, false),
+            Holder::VmFd => (4, 0, false),
         }
     }
 }
@@ -49,6 +54,7 @@ impl std::fmt::Display for Holder {
             Holder::KvmVfioFd => f.write_str("kvm-vfio fd"),
             Holder::VfioDevice(d) => write!(f, "vfio device {d:#x}"),
             Holder::KvmOps(d) => write!(f, "vfio device {d:#x} (kvm_ops)"),
+            Holder::Notifier(g) => write!(f, "group {g:#x} notifier"),
             Holder::Unattributed => f.write_str("unattributed"),
         }
     }

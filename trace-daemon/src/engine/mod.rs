@@ -21,6 +21,7 @@ pub mod finding;
 pub mod holder;
 mod kept;
 mod kvm_ops;
+mod notifier;
 pub mod locks;
 pub mod timeline;
 mod vm;
@@ -61,6 +62,8 @@ pub struct Engine {
     pending_put: FastMap<u32, (u64, Holder)>,
     /// The kvm_ops patch: a device open under way on this thread.
     pending_open: FastMap<u32, PendingOpen>,
+    /// 5.10-5.18: the thread is inside vfio_group_set_kvm (kvm, group).
+    in_notifier: FastMap<u32, (u64, u64)>,
     /// Last generation number used per VM / device address (not derived from
     /// the retained dead objects, which are evicted).
     vm_generations: FastMap<u64, u32>,
@@ -83,6 +86,7 @@ impl Engine {
             findings: KeptFindings::default(),
             pending_put: FastMap::default(),
             pending_open: FastMap::default(),
+            in_notifier: FastMap::default(),
             vm_generations: FastMap::default(),
             dev_generations: FastMap::default(),
             anomalies: Anomalies::default(),
@@ -215,9 +219,11 @@ impl Engine {
         if e.kind == Kind::ProcessExit {
             self.locks.forget_thread(e.pid);
             self.pending_open.remove(&e.pid);
+            self.in_notifier.remove(&e.pid);
             self.vms_at_exit(e);
         }
         self.open_event(e, out);
+        self.notifier_event(e);
         if let Some(kvm) = e.kvm {
             self.vm_event(kvm, e, out);
         }

@@ -327,9 +327,14 @@ impl Vm {
     /// vfio_device_get_kvm_safe returned: the get just before, on this
     /// thread, was the device's.
     fn vfio_kvm_get(&mut self, e: &Event) {
-        let holder = e.device.map(Holder::VfioDevice);
+        self.name_last_get(e.pid, e.device.map(Holder::VfioDevice));
+        self.read(e);
+    }
+
+    /// The last step, a get by `pid` not yet named, was `holder`'s.
+    fn name_last_get(&mut self, pid: u32, holder: Option<Holder>) {
         if let Some(last) = self.timeline.last_mut()
-            && last.pid == e.pid
+            && last.pid == pid
             && last.kind == StepKind::Get
             && last.holder.is_none()
         {
@@ -338,7 +343,6 @@ impl Vm {
         if let Some(h) = holder {
             *self.holders.entry(h).or_default() += 1;
         }
-        self.read(e);
     }
 
     /// The kvm_ops patch's first open called get_kvm(group->kvm): the driver's
@@ -432,6 +436,7 @@ impl Engine {
         let destroy_observable = self.cfg.destroy_observable;
         self.retire_if_reused(addr, e);
         let pending = self.take_pending_put(addr, e);
+        let notifier = self.notifier_get(e, addr);
         let held = match e.kind {
             Kind::VmDestroyed => self.locks.held_now(e.pid),
             _ => Vec::new(),
@@ -449,7 +454,13 @@ impl Engine {
                 vm.kvm_vfio_created(e, cap);
                 None
             }
-            Kind::VmGet => vm.get(e, cap),
+            Kind::VmGet => {
+                let found = vm.get(e, cap);
+                if let Some(h) = notifier {
+                    vm.name_last_get(e.pid, Some(h));
+                }
+                found
+            }
             Kind::VmPut => vm.put(e, cap, pending),
             Kind::VmDestroyed => {
                 teardown = vm.fd_closed_ns.map(|c| e.ts_ns.saturating_sub(c));

@@ -29,6 +29,10 @@ pub enum Kind {
     FileLink,
     /// vfio_file_set_kvm(NULL) / KVM_DEV_VFIO_FILE_DEL.
     FileUnlink,
+    /// 5.10-5.18: vfio_group_set_kvm returned: the group notifier's callbacks
+    /// (VFIO_GROUP_NOTIFY_SET_KVM) are done; a get before it on this thread
+    /// was a driver's.
+    NotifierDone,
     KvmVfioRelease,
     /// KVM_CREATE_DEVICE(VFIO) returned (tracepoint tier).
     KvmVfioCreated,
@@ -315,6 +319,15 @@ impl Event {
                     None => Kind::Other,
                 }
             }
+            HookId::VfioGroupSetKvm if ev.at_return => Kind::NotifierDone,
+            HookId::VfioGroupSetKvm => match ev.kvm {
+                Some(0) => {
+                    ev.kvm = None;
+                    Kind::FileUnlink
+                }
+                Some(_) => Kind::FileLink,
+                None => Kind::Other,
+            },
             HookId::VfioGroupFopsUnlIoctl | HookId::VfioDeviceOpen | HookId::VfioDfOpen => {
                 Kind::DeviceOpened
             }

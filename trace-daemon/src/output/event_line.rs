@@ -19,6 +19,7 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::VfioKvmPut => "vfio-kvm-put",
         Kind::FileLink => "file-link",
         Kind::FileUnlink => "file-unlink",
+        Kind::NotifierDone => "notifier-done",
         Kind::KvmVfioRelease => "kvm-vfio-release",
         Kind::KvmVfioCreated => "kvm-vfio-created",
         Kind::FdClosed => "fd-close",

@@ -6,6 +6,7 @@
 mod kvm_ops;
 mod lifetimes;
 mod locks;
+mod notifier;
 mod paths;
 
 use paths::{open_61, open_66, release_66, s3_66};

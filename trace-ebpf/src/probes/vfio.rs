@@ -305,6 +305,43 @@ fn on_file_set_kvm<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> boo
     false
 }
 
+// 5.10-5.18: void vfio_group_set_kvm(struct vfio_group *, struct kvm *): the
+// group learns its VM (NULL: forgets it) and the group notifier hands it to
+// the drivers (VFIO_GROUP_NOTIFY_SET_KVM), whose callbacks may take their own
+// reference: a get between this entry and its exit is the notifier's.
+entry_exit_hook!(
+    HookId::VfioGroupSetKvm,
+    fentry_vfio_group_set_kvm,
+    fexit_vfio_group_set_kvm,
+    kprobe_vfio_group_set_kvm,
+    kretprobe_vfio_group_set_kvm,
+    on_group_set_kvm,
+    on_group_set_kvm_exit
+);
+
+fn on_group_set_kvm<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    if !wanted() {
+        return false;
+    }
+    group_set_kvm_event(ctx, call, Phase::Entry);
+    true
+}
+
+fn on_group_set_kvm_exit<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) {
+    group_set_kvm_event(ctx, call, Phase::Exit);
+}
+
+#[inline(always)]
+fn group_set_kvm_event<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call, phase: Phase) {
+    let mut e = new_event(HookId::VfioGroupSetKvm, phase);
+    e.group = call.arg(0);
+    e.known |= known::GROUP;
+    // kvm NULL means unlink: known with value 0.
+    set_kvm(&mut e, call.arg(1));
+    e.known |= known::KVM;
+    submit(ctx, e, phase == Phase::Entry);
+}
+
 // Drivers that take kvm->lock under the VFIO open locks (S2):
 // vfio_ap_mdev_set_kvm(struct ap_matrix_mdev *, struct kvm *) and the lab's
 // testdev_lock_kvm(struct vfio_device *, struct kvm *); both first arguments
