@@ -69,6 +69,9 @@ hook_ids! {
     KvmDestroyVm = 6, "kvm_destroy_vm";
     KvmVmRelease = 7, "kvm_vm_release";
     KvmVfioRelease = 8, "kvm_vfio_release";
+    /// Early 6.1.y's `.destroy` op; no longer hooked (it runs only from
+    /// kvm_destroy_vm: `KvmDeviceRelease` gives the fd's reference back
+    /// there), kept so that older recordings decode.
     KvmVfioDestroy = 9, "kvm_vfio_destroy";
     KvmVfioSetAttr = 10, "kvm_vfio_set_attr";
     VfioFileSetKvm = 11, "vfio_file_set_kvm";
@@ -102,6 +105,9 @@ hook_ids! {
     /// device: the group's VM (NULL: none), handed to drivers by the group
     /// notifier (VFIO_GROUP_NOTIFY_SET_KVM). Entry and exit.
     VfioGroupSetKvm = 32, "vfio_group_set_kvm";
+    /// Before 6.2-rc6: a KVM device fd's release (the kvm-vfio device has no
+    /// `.release` op; `kvm_vfio_destroy` runs only from kvm_destroy_vm).
+    KvmDeviceRelease = 33, "kvm_device_release";
     MutexLock = 21, "mutex_lock";
     MutexLockInterruptible = 22, "mutex_lock_interruptible";
     MutexLockKillable = 23, "mutex_lock_killable";

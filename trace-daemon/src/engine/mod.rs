@@ -21,8 +21,8 @@ pub mod finding;
 pub mod holder;
 mod kept;
 mod kvm_ops;
-mod notifier;
 pub mod locks;
+mod notifier;
 pub mod timeline;
 mod vm;
 

@@ -291,7 +291,9 @@ impl Event {
             HookId::KvmPutKvm | HookId::KvmPutKvmNoDestroy => Kind::VmPut,
             HookId::KvmDestroyVm => Kind::VmDestroyed,
             HookId::KvmVmRelease => Kind::VmFdRelease,
-            HookId::KvmVfioRelease | HookId::KvmVfioDestroy => Kind::KvmVfioRelease,
+            HookId::KvmVfioRelease | HookId::KvmVfioDestroy | HookId::KvmDeviceRelease => {
+                Kind::KvmVfioRelease
+            }
             HookId::KvmVfioSetAttr => {
                 // arg: group << 32 | attr; only VFIO file add/del are links.
                 match arg {
@@ -319,7 +321,14 @@ impl Event {
                     None => Kind::Other,
                 }
             }
-            HookId::VfioGroupSetKvm if ev.at_return => Kind::NotifierDone,
+            HookId::VfioGroupSetKvm if ev.at_return => {
+                // Its kvm argument again (NULL: an unlink); the thread's
+                // notifier context is what ends.
+                if ev.kvm == Some(0) {
+                    ev.kvm = None;
+                }
+                Kind::NotifierDone
+            }
             HookId::VfioGroupSetKvm => match ev.kvm {
                 Some(0) => {
                     ev.kvm = None;

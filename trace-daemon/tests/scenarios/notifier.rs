@@ -16,7 +16,8 @@ fn the_vm(e: &Engine) -> &Vm {
 /// vfio_group_set_kvm, whose notifier makes the driver's get), the device open.
 fn setup_510(s: &mut Script) {
     s.create_vm(QEMU, KVM).create_kvm_vfio(QEMU, KVM, 2);
-    s.file_link(QEMU, GROUP, KVM).with_hook(HookId::KvmVfioSetAttr);
+    s.file_link(QEMU, GROUP, KVM)
+        .with_hook(HookId::KvmVfioSetAttr);
     s.group_set_kvm(QEMU, GROUP, KVM)
         .get(QEMU, KVM, 3)
         .group_set_kvm_done(QEMU, GROUP, KVM);

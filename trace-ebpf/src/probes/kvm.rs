@@ -139,17 +139,12 @@ fn on_vm_release<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool 
     false
 }
 
-// static void kvm_vfio_release(struct kvm_device *dev) (entered with kvm->lock
-// held) and, before the 51cdc8bc backport, kvm_vfio_destroy (same signature).
+// static void kvm_vfio_release(struct kvm_device *dev), entered with kvm->lock
+// held (6.2-rc6+, the 51cdc8bc backport in 6.1.y).
 entry_hook!(
     fentry_kvm_vfio_release,
     kprobe_kvm_vfio_release,
     on_kvm_vfio_release
-);
-entry_hook!(
-    fentry_kvm_vfio_destroy,
-    kprobe_kvm_vfio_destroy,
-    on_kvm_vfio_destroy
 );
 
 fn on_kvm_vfio_release<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
@@ -157,8 +152,20 @@ fn on_kvm_vfio_release<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) ->
     false
 }
 
-fn on_kvm_vfio_destroy<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
-    kvm_device_event(ctx, HookId::KvmVfioDestroy, call.arg(0));
+// Before 6.2-rc6 (5.10, early 6.1.y) the kvm-vfio device has no .release op:
+// static int kvm_device_release(struct inode *, struct file *filp) gives the
+// device fd's reference back (filp->private_data is the kvm_device). x86 has
+// no other KVM device type.
+entry_hook!(
+    fentry_kvm_device_release,
+    kprobe_kvm_device_release,
+    on_kvm_device_release
+);
+
+fn on_kvm_device_release<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    if let Some(kdev) = private_data(call.arg(1)) {
+        kvm_device_event(ctx, HookId::KvmDeviceRelease, kdev);
+    }
     false
 }
 

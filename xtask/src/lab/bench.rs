@@ -83,6 +83,7 @@ pub fn run(kernel: &str, iterations: u64) -> anyhow::Result<()> {
             "/usr/bin/bpftrace".into(),
         ],
         &[],
+        &[],
         &script(iterations),
         &initrd,
     )?;

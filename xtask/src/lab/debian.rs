@@ -128,17 +128,25 @@ fn apt_update_once(suite: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// QEMU 10 (backports), busybox-static, kmod, cpio on the host.
+/// QEMU 10 (backports), busybox-static, kmod, cpio, pahole (module BTF for
+/// kernels before 5.11) on the host.
 pub fn ensure_host_tools() -> anyhow::Result<()> {
     let qemu_ok = Command::new("qemu-system-x86_64")
         .arg("--version")
         .output()
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("version 10."));
     let have = |p: &str| Path::new(p).exists();
-    if qemu_ok && have("/bin/busybox") && have("/usr/sbin/modprobe") && have("/usr/bin/cpio") {
+    if qemu_ok
+        && have("/bin/busybox")
+        && have("/usr/sbin/modprobe")
+        && have("/usr/bin/cpio")
+        && have("/usr/bin/pahole")
+    {
         return Ok(());
     }
-    eprintln!("lab: installing qemu-system-x86 (bookworm-backports), busybox-static, kmod, cpio");
+    eprintln!(
+        "lab: installing qemu-system-x86 (bookworm-backports), busybox-static, kmod, cpio, dwarves (pahole)"
+    );
     apt_update_once(None)?;
     output(apt("apt-get", None)?.args([
         "install",
@@ -151,6 +159,7 @@ pub fn ensure_host_tools() -> anyhow::Result<()> {
         "busybox-static",
         "kmod",
         "cpio",
+        "dwarves",
     ]))?;
     Ok(())
 }

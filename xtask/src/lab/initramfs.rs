@@ -16,11 +16,13 @@ const MODULES: &[&str] = &["kvm_amd", "vfio_pci", "vfio_iommu_type1"];
 
 /// Builds the initramfs: busybox, the modules (decompressed), kvscope and the
 /// scenario driver with their shared libraries, and an init running `cmd`.
-/// `extra` modules (the test module) go to /lib/modules for the command to load.
+/// `extra` modules (the test module) go to /lib/modules for the command to load;
+/// `btf` files (modules with a .BTF section, for `kvscope --btf`) to /btf.
 pub fn initramfs(
     k: &Unpacked,
     binaries: &[PathBuf],
     extra: &[PathBuf],
+    btf: &[PathBuf],
     cmd: &str,
     out: &Path,
 ) -> anyhow::Result<()> {
@@ -35,6 +37,7 @@ pub fn initramfs(
         "tmp",
         "run",
         "usr/bin",
+        "btf",
     ] {
         std::fs::create_dir_all(stage.join(d))?;
     }
@@ -79,6 +82,9 @@ pub fn initramfs(
     std::fs::write(stage.join("modules.order"), order.join("\n") + "\n")?;
     for m in extra {
         std::fs::copy(m, stage.join("lib/modules").join(m.file_name().unwrap()))?;
+    }
+    for b in btf {
+        std::fs::copy(b, stage.join("btf").join(b.file_name().unwrap()))?;
     }
     // Binaries and their libraries, at the same paths.
     for b in binaries {

@@ -5,6 +5,9 @@ pub struct Kernel {
     /// Short name used on the command line and in the cache.
     pub name: &'static str,
     pub source: Source,
+    /// Modules whose BTF the kernel lacks (before 5.11), made from its -dbg
+    /// package (btfgen.rs) and handed to kvscope with `--btf`.
+    pub module_btf: &'static [&'static str],
 }
 
 pub enum Source {
@@ -26,6 +29,7 @@ pub const KERNELS: &[Kernel] = &[
             meta: "linux-image-cloud-amd64",
             suite: Some("bookworm-backports"),
         },
+        module_btf: &[],
     },
     Kernel {
         name: "6.1",
@@ -33,6 +37,7 @@ pub const KERNELS: &[Kernel] = &[
             meta: "linux-image-cloud-amd64",
             suite: None,
         },
+        module_btf: &[],
     },
     // The newest kernel the registry offers (sid), where it unpacks and boots.
     Kernel {
@@ -41,6 +46,7 @@ pub const KERNELS: &[Kernel] = &[
             meta: "linux-image-cloud-amd64",
             suite: Some("sid"),
         },
+        module_btf: &[],
     },
     // Debian 13 (trixie): the stable line's kernel, and the newest its
     // backports offer (both picked at run time, as for the others).
@@ -50,6 +56,7 @@ pub const KERNELS: &[Kernel] = &[
             meta: "linux-image-cloud-amd64",
             suite: Some("trixie"),
         },
+        module_btf: &[],
     },
     Kernel {
         name: "trixie-bpo",
@@ -57,24 +64,30 @@ pub const KERNELS: &[Kernel] = &[
             meta: "linux-image-cloud-amd64",
             suite: Some("trixie-backports"),
         },
+        module_btf: &[],
     },
     // Debian 11 (bullseye, 5.10): the notifier era (the kvm pointer reaches
     // drivers through VFIO_GROUP_NOTIFY_SET_KVM), vmlinux BTF, no module BTF.
+    // The generic flavour: the cloud one builds no mdev bus (the test
+    // module's notifier mode is an mdev driver, as kvmgt is).
     Kernel {
         name: "bullseye",
         source: Source::Debian {
-            meta: "linux-image-cloud-amd64",
+            meta: "linux-image-amd64",
             suite: Some("bullseye-security"),
         },
+        module_btf: &["kvm", "vfio"],
     },
     Kernel {
         name: "patched",
         source: Source::Built(&kbuild::PATCHED),
+        module_btf: &[],
     },
     // 6.12 with IOMMUFD and the VFIO device cdev (off in Debian's configs).
     Kernel {
         name: "cdev",
         source: Source::Built(&kbuild::CDEV),
+        module_btf: &[],
     },
 ];
 

@@ -8,7 +8,7 @@ use anyhow::bail;
 use lab_driver::protocol::{GuestResult, RESULT_PREFIX};
 
 use super::{
-    debian, initramfs, kbuild,
+    btfgen, debian, initramfs, kbuild,
     kernels::{self, KERNELS, Kernel, Source},
     qemu, readme,
     scenarios::{SCENARIOS, suite},
@@ -94,9 +94,21 @@ fn boot(k: &Kernel, command: &str) -> anyhow::Result<(qemu::Boot, String)> {
     } else {
         vec![]
     };
+    // Before 5.11 no module has BTF: kvscope gets it with --btf (KVSCOPE_BTF).
+    let btf = btfgen::module_btf_if_needed(&un, suite, k.module_btf)?;
+    let command = match btf.is_empty() {
+        true => command.to_owned(),
+        false => {
+            let guest: Vec<String> = btf
+                .iter()
+                .map(|b| format!("/btf/{}", b.file_name().unwrap().to_string_lossy()))
+                .collect();
+            format!("export KVSCOPE_BTF={}; {command}", guest.join(":"))
+        }
+    };
     let initrd = debian::lab_dir().join(format!("initrd-{}.gz", un.release));
     let bins = [cmd::kvscope_bin(), cmd::lab_driver_bin()];
-    initramfs::initramfs(&un, &bins, &extra, command, &initrd)?;
+    initramfs::initramfs(&un, &bins, &extra, &btf, &command, &initrd)?;
     eprintln!("lab: booting {} ({})", k.name, un.release);
     let boot = qemu::boot(&un, &initrd, Duration::from_secs(420))?;
     eprintln!(

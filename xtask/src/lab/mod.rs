@@ -11,6 +11,7 @@
 //! guest's JSON checked against it, typed), `matrix` (`cargo xtask lab`),
 //! `readme` (the support matrix's dates), `bench` and `stress`.
 pub mod bench;
+pub mod btfgen;
 pub mod debian;
 pub mod initramfs;
 pub mod kbuild;

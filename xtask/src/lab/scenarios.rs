@@ -8,7 +8,7 @@ use lab_driver::protocol::{Step, Suite};
 /// Debian kernels KVM and VFIO are modules: kprobes (aya 0.14 takes fentry
 /// targets from vmlinux BTF only). The kernels built here build them in:
 /// fentry. The mutex API is in vmlinux everywhere: fentry.
-const MODULAR: &[&str] = &["6.1", "6.12", "sid", "trixie", "trixie-bpo"];
+const MODULAR: &[&str] = &["6.1", "6.12", "sid", "trixie", "trixie-bpo", "bullseye"];
 const BUILT: &[&str] = &["patched", "cdev"];
 /// Kernels with the 6.6+ shape (vfio_df_*, VFIO's own kvm reference).
 const DF66: &[&str] = &["6.12", "sid", "trixie", "trixie-bpo", "cdev"];
@@ -42,15 +42,22 @@ pub const EXPECT: &[(&str, &[&str], &str)] = &[
     ("kvm-vfio-created", BUILT, "fentry"),
     ("device-open-attempt", &["6.1"], "kprobe"),
     ("device-open-attempt", &["patched"], "fentry"),
-    ("lock-acquire", ALL, "fentry"),
-    ("lock-release", ALL, "fentry"),
+    ("lock-acquire", FENTRY_ARGS, "fentry"),
+    ("lock-release", FENTRY_ARGS, "fentry"),
+    // 5.10: no bpf_get_func_arg, so no fentry program of kvscope's loads.
+    ("lock-acquire", &["bullseye"], "kprobe"),
+    ("lock-release", &["bullseye"], "kprobe"),
 ];
+
+/// Kernels whose BPF has bpf_get_func_arg (5.17+): kvscope's fentry programs load.
+const FENTRY_ARGS: &[&str] = ALL;
 
 /// The stack variant `check` must name per kernel.
 pub fn expect_variant(kernel: &str) -> &'static str {
     match kernel {
         "patched" => "kvm_ops patch",
         "6.12" | "sid" | "trixie" | "trixie-bpo" | "cdev" => "6.6+",
+        "bullseye" => "5.10-5.18 notifier era",
         _ => "6.1-style",
     }
 }
@@ -190,6 +197,54 @@ pub const SCENARIOS: &[Scenario] = &[
         attributed: &[],
         frames: &[],
         why: "6.1: no VFIO reference, no VFIO lock around the last put",
+        exact: true,
+        kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
+    },
+    // 5.10 (the notifier era) with vfio-pci, which registers no notifier:
+    // only the VM fd and the kvm-vfio fd hold the VM; open_count does not
+    // exist (vfio_device is private to vfio.c and has none).
+    Scenario {
+        kernels: &["bullseye"],
+        testdev: None,
+        driver: "dev-first",
+        counts: &[1, 2, 1, 0],
+        open_counts: &[],
+        findings: &[],
+        attributed: &["-1 kvm-vfio fd", "-1 vm fd"],
+        frames: &[],
+        why: "5.10: the VFIO core holds no kvm reference; the kvm-vfio fd does, given back at its close",
+        exact: true,
+        kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
+    },
+    Scenario {
+        kernels: &["bullseye"],
+        testdev: None,
+        driver: "vm-first",
+        counts: &[1, 2, 1, 0],
+        open_counts: &[],
+        findings: &[],
+        attributed: &["-1 kvm-vfio fd", "-1 vm fd"],
+        frames: &[],
+        why: "5.10: the VM dies with its last KVM fd (kvm_vfio_destroy from kvm_destroy_vm), the device still open",
+        exact: true,
+        kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
+    },
+    Scenario {
+        kernels: &["bullseye"],
+        testdev: None,
+        driver: "exit",
+        counts: &[1, 2, 1, 0],
+        open_counts: &[],
+        findings: &[],
+        attributed: &["-1 kvm-vfio fd", "-1 vm fd"],
+        frames: &[],
+        why: "5.10: exit's closes, no VFIO lock and no VFIO reference around the last put",
         exact: true,
         kill_after_ms: None,
         lean_lacks: &[],

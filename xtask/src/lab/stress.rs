@@ -64,6 +64,7 @@ pub fn run(cycles: u64) -> anyhow::Result<()> {
         &un,
         &[cmd::kvscope_bin(), cmd::lab_driver_bin()],
         &[],
+        &[],
         &script,
         &initrd,
     )?;
