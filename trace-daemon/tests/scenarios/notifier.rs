@@ -9,7 +9,7 @@ use trace_common::HookId;
 use super::*;
 
 fn the_vm(e: &Engine) -> &Vm {
-    *e.vm_history(KVM).last().unwrap()
+    e.vm_history(KVM).last().unwrap()
 }
 
 /// The VM, its kvm-vfio device, KVM_DEV_VFIO_GROUP_ADD (kvm_vfio_set_attr and
