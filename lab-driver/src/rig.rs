@@ -53,9 +53,16 @@ pub fn edu() -> anyhow::Result<(String, String)> {
     bail!("no edu PCI device (QEMU -device edu)")
 }
 
-/// The test module's device: its name and IOMMU group number.
+/// The test module's device: its name and IOMMU group number. 5.19+: a
+/// platform device with an emulated IOMMU group; before (notifier_era.h): an
+/// mdev parent, whose one mediated device (created here through the
+/// parent's "notifier" type) is the VFIO device, named by its UUID.
 fn testdev() -> anyhow::Result<(String, String)> {
     let p = std::path::Path::new("/sys/bus/platform/devices/kvscope-testdev");
+    let mdev_types = p.join("mdev_supported_types");
+    if mdev_types.exists() {
+        return testdev_mdev(&mdev_types);
+    }
     let group = std::fs::read_link(p.join("iommu_group")).with_context(|| {
         format!(
             "{} has no iommu_group (is kvscope_testdev.ko loaded?)",
@@ -64,6 +71,28 @@ fn testdev() -> anyhow::Result<(String, String)> {
     })?;
     Ok((
         "kvscope-testdev".into(),
+        group.file_name().unwrap().to_string_lossy().into_owned(),
+    ))
+}
+
+/// The lab's mediated device: created once per module load.
+const MDEV_UUID: &str = "83b8f4f2-509f-382f-3c1e-e6bfe0fa1001";
+
+fn testdev_mdev(types: &std::path::Path) -> anyhow::Result<(String, String)> {
+    let dev = std::path::Path::new("/sys/bus/mdev/devices").join(MDEV_UUID);
+    if !dev.exists() {
+        let ty = std::fs::read_dir(types)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|t| t.to_string_lossy().ends_with("-notifier"))
+            .with_context(|| format!("no notifier type under {}", types.display()))?;
+        std::fs::write(ty.join("create"), MDEV_UUID)
+            .with_context(|| format!("creating mdev {MDEV_UUID} in {}", ty.display()))?;
+    }
+    let group = std::fs::read_link(dev.join("iommu_group"))
+        .with_context(|| format!("{} has no iommu_group (vfio_mdev loaded?)", dev.display()))?;
+    Ok((
+        MDEV_UUID.into(),
         group.file_name().unwrap().to_string_lossy().into_owned(),
     ))
 }

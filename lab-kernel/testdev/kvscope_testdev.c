@@ -33,9 +33,15 @@
  *
  * It never calls kvm_put_kvm on a kvm it did not get: a put_kvm without a get
  * is logged and ignored, so the guest stays up to show the patch's defect.
+ *
+ * Before 5.19 (the notifier era) the VFIO driver API is another one: see
+ * notifier_era.h (mode=notifier).
  */
-#include <linux/module.h>
 #include <linux/version.h>
+#if LINUX_VERSION_CODE < KERNEL_VERSION(5, 19, 0)
+#include "notifier_era.h"
+#else
+#include <linux/module.h>
 #include <linux/platform_device.h>
 #include <linux/vfio.h>
 #include <linux/kvm_host.h>
@@ -292,3 +298,4 @@ module_init(testdev_init);
 module_exit(testdev_exit);
 MODULE_LICENSE("GPL");
 MODULE_DESCRIPTION("kvscope guest-lab VFIO test device");
+#endif /* 5.19+ */

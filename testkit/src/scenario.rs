@@ -165,6 +165,19 @@ impl Script {
         self
     }
 
+    /// 5.10-5.18: a driver's vfio_register_notifier(VFIO_GROUP_NOTIFY) from
+    /// its open; `done` its return.
+    pub fn notifier_register(&mut self, pid: u32, done: bool) -> &mut Self {
+        let kind = if done {
+            Kind::NotifierDone
+        } else {
+            Kind::NotifierRegister
+        };
+        let e = self.ev(pid, kind, HookId::VfioRegisterNotifier);
+        e.at_return = done;
+        self
+    }
+
     pub fn file_unlink(&mut self, pid: u32, group: u64) -> &mut Self {
         let e = self.ev(pid, Kind::FileUnlink, HookId::VfioFileSetKvm);
         e.group = Some(group);

@@ -108,6 +108,9 @@ hook_ids! {
     /// Before 6.2-rc6: a KVM device fd's release (the kvm-vfio device has no
     /// `.release` op; `kvm_vfio_destroy` runs only from kvm_destroy_vm).
     KvmDeviceRelease = 33, "kvm_device_release";
+    /// 5.10-5.18: `vfio_register_notifier(dev, VFIO_GROUP_NOTIFY, ..)` from a
+    /// driver's open: a group with a VM calls the new notifier at once.
+    VfioRegisterNotifier = 34, "vfio_register_notifier";
     MutexLock = 21, "mutex_lock";
     MutexLockInterruptible = 22, "mutex_lock_interruptible";
     MutexLockKillable = 23, "mutex_lock_killable";

@@ -251,6 +251,12 @@ pub const ROLES: &[RoleSpec] = &[
                 true,
                 "5.10-5.18 (the notifier era: entry to exit brackets the drivers' VFIO_GROUP_NOTIFY_SET_KVM callbacks)",
             ),
+            c(
+                H::VfioRegisterNotifier,
+                true,
+                true,
+                "5.10-5.18 (a driver's notifier registered while the group has a VM is called at once)",
+            ),
             c(H::KvmVfioSetAttr, false, true, "all"),
         ],
         yields: "file or group, kvm (NULL: unlink), fd, return value; 5.10-5.18: the gets made in the group notifier",

@@ -64,6 +64,10 @@ pub struct Engine {
     pending_open: FastMap<u32, PendingOpen>,
     /// 5.10-5.18: the thread is inside vfio_group_set_kvm (kvm, group).
     in_notifier: FastMap<u32, (u64, u64)>,
+    /// ... inside a driver's vfio_register_notifier (the VM a get there took).
+    in_registration: FastMap<u32, Option<u64>>,
+    /// ... a get made in a registration, named at the thread's open's exit.
+    registered_get: FastMap<u32, u64>,
     /// Last generation number used per VM / device address (not derived from
     /// the retained dead objects, which are evicted).
     vm_generations: FastMap<u64, u32>,
@@ -87,6 +91,8 @@ impl Engine {
             pending_put: FastMap::default(),
             pending_open: FastMap::default(),
             in_notifier: FastMap::default(),
+            in_registration: FastMap::default(),
+            registered_get: FastMap::default(),
             vm_generations: FastMap::default(),
             dev_generations: FastMap::default(),
             anomalies: Anomalies::default(),
@@ -220,6 +226,8 @@ impl Engine {
             self.locks.forget_thread(e.pid);
             self.pending_open.remove(&e.pid);
             self.in_notifier.remove(&e.pid);
+            self.in_registration.remove(&e.pid);
+            self.registered_get.remove(&e.pid);
             self.vms_at_exit(e);
         }
         self.open_event(e, out);

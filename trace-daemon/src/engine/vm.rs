@@ -349,19 +349,25 @@ impl Vm {
     /// get is this thread's last unnamed get on the VM. Named once, however
     /// many hooks report the open.
     fn kvm_ops_open(&mut self, e: &Event, cap: usize) {
-        if let Some(h) = e.device.map(Holder::KvmOps)
-            && let Some(last) = self
-                .timeline
-                .steps
-                .iter_mut()
-                .rev()
-                .find(|s| s.pid == e.pid && s.kind == StepKind::Get)
+        if let Some(h) = e.device.map(Holder::KvmOps) {
+            self.name_recent_get(e.pid, h);
+        }
+        self.observed(e, cap, StepKind::DeviceOpen);
+    }
+
+    /// This thread's most recent get on the VM, if not yet named, was `h`'s.
+    pub(super) fn name_recent_get(&mut self, pid: u32, h: Holder) {
+        if let Some(last) = self
+            .timeline
+            .steps
+            .iter_mut()
+            .rev()
+            .find(|s| s.pid == pid && s.kind == StepKind::Get)
             && last.holder.is_none()
         {
             last.holder = Some(h);
             *self.holders.entry(h).or_default() += 1;
         }
-        self.observed(e, cap, StepKind::DeviceOpen);
     }
 
     /// A step that changes nothing but is worth seeing on the VM's timeline.

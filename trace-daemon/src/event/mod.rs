@@ -33,6 +33,9 @@ pub enum Kind {
     /// (VFIO_GROUP_NOTIFY_SET_KVM) are done; a get before it on this thread
     /// was a driver's.
     NotifierDone,
+    /// 5.10-5.18: a driver's vfio_register_notifier(VFIO_GROUP_NOTIFY) entered:
+    /// the group's VM, if it has one, is handed to it at once.
+    NotifierRegister,
     KvmVfioRelease,
     /// KVM_CREATE_DEVICE(VFIO) returned (tracepoint tier).
     KvmVfioCreated,
@@ -329,6 +332,8 @@ impl Event {
                 }
                 Kind::NotifierDone
             }
+            HookId::VfioRegisterNotifier if ev.at_return => Kind::NotifierDone,
+            HookId::VfioRegisterNotifier => Kind::NotifierRegister,
             HookId::VfioGroupSetKvm => match ev.kvm {
                 Some(0) => {
                     ev.kvm = None;

@@ -20,6 +20,7 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::FileLink => "file-link",
         Kind::FileUnlink => "file-unlink",
         Kind::NotifierDone => "notifier-done",
+        Kind::NotifierRegister => "notifier-register",
         Kind::KvmVfioRelease => "kvm-vfio-release",
         Kind::KvmVfioCreated => "kvm-vfio-created",
         Kind::FdClosed => "fd-close",

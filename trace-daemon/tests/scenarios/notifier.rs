@@ -102,6 +102,38 @@ fn dev_first_the_notifier_reference_goes_first() {
 }
 
 #[test]
+fn a_notifier_registered_after_the_link_is_called_at_once_and_named_at_open() {
+    // The lab's order: KVM_DEV_VFIO_GROUP_ADD first (no notifier yet), then
+    // the open registers one, which the group calls back with its VM.
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM).create_kvm_vfio(QEMU, KVM, 2);
+    s.group_set_kvm(QEMU, GROUP, KVM)
+        .group_set_kvm_done(QEMU, GROUP, KVM);
+    s.notifier_register(QEMU, false)
+        .get(QEMU, KVM, 3)
+        .notifier_register(QEMU, true);
+    s.device_opened(QEMU, DEV, GROUP, 1)
+        .with_hook(HookId::VfioGroupFopsUnlIoctl);
+    s.events.last_mut().unwrap().open_count = None;
+    s.close_vm_fd(QEMU, KVM, 3);
+    close_kvm_vfio_510(&mut s, 2);
+    release_510(&mut s, 1);
+    let (e, f) = run(&s);
+    assert_eq!(kinds(&f), [], "{f:#?}");
+    let notifier = Some(Holder::Notifier(GROUP));
+    assert_eq!(holder_of(&e, StepKind::Get, 0), notifier);
+    let vm = the_vm(&e);
+    let last_put = vm
+        .timeline
+        .steps
+        .iter()
+        .rev()
+        .find(|s| s.kind == StepKind::Put);
+    assert_eq!(last_put.unwrap().holder, notifier);
+    assert_eq!(vm.holders.get(&Holder::Notifier(GROUP)), Some(&0));
+}
+
+#[test]
 fn a_get_outside_the_notifier_is_not_the_notifiers() {
     // vfio-pci (edu) registers no notifier: gets elsewhere stay unnamed.
     let mut s = Script::new();

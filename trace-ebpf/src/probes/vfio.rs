@@ -342,6 +342,43 @@ fn group_set_kvm_event<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call, ph
     submit(ctx, e, phase == Phase::Entry);
 }
 
+// 5.10-5.18: int vfio_register_notifier(struct device *, enum vfio_notify_type,
+// unsigned long *events, struct notifier_block *): a driver registering for
+// VFIO_GROUP_NOTIFY (1) from its open is called back at once when the group
+// has a VM; a get between this entry and its exit is that notifier's.
+const VFIO_GROUP_NOTIFY: u64 = 1;
+
+entry_exit_hook!(
+    HookId::VfioRegisterNotifier,
+    fentry_vfio_register_notifier,
+    fexit_vfio_register_notifier,
+    kprobe_vfio_register_notifier,
+    kretprobe_vfio_register_notifier,
+    on_register_notifier,
+    on_register_notifier_exit
+);
+
+fn on_register_notifier<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    if call.arg(1) != VFIO_GROUP_NOTIFY || !wanted() {
+        return false;
+    }
+    submit(
+        ctx,
+        new_event(HookId::VfioRegisterNotifier, Phase::Entry),
+        true,
+    );
+    true
+}
+
+fn on_register_notifier_exit<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) {
+    if call.arg(1) != VFIO_GROUP_NOTIFY {
+        return;
+    }
+    let mut e = new_event(HookId::VfioRegisterNotifier, Phase::Exit);
+    set_ret(&mut e, call.ret);
+    submit(ctx, e, false);
+}
+
 // Drivers that take kvm->lock under the VFIO open locks (S2):
 // vfio_ap_mdev_set_kvm(struct ap_matrix_mdev *, struct kvm *) and the lab's
 // testdev_lock_kvm(struct vfio_device *, struct kvm *); both first arguments

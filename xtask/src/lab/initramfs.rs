@@ -13,6 +13,9 @@ use crate::setup::output;
 
 /// Modules the lab loads, in dependency order (resolved with modprobe).
 const MODULES: &[&str] = &["kvm_amd", "vfio_pci", "vfio_iommu_type1"];
+/// Loaded where the kernel has them: the mdev bus as a VFIO device (before
+/// 5.16 a module of its own), for the test module's notifier mode (5.10).
+const OPTIONAL: &[&str] = &["vfio_mdev"];
 
 /// Builds the initramfs: busybox, the modules (decompressed), kvscope and the
 /// scenario driver with their shared libraries, and an init running `cmd`.
@@ -44,7 +47,17 @@ pub fn initramfs(
     std::fs::copy("/bin/busybox", stage.join("bin/busybox"))?;
     // Modules, in the order modprobe would load them.
     let mut order: Vec<String> = Vec::new();
-    for m in MODULES {
+    let show_depends = |m: &str| {
+        Command::new("/usr/sbin/modprobe")
+            .arg("-d")
+            .arg(&k.root)
+            .args(["-S", &k.release, "--show-depends", m])
+            .output()
+    };
+    let optional = OPTIONAL
+        .iter()
+        .filter(|m| show_depends(m).is_ok_and(|o| o.status.success()));
+    for m in MODULES.iter().chain(optional) {
         let deps = output(
             Command::new("/usr/sbin/modprobe")
                 .arg("-d")

@@ -304,6 +304,20 @@ pub fn debian_headers(release: &str, suite: Option<&str>) -> anyhow::Result<Path
     Ok(dir)
 }
 
+/// The `gcc-N` a Debian kernel's headers ask for (`.kernelvariables`), when
+/// it is not installed here.
+fn missing_kernel_compiler(kbuild: &std::path::Path) -> Option<String> {
+    let vars = std::fs::read_to_string(kbuild.join(".kernelvariables")).ok()?;
+    let cc = vars
+        .lines()
+        .filter(|l| l.trim_start().starts_with("CC ="))
+        .flat_map(|l| l.split(|c: char| c.is_whitespace() || c == ')'))
+        .find(|w| w.starts_with("gcc-"))?
+        .to_owned();
+    let found = Command::new(&cc).arg("--version").output().is_ok();
+    (!found).then_some(cc)
+}
+
 /// Builds lab-kernel/testdev against the kernel's build tree or, for a Debian
 /// kernel, its linux-headers; cached per kernel release and module source.
 pub fn testdev(k: &Unpacked, suite: Option<&str>) -> anyhow::Result<PathBuf> {
@@ -354,6 +368,14 @@ pub fn testdev(k: &Unpacked, suite: Option<&str>) -> anyhow::Result<PathBuf> {
         .arg("modules");
     if kvm_ops {
         c.arg("KCFLAGS=-DKVSCOPE_KVM_OPS");
+    }
+    if let Some(cc) = missing_kernel_compiler(&kbuild) {
+        // Debian 11's headers name gcc-10, which Debian 12 has not; the
+        // host's gcc builds a test module that loads (no plugins, same ABI).
+        eprintln!(
+            "lab: {cc} (the headers' compiler) is not installed: the test module is built with gcc"
+        );
+        c.arg("CC=gcc");
     }
     logged(
         &mut c,

@@ -250,6 +250,40 @@ pub const SCENARIOS: &[Scenario] = &[
         lean_lacks: &[],
         unordered: false,
     },
+    // 5.10 with a driver shaped like kvmgt (test module, mode=notifier): an
+    // mdev whose open registers for VFIO_GROUP_NOTIFY_SET_KVM; the group
+    // (linked before the open) calls it at once and it takes a reference,
+    // dropped at its release.
+    Scenario {
+        kernels: &["bullseye"],
+        testdev: Some("notifier"),
+        driver: "--testdev vm-first",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[],
+        findings: &[],
+        attributed: &["+1 notifier", "-1 notifier", "-1 vm fd", "-1 kvm-vfio fd"],
+        frames: &["testdev_release", "vfio_device_fops_release"],
+        why: "5.10: the driver's notifier reference outlives the VM fds: its release makes the last put (no VFIO mutex is held there in this era)",
+        exact: true,
+        kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
+    },
+    Scenario {
+        kernels: &["bullseye"],
+        testdev: Some("notifier"),
+        driver: "--testdev dev-first",
+        counts: &[1, 2, 3, 2, 1, 0],
+        open_counts: &[],
+        findings: &[],
+        attributed: &["+1 notifier", "-1 notifier", "-1 vm fd", "-1 kvm-vfio fd"],
+        frames: &[],
+        why: "5.10: the device closed first gives the notifier's reference back; the KVM fds make the last put",
+        exact: true,
+        kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
+    },
     // S2 with a real driver: open_device takes kvm->lock under the VFIO locks.
     Scenario {
         kernels: &["6.1"],
