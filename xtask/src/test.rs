@@ -139,14 +139,18 @@ fn fuzz(env: &Env) -> anyhow::Result<()> {
     let corpus = dir.join("corpus/recording_reader");
     std::fs::create_dir_all(&corpus)?;
     let mut c = std::process::Command::new("cargo");
+    // The sanitizer build of the whole dependency tree is most of this
+    // tier's time: kept in the cache, a fresh clone (CI) rebuilds only the
+    // workspace's own crates.
+    let target = crate::setup::cache_dir().join("fuzz-target");
     c.current_dir(&dir).env("PATH", &path).args([
         "+nightly",
         "fuzz",
         "run",
-        "recording_reader",
-        "corpus/recording_reader",
-        "--",
+        "--target-dir",
     ]);
+    c.arg(&target)
+        .args(["recording_reader", "corpus/recording_reader", "--"]);
     c.arg(format!("-max_total_time={FUZZ_SECONDS}"));
     c.arg("-rss_limit_mb=2048");
     cmd::check(c)
