@@ -56,13 +56,13 @@ MODULE_PARM_DESC(mode, "plain | kvmlock | relock | abba | ownref | kvmops | kvmo
 #define TESTDEV_DEV_SET_THEN_KVM 0x4b71
 
 #define DRV_NAME "kvscope-testdev"
+#include "platform.h"
 
 struct testdev {
 	struct vfio_device vdev;
 	struct kvm *own_kvm;
 };
 
-static struct platform_device *pdev;
 static struct testdev *tdev;
 
 static bool mode_is(const char *m)
@@ -269,7 +269,7 @@ static int __init testdev_init(void)
 		"kvmops", "kvmops-lock", "kvmops-fail",
 #endif
 	};
-	int i, ret;
+	int i;
 
 	for (i = 0; i < ARRAY_SIZE(modes) && !mode_is(modes[i]); i++)
 		;
@@ -277,21 +277,12 @@ static int __init testdev_init(void)
 		pr_err("kvscope_testdev: unknown mode=%s for this kernel\n", mode);
 		return -EINVAL;
 	}
-	ret = platform_driver_register(&testdev_driver);
-	if (ret)
-		return ret;
-	pdev = platform_device_register_simple(DRV_NAME, -1, NULL, 0);
-	if (IS_ERR(pdev)) {
-		platform_driver_unregister(&testdev_driver);
-		return PTR_ERR(pdev);
-	}
-	return 0;
+	return testdev_register_platform(&testdev_driver);
 }
 
 static void __exit testdev_exit(void)
 {
-	platform_device_unregister(pdev);
-	platform_driver_unregister(&testdev_driver);
+	testdev_unregister_platform(&testdev_driver);
 }
 
 module_init(testdev_init);

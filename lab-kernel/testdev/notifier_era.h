@@ -30,13 +30,13 @@ module_param(mode, charp, 0444);
 MODULE_PARM_DESC(mode, "notifier | plain (kernels before 5.19)");
 
 #define DRV_NAME "kvscope-testdev"
+#include "platform.h"
 
 struct testdev_state {
 	struct notifier_block nb;
 	struct kvm *own_kvm;
 };
 
-static struct platform_device *pdev;
 
 static bool mode_is(const char *m)
 {
@@ -170,27 +170,16 @@ static struct platform_driver testdev_driver = {
 
 static int __init testdev_init(void)
 {
-	int ret;
-
 	if (!mode_is("notifier") && !mode_is("plain")) {
 		pr_err("kvscope_testdev: unknown mode=%s for this kernel\n", mode);
 		return -EINVAL;
 	}
-	ret = platform_driver_register(&testdev_driver);
-	if (ret)
-		return ret;
-	pdev = platform_device_register_simple(DRV_NAME, -1, NULL, 0);
-	if (IS_ERR(pdev)) {
-		platform_driver_unregister(&testdev_driver);
-		return PTR_ERR(pdev);
-	}
-	return 0;
+	return testdev_register_platform(&testdev_driver);
 }
 
 static void __exit testdev_exit(void)
 {
-	platform_device_unregister(pdev);
-	platform_driver_unregister(&testdev_driver);
+	testdev_unregister_platform(&testdev_driver);
 }
 
 module_init(testdev_init);

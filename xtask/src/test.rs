@@ -143,12 +143,9 @@ fn fuzz(env: &Env) -> anyhow::Result<()> {
     // tier's time: kept in the cache, a fresh clone (CI) rebuilds only the
     // workspace's own crates.
     let target = crate::setup::cache_dir().join("fuzz-target");
-    c.current_dir(&dir).env("PATH", &path).args([
-        "+nightly",
-        "fuzz",
-        "run",
-        "--target-dir",
-    ]);
+    c.current_dir(&dir)
+        .env("PATH", &path)
+        .args(["+nightly", "fuzz", "run", "--target-dir"]);
     c.arg(&target)
         .args(["recording_reader", "corpus/recording_reader", "--"]);
     c.arg(format!("-max_total_time={FUZZ_SECONDS}"));

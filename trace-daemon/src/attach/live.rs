@@ -107,6 +107,8 @@ pub async fn attach(opts: &LoadOptions, signals: &mut Signals) -> anyhow::Result
 pub struct Session {
     pub facts: Facts,
     pub probes: Probes,
+    /// kallsyms read again after attach, which names the BPF frames.
+    symbols: LateKallsyms,
     /// Taken by the live loop.
     ring: Option<RingBuf<MapData>>,
     /// Records read during the self-test (undecodable ones too, to be
@@ -123,22 +125,25 @@ pub struct Session {
 
 impl Session {
     pub fn start(opts: &LoadOptions) -> anyhow::Result<Session> {
-        let mut facts = Facts::gather()?;
+        // Start-up phases with their times (`--log info`): attaching is what
+        // a slow host (a TCG guest) waits for.
+        let t = std::time::Instant::now();
+        let phase = |what: &str| log::info!("{what}: {} ms", t.elapsed().as_millis());
+        let facts = Facts::gather()?;
+        phase("kallsyms, BTF and tracefs read");
         let mut probes = loader::load(&facts, opts)?;
-        // BPF programs and trampolines are in kallsyms only now that they
-        // exist: read it again so stack frames in them are named `[bpf]`.
-        match Kallsyms::read() {
-            Ok(k) => facts.kallsyms = k,
-            Err(e) => log::warn!("re-reading kallsyms after attach: {e:#}"),
-        }
+        phase("programs loaded and attached");
+        let symbols = LateKallsyms::read_in_background();
         let mut ring = probes.ring()?;
         let mut pending = Vec::new();
         let delivery = selftest::run(&mut ring, &mut pending, self_test_possible(&probes), || {
             lost_of(&probes, HookId::SelfTest)
         });
+        phase("delivery self-test");
         Ok(Session {
             facts,
             probes,
+            symbols,
             ring: Some(ring),
             pending,
             delivery,
@@ -298,11 +303,54 @@ impl Session {
         let map = self.probes.stacks().ok()?;
         let st = map.get(&id, 0).ok()?;
         let ips: Vec<u64> = st.frames().iter().map(|f| f.ip).collect();
-        let symbols = ips
-            .iter()
-            .map(|ip| self.facts.kallsyms.frame(*ip))
-            .collect();
+        let kallsyms = self.symbols.get(&self.facts.kallsyms);
+        let symbols = ips.iter().map(|ip| kallsyms.frame(*ip)).collect();
         Some(Stack { id, ips, symbols })
+    }
+}
+
+/// BPF programs and trampolines are in kallsyms only once they exist, so it
+/// is read again after attach to name `[bpf]` frames; in the background
+/// (nearly a second in a TCG guest): ready does not wait for it, the first
+/// stack symbolised does.
+struct LateKallsyms {
+    done: std::sync::OnceLock<Kallsyms>,
+    pending: std::sync::Mutex<Option<std::thread::JoinHandle<anyhow::Result<Kallsyms>>>>,
+}
+
+impl LateKallsyms {
+    fn read_in_background() -> Self {
+        let handle = std::thread::Builder::new()
+            .name("kvscope-kallsyms".into())
+            .spawn(Kallsyms::read)
+            .map_err(|e| log::warn!("re-reading kallsyms after attach: {e}"))
+            .ok();
+        LateKallsyms {
+            done: std::sync::OnceLock::new(),
+            pending: std::sync::Mutex::new(handle),
+        }
+    }
+
+    /// The kallsyms read after attach; `before` (read before attach: BPF
+    /// frames unnamed) if that read failed.
+    fn get<'a>(&'a self, before: &'a Kallsyms) -> &'a Kallsyms {
+        if let Some(k) = self.done.get() {
+            return k;
+        }
+        // Joined under the lock: a second caller waits, then finds it set.
+        let Ok(mut pending) = self.pending.lock() else {
+            return before;
+        };
+        match pending.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(Ok(k))) => {
+                let _ = self.done.set(k);
+            }
+            Some(Ok(Err(e))) => log::warn!("re-reading kallsyms after attach: {e:#}"),
+            Some(Err(_)) => log::warn!("re-reading kallsyms after attach: the reader panicked"),
+            None => {}
+        }
+        drop(pending);
+        self.done.get().unwrap_or(before)
     }
 }
 

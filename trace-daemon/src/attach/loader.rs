@@ -49,8 +49,17 @@ pub struct Facts {
 
 impl Facts {
     pub fn gather() -> anyhow::Result<Facts> {
-        let kallsyms = Kallsyms::read()?;
-        let btf = KernelBtf::load();
+        // The two slow reads at start-up, side by side.
+        let t = std::time::Instant::now();
+        let (kallsyms, btf) = std::thread::scope(|scope| {
+            let btf = scope.spawn(KernelBtf::load);
+            let kallsyms = Kallsyms::read();
+            log::info!("kallsyms: {} ms", t.elapsed().as_millis());
+            (kallsyms, btf.join())
+        });
+        log::info!("kernel BTF parsed: {} ms", t.elapsed().as_millis());
+        let kallsyms = kallsyms?;
+        let btf = btf.map_err(|_| anyhow::anyhow!("parsing the kernel's BTF panicked"))?;
         let tracing = tracefs::ensure_mounted().map_err(|e| format!("{e:#}"));
         let kprobes = kprobes_available(tracing.as_ref().ok().map(PathBuf::as_path));
         let (offsets, offset_report) = probe_config(&btf);
@@ -224,13 +233,19 @@ pub fn load(facts: &Facts, opts: &LoadOptions) -> anyhow::Result<Probes> {
         } else {
             0
         });
+    let t = std::time::Instant::now();
     let mut ebpf = EbpfLoader::new()
         .override_global(maps::CONFIG_GLOBAL, &config, true)
         .map_max_entries(maps::EVENTS, opts.ring_bytes)
         .load(PROBES)
         .context("loading the BPF object (maps and relocations)")?;
+    log::info!(
+        "object loaded (maps, relocations): {} ms",
+        t.elapsed().as_millis()
+    );
     let aya_btf = Btf::from_sys_fs().ok();
     let fentry = probe_fentry(&mut ebpf, aya_btf.as_ref(), &facts.btf);
+    log::info!("fentry probed: {} ms", t.elapsed().as_millis());
     let mut plan = facts.plan(fentry.clone());
     let mode = (!opts.every_role).then_some(opts.lock_watch);
     plan_mode(&mut plan, mode);
@@ -454,6 +469,7 @@ impl Probes {
     /// emulated guest on a loaded host. Run concurrently, the waits overlap.
     pub fn detach_all(&mut self) {
         const THREADS: usize = 8;
+        let t = std::time::Instant::now();
         let mut progs: Vec<&mut Program> = self.ebpf.programs_mut().map(|(_, p)| p).collect();
         let per = progs.len().div_ceil(THREADS).max(1);
         std::thread::scope(|s| {
@@ -461,6 +477,7 @@ impl Probes {
                 s.spawn(move || chunk.iter_mut().for_each(|p| unload(p)));
             }
         });
+        log::info!("detached: {} ms", t.elapsed().as_millis());
     }
 
     pub fn ring(&mut self) -> anyhow::Result<RingBuf<MapData>> {
