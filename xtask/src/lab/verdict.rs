@@ -16,10 +16,19 @@ pub struct Check {
     pub reason: Option<String>,
     pub fentry: Status,
     pub offsets: Vec<Offset>,
+    pub lock_watch: Vec<ModeRow>,
     pub variant_description: String,
     pub vfio_paths: VfioPaths,
     pub lockdep: bool,
     pub plan: CheckPlan,
+}
+
+/// What each lock-watching mode can raise here, per finding kind.
+#[derive(Deserialize)]
+pub struct ModeRow {
+    pub kind: String,
+    pub deep: String,
+    pub lean: String,
 }
 
 #[derive(Deserialize)]
@@ -245,6 +254,16 @@ fn check_notifier_era(r: &Check) -> Vec<String> {
             bad.push(format!(
                 "{field}: offset not read from the module's --btf file: {from:?}"
             ));
+        }
+    }
+    // The findings that need the contention tracepoints say why they are off.
+    for row in r.lock_watch.iter().filter(|m| m.kind == "deadlock") {
+        for (mode, text) in [("deep", &row.deep), ("lean", &row.lean)] {
+            if !text.contains("no lock contention tracepoints (added in 5.19)") {
+                bad.push(format!(
+                    "deadlock ({mode}) does not say the kernel lacks the tracepoints: {text:?}"
+                ));
+            }
         }
     }
     for gone in ["vfio_device.open_count", "vfio_group.group_lock"] {
