@@ -13,12 +13,12 @@ use trace_common::HookId;
 
 use crate::{
     attach::hooks::Role,
+    attach::late_kallsyms::LateKallsyms,
     attach::loader::{self, Facts, LoadOptions, Probes},
     attach::plan::{LockWatch, Method},
     attach::selftest,
     engine,
     event::{DecodeError, Event, drops::Drops, record_from_bytes},
-    kernel::kallsyms::Kallsyms,
     recording::{Delivery, Header, Stack},
 };
 
@@ -306,51 +306,6 @@ impl Session {
         let kallsyms = self.symbols.get(&self.facts.kallsyms);
         let symbols = ips.iter().map(|ip| kallsyms.frame(*ip)).collect();
         Some(Stack { id, ips, symbols })
-    }
-}
-
-/// BPF programs and trampolines are in kallsyms only once they exist, so it
-/// is read again after attach to name `[bpf]` frames; in the background
-/// (nearly a second in a TCG guest): ready does not wait for it, the first
-/// stack symbolised does.
-struct LateKallsyms {
-    done: std::sync::OnceLock<Kallsyms>,
-    pending: std::sync::Mutex<Option<std::thread::JoinHandle<anyhow::Result<Kallsyms>>>>,
-}
-
-impl LateKallsyms {
-    fn read_in_background() -> Self {
-        let handle = std::thread::Builder::new()
-            .name("kvscope-kallsyms".into())
-            .spawn(Kallsyms::read)
-            .map_err(|e| log::warn!("re-reading kallsyms after attach: {e}"))
-            .ok();
-        LateKallsyms {
-            done: std::sync::OnceLock::new(),
-            pending: std::sync::Mutex::new(handle),
-        }
-    }
-
-    /// The kallsyms read after attach; `before` (read before attach: BPF
-    /// frames unnamed) if that read failed.
-    fn get<'a>(&'a self, before: &'a Kallsyms) -> &'a Kallsyms {
-        if let Some(k) = self.done.get() {
-            return k;
-        }
-        // Joined under the lock: a second caller waits, then finds it set.
-        let Ok(mut pending) = self.pending.lock() else {
-            return before;
-        };
-        match pending.take().map(std::thread::JoinHandle::join) {
-            Some(Ok(Ok(k))) => {
-                let _ = self.done.set(k);
-            }
-            Some(Ok(Err(e))) => log::warn!("re-reading kallsyms after attach: {e:#}"),
-            Some(Err(_)) => log::warn!("re-reading kallsyms after attach: the reader panicked"),
-            None => {}
-        }
-        drop(pending);
-        self.done.get().unwrap_or(before)
     }
 }
 

@@ -2,6 +2,7 @@
 //! serves which role), the plan for this kernel, the BPF loader, the live
 //! loop that drains the ring buffer, and the delivery self-test.
 pub mod hooks;
+mod late_kallsyms;
 pub mod live;
 pub mod loader;
 pub mod plan;

@@ -1,0 +1,72 @@
+//! kallsyms read again after attach, in the background.
+use crate::kernel::kallsyms::Kallsyms;
+
+/// BPF programs and trampolines are in kallsyms only once they exist, so it
+/// is read again after attach to name `[bpf]` frames; in the background
+/// (nearly a second in a TCG guest): ready does not wait for it, the first
+/// stack symbolised does.
+pub struct LateKallsyms {
+    done: std::sync::OnceLock<Kallsyms>,
+    pending: std::sync::Mutex<Option<std::thread::JoinHandle<anyhow::Result<Kallsyms>>>>,
+}
+
+impl LateKallsyms {
+    pub fn read_in_background() -> Self {
+        let handle = std::thread::Builder::new()
+            .name("kvscope-kallsyms".into())
+            .spawn(Kallsyms::read)
+            .map_err(|e| log::warn!("re-reading kallsyms after attach: {e}"))
+            .ok();
+        LateKallsyms {
+            done: std::sync::OnceLock::new(),
+            pending: std::sync::Mutex::new(handle),
+        }
+    }
+
+    /// The kallsyms read after attach; `before` (read before attach: BPF
+    /// frames unnamed) if that read failed.
+    pub fn get<'a>(&'a self, before: &'a Kallsyms) -> &'a Kallsyms {
+        if let Some(k) = self.done.get() {
+            return k;
+        }
+        // Joined under the lock: a second caller waits, then finds it set.
+        let Ok(mut pending) = self.pending.lock() else {
+            return before;
+        };
+        match pending.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(Ok(k))) => {
+                let _ = self.done.set(k);
+            }
+            Some(Ok(Err(e))) => log::warn!("re-reading kallsyms after attach: {e:#}"),
+            Some(Err(_)) => log::warn!("re-reading kallsyms after attach: the reader panicked"),
+            None => {}
+        }
+        drop(pending);
+        self.done.get().unwrap_or(before)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The background read is joined once and kept; without it (a failed
+    /// read) the kallsyms from before attach serve.
+    #[test]
+    fn joined_once_then_kept() {
+        let late = LateKallsyms::read_in_background();
+        let before = Kallsyms::default();
+        let first = late.get(&before) as *const Kallsyms;
+        assert_eq!(late.get(&before) as *const Kallsyms, first);
+        match Kallsyms::read() {
+            // This host's kallsyms: the late read has its symbols.
+            Ok(now) => assert_eq!(late.get(&before).len(), now.len()),
+            Err(_) => assert!(std::ptr::eq(late.get(&before), &before)),
+        }
+        let failed = LateKallsyms {
+            done: std::sync::OnceLock::new(),
+            pending: std::sync::Mutex::new(None),
+        };
+        assert!(std::ptr::eq(failed.get(&before), &before));
+    }
+}
