@@ -91,7 +91,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    kvscope::kernel::btf::set_user_files(cli.btf.clone());
+    kvscope::kernel::btf::add_user_files(&cli.btf);
     match cli.command {
         Command::Check(args) => {
             let facts = Facts::gather()?;
@@ -150,6 +150,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Some(p) => kvscope::service::config::DaemonConfig::load(p)?,
                 None => kvscope::service::config::DaemonConfig::default(),
             };
+            kvscope::kernel::btf::add_user_files(&config.btf);
             let opts = kvscope::service::daemon::DaemonOptions {
                 config,
                 config_path: args.config,

@@ -268,6 +268,12 @@ pub fn render_text(r: &Report) -> String {
             "unknown here  {} (those data are reported unknown)",
             unknown.join(", ")
         );
+        if (r.kernel.major, r.kernel.minor) < (5, 11) && r.btf.user.is_empty() {
+            let _ = writeln!(
+                o,
+                "              before 5.11 modules carry no BTF: --btf FILE gives the kvm and vfio modules' types (README, \"Older kernels\")"
+            );
+        }
     }
     let _ = writeln!(o, "tier          {}", r.tier_description);
     let _ = writeln!(o);

@@ -4,7 +4,7 @@
 //! offsets are handed to them at load (`ProbeConfig`).
 use std::{
     path::{Path, PathBuf},
-    sync::OnceLock,
+    sync::Mutex,
 };
 
 use btf_rs::{Btf, BtfType, Type};
@@ -25,11 +25,18 @@ pub struct KernelBtf {
     pub problems: Vec<String>,
 }
 
-/// `--btf` files (global option, or KVSCOPE_BTF), set once by `main`.
-static USER_FILES: OnceLock<Vec<PathBuf>> = OnceLock::new();
+/// `--btf` files (global option, KVSCOPE_BTF, the daemon's `btf` key), given
+/// by `main` before anything is loaded.
+static USER_FILES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-pub fn set_user_files(files: Vec<PathBuf>) {
-    let _ = USER_FILES.set(files);
+pub fn add_user_files(files: &[PathBuf]) {
+    if let Ok(mut v) = USER_FILES.lock() {
+        for f in files {
+            if !v.contains(f) {
+                v.push(f.clone());
+            }
+        }
+    }
 }
 
 impl KernelBtf {
@@ -41,7 +48,8 @@ impl KernelBtf {
             .filter(|(_, p)| p.exists())
             .collect();
         let mut k = Self::from_files(&dir.join("vmlinux"), &modules);
-        for f in USER_FILES.get().into_iter().flatten() {
+        let user = USER_FILES.lock().map(|v| v.clone()).unwrap_or_default();
+        for f in &user {
             match btf_file::load(f, k.vmlinux.as_ref(), Path::new("/sys/module")) {
                 Ok(u) => k.user.push(u),
                 Err(e) => k.problems.push(e),

@@ -41,6 +41,9 @@ pub struct DaemonConfig {
     /// many seconds, then back to lean, to see every acquire while the trouble
     /// lasts. Unset (the default): never.
     pub arm_deep_s: Option<u64>,
+    /// BTF of the kvm and vfio modules on kernels before 5.11 (no module
+    /// BTF): as `--btf`, read at start (a SIGHUP does not re-read them).
+    pub btf: Vec<PathBuf>,
     /// Analysis thresholds and bounds.
     pub engine: engine::Config,
 }
@@ -59,6 +62,7 @@ impl Default for DaemonConfig {
             lock_watch: LockWatch::Lean,
             deep_for_s: None,
             arm_deep_s: None,
+            btf: Vec::new(),
             engine: engine::Config::default(),
         }
     }
@@ -90,6 +94,14 @@ impl DaemonConfig {
             .map_err(|e| anyhow::anyhow!("ring_bytes: {e}"))?;
         if self.engine.timeline_cap == 0 || self.engine.max_findings == 0 {
             anyhow::bail!("engine.timeline_cap and engine.max_findings must be at least 1");
+        }
+        for f in &self.btf {
+            std::fs::File::open(f).with_context(|| {
+                format!(
+                    "btf: cannot read {} (a module's .ko after `pahole -J`; README, \"Older kernels\")",
+                    f.display()
+                )
+            })?;
         }
         Ok(())
     }
@@ -199,6 +211,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("ring_bytes"), "{e}");
+        let e = DaemonConfig::parse("btf = [\"/nonexistent/kvm.ko\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("btf: cannot read /nonexistent/kvm.ko"), "{e}");
     }
 
     #[test]
