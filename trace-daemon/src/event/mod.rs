@@ -310,8 +310,19 @@ impl Event {
                     _ => Kind::Other,
                 }
             }
-            HookId::VfioFileSetKvm => {
-                // A group file's private_data is the group (arg).
+            HookId::VfioGroupSetKvm if ev.at_return => {
+                // Its kvm argument again (NULL: an unlink); the thread's
+                // notifier context is what ends.
+                if ev.kvm == Some(0) {
+                    ev.kvm = None;
+                }
+                Kind::NotifierDone
+            }
+            HookId::VfioRegisterNotifier if ev.at_return => Kind::NotifierDone,
+            HookId::VfioRegisterNotifier => Kind::NotifierRegister,
+            // A file (5.19+; a group file's private_data, the group, is arg)
+            // or a group (before) learns its VM; NULL: forgets it.
+            HookId::VfioFileSetKvm | HookId::VfioGroupSetKvm => {
                 if ev.group.is_none() {
                     ev.group = arg;
                 }
@@ -324,24 +335,6 @@ impl Event {
                     None => Kind::Other,
                 }
             }
-            HookId::VfioGroupSetKvm if ev.at_return => {
-                // Its kvm argument again (NULL: an unlink); the thread's
-                // notifier context is what ends.
-                if ev.kvm == Some(0) {
-                    ev.kvm = None;
-                }
-                Kind::NotifierDone
-            }
-            HookId::VfioRegisterNotifier if ev.at_return => Kind::NotifierDone,
-            HookId::VfioRegisterNotifier => Kind::NotifierRegister,
-            HookId::VfioGroupSetKvm => match ev.kvm {
-                Some(0) => {
-                    ev.kvm = None;
-                    Kind::FileUnlink
-                }
-                Some(_) => Kind::FileLink,
-                None => Kind::Other,
-            },
             HookId::VfioGroupFopsUnlIoctl | HookId::VfioDeviceOpen | HookId::VfioDfOpen => {
                 Kind::DeviceOpened
             }
