@@ -10,10 +10,58 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
-/// Every stop must end the process within this.
-pub const STOP_BOUND: Duration = Duration::from_secs(5);
+/// A stop should end the process within this; one slower is slow, and what
+/// the process was doing then is kept (see [`Running::stop`]).
+pub const STOP_BOUND: Duration = Duration::from_millis(2500);
+/// A stop not done by then is lost, not slow.
+pub const LOST_BOUND: Duration = Duration::from_secs(60);
+/// How long a reload may take to be answered.
+pub const RELOAD_BOUND: Duration = Duration::from_secs(5);
 /// Attaching in an emulated guest on a loaded host can take a while.
 pub const READY_BOUND: Duration = Duration::from_secs(120);
+
+/// A stop that ended the process: how long it took, and for a slow one
+/// ([`STOP_BOUND`] passed) what its threads were doing then.
+pub struct Stop {
+    pub took: Duration,
+    pub threads: Option<String>,
+}
+
+/// Each thread of `pid`: name, state, wait channel, signal masks (pending,
+/// blocked, ignored, caught) and kernel stack, from /proc.
+pub fn threads_of(pid: u32) -> String {
+    let read = |p: std::path::PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+    let mut out = String::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("  (no /proc/{pid}/task: already gone)\n");
+    };
+    for task in tasks.filter_map(Result::ok) {
+        let dir = task.path();
+        let status = read(dir.join("status"));
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map_or(String::new(), |v| v.trim().to_owned())
+        };
+        out.push_str(&format!(
+            "  tid {} {:?} state {} wchan {} pending {} shared-pending {} blocked {} ignored {} caught {}\n",
+            task.file_name().to_string_lossy(),
+            field("Name:"),
+            field("State:"),
+            read(dir.join("wchan")),
+            field("SigPnd:"),
+            field("ShdPnd:"),
+            field("SigBlk:"),
+            field("SigIgn:"),
+            field("SigCgt:"),
+        ));
+        for frame in read(dir.join("stack")).lines() {
+            out.push_str(&format!("      {frame}\n"));
+        }
+    }
+    out
+}
 
 /// A started kvscope: its stderr lines arrive on `lines`; killed if dropped.
 pub struct Running {
@@ -101,19 +149,36 @@ impl Running {
         unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
-    /// Sends `sig`; the time to exit, which must be within the bound and clean.
-    pub fn stop(&mut self, sig: libc::c_int) -> anyhow::Result<Duration> {
+    /// Sends `sig`; the time to exit, which must be clean. A stop not done
+    /// within [`STOP_BOUND`] is slow: the process's threads (kernel stacks,
+    /// wait channels, signal masks) are printed then, and the wait goes on to
+    /// [`LOST_BOUND`], past which the stop is lost (an error).
+    pub fn stop(&mut self, sig: libc::c_int) -> anyhow::Result<Stop> {
         let t = Instant::now();
         self.signal(sig);
+        let mut threads = None;
         loop {
             if let Some(s) = self.child.try_wait()? {
                 if !s.success() {
                     bail!("exit {s} after signal {sig}");
                 }
-                return Ok(t.elapsed());
+                return Ok(Stop {
+                    took: t.elapsed(),
+                    threads,
+                });
             }
-            if t.elapsed() > STOP_BOUND {
-                bail!("still running {STOP_BOUND:?} after signal {sig}: a lost stop");
+            if threads.is_none() && t.elapsed() > STOP_BOUND {
+                let snap = threads_of(self.child.id());
+                eprintln!(
+                    "[stop] still running {STOP_BOUND:?} after signal {sig}; its threads:\n{snap}"
+                );
+                threads = Some(snap);
+            }
+            if t.elapsed() > LOST_BOUND {
+                bail!(
+                    "still running {LOST_BOUND:?} after signal {sig}: a lost stop; its threads at {STOP_BOUND:?}:\n{}",
+                    threads.unwrap_or_default()
+                );
             }
             std::thread::sleep(Duration::from_millis(5));
         }

@@ -11,15 +11,17 @@
 //!   by a reload line), SIGTERM; the summary must count the events, no loss;
 //! - N/5 early stops, the signal sent while kvscope is still attaching.
 //!
-//! Every stop must end the process within [`STOP_BOUND`]. Prints one line,
-//! `STRESS {json}`: cycles per kind, slowest stop and attach, failures.
+//! Every stop's time is kept; a stop over [`STOP_BOUND`] is slow (its threads
+//! printed to the console), one over [`LOST_BOUND`] lost (a failure). Prints
+//! one line, `STRESS {json}`: cycles per kind, stop times (median, p90, max,
+//! every one), the slow stops, slowest attach, failures.
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
 use crate::{
     rig::Rig,
-    running::{READY_BOUND, STOP_BOUND, start},
+    running::{READY_BOUND, RELOAD_BOUND, Stop, start},
 };
 
 const DAEMON_CONFIG: &str = "/tmp/stress-kvscope.toml";
@@ -116,8 +118,8 @@ fn check_switched_trace(out: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One cycle of `kind`; returns (time to ready, time to stop).
-fn cycle(kind: Kind, i: u64) -> anyhow::Result<(Duration, Duration)> {
+/// One cycle of `kind`; returns the time to ready and the stop.
+fn cycle(kind: Kind, i: u64) -> anyhow::Result<(Duration, Stop)> {
     let rec = format!("/tmp/stress-{i}.kvs");
     let args: Vec<&str> = match kind {
         Kind::Record => vec!["record", "-o", &rec],
@@ -146,12 +148,12 @@ fn cycle(kind: Kind, i: u64) -> anyhow::Result<(Duration, Duration)> {
     let ready = k.wait_for("kvscope: ready:", READY_BOUND)?;
     if kind == Kind::Daemon {
         k.signal(libc::SIGHUP);
-        k.wait_for("reloaded", STOP_BOUND)?;
+        k.wait_for("reloaded", RELOAD_BOUND)?;
     }
     scenario()?;
     if kind == Kind::Daemon {
         k.signal(libc::SIGHUP);
-        k.wait_for("reloaded", STOP_BOUND)?;
+        k.wait_for("reloaded", RELOAD_BOUND)?;
     }
     if kind == Kind::Trace {
         k.wait_for("lock watching switched deep -> lean", SWITCH_BOUND)?;
@@ -208,6 +210,8 @@ pub fn run(n: u64) -> anyhow::Result<()> {
         .collect();
     let mut counts = std::collections::BTreeMap::<&str, u64>::new();
     let mut stops = Vec::new();
+    let mut by_kind = std::collections::BTreeMap::<&str, Vec<u64>>::new();
+    let mut slow = Vec::new();
     let mut slowest_ready = Duration::ZERO;
     let mut failures = Vec::new();
     let started = Instant::now();
@@ -215,7 +219,12 @@ pub fn run(n: u64) -> anyhow::Result<()> {
         match cycle(*kind, i as u64) {
             Ok((ready, stop)) => {
                 *counts.entry(kind.name()).or_default() += 1;
-                stops.push(stop.as_millis() as u64);
+                let ms = stop.took.as_millis() as u64;
+                stops.push(ms);
+                by_kind.entry(kind.name()).or_default().push(ms);
+                if stop.threads.is_some() {
+                    slow.push(format!("cycle {i} ({}): {ms} ms", kind.name()));
+                }
                 slowest_ready = slowest_ready.max(ready);
             }
             Err(e) => {
@@ -233,6 +242,8 @@ pub fn run(n: u64) -> anyhow::Result<()> {
     let doc = serde_json::json!({
         "cycles": counts,
         "stop_ms": { "median": at(0.5), "p90": at(0.9), "max": stops.last() },
+        "stop_ms_by_kind": by_kind,
+        "slow_stops": slow,
         "slowest_ready_ms": slowest_ready.as_millis() as u64,
         "seconds": started.elapsed().as_secs(),
         "failures": failures,

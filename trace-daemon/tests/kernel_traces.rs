@@ -1,5 +1,6 @@
-//! Ground truth: probe hits recorded in real guests (../shared/data/kernel-traces:
-//! stock Debian 6.12 and the patched 6.1 kernel), replayed through the engine.
+//! Ground truth: probe hits recorded in real guests (tests/data/kernel-traces,
+//! copied from the project's shared notes with their provenance: stock Debian
+//! 6.12 and the patched 6.1 kernel), replayed through the engine.
 //! The traces are tracefs fprobe hits at function entry; `kvm_put_kvm` carries
 //! users_count before the put. Each block between `tracing_mark_write` markers
 //! is one VM, given a synthetic address here.
@@ -12,7 +13,7 @@ use kvscope::{
 use kvscope_testkit::scenario::Script;
 
 fn traces_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/kernel-traces")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/kernel-traces")
 }
 
 struct Block {
@@ -24,12 +25,7 @@ struct Block {
 /// each probe hit into the event our hook on that function would emit.
 fn parse(name: &str) -> Vec<Block> {
     let path = traces_dir().join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e} (shared/ must sit beside the checkout)",
-            path.display()
-        )
-    });
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut blocks = Vec::new();
     let mut cur: Option<Block> = None;
     let mut pre: Vec<String> = Vec::new();

@@ -12,6 +12,7 @@ use tokio::{
 use trace_common::HookId;
 
 use crate::{
+    attach::gate::{AfterStop, AttachGate},
     attach::hooks::Role,
     attach::late_kallsyms::LateKallsyms,
     attach::loader::{self, Facts, LoadOptions, Probes},
@@ -84,24 +85,40 @@ impl Signals {
     }
 }
 
+/// How long a stop waits for the attaching thread to detach what it attached
+/// (it stops between programs); past this the process exits and the kernel
+/// releases the rest.
+const DETACH_AFTER_STOP: Duration = Duration::from_secs(10);
+
 /// Attaches (in a thread of its own, since loading blocks for seconds) while
-/// honouring a stop: None when SIGINT or SIGTERM came first. The loading
-/// thread is then abandoned; its programs go with the process.
+/// honouring a stop: None when SIGINT or SIGTERM came first. Before the first
+/// program is attached the loading thread is abandoned (nothing to undo);
+/// after it, the thread stops between programs and detaches them together.
 pub async fn attach(opts: &LoadOptions, signals: &mut Signals) -> anyhow::Result<Option<Session>> {
     let opts = opts.clone();
-    let (tx, rx) = tokio::sync::oneshot::channel();
+    let gate = std::sync::Arc::new(AttachGate::new());
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    let thread_gate = gate.clone();
     std::thread::Builder::new()
         .name("kvscope-attach".into())
         .spawn(move || {
-            let _ = tx.send(Session::start(&opts));
+            let _ = tx.send(Session::start(&opts, &thread_gate));
         })?;
-    tokio::select! {
-        r = rx => Ok(Some(r.map_err(|_| anyhow::anyhow!("the attach thread died"))??)),
-        sig = signals.stop() => {
-            eprintln!("kvscope: {sig} before attaching finished: stopped");
-            Ok(None)
-        }
+    let sig = tokio::select! {
+        r = &mut rx => return Ok(Some(r.map_err(|_| anyhow::anyhow!("the attach thread died"))??)),
+        sig = signals.stop() => sig,
+    };
+    let t = std::time::Instant::now();
+    if gate.stop() == AfterStop::WaitForDetach {
+        // A session that completed anyway is dropped here: detached together.
+        let _ = tokio::time::timeout(DETACH_AFTER_STOP, rx).await;
     }
+    log::info!(
+        "stop during attach: {} ms to detach",
+        t.elapsed().as_millis()
+    );
+    eprintln!("kvscope: {sig} before attaching finished: stopped");
+    Ok(None)
 }
 
 pub struct Session {
@@ -124,14 +141,14 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn start(opts: &LoadOptions) -> anyhow::Result<Session> {
+    pub fn start(opts: &LoadOptions, gate: &AttachGate) -> anyhow::Result<Session> {
         // Start-up phases with their times (`--log info`): attaching is what
         // a slow host (a TCG guest) waits for.
         let t = std::time::Instant::now();
         let phase = |what: &str| log::info!("{what}: {} ms", t.elapsed().as_millis());
         let facts = Facts::gather()?;
         phase("kallsyms, BTF and tracefs read");
-        let mut probes = loader::load(&facts, opts)?;
+        let mut probes = loader::load(&facts, opts, gate)?;
         phase("programs loaded and attached");
         let symbols = LateKallsyms::read_in_background();
         let mut ring = probes.ring()?;
@@ -298,6 +315,23 @@ impl Session {
         }
     }
 
+    /// Detaches everything (dropping the session does the same) and logs when,
+    /// for the time split of a stop. The process ends next: the symbol tables
+    /// and the parsed BTF are left to it rather than freed one allocation at
+    /// a time (a tenth of a second here, most of a second in an emulated
+    /// guest, for memory the exit returns at once).
+    pub fn close(self) {
+        let Session {
+            probes,
+            facts,
+            symbols,
+            ..
+        } = self;
+        drop(probes);
+        stop_phase("detached");
+        std::mem::forget((facts, symbols));
+    }
+
     /// A kernel stack, symbolised with this host's kallsyms.
     pub fn stack(&self, id: u32) -> Option<Stack> {
         let map = self.probes.stacks().ok()?;
@@ -306,13 +340,6 @@ impl Session {
         let kallsyms = self.symbols.get(&self.facts.kallsyms);
         let symbols = ips.iter().map(|ip| kallsyms.frame(*ip)).collect();
         Some(Stack { id, ips, symbols })
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        // Faster than the object's own drop, which detaches one by one.
-        self.probes.detach_all();
     }
 }
 
@@ -484,8 +511,8 @@ pub async fn run(
                 }
             }
             _ = hup.recv() => sink.reload(session)?,
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break mark_stop(),
+            _ = int.recv() => break mark_stop(),
         }
         if sink.done() {
             break;
@@ -493,7 +520,26 @@ pub async fn run(
     }
     // What arrived before the stop is still delivered.
     drain(ring.get_mut(), session, sink, &mut stats)?;
+    stop_phase("ring drained");
     Ok(stats)
+}
+
+/// When the stop signal was taken, for the time split of a stop.
+static STOP_AT: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+fn mark_stop() {
+    let _ = STOP_AT.set(std::time::Instant::now());
+}
+
+/// Logs (`--log info`) how long after the stop signal `what` was done: the
+/// time split of a stop.
+pub fn stop_phase(what: &str) {
+    if let Some(t) = STOP_AT.get() {
+        log::info!(
+            "stop: {what} {} ms after the signal",
+            t.elapsed().as_millis()
+        );
+    }
 }
 
 /// Reads the ring until it is empty.

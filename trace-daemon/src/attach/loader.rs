@@ -19,6 +19,7 @@ use trace_common::{
 };
 
 use crate::{
+    attach::gate::{AttachGate, NEVER_STOPPED},
     attach::hooks::TRACEPOINTS,
     attach::plan::{self, HostFacts, LockWatch, Method, Plan, StackVariant},
     event::drops::Drops,
@@ -201,7 +202,22 @@ fn probe_fentry(ebpf: &mut Ebpf, btf: Option<&Btf>, kbtf: &KernelBtf) -> Result<
     })
 }
 
-pub fn load(facts: &Facts, opts: &LoadOptions) -> anyhow::Result<Probes> {
+/// The error `load` returns when a stop came while it attached (what it had
+/// attached is detached by then).
+#[derive(Debug)]
+pub struct StoppedWhileAttaching;
+
+impl std::fmt::Display for StoppedWhileAttaching {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("stopped while attaching")
+    }
+}
+
+impl std::error::Error for StoppedWhileAttaching {}
+
+/// Loads the object and attaches the plan for `opts`; a stop through `gate`
+/// ends attaching between programs (see `gate.rs`).
+pub fn load(facts: &Facts, opts: &LoadOptions, gate: &AttachGate) -> anyhow::Result<Probes> {
     if !facts.privileges.can_trace() {
         bail!(
             "not permitted to load BPF programs: run as root, or with CAP_BPF and CAP_PERFMON (euid {})",
@@ -250,12 +266,20 @@ pub fn load(facts: &Facts, opts: &LoadOptions) -> anyhow::Result<Probes> {
     let mode = (!opts.every_role).then_some(opts.lock_watch);
     plan_mode(&mut plan, mode);
     let watched_by_user = watch_globals(&mut ebpf, &facts.kallsyms)?;
+    if !gate.begin() {
+        return Err(StoppedWhileAttaching.into());
+    }
     let none = BTreeSet::new();
-    attach_roles(&mut ebpf, &mut plan, aya_btf.as_ref(), &none);
+    attach_roles(&mut ebpf, &mut plan, aya_btf.as_ref(), &none, gate);
     if mode == Some(LockWatch::Lean) {
         plan.lean_fd_view();
     }
-    attach_tracepoints(&mut ebpf, &mut plan, &none);
+    attach_tracepoints(&mut ebpf, &mut plan, &none, gate);
+    if gate.stopped() {
+        // Detached together; `Probes` is not built, so do it here.
+        detach_programs(&mut ebpf);
+        return Err(StoppedWhileAttaching.into());
+    }
     if plan.tier() == plan::Tier::None {
         bail!("nothing could be attached on this host; run `kvscope check` for the reasons");
     }
@@ -326,7 +350,13 @@ impl Probes {
                 self.unload_program(name);
             }
         }
-        attach_roles(&mut self.ebpf, &mut plan, btf.as_ref(), &before);
+        attach_roles(
+            &mut self.ebpf,
+            &mut plan,
+            btf.as_ref(),
+            &before,
+            &NEVER_STOPPED,
+        );
         if to == LockWatch::Lean {
             plan.lean_fd_view();
         }
@@ -341,7 +371,7 @@ impl Probes {
                 self.unload_program(name);
             }
         }
-        attach_tracepoints(&mut self.ebpf, &mut plan, &before);
+        attach_tracepoints(&mut self.ebpf, &mut plan, &before, &NEVER_STOPPED);
         self.plan = plan;
     }
 
@@ -353,14 +383,24 @@ impl Probes {
 }
 
 /// Attaches the planned role programs, but those in `already` (attached by a
-/// previous plan); a failure is recorded on its choice.
-fn attach_roles(ebpf: &mut Ebpf, plan: &mut Plan, btf: Option<&Btf>, already: &BTreeSet<String>) {
+/// previous plan); a failure is recorded on its choice. A stop through
+/// `gate` ends it between programs.
+fn attach_roles(
+    ebpf: &mut Ebpf,
+    plan: &mut Plan,
+    btf: Option<&Btf>,
+    already: &BTreeSet<String>,
+    gate: &AttachGate,
+) {
     for role in &mut plan.roles {
         for choice in &mut role.choices {
             if choice.method == Method::None {
                 continue;
             }
             for name in choice.programs.clone() {
+                if gate.stopped() {
+                    return;
+                }
                 if already.contains(&name) {
                     continue;
                 }
@@ -373,8 +413,16 @@ fn attach_roles(ebpf: &mut Ebpf, plan: &mut Plan, btf: Option<&Btf>, already: &B
     }
 }
 
-fn attach_tracepoints(ebpf: &mut Ebpf, plan: &mut Plan, already: &BTreeSet<String>) {
+fn attach_tracepoints(
+    ebpf: &mut Ebpf,
+    plan: &mut Plan,
+    already: &BTreeSet<String>,
+    gate: &AttachGate,
+) {
     for tp in &mut plan.tracepoints {
+        if gate.stopped() {
+            return;
+        }
         if tp.method != Method::Tracepoint || already.contains(tp.program) {
             continue;
         }
@@ -462,24 +510,34 @@ fn watch_globals(ebpf: &mut Ebpf, k: &Kallsyms) -> anyhow::Result<u64> {
     Ok(0)
 }
 
-impl Probes {
-    /// Detaches and unloads every program, several at a time. Each detach
-    /// waits for RCU grace periods (trampoline updates, kprobe and tracepoint
-    /// unregistration); one after another, about eighty of them took 3 s in an
-    /// emulated guest on a loaded host. Run concurrently, the waits overlap.
-    pub fn detach_all(&mut self) {
-        const THREADS: usize = 8;
-        let t = std::time::Instant::now();
-        let mut progs: Vec<&mut Program> = self.ebpf.programs_mut().map(|(_, p)| p).collect();
-        let per = progs.len().div_ceil(THREADS).max(1);
-        std::thread::scope(|s| {
-            for chunk in progs.chunks_mut(per) {
-                s.spawn(move || chunk.iter_mut().for_each(|p| unload(p)));
-            }
-        });
-        log::info!("detached: {} ms", t.elapsed().as_millis());
-    }
+/// Detaches and unloads every program of `ebpf`, each in a thread of its own.
+/// A detach waits for grace periods (trampoline updates, kprobe and tracepoint
+/// unregistration), some of them outside the kernel's global mutexes: run
+/// together, those waits overlap. Programs never loaded cost nothing.
+fn detach_programs(ebpf: &mut Ebpf) {
+    let t = std::time::Instant::now();
+    let mut progs: Vec<&mut Program> = ebpf
+        .programs_mut()
+        .map(|(_, p)| p)
+        .filter(|p| p.fd().is_ok())
+        .collect();
+    let n = progs.len();
+    std::thread::scope(|s| {
+        for p in progs.iter_mut() {
+            s.spawn(move || unload(p));
+        }
+    });
+    log::info!("detached {n} programs: {} ms", t.elapsed().as_millis());
+}
 
+impl Drop for Probes {
+    fn drop(&mut self) {
+        // Faster than the object's own drop, which detaches one by one.
+        detach_programs(&mut self.ebpf);
+    }
+}
+
+impl Probes {
     pub fn ring(&mut self) -> anyhow::Result<RingBuf<MapData>> {
         let map = self
             .ebpf

@@ -69,18 +69,19 @@ pub fn run(facts: &Facts) -> Report {
         every_role: true,
         ..LoadOptions::default()
     };
-    let (plan, fentry, load_error) = match loader::load(facts, &every) {
-        Ok(p) => {
-            let (plan, fentry) = (p.plan.clone(), p.fentry.clone());
-            drop(p); // detach now: check only tries
-            (plan, fentry, None)
-        }
-        Err(e) => {
-            let why = format!("{e:#}");
-            let plan = facts.plan(Err(why.clone()));
-            (plan, Err(why.clone()), Some(why))
-        }
-    };
+    let (plan, fentry, load_error) =
+        match loader::load(facts, &every, &crate::attach::gate::NEVER_STOPPED) {
+            Ok(p) => {
+                let (plan, fentry) = (p.plan.clone(), p.fentry.clone());
+                drop(p); // detach now: check only tries
+                (plan, fentry, None)
+            }
+            Err(e) => {
+                let why = format!("{e:#}");
+                let plan = facts.plan(Err(why.clone()));
+                (plan, Err(why.clone()), Some(why))
+            }
+        };
     let tier = if load_error.is_some() {
         Tier::None
     } else {

@@ -292,6 +292,6 @@ pub async fn timeline_live(
         &mut signals,
     )
     .await?;
-    drop(session);
+    session.close();
     render_timeline(&sink.engine, &sink.stacks, obj, stacks, "the live stream")
 }

@@ -118,8 +118,9 @@ pub async fn run(opts: RecordOptions) -> anyhow::Result<()> {
         .collect();
     sink.w.lost(&m)?;
     sink.w.flush()?;
+    live::stop_phase("recording flushed");
     let unverified = session.delivery.warning();
-    drop(session);
+    session.close();
     if sink.progress_shown {
         eprintln!();
     }

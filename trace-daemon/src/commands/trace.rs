@@ -179,7 +179,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<()> {
         engine: engine::Engine::new(session.engine_config(opts.engine)),
     };
     let stats = live::run(&mut session, &mut sink, opts.loss_interval, &mut signals).await?;
-    drop(session);
+    session.close();
     eprintln!(
         "kvscope: detached; {} events, {} lost, {} undecodable, {} findings",
         stats.events,

@@ -333,7 +333,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
     )
     .await?;
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
-    drop(session);
+    session.close();
     eprintln!(
         "kvscope: detached; {} events, {} lost, {} findings",
         stats.events,

@@ -126,15 +126,49 @@ pub fn tool(name: &str) -> bool {
     found
 }
 
-/// Our programs still loaded in the kernel (names are cut to 15 characters).
+/// Our programs still loaded in the kernel (names are cut to 15 characters)
+/// that no other living process holds: another kvscope on this host (the
+/// installed service, a developer's trace) keeps its own programs, which are
+/// not the test's to judge; a program nobody holds was left behind.
 pub fn our_programs_loaded() -> Vec<String> {
     let ours = kvscope::attach::hooks::all_program_names();
+    let others = programs_held_by_other_processes();
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
+        .filter(|p| !others.contains(&p.id()))
         .filter_map(|p| p.name_as_str().map(str::to_owned))
         .filter(|n| {
             ours.iter()
                 .any(|o| o.starts_with(n.as_str()) && n.len() >= 8)
         })
         .collect()
+}
+
+/// Ids of the BPF programs that processes other than this one hold, through
+/// a program or link fd (`prog_id:` in /proc/PID/fdinfo/FD).
+fn programs_held_by_other_processes() -> std::collections::HashSet<u32> {
+    let me = std::process::id().to_string();
+    let mut held = std::collections::HashSet::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return held;
+    };
+    for p in procs.filter_map(Result::ok) {
+        let name = p.file_name();
+        let name = name.to_string_lossy();
+        if name == me || !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fdinfo")) else {
+            continue;
+        };
+        for fd in fds.filter_map(Result::ok) {
+            let text = std::fs::read_to_string(fd.path()).unwrap_or_default();
+            held.extend(
+                text.lines()
+                    .filter_map(|l| l.strip_prefix("prog_id:"))
+                    .filter_map(|v| v.trim().parse::<u32>().ok()),
+            );
+        }
+    }
+    held
 }

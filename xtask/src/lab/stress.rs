@@ -21,6 +21,8 @@ use crate::cmd;
 pub const KERNEL: &str = "6.12";
 /// Record cycles by default (the issue asks for at least 50).
 pub const CYCLES: u64 = 50;
+/// The driver's bound for a stop (`lab-driver/src/running.rs`, STOP_BOUND).
+const STOP_BOUND_MS: u64 = 2500;
 
 /// CPU hogs, killed (by pid) and reaped when dropped, even on a failure.
 struct HostLoad(Vec<Child>);
@@ -98,14 +100,26 @@ pub fn run(cycles: u64) -> anyhow::Result<()> {
         .flatten()
         .filter_map(|f| f.as_str().map(str::to_owned))
         .collect();
+    let slow: Vec<&str> = v["slow_stops"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str())
+        .collect();
     eprintln!(
-        "lab: stress: cycles {} in {} s; stop ms {}; slowest attach {} ms; {} failures",
+        "lab: stress: cycles {} in {} s; stop ms {}; slowest attach {} ms; {} slow stops (over {} ms, threads in the console); {} failures",
         v["cycles"],
         v["seconds"],
         v["stop_ms"],
         v["slowest_ready_ms"],
+        slow.len(),
+        STOP_BOUND_MS,
         failures.len()
     );
+    eprintln!("lab: stress: stop ms by kind {}", v["stop_ms_by_kind"]);
+    for s in &slow {
+        eprintln!("lab: stress: slow stop: {s}");
+    }
     let records = v["cycles"]["record"].as_u64().unwrap_or(0);
     if !failures.is_empty() || records < cycles || boot.rc != Some(0) {
         bail!(
