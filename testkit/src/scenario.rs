@@ -68,6 +68,45 @@ impl Script {
         self
     }
 
+    /// Tier 3: KVM_CREATE_VCPU returned the fd of vCPU `id` (file `file`);
+    /// its get is inlined, only the count read after shows it.
+    pub fn create_vcpu(
+        &mut self,
+        pid: u32,
+        kvm: u64,
+        id: u32,
+        file: u64,
+        users_after: i32,
+    ) -> &mut Self {
+        let e = self.ev(pid, Kind::VcpuCreated, HookId::SysIoctl);
+        e.kvm = Some(kvm);
+        e.users = Some(users_after);
+        e.vcpu = Some(id);
+        e.file = Some(file);
+        e.fd_kind = Some(FdKind::Vcpu);
+        self
+    }
+
+    /// Tier 3: close(2) of a tracked fd, with the count and the references to
+    /// its file read before the close.
+    pub fn close_fd(
+        &mut self,
+        pid: u32,
+        kvm: u64,
+        kind: FdKind,
+        file: u64,
+        users_before: i32,
+        file_refs: u64,
+    ) -> &mut Self {
+        let e = self.ev(pid, Kind::FdClosed, HookId::SysClose);
+        e.kvm = Some(kvm);
+        e.users = Some(users_before);
+        e.fd_kind = Some(kind);
+        e.file = Some(file);
+        e.file_refs = Some(file_refs);
+        self
+    }
+
     pub fn get(&mut self, pid: u32, kvm: u64, users_after: i32) -> &mut Self {
         let e = self.ev(pid, Kind::VmGet, HookId::KvmGetKvm);
         e.kvm = Some(kvm);

@@ -279,6 +279,12 @@ pub enum FdKind {
     KvmVfioDevice = 2,
     VfioGroup = 3,
     VfioDevice = 4,
+    /// A vCPU (`KVM_CREATE_VCPU`): its file holds a VM reference.
+    Vcpu = 5,
+    /// A VM's binary stats (`KVM_GET_STATS_FD` on the VM fd): holds a VM reference.
+    VmStats = 6,
+    /// A vCPU's binary stats (`KVM_GET_STATS_FD` on a vCPU fd): holds a VM reference.
+    VcpuStats = 7,
 }
 
 impl FdKind {
@@ -288,6 +294,9 @@ impl FdKind {
             2 => Self::KvmVfioDevice,
             3 => Self::VfioGroup,
             4 => Self::VfioDevice,
+            5 => Self::Vcpu,
+            6 => Self::VmStats,
+            7 => Self::VcpuStats,
             _ => Self::None,
         }
     }
@@ -297,6 +306,10 @@ impl FdKind {
 pub mod ioctl {
     /// `_IO(KVMIO, 0x01)`
     pub const KVM_CREATE_VM: u32 = 0xAE01;
+    /// `_IO(KVMIO, 0x41)`, on a VM fd; the argument is the vCPU id.
+    pub const KVM_CREATE_VCPU: u32 = 0xAE41;
+    /// `_IO(KVMIO, 0xce)`, on a VM or a vCPU fd.
+    pub const KVM_GET_STATS_FD: u32 = 0xAECE;
     /// `_IOWR(KVMIO, 0xe0, struct kvm_create_device)`
     pub const KVM_CREATE_DEVICE: u32 = 0xC00C_AEE0;
     /// `_IOW(KVMIO, 0xe1, struct kvm_device_attr)`
@@ -348,7 +361,10 @@ pub struct Event {
     /// thread id of the task the lock's owner word names in the high 32 bits
     /// (0: unknown).
     pub ret: i64,
-    /// Hook-specific extra: ioctl cmd, set_attr attr, contention flags.
+    /// Hook-specific extra: ioctl cmd (KVM_CREATE_VCPU: | the vCPU id << 32),
+    /// set_attr attr, contention flags; at close(2), the references to the
+    /// fd's file before the close (more than one: a dup, a fork or a passed
+    /// fd still holds it, and this close puts nothing).
     pub arg: u64,
     /// `kvm->users_count` read at this event (before a put, after a get).
     pub users_count: i32,
@@ -469,6 +485,13 @@ pub struct ProbeConfig {
     pub mutex_owner: u32,
     /// `task_struct.pid` (the thread id): who owns a contended watched lock.
     pub task_pid: u32,
+    /// `kvm_vcpu.kvm`: a vCPU (or vCPU stats) fd's VM, for the tracepoint tier.
+    pub kvm_vcpu_kvm: u32,
+    /// The references to a `struct file`, read at close(2): `file.f_count`
+    /// (an atomic_long_t, the count itself) before 6.13, `file.f_ref` (a
+    /// file_ref_t, the count minus one) after; one of the two is known.
+    pub file_count: u32,
+    pub file_ref: u32,
 }
 
 pub mod config_flags {
@@ -511,6 +534,9 @@ impl ProbeConfig {
         self_tgid: 0,
         mutex_owner: OFFSET_UNKNOWN,
         task_pid: OFFSET_UNKNOWN,
+        kvm_vcpu_kvm: OFFSET_UNKNOWN,
+        file_count: OFFSET_UNKNOWN,
+        file_ref: OFFSET_UNKNOWN,
     };
 }
 

@@ -45,7 +45,8 @@ fn event_layout_is_pinned() {
 #[test]
 fn config_and_map_value_layouts_are_pinned() {
     // 25 u32 fields, no padding.
-    assert_eq!(size_of::<ProbeConfig>(), 25 * 4);
+    assert_eq!(size_of::<ProbeConfig>(), 28 * 4);
+    assert_eq!(offset_of!(ProbeConfig, file_ref), 27 * 4);
     assert_eq!(offset_of!(ProbeConfig, mutex_owner), 23 * 4);
     assert_eq!(offset_of!(ProbeConfig, task_pid), 24 * 4);
     assert_eq!(offset_of!(ProbeConfig, exit_group_dead), 19 * 4);

@@ -54,6 +54,17 @@ pub fn private_data(file: u64) -> Option<u64> {
     ptr_at(file, conf!(file_private_data)).filter(|p| *p != 0)
 }
 
+/// The references to `file`: `f_count` before 6.13; `f_ref` after, which
+/// holds the count minus one (FILE_REF_ONEREF is 0) and, past
+/// FILE_REF_MAXREF, a released or dead file (None).
+#[inline(always)]
+pub fn file_refs(file: u64) -> Option<u64> {
+    if let Some(r) = ptr_at(file, conf!(file_ref)) {
+        return (r <= i64::MAX as u64).then_some(r + 1);
+    }
+    ptr_at(file, conf!(file_count))
+}
+
 /// A `struct vfio_device *` from a VFIO device file's private_data: the device
 /// itself before 6.6, a `struct vfio_device_file *` (whose `device` we follow) after.
 #[inline(always)]

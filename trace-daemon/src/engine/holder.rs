@@ -16,6 +16,10 @@ pub enum Holder {
     /// (VFIO_GROUP_NOTIFY_SET_KVM from `vfio_group_set_kvm` on this group),
     /// given back when a device of the group is released (kvmgt's shape).
     Notifier(u64),
+    /// A vCPU fd (`KVM_CREATE_VCPU`, tracepoint tier), by vCPU id.
+    VcpuFd(u32),
+    /// A VM or vCPU stats fd (`KVM_GET_STATS_FD`, tracepoint tier).
+    StatsFd,
     /// The part of the count no observed get named.
     Unattributed,
 }
@@ -29,8 +33,10 @@ impl Holder {
             Holder::VfioDevice(d) => (1, d, false),
             Holder::KvmOps(d) => (1, d, true),
             Holder::Notifier(g) => (2, g, false),
-            Holder::Unattributed => (3, 0, false),
-            Holder::VmFd => (4, 0, false),
+            Holder::StatsFd => (3, 0, false),
+            Holder::Unattributed => (4, 0, false),
+            Holder::VcpuFd(id) => (5, id as u64, false),
+            Holder::VmFd => (6, 0, false),
         }
     }
 }
@@ -55,6 +61,8 @@ impl std::fmt::Display for Holder {
             Holder::VfioDevice(d) => write!(f, "vfio device {d:#x}"),
             Holder::KvmOps(d) => write!(f, "vfio device {d:#x} (kvm_ops)"),
             Holder::Notifier(g) => write!(f, "group {g:#x} notifier"),
+            Holder::VcpuFd(id) => write!(f, "vcpu {id} fd"),
+            Holder::StatsFd => f.write_str("stats fd"),
             Holder::Unattributed => f.write_str("unattributed"),
         }
     }

@@ -170,7 +170,10 @@ impl Engine {
     }
 
     pub fn zombie_vms(&self) -> usize {
-        self.vms.values().filter(|v| v.zombie_reported).count()
+        self.vms
+            .values()
+            .filter(|v| v.zombie_reported && !v.is_destroyed())
+            .count()
     }
 
     pub fn lock_graph(&self) -> &BTreeMap<(LockClass, LockClass), EdgeSeen> {

@@ -35,6 +35,10 @@ pub enum StepKind {
     InferredDestroy,
     /// Tier 3: the exit of the VM's process closed its fds.
     InferredDestroyAtExit,
+    /// A new VM was created at this VM's address: this one had ended unseen.
+    InferredDestroyReused,
+    /// Tier 3: a vCPU or stats fd was created; its file holds a VM reference.
+    FdHolderCreated,
     // A device's timeline.
     Open,
     Release,
@@ -68,6 +72,10 @@ impl StepKind {
             StepKind::InferredPut => "inferred-put",
             StepKind::InferredDestroy => "inferred-destroy",
             StepKind::InferredDestroyAtExit => "inferred-destroy (process exit closed its fds)",
+            StepKind::InferredDestroyReused => {
+                "inferred-destroy (a new VM was created at its address)"
+            }
+            StepKind::FdHolderCreated => "fd-created",
             StepKind::Open => "open",
             StepKind::Release => "release",
             StepKind::Close => "close",
@@ -85,6 +93,7 @@ impl StepKind {
                 | StepKind::InferredPut
                 | StepKind::InferredDestroy
                 | StepKind::InferredDestroyAtExit
+                | StepKind::InferredDestroyReused
         )
     }
 
@@ -92,7 +101,10 @@ impl StepKind {
     pub fn is_destroy(self) -> bool {
         matches!(
             self,
-            StepKind::Destroyed | StepKind::InferredDestroy | StepKind::InferredDestroyAtExit
+            StepKind::Destroyed
+                | StepKind::InferredDestroy
+                | StepKind::InferredDestroyAtExit
+                | StepKind::InferredDestroyReused
         )
     }
 }

@@ -34,6 +34,14 @@ pub struct Vm {
     pub holders: BTreeMap<Holder, i32>,
     pub timeline: Timeline,
     pub(super) zombie_reported: bool,
+    /// When the count was last read from the kernel.
+    pub last_read_ns: Option<u64>,
+    /// Tier 3: a close found the fd's file still held by another fd (a dup,
+    /// a fork's copy, one passed over a socket) that kvscope may never see
+    /// closed: the VM's end can no longer be inferred from closes.
+    pub file_shared: bool,
+    /// Tier 3: the files of the vCPU and stats fds that hold a reference.
+    fd_files: BTreeMap<u64, Holder>,
 }
 
 /// A step some probe saw, at `e`.
@@ -96,6 +104,9 @@ impl Vm {
             holders: BTreeMap::new(),
             timeline: Timeline::default(),
             zombie_reported: false,
+            last_read_ns: None,
+            file_shared: false,
+            fd_files: BTreeMap::new(),
         }
     }
 
@@ -134,7 +145,10 @@ impl Vm {
 
     /// The count read at `e` (when it read one) becomes the VM's count.
     fn read(&mut self, e: &Event) {
-        self.users = e.users.or(self.users);
+        if e.users.is_some() {
+            self.users = e.users;
+            self.last_read_ns = Some(e.ts_ns);
+        }
     }
 
     /// A count read that differs from what we knew: unobserved gets/puts,
@@ -201,6 +215,33 @@ impl Vm {
         }
         self.timeline
             .push(cap, seen(e, StepKind::KvmVfioCreated, 0, e.users));
+        self.read(e);
+    }
+
+    /// A vCPU or stats fd returned by its ioctl (tier 3): the kernel's get is
+    /// inlined and came before; `reconcile` just showed it as a +1, which is
+    /// this fd's. Its file names the holder again at its close.
+    fn fd_holder_created(&mut self, e: &Event, cap: usize) {
+        let holder = match e.kind {
+            Kind::VcpuCreated => Holder::VcpuFd(e.vcpu.unwrap_or(u32::MAX)),
+            _ => Holder::StatsFd,
+        };
+        if let Some(last) = self.timeline.last_mut()
+            && last.inferred()
+            && last.delta == 1
+            && last.holder.is_none()
+        {
+            last.holder = Some(holder);
+        }
+        self.hold(holder, 1);
+        if let Some(f) = e.file {
+            self.fd_files.insert(f, holder);
+        }
+        let step = Step {
+            holder: Some(holder),
+            ..seen(e, StepKind::FdHolderCreated, 0, e.users)
+        };
+        self.timeline.push(cap, step);
         self.read(e);
     }
 
@@ -294,19 +335,38 @@ impl Vm {
     }
 
     /// close(2) of a tracked fd (tracepoint tier). Without put hooks the
-    /// close is the put of that fd's reference (read before it); at 1 it is
-    /// the VM's end.
+    /// close is the put of that fd's reference (read before it) when it
+    /// drops the file's last reference; at 1 it is the VM's end. A file
+    /// another fd still holds puts nothing, and from then on the VM's end is
+    /// not inferred from closes (its state is unknown, never guessed).
     fn fd_closed(&mut self, e: &Event, cap: usize, destroy_observable: bool) {
+        let file_kept = e.file_refs.is_some_and(|r| r > 1);
         let (kind, holder) = match e.fd_kind {
-            Some(FdKind::Vm) => {
-                self.fd_closed_ns.get_or_insert(e.ts_ns);
-                (StepKind::VmFdClose, Some(Holder::VmFd))
-            }
+            Some(FdKind::Vm) => (StepKind::VmFdClose, Some(Holder::VmFd)),
             Some(FdKind::KvmVfioDevice) => (StepKind::KvmVfioFdClose, Some(Holder::KvmVfioFd)),
+            Some(FdKind::Vcpu | FdKind::VmStats | FdKind::VcpuStats) => {
+                let h = e.file.and_then(|f| self.fd_files.get(&f).copied());
+                (StepKind::FdClose, h.or(Some(Holder::Unattributed)))
+            }
             _ => (StepKind::FdClose, None),
         };
-        self.timeline.push(cap, seen(e, kind, 0, e.users));
+        if kind == StepKind::VmFdClose && !file_kept {
+            self.fd_closed_ns.get_or_insert(e.ts_ns);
+        }
+        // A plain fd-close says which fd through its holder.
+        let named = Step {
+            holder: holder.filter(|_| kind == StepKind::FdClose),
+            ..seen(e, kind, 0, e.users)
+        };
+        self.timeline.push(cap, named);
         self.read(e);
+        if file_kept {
+            self.file_shared = true;
+            return;
+        }
+        if let Some(f) = e.file {
+            self.fd_files.remove(&f);
+        }
         if destroy_observable {
             return;
         }
@@ -322,6 +382,18 @@ impl Vm {
             self.timeline.push(cap, end);
             self.destroyed_ns = Some(e.ts_ns);
         }
+    }
+
+    /// A new VM was created at this one's address: this one ended unseen.
+    fn ended_by_reuse(&mut self, e: &Event, cap: usize) {
+        if self.is_destroyed() {
+            return;
+        }
+        let delta = -self.users.unwrap_or(0);
+        let end = inferred(e, StepKind::InferredDestroyReused, delta, Some(0), None);
+        self.timeline.push(cap, end);
+        self.users = Some(0);
+        self.destroyed_ns = Some(e.ts_ns);
     }
 
     /// vfio_device_get_kvm_safe returned: the get just before, on this
@@ -383,6 +455,10 @@ impl Engine {
         let creating = e.kind == Kind::VmCreated;
         // A create at the address of a live VM: its destroy was missed.
         if creating && self.vms.get(&addr).is_some_and(|v| !v.timeline.is_empty()) {
+            let cap = self.cfg.timeline_cap;
+            if let Some(old) = self.vms.get_mut(&addr) {
+                old.ended_by_reuse(e, cap);
+            }
             self.retire_vm(addr);
         }
         if !self.vms.contains_key(&addr) {
@@ -460,6 +536,10 @@ impl Engine {
                 vm.kvm_vfio_created(e, cap);
                 None
             }
+            Kind::VcpuCreated | Kind::StatsFdCreated => {
+                vm.fd_holder_created(e, cap);
+                None
+            }
             Kind::VmGet => {
                 let found = vm.get(e, cap);
                 if let Some(h) = notifier {
@@ -528,7 +608,8 @@ impl Engine {
                 continue;
             }
             vm.fd_closed_ns.get_or_insert(e.ts_ns);
-            if destroy_observable || vm.is_destroyed() {
+            // A shared file may live on in another process.
+            if destroy_observable || vm.is_destroyed() || vm.file_shared {
                 continue;
             }
             let delta = -vm.users.unwrap_or(0);
@@ -540,13 +621,20 @@ impl Engine {
     }
 
     /// VMs whose fd was closed `zombie_after_ms` ago and that still live.
+    /// Where destroys are hooked, not being destroyed by then is the
+    /// evidence. At the tracepoint tier it is not: an unhooked destroy is
+    /// inferred only from the closes kvscope sees (see `evidence_of_zombie`).
     pub(super) fn tick_zombies(&mut self, now_ns: u64, out: &mut Vec<Finding>) {
         let after_ns = self.cfg.zombie_after_ms * MS;
+        let destroy_observable = self.cfg.destroy_observable;
         for vm in self.vms.values_mut() {
             let Some(closed) = vm.fd_closed_ns else {
                 continue;
             };
             if vm.is_destroyed() || vm.zombie_reported || now_ns.saturating_sub(closed) < after_ns {
+                continue;
+            }
+            if !destroy_observable && !vm.evidence_of_zombie(closed + after_ns) {
                 continue;
             }
             vm.zombie_reported = true;
@@ -560,5 +648,24 @@ impl Engine {
             };
             out.push(Finding::zombie_vm(now_ns, vm.creator, z));
         }
+    }
+}
+
+impl Vm {
+    /// Tier 3: what shows the VM outlived its fd. Either a count above 0 read
+    /// at or after `since`, or every reference left is held by an fd kvscope
+    /// tracks (whose close it would see: the VM is alive because of it).
+    /// References no tracked fd explains (an fd kvscope never saw made) or a
+    /// file another fd holds leave the VM's state unknown: nothing is raised.
+    fn evidence_of_zombie(&self, since: u64) -> bool {
+        if self.file_shared || self.users.is_none_or(|u| u <= 0) {
+            return false;
+        }
+        let read_since = self.last_read_ns.is_some_and(|t| t >= since);
+        let all_known = self
+            .holders_now()
+            .iter()
+            .all(|(h, _)| *h != Holder::Unattributed);
+        read_since || all_known
     }
 }

@@ -39,6 +39,12 @@ pub enum Kind {
     KvmVfioRelease,
     /// KVM_CREATE_DEVICE(VFIO) returned (tracepoint tier).
     KvmVfioCreated,
+    /// KVM_CREATE_VCPU returned a vCPU fd, whose file holds a VM reference
+    /// (tracepoint tier).
+    VcpuCreated,
+    /// KVM_GET_STATS_FD returned a VM or vCPU stats fd, whose file holds a VM
+    /// reference (tracepoint tier).
+    StatsFdCreated,
     /// A tracked fd was closed (tracepoint tier).
     FdClosed,
     ProcessExit,
@@ -62,6 +68,9 @@ pub enum FdKind {
     KvmVfioDevice,
     VfioGroup,
     VfioDevice,
+    Vcpu,
+    VmStats,
+    VcpuStats,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -148,6 +157,14 @@ pub struct Event {
     pub fd: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fd_kind: Option<FdKind>,
+    /// At a close: the references to the fd's file before it. More than one:
+    /// another fd (a dup, a fork's copy, one passed over a socket) still
+    /// holds the file, and this close puts nothing on the VM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_refs: Option<u64>,
+    /// At KVM_CREATE_VCPU: the vCPU's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpu: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock: Option<LockRef>,
     /// At a contention begin: the thread the lock's owner word names, which
@@ -254,6 +271,9 @@ impl Event {
                     AbiFdKind::KvmVfioDevice => Some(FdKind::KvmVfioDevice),
                     AbiFdKind::VfioGroup => Some(FdKind::VfioGroup),
                     AbiFdKind::VfioDevice => Some(FdKind::VfioDevice),
+                    AbiFdKind::Vcpu => Some(FdKind::Vcpu),
+                    AbiFdKind::VmStats => Some(FdKind::VmStats),
+                    AbiFdKind::VcpuStats => Some(FdKind::VcpuStats),
                     AbiFdKind::None => None,
                 }
             } else {
@@ -264,6 +284,8 @@ impl Event {
                 class: LockClassName(LockClass::from_u8(e.lock_class)),
                 owner: e.arg,
             }),
+            file_refs: None,
+            vcpu: None,
             waits_for: None,
             stack_id: opt(e, known::STACK, e.stack_id as u32),
             ok: None,
@@ -373,6 +395,11 @@ impl Event {
                 match cmd {
                     Some(ioctl::KVM_CREATE_VM) if succeeded => Kind::VmCreated,
                     Some(ioctl::KVM_CREATE_DEVICE) if succeeded => Kind::KvmVfioCreated,
+                    Some(ioctl::KVM_CREATE_VCPU) if succeeded => {
+                        ev.vcpu = arg.map(|a| (a >> 32) as u32);
+                        Kind::VcpuCreated
+                    }
+                    Some(ioctl::KVM_GET_STATS_FD) if succeeded => Kind::StatsFdCreated,
                     Some(ioctl::VFIO_GROUP_GET_DEVICE_FD) => Kind::DeviceOpened,
                     _ => match arg {
                         // set_attr: attr | cmd << 32
@@ -387,7 +414,10 @@ impl Event {
                     },
                 }
             }
-            HookId::SysClose => Kind::FdClosed,
+            HookId::SysClose => {
+                ev.file_refs = arg;
+                Kind::FdClosed
+            }
             HookId::ProcessExit => Kind::ProcessExit,
             // Consumed by the live session; never analysed.
             HookId::SelfTest => Kind::Other,
@@ -422,6 +452,8 @@ impl Event {
             ret: None,
             fd: None,
             fd_kind: None,
+            file_refs: None,
+            vcpu: None,
             lock: None,
             waits_for: None,
             stack_id: None,

@@ -269,6 +269,9 @@ offsets! {
     fdtable_max_fds: "fdtable" "max_fds";
     mutex_owner: "mutex" "owner";
     task_pid: "task_struct" "pid";
+    kvm_vcpu_kvm: "kvm_vcpu" "kvm";
+    file_count: "file" "f_count"."counter";
+    file_ref: "file" "f_ref"."refcnt"."counter";
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]

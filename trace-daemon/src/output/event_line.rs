@@ -23,6 +23,8 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::NotifierRegister => "notifier-register",
         Kind::KvmVfioRelease => "kvm-vfio-release",
         Kind::KvmVfioCreated => "kvm-vfio-created",
+        Kind::VcpuCreated => "vcpu-created",
+        Kind::StatsFdCreated => "stats-fd-created",
         Kind::FdClosed => "fd-close",
         Kind::ProcessExit => "process-exit",
         Kind::LockAttempt => "lock-attempt",
@@ -95,6 +97,12 @@ pub fn line(e: &Event) -> String {
                 .and_then(|v| v.as_str().map(str::to_owned))
                 .unwrap_or_default()
         );
+    }
+    if let Some(r) = e.file_refs {
+        let _ = write!(s, " file_refs={r}");
+    }
+    if let Some(v) = e.vcpu {
+        let _ = write!(s, " vcpu={v}");
     }
     if let Some(l) = &e.lock {
         let _ = write!(

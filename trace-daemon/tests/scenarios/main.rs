@@ -8,6 +8,7 @@ mod lifetimes;
 mod locks;
 mod notifier;
 mod paths;
+mod tier3;
 
 use paths::{open_61, open_66, release_66, s3_66};
 

@@ -18,7 +18,7 @@ use crate::{
         watch_device_locks, watched,
     },
     hook::{stash, unstash},
-    kread::{file_of_fd, private_data, ptr_at, vfio_device_of_private},
+    kread::{file_of_fd, file_refs, private_data, ptr_at, vfio_device_of_private},
     maps::{TRACKED_FDS, TRACKED_TGIDS},
     uapi::{KvmCreateDevice, KvmDeviceAttr},
 };
@@ -30,6 +30,8 @@ fn interesting(cmd: u32) -> bool {
     matches!(
         cmd,
         ioctl::KVM_CREATE_VM
+            | ioctl::KVM_CREATE_VCPU
+            | ioctl::KVM_GET_STATS_FD
             | ioctl::KVM_CREATE_DEVICE
             | ioctl::KVM_SET_DEVICE_ATTR
             | ioctl::VFIO_GROUP_GET_DEVICE_FD
@@ -110,6 +112,33 @@ pub fn tp_sys_exit_ioctl(ctx: TracePointContext) -> u32 {
                 vm_fd_created(&mut e, ret as i32);
             }
         }
+        ioctl::KVM_CREATE_VCPU => {
+            if ret < 0 {
+                return 0;
+            }
+            e.arg |= arg << 32;
+            let vm = file_of_fd(fd as i32).and_then(private_data);
+            new_vm_holder(&mut e, ret as i32, FdKind::Vcpu, vm);
+        }
+        ioctl::KVM_GET_STATS_FD => {
+            let Some(of) = tracked_kind(fd as i32) else {
+                return 0;
+            };
+            if ret < 0 {
+                return 0;
+            }
+            let Some(parent) = file_of_fd(fd as i32).and_then(private_data) else {
+                return 0;
+            };
+            match of {
+                FdKind::Vm => new_vm_holder(&mut e, ret as i32, FdKind::VmStats, Some(parent)),
+                FdKind::Vcpu => {
+                    let vm = ptr_at(parent, conf!(kvm_vcpu_kvm));
+                    new_vm_holder(&mut e, ret as i32, FdKind::VcpuStats, vm);
+                }
+                _ => return 0,
+            }
+        }
         ioctl::KVM_CREATE_DEVICE => {
             // Only the kvm-vfio device; the VM fd is `fd`.
             let Ok(cd) = (unsafe { bpf_probe_read_user(arg as *const KvmCreateDevice) }) else {
@@ -183,6 +212,30 @@ pub fn tp_sys_exit_ioctl(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// A new fd whose file holds a VM reference (vCPU, stats): tracked, with its
+/// file and the VM's count after the kernel's (inlined) get.
+#[inline(always)]
+fn new_vm_holder(e: &mut trace_common::Event, fd: i32, kind: FdKind, vm: Option<u64>) {
+    set_fd(e, fd);
+    track(fd, kind, e);
+    if let Some(file) = file_of_fd(fd) {
+        set_file(e, file);
+    }
+    if let Some(kvm) = vm {
+        set_kvm(e, kvm);
+    }
+}
+
+/// The kind this thread group's `fd` is tracked as.
+#[inline(always)]
+fn tracked_kind(fd: i32) -> Option<FdKind> {
+    let key = FdKey {
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        fd,
+    };
+    unsafe { TRACKED_FDS.get(key) }.map(|k| FdKind::from_u8(*k as u8))
+}
+
 #[inline(always)]
 fn track(fd: i32, kind: FdKind, e: &mut trace_common::Event) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
@@ -209,12 +262,22 @@ pub fn tp_sys_enter_close(ctx: TracePointContext) -> u32 {
     set_fd(&mut e, fd as i32);
     e.fd_kind = kind as u8;
     e.known |= known::FD_KIND;
-    // The fd is still installed at sys_enter: read what it points to.
+    // The fd is still installed at sys_enter: read what it points to, and
+    // how many references its file has (this close puts the VM's only at 1).
     if let Some(file) = file_of_fd(fd as i32) {
         set_file(&mut e, file);
+        if let Some(refs) = file_refs(file) {
+            e.arg = refs;
+            e.known |= known::ARG;
+        }
         if let Some(p) = private_data(file) {
             match FdKind::from_u8(kind as u8) {
-                FdKind::Vm => set_kvm(&mut e, p),
+                FdKind::Vm | FdKind::VmStats => set_kvm(&mut e, p),
+                FdKind::Vcpu | FdKind::VcpuStats => {
+                    if let Some(kvm) = ptr_at(p, conf!(kvm_vcpu_kvm)) {
+                        set_kvm(&mut e, kvm);
+                    }
+                }
                 FdKind::KvmVfioDevice => {
                     if let Some(kvm) = ptr_at(p, conf!(kvm_device_kvm)) {
                         set_kvm(&mut e, kvm);
