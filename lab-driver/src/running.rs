@@ -22,6 +22,7 @@ pub const READY_BOUND: Duration = Duration::from_secs(120);
 
 /// A stop that ended the process: how long it took, and for a slow one
 /// ([`STOP_BOUND`] passed) what its threads were doing then.
+#[derive(Default)]
 pub struct Stop {
     pub took: Duration,
     pub threads: Option<String>,
@@ -143,6 +144,13 @@ impl Running {
             std::thread::sleep(Duration::from_millis(1));
         }
         bail!("kvscope never reached main")
+    }
+
+    /// SIGKILL, and the process reaped.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
     }
 
     pub fn signal(&self, sig: libc::c_int) {

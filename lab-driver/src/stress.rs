@@ -9,7 +9,10 @@
 //!   the second seen by kvm_dev_ioctl (lean's handler, attached at the switch);
 //! - N/5 `daemon` cycles: SIGHUP before and after the scenario (each answered
 //!   by a reload line), SIGTERM; the summary must count the events, no loss;
-//! - N/5 early stops, the signal sent while kvscope is still attaching.
+//! - N/5 early stops, the signal sent while kvscope is still attaching;
+//! - N/5 `kill -9` cycles (record, trace, daemon in turn, once ready): the
+//!   kernel's own lists of programs, links and maps must be as before kvscope
+//!   started (nothing of it left behind).
 //!
 //! Every stop's time is kept; a stop over [`STOP_BOUND`] is slow (its threads
 //! printed to the console), one over [`LOST_BOUND`] lost (a failure). Prints
@@ -32,6 +35,7 @@ enum Kind {
     Trace,
     Daemon,
     EarlyStop,
+    Kill9,
 }
 
 impl Kind {
@@ -41,6 +45,7 @@ impl Kind {
             Kind::Trace => "trace",
             Kind::Daemon => "daemon",
             Kind::EarlyStop => "early-stop",
+            Kind::Kill9 => "kill-9",
         }
     }
 }
@@ -125,12 +130,15 @@ fn cycle(kind: Kind, i: u64) -> anyhow::Result<(Duration, Stop)> {
         Kind::Record => vec!["record", "-o", &rec],
         Kind::Trace => vec!["trace", "--json", "--deep-for", "2s"],
         Kind::Daemon => vec!["daemon", "--config", DAEMON_CONFIG],
-        Kind::EarlyStop => match i % 3 {
+        Kind::EarlyStop | Kind::Kill9 => match i % 3 {
             0 => vec!["record", "-o", &rec],
             1 => vec!["trace"],
             _ => vec!["daemon", "--config", DAEMON_CONFIG],
         },
     };
+    if kind == Kind::Kill9 {
+        return kill9(&args).map(|ready| (ready, Stop::default()));
+    }
     let mut k = start(&args)?;
     if kind == Kind::EarlyStop {
         k.wait_main()?;
@@ -189,9 +197,64 @@ fn cycle(kind: Kind, i: u64) -> anyhow::Result<(Duration, Stop)> {
                 bail!("daemon summary lacks the scenario: {summary}");
             }
         }
-        Kind::EarlyStop => unreachable!(),
+        Kind::EarlyStop | Kind::Kill9 => unreachable!(),
     }
     Ok((ready, stop))
+}
+
+/// The ids of every BPF program, link and map the kernel has.
+#[derive(Debug, PartialEq, Eq)]
+struct KernelObjects {
+    programs: Vec<u32>,
+    links: Vec<u32>,
+    maps: Vec<u32>,
+}
+
+impl KernelObjects {
+    fn now() -> anyhow::Result<KernelObjects> {
+        let mut o = KernelObjects {
+            programs: aya::programs::loaded_programs()
+                .map(|p| p.map(|p| p.id()))
+                .collect::<Result<_, _>>()?,
+            links: aya::programs::loaded_links()
+                .map(|l| l.map(|l| l.id()))
+                .collect::<Result<_, _>>()?,
+            maps: aya::maps::loaded_maps()
+                .map(|m| m.map(|m| m.id()))
+                .collect::<Result<_, _>>()?,
+        };
+        o.programs.sort_unstable();
+        o.links.sort_unstable();
+        o.maps.sort_unstable();
+        Ok(o)
+    }
+}
+
+/// kvscope started with `args`, SIGKILLed once ready: afterwards the
+/// kernel holds no program, link or map more than before (the kernel frees
+/// them as the process's fds close; map frees can lag a little: 5 s).
+fn kill9(args: &[&str]) -> anyhow::Result<Duration> {
+    let before = KernelObjects::now()?;
+    let mut k = start(args)?;
+    let ready = k.wait_for("kvscope: ready:", READY_BOUND)?;
+    if KernelObjects::now()? == before {
+        bail!("{}: attached, yet the kernel lists nothing new", args[0]);
+    }
+    k.kill()?;
+    let t = Instant::now();
+    loop {
+        let now = KernelObjects::now()?;
+        if now == before {
+            return Ok(ready);
+        }
+        if t.elapsed() > Duration::from_secs(5) {
+            bail!(
+                "{} killed by SIGKILL left in the kernel: {now:?} (before it started: {before:?})",
+                args[0]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 pub fn run(n: u64) -> anyhow::Result<()> {
@@ -203,7 +266,7 @@ pub fn run(n: u64) -> anyhow::Result<()> {
         .flat_map(|i| {
             let mut v = vec![Kind::Record];
             if i % 5 == 4 {
-                v.extend([Kind::Trace, Kind::Daemon, Kind::EarlyStop]);
+                v.extend([Kind::Trace, Kind::Daemon, Kind::EarlyStop, Kind::Kill9]);
             }
             v
         })
@@ -219,13 +282,16 @@ pub fn run(n: u64) -> anyhow::Result<()> {
         match cycle(*kind, i as u64) {
             Ok((ready, stop)) => {
                 *counts.entry(kind.name()).or_default() += 1;
+                slowest_ready = slowest_ready.max(ready);
+                if *kind == Kind::Kill9 {
+                    continue;
+                }
                 let ms = stop.took.as_millis() as u64;
                 stops.push(ms);
                 by_kind.entry(kind.name()).or_default().push(ms);
                 if stop.threads.is_some() {
                     slow.push(format!("cycle {i} ({}): {ms} ms", kind.name()));
                 }
-                slowest_ready = slowest_ready.max(ready);
             }
             Err(e) => {
                 eprintln!("[stress] cycle {i} ({}): {e:#}", kind.name());

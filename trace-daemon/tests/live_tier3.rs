@@ -457,4 +457,5 @@ fn every_reference_of_a_vms_fds_is_followed() {
     // B: the close of one of the file's two fds put nothing; the dup's
     // close is not followed, so the VM is left unknown (not ended, no zombie).
     assert_eq!(b["counts"], serde_json::json!([1]), "{b:#}");
+    assert_eq!(b["state"], "unknown", "{b:#}");
 }

@@ -55,6 +55,9 @@ pub struct VmSummary {
     pub addr: u64,
     pub generation: u32,
     pub destroyed: bool,
+    /// `live`, `destroyed`, or `unknown` (tier 3: its file is held by an fd
+    /// kvscope does not follow, so its end cannot be seen).
+    pub state: &'static str,
     pub users: Option<i32>,
     pub steps: usize,
     pub inferred_steps: usize,
@@ -77,6 +80,13 @@ impl VmSummary {
             addr: v.addr,
             generation: v.generation,
             destroyed: v.is_destroyed(),
+            state: if v.is_destroyed() {
+                "destroyed"
+            } else if v.file_shared {
+                "unknown"
+            } else {
+                "live"
+            },
             users: v.users,
             steps: v.timeline.len() + v.timeline.folded as usize,
             inferred_steps: v.timeline.steps.iter().filter(|s| s.inferred()).count(),
@@ -381,7 +391,12 @@ impl Report<'_> {
         };
         for v in &self.vms {
             let users = v.users.map_or("unknown".to_owned(), |u| u.to_string());
-            let state = if v.destroyed { "destroyed" } else { "live" };
+            let state = match v.state {
+                "unknown" => {
+                    "state unknown (its file is held by an fd kvscope does not follow: a dup, a fork's copy or a passed fd)"
+                }
+                s => s,
+            };
             let _ = writeln!(
                 o,
                 "  VM {:#x} gen {}: users_count {users}, {state}, {} steps{}",
