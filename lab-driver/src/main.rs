@@ -14,7 +14,9 @@
 //! - `stress N`: kvscope started and stopped in a loop around the dev-first
 //!   scenario (stress.rs): N record cycles, trace, daemon and early stops;
 //! - `suite JSON`: the lab's scenarios (suite.rs, protocol.rs), one JSON
-//!   document back.
+//!   document back;
+//! - `lockdown`: `kvscope check` and the daemon at lockdown integrity, then
+//!   confidentiality (lockdown.rs); last in a guest, it cannot be undone.
 //!
 //! Options: `--cdev` opens the edu device through its cdev bound to an
 //! iommufd instead of its group (the dev-first / vm-first / exit orders);
@@ -25,6 +27,7 @@
 //! Each step prints `[driver] step -> result`.
 mod bench;
 mod cdev;
+mod lockdown;
 mod rig;
 mod running;
 mod stress;
@@ -50,6 +53,7 @@ const MODES: &[&str] = &[
     "loops",
     "stress",
     "suite",
+    "lockdown",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -76,6 +80,9 @@ fn main() -> anyhow::Result<()> {
     if mode == "suite" {
         let json = words.get(1).context("suite JSON: the steps to run")?;
         return suite::run(json);
+    }
+    if mode == "lockdown" {
+        return lockdown::run();
     }
     if mode == "stress" {
         return stress::run(count(50)?);

@@ -15,6 +15,9 @@ use anyhow::{Context as _, bail};
 pub const STOP_BOUND: Duration = Duration::from_millis(2500);
 /// A stop not done by then is lost, not slow.
 pub const LOST_BOUND: Duration = Duration::from_secs(60);
+/// Slow stops whose threads are printed in full (the console stays readable).
+const SLOW_PRINT_MAX: usize = 5;
+static SLOW_PRINTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// How long a reload may take to be answered.
 pub const RELOAD_BOUND: Duration = Duration::from_secs(5);
 /// Attaching in an emulated guest on a loaded host can take a while.
@@ -177,9 +180,13 @@ impl Running {
             }
             if threads.is_none() && t.elapsed() > STOP_BOUND {
                 let snap = threads_of(self.child.id());
-                eprintln!(
-                    "[stop] still running {STOP_BOUND:?} after signal {sig}; its threads:\n{snap}"
-                );
+                // The first few in full on the console; every one is counted.
+                if SLOW_PRINTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < SLOW_PRINT_MAX
+                {
+                    eprintln!(
+                        "[stop] still running {STOP_BOUND:?} after signal {sig}; its threads:\n{snap}"
+                    );
+                }
                 threads = Some(snap);
             }
             if t.elapsed() > LOST_BOUND {

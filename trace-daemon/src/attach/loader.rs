@@ -27,6 +27,7 @@ use crate::{
         btf::{KernelBtf, OffsetReport, probe_config},
         caps::{Privileges, kprobes_available},
         kallsyms::Kallsyms,
+        lockdown::Lockdown,
         tracefs,
         version::KernelVersion,
     },
@@ -43,6 +44,7 @@ pub struct Facts {
     pub btf: KernelBtf,
     pub tracing: Result<PathBuf, String>,
     pub kprobes: Result<(), String>,
+    pub lockdown: Lockdown,
     pub offsets: ProbeConfig,
     pub offset_report: Vec<OffsetReport>,
     pub variant: StackVariant,
@@ -62,7 +64,11 @@ impl Facts {
         let kallsyms = kallsyms?;
         let btf = btf.map_err(|_| anyhow::anyhow!("parsing the kernel's BTF panicked"))?;
         let tracing = tracefs::ensure_mounted().map_err(|e| format!("{e:#}"));
-        let kprobes = kprobes_available(tracing.as_ref().ok().map(PathBuf::as_path));
+        let lockdown = Lockdown::current();
+        let kprobes = match lockdown.refuses() {
+            Some(why) => Err(why.to_owned()),
+            None => kprobes_available(tracing.as_ref().ok().map(PathBuf::as_path)),
+        };
         let (offsets, offset_report) = probe_config(&btf);
         let has_kvm_ops = btf.field_offset("vfio_device", &["kvm_ops"]).is_some();
         let variant = plan::stack_variant(&kallsyms, has_kvm_ops, btf.has_struct("vfio_device"));
@@ -73,6 +79,7 @@ impl Facts {
             btf,
             tracing,
             kprobes,
+            lockdown,
             offsets,
             offset_report,
             variant,
@@ -275,6 +282,9 @@ pub fn load(facts: &Facts, opts: &LoadOptions, gate: &AttachGate) -> anyhow::Res
         plan.lean_fd_view();
     }
     attach_tracepoints(&mut ebpf, &mut plan, &none, gate);
+    if let Some(why) = facts.lockdown.refuses() {
+        plan.blame_failures_on(why);
+    }
     if gate.stopped() {
         // Detached together; `Probes` is not built, so do it here.
         detach_programs(&mut ebpf);

@@ -250,10 +250,13 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The tier of the reference-count view: lock roles alone (a locked-down
+    /// kernel loads only those) follow no reference.
     pub fn tier(&self) -> Tier {
         let methods: Vec<Method> = self
             .roles
             .iter()
+            .filter(|r| !matches!(r.role, Role::LockAcquire | Role::LockRelease))
             .flat_map(|r| r.attached().map(|c| c.method))
             .collect();
         if methods.contains(&Method::Kprobe) {
@@ -268,6 +271,24 @@ impl Plan {
             Tier::Tracepoints
         } else {
             Tier::None
+        }
+    }
+}
+
+impl Plan {
+    /// Every choice and tracepoint that failed to attach was refused by
+    /// `why` (kernel lockdown), which its raw error (EPERM, or a verifier's
+    /// EINVAL for a helper the lockdown removed) does not say.
+    pub fn blame_failures_on(&mut self, why: &str) {
+        for c in self.roles.iter_mut().flat_map(|r| r.choices.iter_mut()) {
+            if let Some(e) = &mut c.error {
+                *e = format!("{why}: {e}");
+            }
+        }
+        for t in &mut self.tracepoints {
+            if t.method == Method::None && !t.reason.is_empty() {
+                t.reason = format!("{why}: {}", t.reason);
+            }
         }
     }
 }

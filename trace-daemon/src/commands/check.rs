@@ -6,7 +6,7 @@ use super::lock_modes;
 use crate::{
     attach::loader::{self, Facts, LoadOptions},
     attach::plan::{self, Method, Plan, StackVariant, Tier, VfioPaths},
-    kernel::{btf::OffsetReport, caps::Privileges, version::KernelVersion},
+    kernel::{btf::OffsetReport, caps::Privileges, lockdown::Lockdown, version::KernelVersion},
 };
 
 #[derive(Serialize)]
@@ -44,6 +44,7 @@ pub struct Report {
     pub fentry: Status,
     pub kprobes: Status,
     pub tracefs: Status,
+    pub lockdown: Lockdown,
     pub variant: StackVariant,
     pub variant_description: &'static str,
     /// Group and/or cdev: the paths the roles cover here.
@@ -102,6 +103,7 @@ pub fn run(facts: &Facts) -> Report {
         fentry: (&fentry).into(),
         kprobes: (&facts.kprobes).into(),
         tracefs: (&facts.tracing.as_ref().map(|_| ()).map_err(Clone::clone)).into(),
+        lockdown: facts.lockdown.clone(),
         variant: facts.variant,
         variant_description: facts.variant.describe(),
         vfio_paths: plan::vfio_paths(&facts.kallsyms),
@@ -206,6 +208,7 @@ pub fn render_text(r: &Report) -> String {
     let _ = writeln!(o, "fentry        {}", status_line(&r.fentry));
     let _ = writeln!(o, "kprobes       {}", status_line(&r.kprobes));
     let _ = writeln!(o, "tracefs       {}", status_line(&r.tracefs));
+    let _ = writeln!(o, "lockdown      {}", r.lockdown.describe());
     let _ = writeln!(o, "stack         {}", r.variant_description);
     let _ = writeln!(o, "VFIO paths    {}", paths_line(r.vfio_paths));
     if r.lockdep {

@@ -5,5 +5,6 @@ pub mod btf;
 pub mod btf_file;
 pub mod caps;
 pub mod kallsyms;
+pub mod lockdown;
 pub mod tracefs;
 pub mod version;

@@ -166,7 +166,7 @@ fn an_unexplained_reference_needs_a_late_count_to_be_a_zombie() {
     s.close_fd(QEMU, KVM, VmFd, VM_FILE, 2, 1);
     let (_, f) = run3(&s);
     assert!(f.is_empty(), "no evidence: {f:#?}");
-    other(&mut s.sleep_ms(LATER_MS), 1);
+    other(s.sleep_ms(LATER_MS), 1);
     let (e, f) = run3(&s);
     assert_eq!(kinds(&f), [FindingKind::ZombieVm]);
     assert_eq!(e.zombie_vms(), 1);

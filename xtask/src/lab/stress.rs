@@ -24,6 +24,44 @@ pub const CYCLES: u64 = 50;
 /// The driver's bound for a stop (`lab-driver/src/running.rs`, STOP_BOUND).
 const STOP_BOUND_MS: u64 = 2500;
 
+/// The guest's `LOCKDOWN` line: at integrity the same tier as unlocked (tier
+/// 2 on 6.12: nothing kvscope uses is refused), at confidentiality tier 3
+/// with every failure naming the lockdown; the daemon ready and stopped at
+/// both. Printed, and an error when it is not so.
+fn lockdown_verdict(output: &[String]) -> anyhow::Result<()> {
+    let line = output
+        .iter()
+        .find_map(|l| l.strip_prefix("LOCKDOWN "))
+        .context("no LOCKDOWN line from the guest")?;
+    let v: Value = serde_json::from_str(line).context("the LOCKDOWN line did not parse")?;
+    eprintln!("lab: stress: lockdown: {v}");
+    let (i, c) = (&v["integrity"], &v["confidentiality"]);
+    let mut bad = Vec::new();
+    if i["lockdown"] != "integrity" || i["tier"] != "2-kprobe" || i["failures"] != 0 {
+        bad.push(format!("integrity: {i}"));
+    }
+    if c["lockdown"] != "confidentiality"
+        || c["tier"] != "3-tracepoints"
+        || c["failures"] == 0
+        || c["failures"] != c["failures_naming_lockdown"]
+    {
+        bad.push(format!("confidentiality: {c}"));
+    }
+    for (name, l) in [("integrity", i), ("confidentiality", c)] {
+        if !l["daemon_stop_ms"].is_u64() {
+            bad.push(format!(
+                "{name}: the daemon did not run: {}",
+                l["daemon_error"]
+            ));
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        bail!("{}", bad.join("; "))
+    }
+}
+
 /// CPU hogs, killed (by pid) and reaped when dropped, even on a failure.
 struct HostLoad(Vec<Child>);
 
@@ -61,7 +99,10 @@ pub fn run(cycles: u64) -> anyhow::Result<()> {
     let initrd = crate::setup::cache_dir()
         .join("lab")
         .join(format!("initrd-stress-{}.gz", un.release));
-    let script = format!("kvscope-lab-driver stress {cycles} 2>&1 | grep -v '^\\[driver\\]'");
+    // Lockdown last: it only ever rises.
+    let script = format!(
+        "kvscope-lab-driver stress {cycles} 2>&1 | grep -v '^\\[driver\\]'; kvscope-lab-driver lockdown"
+    );
     initramfs::initramfs(
         &un,
         &[cmd::kvscope_bin(), cmd::lab_driver_bin()],
@@ -120,8 +161,12 @@ pub fn run(cycles: u64) -> anyhow::Result<()> {
     for s in &slow {
         eprintln!("lab: stress: slow stop: {s}");
     }
+    let lockdown = lockdown_verdict(&boot.output);
     let records = v["cycles"]["record"].as_u64().unwrap_or(0);
-    if !failures.is_empty() || records < cycles || boot.rc != Some(0) {
+    if let Err(e) = &lockdown {
+        eprintln!("lab: stress: lockdown: {e:#}");
+    }
+    if !failures.is_empty() || records < cycles || boot.rc != Some(0) || lockdown.is_err() {
         bail!(
             "lab stress failed ({records}/{cycles} record cycles passed, rc {:?}):\n  {}\nconsole in {}",
             boot.rc,

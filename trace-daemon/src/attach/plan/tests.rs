@@ -269,3 +269,46 @@ fn lean_drops_the_syscall_tracepoints_only_where_the_handlers_are_hooked() {
     lean3.lean_fd_view();
     assert!(lean3.syscalls_traced());
 }
+
+/// Kernel lockdown (confidentiality): every path role failed to load, only
+/// the lock hooks (fentry, reading nothing but their context) attached. That
+/// is no reference-count view at all: not tier 1, and every failure says it
+/// was the lockdown, whatever its raw error.
+#[test]
+fn lock_roles_alone_are_no_tier_and_lockdown_is_named() {
+    let k = Kallsyms::parse(DEBIAN_612);
+    let mut p = plan(&HostFacts {
+        kallsyms: &k,
+        vmlinux_func: &in_btf,
+        fentry: Ok(()),
+        kprobes: Err("refused".into()),
+        tracepoint: &all_tps,
+    });
+    for r in &mut p.roles {
+        let lock = matches!(r.role, Role::LockAcquire | Role::LockRelease);
+        for c in &mut r.choices {
+            if !lock {
+                c.error = Some("BPF_PROG_LOAD: Invalid argument".into());
+            }
+        }
+    }
+    for t in &mut p.tracepoints {
+        t.method = Method::None;
+        t.reason = "BPF_PROG_LOAD: Invalid argument".into();
+    }
+    assert_eq!(p.tier(), Tier::None);
+    p.blame_failures_on("kernel lockdown (confidentiality) refuses it");
+    let put = p.roles.iter().find(|r| r.role == Role::VmPut).unwrap();
+    assert!(
+        put.choices
+            .iter()
+            .all(|c| c.error.as_deref().unwrap().starts_with("kernel lockdown")),
+        "{:?}",
+        put.choices
+    );
+    assert!(
+        p.tracepoints
+            .iter()
+            .all(|t| t.reason.starts_with("kernel lockdown"))
+    );
+}
