@@ -343,3 +343,44 @@ fn config_check_refuses_an_unwritable_findings_file() {
         "{err}"
     );
 }
+
+/// `events`: a drops frame where only the count of watched locks changed says
+/// "none", never an empty line; in JSON every object, not only the events,
+/// has a `kind` (scripts dispatch on it).
+#[test]
+fn events_says_what_each_non_event_line_is() {
+    let h = kvscope::recording::Header {
+        abi_version: trace_common::ABI_VERSION,
+        kvscope_version: "test".into(),
+        kernel_release: "6.12.0-test".into(),
+        ..Default::default()
+    };
+    let d = kvscope::event::drops::Drops {
+        watched_added: 3,
+        ..Default::default()
+    };
+    let mut buf = Vec::new();
+    let mut w = kvscope::recording::Writer::new(&mut buf, &h).unwrap();
+    w.drops(&d).unwrap();
+    w.lost(&[("kvm_put_kvm".to_owned(), 0)].into_iter().collect())
+        .unwrap();
+    w.flush().unwrap();
+    let f = tmp("drops-none.kvs", &buf);
+    let (code, out, err) = kvscope(&["events", &f]);
+    assert_eq!(code, Some(0), "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("kernel-side drops"))
+        .unwrap_or_default();
+    assert_eq!(
+        line, "# kernel-side drops so far: none (3 watched locks added)",
+        "{out}"
+    );
+    let (_, out, _) = kvscope(&["events", "--json", &f]);
+    for l in out.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert!(v["kind"].is_string(), "no kind: {l}");
+    }
+    assert!(out.contains(r#""kind":"drops-so-far""#), "{out}");
+    assert!(out.contains(r#""kind":"lost-so-far""#), "{out}");
+}

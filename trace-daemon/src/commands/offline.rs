@@ -103,7 +103,7 @@ pub fn events(a: &EventsArgs) -> anyhow::Result<Output> {
                     Ok(ev) => ev,
                     Err(e) => {
                         if a.json {
-                            let j = serde_json::json!({ "undecodable": e.to_string() });
+                            let j = serde_json::json!({ "kind": "undecodable", "undecodable": e.to_string() });
                             let _ = writeln!(o, "{j}");
                         } else {
                             let _ = writeln!(o, "# undecodable record: {e}");
@@ -132,13 +132,21 @@ pub fn events(a: &EventsArgs) -> anyhow::Result<Output> {
                 let _ = writeln!(o, "# {total} events lost in the kernel so far: {m:?}");
             }
             recording::Frame::Lost(m) => {
-                let _ = writeln!(o, "{}", serde_json::json!({ "lost_so_far": m }));
+                let _ = writeln!(
+                    o,
+                    "{}",
+                    serde_json::json!({ "kind": "lost-so-far", "lost_so_far": m })
+                );
             }
             recording::Frame::Drops(d) if !a.json => {
                 let _ = writeln!(o, "# kernel-side drops so far: {}", d.summary());
             }
             recording::Frame::Drops(d) => {
-                let _ = writeln!(o, "{}", serde_json::json!({ "drops_so_far": d }));
+                let _ = writeln!(
+                    o,
+                    "{}",
+                    serde_json::json!({ "kind": "drops-so-far", "drops_so_far": d })
+                );
             }
             recording::Frame::Stack(_) => {}
         }
@@ -146,7 +154,11 @@ pub fn events(a: &EventsArgs) -> anyhow::Result<Output> {
     let damage = r.damage.as_ref().map(ToString::to_string);
     if let Some(d) = &damage {
         if a.json {
-            let _ = writeln!(o, "{}", serde_json::json!({ "damage": d }));
+            let _ = writeln!(
+                o,
+                "{}",
+                serde_json::json!({ "kind": "damage", "damage": d })
+            );
         } else {
             let _ = writeln!(o, "# DAMAGED FILE: {d}");
         }

@@ -26,8 +26,12 @@ impl Drops {
         self.stack_id_failed.is_empty() && self.stash_full.is_empty() && self.watched_evicted == 0
     }
 
-    /// One line, for reports and stderr.
+    /// One line, for reports and stderr ("none" when nothing was dropped: a
+    /// frame is also written when only the count of watched locks changed).
     pub fn summary(&self) -> String {
+        if self.is_empty() {
+            return format!("none ({} watched locks added)", self.watched_added);
+        }
         let by_hook = |m: &BTreeMap<String, u64>| {
             m.iter()
                 .map(|(h, n)| format!("{h}={n}"))
