@@ -48,14 +48,19 @@ fn emit(text: &str, output: Option<&std::path::Path>, share: bool) -> anyhow::Re
     }
 }
 
+/// Exit status of `replay` and `report` when `--fail-on` is met.
+const EXIT_FINDINGS: u8 = 3;
+
 /// Writes an offline command's output, warns about unverified delivery, and
-/// turns a damaged recording into exit 1 unless `--salvage` accepted it.
+/// turns a damaged recording into exit 1 unless `--salvage` accepted it, and
+/// findings at or above `fail_on` into exit 3.
 fn finish(
     file: &std::path::Path,
     out: offline::Output,
     output: Option<&std::path::Path>,
     share: bool,
     salvage: bool,
+    fail_on: Option<kvscope::commands::cli::FailOn>,
 ) -> anyhow::Result<ExitCode> {
     // Recordings made before the self-test, or whose self-test failed, say so.
     if let Some(w) = &out.delivery_warning {
@@ -70,7 +75,18 @@ fn finish(
             );
             Ok(ExitCode::FAILURE)
         }
-        _ => Ok(ExitCode::SUCCESS),
+        _ => match (fail_on, out.worst) {
+            (Some(at), Some(worst)) if worst >= at.severity() => {
+                eprintln!(
+                    "kvscope: {}: findings up to {} (--fail-on {}): exit {EXIT_FINDINGS}",
+                    file.display(),
+                    worst.name(),
+                    at.severity().name()
+                );
+                Ok(ExitCode::from(EXIT_FINDINGS))
+            }
+            _ => Ok(ExitCode::SUCCESS),
+        },
     }
 }
 
@@ -170,7 +186,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => {
             let format = if args.json { "json" } else { "text" };
             let out = offline::report(&args.file, &args.offline, format)?;
-            finish(&args.file, out, None, false, args.offline.salvage)
+            finish(
+                &args.file,
+                out,
+                None,
+                false,
+                args.offline.salvage,
+                args.offline.fail_on,
+            )
         }
         Command::Report(args) => {
             let out = offline::report(&args.file, &args.offline, &args.format)?;
@@ -180,6 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.output.as_deref(),
                 args.share,
                 args.offline.salvage,
+                args.offline.fail_on,
             )
         }
         Command::Completions { shell } => {
@@ -197,7 +221,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Events(args) => {
             let out = offline::events(&args)?;
-            finish(&args.file, out, None, false, args.salvage)
+            finish(&args.file, out, None, false, args.salvage, None)
         }
         Command::Timeline(args) => {
             let obj = match (args.vm, args.device) {
@@ -208,7 +232,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match &args.file {
                 Some(f) => {
                     let out = offline::timeline(f, engine::Config::default(), obj, args.stacks)?;
-                    finish(f, out, None, false, args.salvage)
+                    finish(f, out, None, false, args.salvage, None)
                 }
                 None => {
                     let text = block_on(offline::timeline_live(

@@ -201,6 +201,31 @@ pub struct OfflineArgs {
     /// long-hold of a watched lock past this long (default 5000).
     #[arg(long, value_name = "MS")]
     pub long_hold_ms: Option<u64>,
+    /// Exit 3 when a finding (of the selection) is at least this severe, for
+    /// scripts and CI; the output is written first.
+    #[arg(long, value_enum, value_name = "SEVERITY")]
+    pub fail_on: Option<FailOn>,
+}
+
+/// `--fail-on`: the least severity that fails the command.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailOn {
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+impl FailOn {
+    pub fn severity(self) -> crate::engine::Severity {
+        use crate::engine::Severity;
+        match self {
+            FailOn::Info => Severity::Info,
+            FailOn::Warning => Severity::Warning,
+            FailOn::Error => Severity::Error,
+            FailOn::Critical => Severity::Critical,
+        }
+    }
 }
 
 impl OfflineArgs {

@@ -38,6 +38,8 @@ pub struct Output {
     pub text: String,
     pub damage: Option<String>,
     pub delivery_warning: Option<String>,
+    /// The most severe finding shown (`--fail-on`).
+    pub worst: Option<crate::engine::Severity>,
 }
 
 pub fn report(path: &Path, opts: &OfflineArgs, format: &str) -> anyhow::Result<Output> {
@@ -53,6 +55,7 @@ pub fn report(path: &Path, opts: &OfflineArgs, format: &str) -> anyhow::Result<O
     r.drops = l.drops.clone();
     r.select(opts.vm_filter, opts.pid_filter);
     let damage = l.damage.as_ref().map(ToString::to_string);
+    let worst = r.findings.iter().map(|f| f.severity()).max();
     let text = match format {
         "text" => r.text(&l.stacks),
         "json" => serde_json::to_string_pretty(&r)? + "\n",
@@ -78,6 +81,7 @@ pub fn report(path: &Path, opts: &OfflineArgs, format: &str) -> anyhow::Result<O
         text,
         damage,
         delivery_warning: l.header.delivery.warning(),
+        worst,
     })
 }
 
@@ -167,6 +171,7 @@ pub fn events(a: &EventsArgs) -> anyhow::Result<Output> {
         text: o,
         damage,
         delivery_warning: r.header.delivery.warning(),
+        worst: None,
     })
 }
 
@@ -191,6 +196,7 @@ pub fn timeline(
         text,
         damage,
         delivery_warning: l.header.delivery.warning(),
+        worst: None,
     })
 }
 

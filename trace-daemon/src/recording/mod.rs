@@ -30,6 +30,8 @@ use crate::event::{self, Event, drops::Drops};
 
 pub const MAGIC: &[u8; 8] = b"KVSCOPE\0";
 pub const FORMAT_VERSION: u32 = 1;
+/// Above this a version field is damage (versions go up one at a time).
+const MAX_PLAUSIBLE_VERSION: u32 = 255;
 /// Frames larger than this are not ours: a corrupt length.
 const MAX_FRAME: u32 = 1 << 20;
 
@@ -271,6 +273,13 @@ impl<R: Read> Reader<R> {
             bail!("kvscope recording cut short inside its header");
         }
         let version = u32::from_le_bytes(fixed[8..12].try_into().expect("4 bytes"));
+        // Versions go up one at a time: a number no kvscope could have
+        // written is a damaged header, not a file from another version.
+        if version == 0 || version > MAX_PLAUSIBLE_VERSION {
+            bail!(
+                "damaged recording header: its format version field reads {version}, which no kvscope writes (this one writes {FORMAT_VERSION}); the file is damaged, not from another version"
+            );
+        }
         if version != FORMAT_VERSION {
             bail!(
                 "recording format version {version}, this kvscope reads version {FORMAT_VERSION}; \
@@ -545,6 +554,14 @@ mod tests {
         let mut future = sample(1);
         future[8..12].copy_from_slice(&2u32.to_le_bytes());
         assert!(err(&future).contains("format version 2, this kvscope reads version 1"));
+        // One flipped bit in the version field is damage, not version skew.
+        let mut flipped = future.clone();
+        flipped[10] = 0xff;
+        let e = err(&flipped);
+        assert!(
+            e.contains("damaged recording header") && !e.contains("use a kvscope of the version"),
+            "{e}"
+        );
         let mut h = header();
         h.abi_version = 99;
         let w = Writer::new(Vec::new(), &h).unwrap().into_inner();
