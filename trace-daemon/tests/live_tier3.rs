@@ -459,3 +459,64 @@ fn every_reference_of_a_vms_fds_is_followed() {
     assert_eq!(b["counts"], serde_json::json!([1]), "{b:#}");
     assert_eq!(b["state"], "unknown", "{b:#}");
 }
+
+/// `kvscope trace | head -1`: once the reader is gone, the trace stops
+/// cleanly (exit 0, detached), it does not fail with "Broken pipe".
+#[test]
+fn trace_into_a_closed_pipe_stops_cleanly() {
+    if !live_or_skip("trace_into_a_closed_pipe_stops_cleanly", &[]) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let me = std::process::id().to_string();
+    let (mut guard, stderr) = start_trace(&["--json", "--pid", &me]);
+    let kvm = open_kvm();
+    let (vm, dev) = create_vm_with_kvm_vfio(&kvm);
+    let mut first = String::new();
+    let mut out = BufReader::new(guard.0.stdout.take().unwrap());
+    out.read_line(&mut first).unwrap();
+    assert!(first.contains("vm-created"), "{first}");
+    drop(out); // the reader goes away, as `head -1` does
+    drop((dev, vm));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        // Each VM is more output for the closed pipe.
+        drop(create_vm_with_kvm_vfio(&kvm));
+        if let Some(s) = guard.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "trace kept running into a closed pipe"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let err: Vec<String> = stderr.try_iter().collect();
+    assert!(status.success(), "exit {status}: {err:?}");
+    assert!(!err.iter().any(|l| l.contains("Broken pipe")), "{err:?}");
+    assert!(
+        err.iter().any(|l| l.contains("standard output was closed")),
+        "{err:?}"
+    );
+    assert!(our_programs_loaded().is_empty());
+}
+
+/// `record -o /dev/full`: the error names the file it could not write.
+#[test]
+fn a_full_recording_device_is_named_in_the_error() {
+    if !live_or_skip("a_full_recording_device_is_named_in_the_error", &[]) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let out = kvscope()
+        .args(["record", "-o", "/dev/full", "--duration", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("writing /dev/full: No space left on device"),
+        "{err}"
+    );
+    assert!(our_programs_loaded().is_empty());
+}

@@ -33,16 +33,28 @@ struct RecordSink {
     last_drops: crate::event::drops::Drops,
     /// A progress line is on the terminal (end it before the summary).
     progress_shown: bool,
+    /// For errors: which file could not be written.
+    path: PathBuf,
+}
+
+impl RecordSink {
+    /// An I/O error names the recording (`/dev/full`: "No space left on
+    /// device" alone would not say where).
+    fn io<T>(&self, r: std::io::Result<T>) -> anyhow::Result<T> {
+        r.map_err(|e| anyhow::anyhow!("writing {}: {e}", self.path.display()))
+    }
 }
 
 impl Sink for RecordSink {
     fn event(&mut self, s: &Session, rec: &trace_common::Event, ev: &Event) -> anyhow::Result<()> {
-        self.w.event(rec)?;
+        let r = self.w.event(rec);
+        self.io(r)?;
         if let Some(id) = ev.stack_id
             && self.stacks_written.insert(id)
             && let Some(st) = s.stack(id)
         {
-            self.w.stack(&st)?;
+            let r = self.w.stack(&st);
+            self.io(r)?;
         }
         Ok(())
     }
@@ -59,15 +71,18 @@ impl Sink for RecordSink {
                 .iter()
                 .map(|(h, n)| (h.symbol().to_owned(), *n))
                 .collect();
-            self.w.lost(&m)?;
+            let r = self.w.lost(&m);
+            self.io(r)?;
             self.last_lost = total;
         }
         if s.drops != self.last_drops {
-            self.w.drops(&s.drops)?;
+            let r = self.w.drops(&s.drops);
+            self.io(r)?;
             self.last_drops = s.drops.clone();
         }
         // Flushed every tick: a crash loses at most the last interval.
-        self.w.flush()?;
+        let r = self.w.flush();
+        self.io(r)?;
         // One updating line on a terminal; a log gets only the final summary.
         if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             eprint!(
@@ -94,7 +109,8 @@ pub async fn run(opts: RecordOptions) -> anyhow::Result<()> {
         remove_if_empty(&opts.output);
         return Ok(());
     };
-    let w = Writer::create(file, &session.header())?;
+    let w = Writer::create(file, &session.header())
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", opts.output.display()))?;
     session.announce(&format!(
         "recording to {}; Ctrl-C to stop",
         opts.output.display()
@@ -107,6 +123,7 @@ pub async fn run(opts: RecordOptions) -> anyhow::Result<()> {
         last_lost: 0,
         last_drops: Default::default(),
         progress_shown: false,
+        path: opts.output.clone(),
     };
     let tick = Duration::from_secs(1).min(opts.duration.unwrap_or(Duration::MAX));
     let stats = live::run(&mut session, &mut sink, tick, &mut signals).await?;
@@ -116,8 +133,8 @@ pub async fn run(opts: RecordOptions) -> anyhow::Result<()> {
         .iter()
         .map(|(h, n)| (h.symbol().to_owned(), *n))
         .collect();
-    sink.w.lost(&m)?;
-    sink.w.flush()?;
+    let r = sink.w.lost(&m).and_then(|()| sink.w.flush());
+    sink.io(r)?;
     live::stop_phase("recording flushed");
     let unverified = session.delivery.warning();
     session.close();

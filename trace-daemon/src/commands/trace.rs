@@ -100,24 +100,49 @@ struct TraceSink {
     stacks: bool,
     filter: Filter,
     engine: engine::Engine,
+    /// The reader of standard output went away (`trace | head`): stop.
+    reader_gone: bool,
 }
 
 impl TraceSink {
-    fn print_findings(&self, found: &[engine::Finding]) -> anyhow::Result<()> {
-        let mut out = std::io::stdout().lock();
-        for f in found {
-            if self.json {
-                serde_json::to_writer(
-                    &mut out,
-                    &serde_json::json!({ "finding": FindingJson::of(f) }),
-                )?;
-                writeln!(out)?;
-            } else {
-                write!(out, "{}", report::finding_text(f))?;
-            }
+    fn print_findings(&mut self, found: &[engine::Finding]) -> anyhow::Result<()> {
+        if found.is_empty() {
+            return Ok(());
         }
-        out.flush()?;
-        Ok(())
+        let json = self.json;
+        self.write(|out| {
+            for f in found {
+                if json {
+                    serde_json::to_writer(
+                        &mut *out,
+                        &serde_json::json!({ "finding": FindingJson::of(f) }),
+                    )?;
+                    writeln!(out)?;
+                } else {
+                    write!(out, "{}", report::finding_text(f))?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes to standard output and flushes. A closed pipe is not an error:
+    /// the reader has what it wanted, and the trace stops cleanly.
+    fn write(
+        &mut self,
+        f: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>,
+    ) -> anyhow::Result<()> {
+        if self.reader_gone {
+            return Ok(());
+        }
+        let mut out = std::io::stdout().lock();
+        match f(&mut out).and_then(|()| out.flush()) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.reader_gone = true;
+                Ok(())
+            }
+            r => r.map_err(|e| anyhow::anyhow!("writing to standard output: {e}")),
+        }
     }
 }
 
@@ -135,24 +160,29 @@ impl Sink for TraceSink {
     ) -> anyhow::Result<()> {
         let found = self.engine.ingest(ev);
         if ev.kind != Kind::Other && self.filter.matches(ev) {
-            let mut out = std::io::stdout().lock();
-            if self.json {
-                serde_json::to_writer(&mut out, ev)?;
-                writeln!(out)?;
-            } else {
-                writeln!(out, "{}", render::line(ev))?;
-                if self.stacks
-                    && let Some(id) = ev.stack_id
-                    && let Some(st) = session.stack(id)
-                {
-                    for s in st.symbols {
+            let (json, stacks) = (self.json, self.stacks);
+            let stack = ev
+                .stack_id
+                .filter(|_| stacks && !json)
+                .and_then(|id| session.stack(id));
+            self.write(|out| {
+                if json {
+                    serde_json::to_writer(&mut *out, ev)?;
+                    writeln!(out)?;
+                } else {
+                    writeln!(out, "{}", render::line(ev))?;
+                    for s in stack.map(|st| st.symbols).unwrap_or_default() {
                         writeln!(out, "    {s}")?;
                     }
                 }
-            }
-            out.flush()?;
+                Ok(())
+            })?;
         }
         self.print_findings(&found)
+    }
+
+    fn done(&self) -> bool {
+        self.reader_gone
     }
 
     fn tick(
@@ -177,9 +207,13 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<()> {
         stacks: opts.stacks,
         filter: opts.filter,
         engine: engine::Engine::new(session.engine_config(opts.engine)),
+        reader_gone: false,
     };
     let stats = live::run(&mut session, &mut sink, opts.loss_interval, &mut signals).await?;
     session.close();
+    if sink.reader_gone {
+        eprintln!("kvscope: standard output was closed (its reader went away): stopped");
+    }
     eprintln!(
         "kvscope: detached; {} events, {} lost, {} undecodable, {} findings",
         stats.events,
