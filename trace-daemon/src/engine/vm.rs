@@ -384,13 +384,11 @@ impl Vm {
         }
     }
 
-    /// A new VM was created at this one's address: this one ended unseen.
-    fn ended_by_reuse(&mut self, e: &Event, cap: usize) {
-        if self.is_destroyed() {
-            return;
-        }
+    /// The VM ended unseen, as `kind` (a process exit, a new VM at its
+    /// address) shows: what was left of its count goes with it.
+    fn ended_unseen(&mut self, e: &Event, cap: usize, kind: StepKind) {
         let delta = -self.users.unwrap_or(0);
-        let end = inferred(e, StepKind::InferredDestroyReused, delta, Some(0), None);
+        let end = inferred(e, kind, delta, Some(0), None);
         self.timeline.push(cap, end);
         self.users = Some(0);
         self.destroyed_ns = Some(e.ts_ns);
@@ -456,8 +454,10 @@ impl Engine {
         // A create at the address of a live VM: its destroy was missed.
         if creating && self.vms.get(&addr).is_some_and(|v| !v.timeline.is_empty()) {
             let cap = self.cfg.timeline_cap;
-            if let Some(old) = self.vms.get_mut(&addr) {
-                old.ended_by_reuse(e, cap);
+            if let Some(old) = self.vms.get_mut(&addr)
+                && !old.is_destroyed()
+            {
+                old.ended_unseen(e, cap, StepKind::InferredDestroyReused);
             }
             self.retire_vm(addr);
         }
@@ -612,11 +612,7 @@ impl Engine {
             if destroy_observable || vm.is_destroyed() || vm.file_shared {
                 continue;
             }
-            let delta = -vm.users.unwrap_or(0);
-            let end = inferred(e, StepKind::InferredDestroyAtExit, delta, Some(0), None);
-            vm.timeline.push(cap, end);
-            vm.users = Some(0);
-            vm.destroyed_ns = Some(e.ts_ns);
+            vm.ended_unseen(e, cap, StepKind::InferredDestroyAtExit);
         }
     }
 
