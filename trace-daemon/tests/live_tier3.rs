@@ -520,3 +520,24 @@ fn a_full_recording_device_is_named_in_the_error() {
     );
     assert!(our_programs_loaded().is_empty());
 }
+
+/// `record --duration`: the banner says when it ends, not "Ctrl-C to stop",
+/// and it ends by itself.
+#[test]
+fn a_timed_recording_says_when_it_ends() {
+    if !live_or_skip("a_timed_recording_says_when_it_ends", &[]) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let f = std::env::temp_dir().join(format!("kvscope-timed-{}.kvs", std::process::id()));
+    let out = kvscope()
+        .args(["record", "--duration", "1", "-o"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("for 1 s (Ctrl-C ends it sooner)"), "{err}");
+    assert!(!err.contains("Ctrl-C to stop"), "{err}");
+    std::fs::remove_file(&f).unwrap();
+}

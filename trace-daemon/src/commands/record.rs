@@ -111,10 +111,12 @@ pub async fn run(opts: RecordOptions) -> anyhow::Result<()> {
     };
     let w = Writer::create(file, &session.header())
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", opts.output.display()))?;
-    session.announce(&format!(
-        "recording to {}; Ctrl-C to stop",
-        opts.output.display()
-    ));
+    // A timed recording ends by itself: say when, not how to stop it.
+    let ends = match opts.duration {
+        Some(d) => format!("for {:.0} s (Ctrl-C ends it sooner)", d.as_secs_f64()),
+        None => "Ctrl-C to stop".to_owned(),
+    };
+    session.announce(&format!("recording to {}; {ends}", opts.output.display()));
     let mut sink = RecordSink {
         w,
         stacks_written: HashSet::new(),
