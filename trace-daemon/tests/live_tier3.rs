@@ -501,43 +501,42 @@ fn trace_into_a_closed_pipe_stops_cleanly() {
     assert!(our_programs_loaded().is_empty());
 }
 
-/// `record -o /dev/full`: the error names the file it could not write.
+/// `record --duration 1 -o PATH`: its exit status and stderr.
+fn record_for_a_second(path: &std::path::Path) -> (Option<i32>, String) {
+    let out = kvscope()
+        .args(["record", "--duration", "1", "-o"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `record --duration`: the banner says when it ends, not "Ctrl-C to stop",
+/// and it ends by itself; `-o /dev/full`: the error names the file it could
+/// not write.
 #[test]
-fn a_full_recording_device_is_named_in_the_error() {
-    if !live_or_skip("a_full_recording_device_is_named_in_the_error", &[]) {
+fn a_timed_recording_says_when_it_ends_and_what_it_could_not_write() {
+    if !live_or_skip(
+        "a_timed_recording_says_when_it_ends_and_what_it_could_not_write",
+        &[],
+    ) {
         return;
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let out = kvscope()
-        .args(["record", "-o", "/dev/full", "--duration", "1"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let f = std::env::temp_dir().join(format!("kvscope-timed-{}.kvs", std::process::id()));
+    let (code, err) = record_for_a_second(&f);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("for 1 s (Ctrl-C ends it sooner)"), "{err}");
+    assert!(!err.contains("Ctrl-C to stop"), "{err}");
+    std::fs::remove_file(&f).unwrap();
+    let (code, err) = record_for_a_second(std::path::Path::new("/dev/full"));
+    assert_eq!(code, Some(1), "{err}");
     assert!(
         err.contains("writing /dev/full: No space left on device"),
         "{err}"
     );
     assert!(our_programs_loaded().is_empty());
-}
-
-/// `record --duration`: the banner says when it ends, not "Ctrl-C to stop",
-/// and it ends by itself.
-#[test]
-fn a_timed_recording_says_when_it_ends() {
-    if !live_or_skip("a_timed_recording_says_when_it_ends", &[]) {
-        return;
-    }
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let f = std::env::temp_dir().join(format!("kvscope-timed-{}.kvs", std::process::id()));
-    let out = kvscope()
-        .args(["record", "--duration", "1", "-o"])
-        .arg(&f)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains("for 1 s (Ctrl-C ends it sooner)"), "{err}");
-    assert!(!err.contains("Ctrl-C to stop"), "{err}");
-    std::fs::remove_file(&f).unwrap();
 }
