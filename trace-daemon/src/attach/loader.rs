@@ -18,6 +18,8 @@ use trace_common::{
     config_flags, drop_slot, maps,
 };
 
+use super::detach::{detach_programs, unload};
+pub use super::verifier::reason;
 use crate::{
     attach::gate::{AttachGate, NEVER_STOPPED},
     attach::hooks::TRACEPOINTS,
@@ -162,20 +164,6 @@ pub struct Probes {
     /// (entries added, evictions) when WATCHED was last counted: counted
     /// again only when entries were added since.
     evictions: std::cell::Cell<(u64, u64)>,
-}
-
-/// An error with its causes on one line (aya's load errors carry the errno in
-/// the source chain).
-pub fn reason(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    // Verifier logs can be long; the first line says what failed.
-    s.lines().next().unwrap_or("").chars().take(300).collect()
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Program> {
@@ -485,18 +473,6 @@ fn attach_one(ebpf: &mut Ebpf, name: &str, symbol: &str, btf: Option<&Btf>) -> a
     Ok(())
 }
 
-/// Detaches and unloads one program of the kinds kvscope uses; a program
-/// never loaded (its role not attached here) has nothing to undo.
-fn unload(p: &mut Program) {
-    let _ = match p {
-        Program::KProbe(p) => p.unload(),
-        Program::TracePoint(p) => p.unload(),
-        Program::FEntry(p) => p.unload(),
-        Program::FExit(p) => p.unload(),
-        _ => Ok(()),
-    };
-}
-
 /// Global locks (not reachable from any hooked object) are watched from here.
 fn watch_globals(ebpf: &mut Ebpf, k: &Kallsyms) -> anyhow::Result<u64> {
     let mut watched: BpfHashMap<&mut MapData, u64, WatchedLock> =
@@ -518,26 +494,6 @@ fn watch_globals(ebpf: &mut Ebpf, k: &Kallsyms) -> anyhow::Result<u64> {
         return Ok(1);
     }
     Ok(0)
-}
-
-/// Detaches and unloads every program of `ebpf`, each in a thread of its own.
-/// A detach waits for grace periods (trampoline updates, kprobe and tracepoint
-/// unregistration), some of them outside the kernel's global mutexes: run
-/// together, those waits overlap. Programs never loaded cost nothing.
-fn detach_programs(ebpf: &mut Ebpf) {
-    let t = std::time::Instant::now();
-    let mut progs: Vec<&mut Program> = ebpf
-        .programs_mut()
-        .map(|(_, p)| p)
-        .filter(|p| p.fd().is_ok())
-        .collect();
-    let n = progs.len();
-    std::thread::scope(|s| {
-        for p in progs.iter_mut() {
-            s.spawn(move || unload(p));
-        }
-    });
-    log::info!("detached {n} programs: {} ms", t.elapsed().as_millis());
 }
 
 impl Drop for Probes {

@@ -1,6 +1,7 @@
 //! Getting events out of the kernel: the hook table (which kernel function
 //! serves which role), the plan for this kernel, the BPF loader, the live
 //! loop that drains the ring buffer, and the delivery self-test.
+mod detach;
 pub mod gate;
 pub mod hooks;
 mod late_kallsyms;
@@ -8,3 +9,4 @@ pub mod live;
 pub mod loader;
 pub mod plan;
 pub mod selftest;
+mod verifier;

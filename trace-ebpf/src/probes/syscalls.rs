@@ -117,7 +117,7 @@ pub fn tp_sys_exit_ioctl(ctx: TracePointContext) -> u32 {
                 return 0;
             }
             e.arg |= arg << 32;
-            let vm = file_of_fd(fd as i32).and_then(private_data);
+            let vm = file_of_fd(fd as i32).and_then(private_data).unwrap_or(0);
             new_vm_holder(&mut e, ret as i32, FdKind::Vcpu, vm);
         }
         ioctl::KVM_GET_STATS_FD => {
@@ -131,9 +131,9 @@ pub fn tp_sys_exit_ioctl(ctx: TracePointContext) -> u32 {
                 return 0;
             };
             match of {
-                FdKind::Vm => new_vm_holder(&mut e, ret as i32, FdKind::VmStats, Some(parent)),
+                FdKind::Vm => new_vm_holder(&mut e, ret as i32, FdKind::VmStats, parent),
                 FdKind::Vcpu => {
-                    let vm = ptr_at(parent, conf!(kvm_vcpu_kvm));
+                    let vm = ptr_at(parent, conf!(kvm_vcpu_kvm)).unwrap_or(0);
                     new_vm_holder(&mut e, ret as i32, FdKind::VcpuStats, vm);
                 }
                 _ => return 0,
@@ -213,17 +213,17 @@ pub fn tp_sys_exit_ioctl(ctx: TracePointContext) -> u32 {
 }
 
 /// A new fd whose file holds a VM reference (vCPU, stats): tracked, with its
-/// file and the VM's count after the kernel's (inlined) get.
+/// file and the VM's count after the kernel's (inlined) get. `vm` is 0 when
+/// unknown: an `Option` here left its payload unwritten on the None path,
+/// which a 5.10 verifier refuses as a read of uninitialised stack.
 #[inline(always)]
-fn new_vm_holder(e: &mut trace_common::Event, fd: i32, kind: FdKind, vm: Option<u64>) {
+fn new_vm_holder(e: &mut trace_common::Event, fd: i32, kind: FdKind, vm: u64) {
     set_fd(e, fd);
     track(fd, kind, e);
     if let Some(file) = file_of_fd(fd) {
         set_file(e, file);
     }
-    if let Some(kvm) = vm {
-        set_kvm(e, kvm);
-    }
+    set_kvm(e, vm);
 }
 
 /// The kind this thread group's `fd` is tracked as.
