@@ -197,19 +197,6 @@ fn probe_fentry(ebpf: &mut Ebpf, btf: Option<&Btf>, kbtf: &KernelBtf) -> Result<
     })
 }
 
-/// The error `load` returns when a stop came while it attached (what it had
-/// attached is detached by then).
-#[derive(Debug)]
-pub struct StoppedWhileAttaching;
-
-impl std::fmt::Display for StoppedWhileAttaching {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("stopped while attaching")
-    }
-}
-
-impl std::error::Error for StoppedWhileAttaching {}
-
 /// Loads the object and attaches the plan for `opts`; a stop through `gate`
 /// ends attaching between programs (see `gate.rs`).
 pub fn load(facts: &Facts, opts: &LoadOptions, gate: &AttachGate) -> anyhow::Result<Probes> {
@@ -262,7 +249,7 @@ pub fn load(facts: &Facts, opts: &LoadOptions, gate: &AttachGate) -> anyhow::Res
     plan_mode(&mut plan, mode);
     let watched_by_user = watch_globals(&mut ebpf, &facts.kallsyms)?;
     if !gate.begin() {
-        return Err(StoppedWhileAttaching.into());
+        bail!("stopped before attaching");
     }
     let none = BTreeSet::new();
     attach_roles(&mut ebpf, &mut plan, aya_btf.as_ref(), &none, gate);
@@ -276,7 +263,7 @@ pub fn load(facts: &Facts, opts: &LoadOptions, gate: &AttachGate) -> anyhow::Res
     if gate.stopped() {
         // Detached together; `Probes` is not built, so do it here.
         detach_programs(&mut ebpf);
-        return Err(StoppedWhileAttaching.into());
+        bail!("stopped while attaching");
     }
     if plan.tier() == plan::Tier::None {
         bail!("nothing could be attached on this host; run `kvscope check` for the reasons");

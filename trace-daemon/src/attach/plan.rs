@@ -273,9 +273,7 @@ impl Plan {
             Tier::None
         }
     }
-}
 
-impl Plan {
     /// Every choice and tracepoint that failed to attach was refused by
     /// `why` (kernel lockdown), which its raw error (EPERM, or a verifier's
     /// EINVAL for a helper the lockdown removed) does not say.

@@ -205,17 +205,24 @@ impl Vm {
         // comes after it: the +1 was just inferred; name its holder. The
         // create op comes before it: `reconcile` names the next rise.
         if e.hook != HookId::KvmVfioCreate {
-            if let Some(last) = self.timeline.last_mut()
-                && last.inferred()
-                && last.delta == 1
-            {
-                last.holder = Some(Holder::KvmVfioFd);
-            }
-            *self.holders.entry(Holder::KvmVfioFd).or_default() += 1;
+            self.held_by_new_fd(Holder::KvmVfioFd);
         }
         self.timeline
             .push(cap, seen(e, StepKind::KvmVfioCreated, 0, e.users));
         self.read(e);
+    }
+
+    /// An ioctl returned an fd whose kernel get is inlined (kvm-vfio device,
+    /// vCPU, stats): the +1 `reconcile` just inferred is `holder`'s.
+    fn held_by_new_fd(&mut self, holder: Holder) {
+        if let Some(last) = self.timeline.last_mut()
+            && last.inferred()
+            && last.delta == 1
+            && last.holder.is_none()
+        {
+            last.holder = Some(holder);
+        }
+        self.hold(holder, 1);
     }
 
     /// A vCPU or stats fd returned by its ioctl (tier 3): the kernel's get is
@@ -226,14 +233,7 @@ impl Vm {
             Kind::VcpuCreated => Holder::VcpuFd(e.vcpu.unwrap_or(u32::MAX)),
             _ => Holder::StatsFd,
         };
-        if let Some(last) = self.timeline.last_mut()
-            && last.inferred()
-            && last.delta == 1
-            && last.holder.is_none()
-        {
-            last.holder = Some(holder);
-        }
-        self.hold(holder, 1);
+        self.held_by_new_fd(holder);
         if let Some(f) = e.file {
             self.fd_files.insert(f, holder);
         }
