@@ -66,6 +66,11 @@ enum Task {
         /// kernel, host loaded); 0 skips it.
         #[arg(long, default_value_t = lab::stress::CYCLES)]
         stress: u64,
+        /// The host lab instead: Debian with systemd, libvirt and QEMU in the
+        /// guest, kvscope installed from its package as the service (rows:
+        /// 6.12, trixie; --kernel picks among them).
+        #[arg(long)]
+        host: bool,
     },
     /// Replay-analysis benchmark: events/s (median of 3) and memory at two
     /// sizes (--against REV: side by side with another revision); with --lab,
@@ -121,9 +126,13 @@ fn main() -> anyhow::Result<()> {
             cmd,
             update_readme,
             stress,
+            host,
         } => {
             let env = setup::setup()?;
             cmd::build_release(&env)?;
+            if host {
+                return lab::host::run(&env, &kernels);
+            }
             let r = lab::matrix::run(&kernels, cmd.as_deref()).and_then(|()| {
                 let wanted = kernels.is_empty() || kernels.iter().any(|k| k == lab::stress::KERNEL);
                 if stress > 0 && cmd.is_none() && wanted {

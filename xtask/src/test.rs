@@ -23,14 +23,16 @@ enum Tier {
     Lint,
     /// Unit, scenario, ELF and live tests (`cargo test`).
     Cargo,
-    /// The Debian package: built, lintian-clean, installed into a clean root
-    /// (`dpkg --root`), checked there, removed.
+    /// The Debian package: built, lintian-clean, its maintainer scripts
+    /// checked, unpacked into a clean root and checked there (installed,
+    /// upgraded and purged under systemd in the lab tier's host rows).
     Package,
     /// cargo-fuzz on the recording reader, time-boxed.
     Fuzz,
     /// The guest lab: every kernel of the matrix booted under QEMU, kvscope
-    /// attached there for real (about 30 s per kernel once cached), then the
-    /// stop/delivery stress test in a 6.12 guest with this host loaded.
+    /// attached there for real (about 30 s per kernel once cached), the host
+    /// lab's rows (systemd, libvirt, the package), then the stop/delivery
+    /// stress test in a 6.12 guest with this host loaded.
     Lab,
 }
 
@@ -63,6 +65,7 @@ pub fn run(env: &Env, args: &TestArgs) -> anyhow::Result<()> {
             Tier::Lab => {
                 cmd::build_release(env)?;
                 crate::lab::matrix::run(&[], None)?;
+                crate::lab::host::run(env, &[])?;
                 crate::lab::stress::run(crate::lab::stress::CYCLES)?
             }
         }

@@ -5,10 +5,7 @@
 use std::{collections::BTreeMap, time::Duration};
 
 use aya::maps::{MapData, RingBuf};
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{Signal, SignalKind, signal},
-};
+use tokio::io::unix::AsyncFd;
 use trace_common::HookId;
 
 use crate::{
@@ -16,6 +13,7 @@ use crate::{
     attach::hooks::Role,
     attach::late_kallsyms::LateKallsyms,
     attach::loader::{self, Facts, LoadOptions, Probes},
+    attach::modules::{Change, Modules},
     attach::plan::{LockWatch, Method},
     attach::selftest,
     engine,
@@ -23,67 +21,7 @@ use crate::{
     recording::{Delivery, Header, Stack},
 };
 
-/// The stop and reload signals, installed before anything is loaded. A
-/// SIGINT that arrives while kvscope attaches is then honoured: before this, a
-/// background job (whose SIGINT a non-interactive shell sets to ignored) lost
-/// such a signal for good and never exited.
-pub struct Signals {
-    term: Signal,
-    int: Signal,
-    hup: Signal,
-}
-
-/// The signals held from the first line of `main` until their handlers exist.
-const HELD: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
-
-fn mask_held(how: libc::c_int) {
-    // SAFETY: plain sigset manipulation on a local set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in HELD {
-            libc::sigaddset(&mut set, s);
-        }
-        libc::pthread_sigmask(how, &set, std::ptr::null_mut());
-    }
-}
-
-/// Blocks SIGINT, SIGTERM and SIGHUP. The kernel keeps a blocked signal
-/// pending even where it is inherited as ignored (a background job's SIGINT),
-/// so one sent while kvscope starts is delivered once the handlers exist.
-/// Called first thing in `main`, before any thread is started.
-pub fn hold_signals() {
-    mask_held(libc::SIG_BLOCK);
-}
-
-/// Undoes [`hold_signals`] for commands that install no handlers: their
-/// signals keep their inherited meaning.
-pub fn release_signals() {
-    mask_held(libc::SIG_UNBLOCK);
-}
-
-impl Signals {
-    /// Must run inside the runtime (tokio registers the handlers with it).
-    /// Releases the signals held since `main` began: pending ones arrive now.
-    pub fn install() -> anyhow::Result<Signals> {
-        let s = |k| signal(k).map_err(|e| anyhow::anyhow!("installing signal handlers: {e}"));
-        let signals = Signals {
-            term: s(SignalKind::terminate())?,
-            int: s(SignalKind::interrupt())?,
-            hup: s(SignalKind::hangup())?,
-        };
-        release_signals();
-        Ok(signals)
-    }
-
-    /// The next SIGINT or SIGTERM, by name.
-    async fn stop(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
-        }
-    }
-}
+pub use super::signals::{Signals, hold_signals, release_signals};
 
 /// How long a stop waits for the attaching thread to detach what it attached
 /// (it stops between programs); past this the process exits and the kernel
@@ -138,6 +76,8 @@ pub struct Session {
     /// A time-boxed deep session (`--deep-for`, `deep_for_s`): when it ends,
     /// lock watching switches to lean.
     pub deep_until: Option<std::time::Instant>,
+    /// The watched modules as of the attach (or the last change seen).
+    pub modules: Modules,
 }
 
 impl Session {
@@ -146,6 +86,8 @@ impl Session {
         // a slow host (a TCG guest) waits for.
         let t = std::time::Instant::now();
         let phase = |what: &str| log::info!("{what}: {} ms", t.elapsed().as_millis());
+        // Before the facts: a module loaded in between is seen as a change.
+        let modules = Modules::now();
         let facts = Facts::gather()?;
         phase("kallsyms, BTF and tracefs read");
         let mut probes = loader::load(&facts, opts, gate)?;
@@ -170,6 +112,7 @@ impl Session {
                 .deep_for
                 .filter(|_| opts.lock_watch == LockWatch::Deep)
                 .map(|d| std::time::Instant::now() + d),
+            modules,
         })
     }
 
@@ -418,6 +361,17 @@ pub trait Sink {
     }
     /// The session's lock watching changed (SIGHUP, the end of `--deep-for`).
     fn lock_watch_changed(&mut self, _session: &Session) {}
+    /// Watched modules were loaded, unloaded or reloaded (checked every
+    /// tick): hooks in them are gone or were never made. true ends the loop
+    /// to attach again (the daemon); by default the blind spot is said.
+    fn modules_changed(&mut self, changes: &[Change]) -> bool {
+        for c in changes {
+            eprintln!(
+                "kvscope: warning: {c}: its functions are not watched from now on (blind until kvscope is started again)"
+            );
+        }
+        false
+    }
     /// Asked at every tick: go deep for this long (a lean finding armed it).
     fn wants_deep(&mut self) -> Option<Duration> {
         None
@@ -433,6 +387,9 @@ pub struct Stats {
     pub events: u64,
     pub undecodable: u64,
     pub lost: u64,
+    /// The loop ended for these module changes (the sink asked to attach
+    /// again), not for a stop.
+    pub reattach: Vec<Change>,
 }
 
 pub async fn run(
@@ -498,6 +455,18 @@ pub async fn run(
                 }
                 session.drops = drops;
                 sink.tick(session, &lost, mono_now_ns())?;
+                let now = Modules::now();
+                if now != session.modules {
+                    // modprobe loads a module and its dependencies one by
+                    // one: act on the set once it holds still.
+                    let now = settled(now).await;
+                    let changes = session.modules.changes(&now);
+                    session.modules = now;
+                    if !changes.is_empty() && sink.modules_changed(&changes) {
+                        stats.reattach = changes;
+                        break;
+                    }
+                }
                 if session.deep_expired() {
                     eprintln!("kvscope: the deep session's time is up: {}", session.switch_lock_watch(LockWatch::Lean, None));
                     sink.lock_watch_changed(session);
@@ -522,6 +491,19 @@ pub async fn run(
     drain(ring.get_mut(), session, sink, &mut stats)?;
     stop_phase("ring drained");
     Ok(stats)
+}
+
+/// The watched modules once two looks 300 ms apart agree (at most 3 s).
+async fn settled(mut now: Modules) -> Modules {
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let next = Modules::now();
+        if next == now {
+            break;
+        }
+        now = next;
+    }
+    now
 }
 
 /// When the stop signal was taken, for the time split of a stop.

@@ -7,6 +7,8 @@ pub mod hooks;
 mod late_kallsyms;
 pub mod live;
 pub mod loader;
+pub mod modules;
 pub mod plan;
 pub mod selftest;
+mod signals;
 mod verifier;

@@ -16,6 +16,7 @@ use sd_notify::NotifyState;
 use crate::{
     attach::live::{self, Session, Signals, Sink},
     attach::loader::LoadOptions,
+    attach::modules::Change,
     attach::plan::LockWatch,
     engine::{self, Finding},
     event::Event,
@@ -79,6 +80,9 @@ fn open_journal(c: &DaemonConfig) -> Option<systemd_journal_logger::JournalLog> 
     }
 }
 
+/// The journal's MESSAGE_ID of a kvscope finding (README, "Service").
+pub const FINDING_MESSAGE_ID: &str = "5c0b1d7e9a3f4e2b8c6d0a1f2e3b4c5d";
+
 impl DaemonSink {
     fn emit(&mut self, found: Vec<Finding>) -> anyhow::Result<()> {
         let kinds: Vec<engine::FindingKind> = found.iter().map(|f| f.kind).collect();
@@ -99,8 +103,17 @@ impl DaemonSink {
                     engine::Severity::Warning => log::Level::Warn,
                     _ => log::Level::Error,
                 };
-                let kvs: [(&str, String); 4] = [
+                let vm = f
+                    .objects
+                    .iter()
+                    .find(|(r, _)| *r == engine::ObjectRole::Kvm)
+                    .map_or_else(|| "-".to_owned(), |(_, a)| format!("{a:#x}"));
+                let kvs: [(&str, String); 6] = [
+                    // One id for every kvscope finding (journalctl
+                    // MESSAGE_ID=...); the kind tells them apart.
+                    ("message_id", FINDING_MESSAGE_ID.to_owned()),
                     ("kvscope_kind", f.kind.id().to_owned()),
+                    ("kvscope_vm", vm),
                     ("kvscope_severity", f.severity().name().to_owned()),
                     ("kvscope_objects", objects.join(" ")),
                     ("kvscope_detail", finding_text::detail(&f).join("\n")),
@@ -137,6 +150,11 @@ impl DaemonSink {
 }
 
 impl Sink for DaemonSink {
+    /// The daemon runs for months: it attaches again (see `reattach`).
+    fn modules_changed(&mut self, _changes: &[Change]) -> bool {
+        true
+    }
+
     fn event(&mut self, _s: &Session, _r: &trace_common::Event, ev: &Event) -> anyhow::Result<()> {
         self.metrics.event(ev.kind);
         // Both clocks are CLOCK_MONOTONIC (bpf_ktime_get_ns).
@@ -325,13 +343,30 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         armed: false,
     };
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&sink.status())]);
-    let stats = live::run(
-        &mut session,
-        &mut sink,
-        Duration::from_secs(1),
-        &mut signals,
-    )
-    .await?;
+    let mut load = load;
+    let mut stats = live::Stats::default();
+    loop {
+        let run = live::run(
+            &mut session,
+            &mut sink,
+            Duration::from_secs(1),
+            &mut signals,
+        )
+        .await?;
+        stats.events += run.events;
+        stats.lost += run.lost;
+        if run.reattach.is_empty() {
+            break;
+        }
+        load.lock_watch = session.lock_watch;
+        match reattach(session, &load, &run.reattach, &mut signals, &mut sink).await? {
+            Some(s) => session = s,
+            None => {
+                eprintln!("kvscope: stopped while attaching again");
+                return Ok(());
+            }
+        }
+    }
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     session.close();
     eprintln!(
@@ -341,6 +376,49 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         sink.engine.findings().len()
     );
     Ok(())
+}
+
+/// Attaches again after watched modules changed: the old programs are
+/// detached, the host read again (kallsyms, BTF, offsets), the plan made
+/// anew. Events in between are unseen: the gap is said, logged and counted
+/// (kvscope_blind_seconds_total, kvscope_module_changes_total). None: a stop
+/// came while attaching.
+async fn reattach(
+    old: Session,
+    load: &LoadOptions,
+    changes: &[Change],
+    signals: &mut Signals,
+    sink: &mut DaemonSink,
+) -> anyhow::Result<Option<Session>> {
+    let what: Vec<String> = changes.iter().map(ToString::to_string).collect();
+    let what = what.join(", ");
+    eprintln!("kvscope: {what}: attaching again; blind until attached");
+    let _ = sd_notify::notify(&[NotifyState::Status(&format!("attaching again: {what}"))]);
+    for c in changes {
+        sink.metrics
+            .module_changes
+            .with_label_values(&[c.module(), c.kind()])
+            .inc();
+    }
+    let t = Instant::now();
+    old.close();
+    let session = live::attach(load, signals).await;
+    let gap = t.elapsed();
+    sink.metrics.blind_seconds.inc_by(gap.as_secs_f64());
+    let Some(session) = session? else {
+        return Ok(None);
+    };
+    sink.metrics.set_plan(&session.probes.plan);
+    sink.metrics
+        .delivery_verified
+        .set(i64::from(session.delivery.verified));
+    sink.engine.cfg = session.engine_config(sink.engine.cfg.clone());
+    sink.lock_watch_changed(&session);
+    session.announce(&format!(
+        "attached again after {what}: blind {} ms",
+        gap.as_millis()
+    ));
+    Ok(Some(session))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! pointer labels: every label takes values from a small fixed set (event
 //! kinds, hooks, roles, lock classes, finding kinds), so cardinality is bounded.
 use prometheus::{
-    Encoder as _, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    Counter, Encoder as _, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
@@ -33,6 +33,8 @@ pub struct Metrics {
     pub lag: Gauge,
     pub ring_fill: Gauge,
     pub reloads: IntCounter,
+    pub module_changes: IntCounterVec,
+    pub blind_seconds: Counter,
     pub build_info: GaugeVec,
     pub delivery_verified: IntGauge,
     pub lock_watch: GaugeVec,
@@ -74,6 +76,8 @@ impl Metrics {
             lag: reg!(r, Gauge::new("kvscope_analysis_lag_seconds", "Largest delay between an event's kernel timestamp and its analysis during the last second; 0 when no event arrived (an idle host has no lag).")),
             ring_fill: reg!(r, Gauge::new("kvscope_ring_buffer_fill_ratio", "Fraction of the event ring buffer holding unread events.")),
             reloads: reg!(r, IntCounter::new("kvscope_config_reloads_total", "Configuration reloads (SIGHUP) applied.")),
+            module_changes: reg!(r, IntCounterVec::new(Opts::new("kvscope_module_changes_total", "Watched kernel modules (kvm, kvm_amd, vfio, vfio_pci, ...) loaded, unloaded or reloaded while the daemon ran, by module and change; each made the daemon attach again."), &["module", "change"])),
+            blind_seconds: reg!(r, Counter::new("kvscope_blind_seconds_total", "Seconds the daemon saw nothing while it attached again after a module change (events in them are unseen).")),
             build_info: reg!(r, GaugeVec::new(Opts::new("kvscope_build_info", "Always 1; the kvscope version as a label."), &["version"])),
             lock_watch: reg!(r, GaugeVec::new(Opts::new("kvscope_lock_watch", "1 for the lock-watching mode in use: deep (the mutex API hooked) or lean (held locks read from owner words at the path hooks)."), &["mode"])),
             delivery_verified: reg!(r, IntGauge::new("kvscope_delivery_verified", "1 when the attach-time self-test event came back through the ring buffer; 0: an absence of events proves nothing.")),
@@ -81,7 +85,7 @@ impl Metrics {
         }
     }
 
-    fn collectors(&self) -> [&dyn prometheus::core::Collector; 21] {
+    fn collectors(&self) -> [&dyn prometheus::core::Collector; 23] {
         [
             &self.events,
             &self.lost,
@@ -101,6 +105,8 @@ impl Metrics {
             &self.lag,
             &self.ring_fill,
             &self.reloads,
+            &self.module_changes,
+            &self.blind_seconds,
             &self.build_info,
             &self.delivery_verified,
             &self.lock_watch,
@@ -127,6 +133,8 @@ impl Metrics {
 
     /// Sets the gauges that describe what is attached.
     pub fn set_plan(&self, plan: &Plan) {
+        // A new plan (after a module change) replaces the old one's series.
+        self.attached.reset();
         self.tier.set(match plan.tier() {
             Tier::Fentry => 1,
             Tier::Kprobe => 2,

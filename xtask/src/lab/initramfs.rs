@@ -29,24 +29,7 @@ pub fn initramfs(
     cmd: &str,
     out: &Path,
 ) -> anyhow::Result<()> {
-    let stage = out.with_extension("d");
-    let _ = std::fs::remove_dir_all(&stage);
-    for d in [
-        "bin",
-        "lib/modules",
-        "proc",
-        "sys",
-        "dev",
-        "tmp",
-        "run",
-        "usr/bin",
-        "btf",
-    ] {
-        std::fs::create_dir_all(stage.join(d))?;
-    }
-    std::fs::copy("/bin/busybox", stage.join("bin/busybox"))?;
-    // Modules, in the order modprobe would load them.
-    let mut order: Vec<String> = Vec::new();
+    let stage = stage(out, &["tmp", "run", "usr/bin", "btf"])?;
     let show_depends = |m: &str| {
         Command::new("/usr/sbin/modprobe")
             .arg("-d")
@@ -57,42 +40,8 @@ pub fn initramfs(
     let optional = OPTIONAL
         .iter()
         .filter(|m| show_depends(m).is_ok_and(|o| o.status.success()));
-    for m in MODULES.iter().chain(optional) {
-        let deps = output(
-            Command::new("/usr/sbin/modprobe")
-                .arg("-d")
-                .arg(&k.root)
-                .args(["-S", &k.release, "--show-depends", m]),
-        )?;
-        for l in deps.lines() {
-            if let Some(path) = l
-                .strip_prefix("insmod ")
-                .map(|p| p.split_whitespace().next().unwrap_or(""))
-            {
-                let name = Path::new(path)
-                    .file_name()
-                    .unwrap()
-                    .to_string_lossy()
-                    .trim_end_matches(".xz")
-                    .to_owned();
-                if !order.contains(&name) {
-                    let dst = stage.join("lib/modules").join(&name);
-                    if path.ends_with(".xz") {
-                        // busybox insmod takes plain modules.
-                        let out = Command::new("xz").args(["-dc", path]).output()?;
-                        if !out.status.success() {
-                            bail!("xz -dc {path} failed");
-                        }
-                        std::fs::write(&dst, out.stdout)?;
-                    } else {
-                        std::fs::copy(path, &dst)?;
-                    }
-                    order.push(name);
-                }
-            }
-        }
-    }
-    std::fs::write(stage.join("modules.order"), order.join("\n") + "\n")?;
+    let wanted: Vec<&str> = MODULES.iter().chain(optional).copied().collect();
+    add_modules(k, &wanted, &stage)?;
     for m in extra {
         std::fs::copy(m, stage.join("lib/modules").join(m.file_name().unwrap()))?;
     }
@@ -133,8 +82,73 @@ sh /cmd; echo "KVSCOPE-LAB-RC=$?"
 echo KVSCOPE-LAB-END
 poweroff -f
 "#;
-    std::fs::write(stage.join("init"), init)?;
+    pack(&stage, init, out)
+}
+
+/// A fresh staging tree beside `out` with busybox and the directories every
+/// lab init uses, plus `extra` ones.
+pub fn stage(out: &Path, extra: &[&str]) -> anyhow::Result<PathBuf> {
+    let stage = out.with_extension("d");
+    let _ = std::fs::remove_dir_all(&stage);
+    for d in ["bin", "lib/modules", "proc", "sys", "dev"]
+        .iter()
+        .chain(extra)
+    {
+        std::fs::create_dir_all(stage.join(d))?;
+    }
+    std::fs::copy("/bin/busybox", stage.join("bin/busybox"))?;
+    Ok(stage)
+}
+
+/// `modules` of `k` and their dependencies, decompressed into
+/// stage/lib/modules (busybox insmod takes plain modules), with
+/// stage/modules.order in the order modprobe would load them.
+pub fn add_modules(k: &Unpacked, modules: &[&str], stage: &Path) -> anyhow::Result<()> {
+    let mut order: Vec<String> = Vec::new();
+    for m in modules {
+        let deps = output(
+            Command::new("/usr/sbin/modprobe")
+                .arg("-d")
+                .arg(&k.root)
+                .args(["-S", &k.release, "--show-depends", m]),
+        )?;
+        for l in deps.lines() {
+            if let Some(path) = l
+                .strip_prefix("insmod ")
+                .map(|p| p.split_whitespace().next().unwrap_or(""))
+            {
+                let name = Path::new(path)
+                    .file_name()
+                    .unwrap()
+                    .to_string_lossy()
+                    .trim_end_matches(".xz")
+                    .to_owned();
+                if !order.contains(&name) {
+                    let dst = stage.join("lib/modules").join(&name);
+                    if path.ends_with(".xz") {
+                        // busybox insmod takes plain modules.
+                        let out = Command::new("xz").args(["-dc", path]).output()?;
+                        if !out.status.success() {
+                            bail!("xz -dc {path} failed");
+                        }
+                        std::fs::write(&dst, out.stdout)?;
+                    } else {
+                        std::fs::copy(path, &dst)?;
+                    }
+                    order.push(name);
+                }
+            }
+        }
+    }
+    std::fs::write(stage.join("modules.order"), order.join("\n") + "\n")?;
+    Ok(())
+}
+
+/// Writes `init` (executable) into `stage` and packs the tree as a gzipped
+/// newc cpio at `out`.
+pub fn pack(stage: &Path, init: &str, out: &Path) -> anyhow::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(stage.join("init"), init)?;
     std::fs::set_permissions(stage.join("init"), std::fs::Permissions::from_mode(0o755))?;
     let st = Command::new("sh")
         .arg("-c")
@@ -145,7 +159,7 @@ poweroff -f
         ))
         .status()?;
     if !st.success() {
-        bail!("building the initramfs failed: {st}");
+        bail!("building the initramfs {} failed: {st}", out.display());
     }
     Ok(())
 }

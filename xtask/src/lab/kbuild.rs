@@ -48,7 +48,7 @@ pub const CDEV: Build = Build {
 };
 
 /// Short content hash of files and strings (sha256sum, first 16 hex digits).
-fn key(parts: &[&[u8]]) -> anyhow::Result<String> {
+pub fn key(parts: &[&[u8]]) -> anyhow::Result<String> {
     use std::io::Write as _;
     let mut c = Command::new("sha256sum")
         .stdin(std::process::Stdio::piped())

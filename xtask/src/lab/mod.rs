@@ -9,10 +9,12 @@
 //! and the test module built here), `initramfs`, `qemu` (boot), `scenarios`
 //! (what runs in the guest and what it must show: data), `verdict` (the
 //! guest's JSON checked against it, typed), `matrix` (`cargo xtask lab`),
-//! `readme` (the support matrix's dates), `bench` and `stress`.
+//! `readme` (the support matrix's dates), `bench` and `stress`; `host`: the
+//! host lab (systemd, libvirt, QEMU and the installed package in the guest).
 pub mod bench;
 pub mod btfgen;
 pub mod debian;
+pub mod host;
 pub mod initramfs;
 pub mod kbuild;
 pub mod kernels;

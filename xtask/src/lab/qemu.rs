@@ -44,11 +44,45 @@ const EMULATOR_FAULTS: &[(&str, &str)] = &[
     ),
 ];
 
+/// What the guest machine has besides the kernel and initramfs.
+pub struct Machine<'a> {
+    pub mem_mb: u32,
+    /// edu devices (each in its own IOMMU group).
+    pub edu: u32,
+    /// A raw disk image, read-only (the host lab's root file system).
+    pub disk: Option<&'a Path>,
+    /// Kernel arguments after the lab's own.
+    pub append: &'a str,
+    /// Print the command's output lines as they come, after this prefix
+    /// (a long run shows its progress).
+    pub live: Option<&'a str>,
+}
+
+/// The matrix's guest: 2 GiB, one edu device, everything in the initramfs.
+pub const MATRIX: Machine<'static> = Machine {
+    mem_mb: 2048,
+    edu: 1,
+    disk: None,
+    append: "",
+    live: None,
+};
+
 /// Boots, collects the command's output, kills QEMU by pid on timeout. A boot
 /// the emulator failed (see [`EMULATOR_FAULTS`]) is killed at once and booted
 /// again, once, saying so; a second one fails.
 pub fn boot(k: &Unpacked, initrd: &Path, timeout: Duration) -> anyhow::Result<Boot> {
-    match boot_once(k, initrd, timeout)? {
+    boot_on(k, initrd, &MATRIX, timeout)
+}
+
+/// [`boot`] on a given machine.
+pub fn boot_on(
+    k: &Unpacked,
+    initrd: &Path,
+    m: &Machine,
+    timeout: Duration,
+) -> anyhow::Result<Boot> {
+    let boot_once = |k, initrd| boot_once(k, initrd, m, timeout);
+    match boot_once(k, initrd)? {
         Ok(b) => Ok(b),
         Err(stranded) => {
             let log = crate::setup::cache_dir()
@@ -63,7 +97,7 @@ pub fn boot(k: &Unpacked, initrd: &Path, timeout: Duration) -> anyhow::Result<Bo
                 stranded.needle,
                 log.display()
             );
-            match boot_once(k, initrd, timeout)? {
+            match boot_once(k, initrd)? {
                 Ok(b) => Ok(b),
                 Err(again) => bail!(
                     "guest {}: the emulator failed twice in a row ({}, then {}); first console:\n{}\n\
@@ -89,27 +123,34 @@ struct Stranded {
 fn boot_once(
     k: &Unpacked,
     initrd: &Path,
+    m: &Machine,
     timeout: Duration,
 ) -> anyhow::Result<Result<Boot, Stranded>> {
     let started = Instant::now();
-    let mut child = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "q35,sata=off",
-            "-cpu",
-            "max",
-            "-smp",
-            "2",
-            "-m",
-            "2048",
-        ])
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-machine", "q35,sata=off", "-cpu", "max", "-smp", "2"])
+        .args(["-m", &m.mem_mb.to_string()])
         .args(["-accel", "tcg,thread=multi"])
-        .args(["-device", "intel-iommu", "-device", "edu"])
+        .args(["-device", "intel-iommu"]);
+    for _ in 0..m.edu {
+        qemu.args(["-device", "edu"]);
+    }
+    if let Some(disk) = m.disk {
+        qemu.arg("-drive").arg(format!(
+            "file={},format=raw,if=virtio,readonly=on",
+            disk.display()
+        ));
+    }
+    let mut child = qemu
         .args(["-kernel"])
         .arg(k.root.join("boot").join(format!("vmlinuz-{}", k.release)))
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 quiet panic=-1 intel_iommu=on"])
+        .arg("-append")
+        .arg(format!(
+            "console=ttyS0 quiet panic=-1 intel_iommu=on {}",
+            m.append
+        ))
         .args([
             "-no-reboot",
             "-nic",
@@ -147,6 +188,17 @@ fn boot_once(
                 console.push_str(&l);
                 console.push('\n');
                 if let Some((needle, what)) = EMULATOR_FAULTS.iter().find(|(n, _)| l.contains(n)) {
+                    // The oops's registers, code bytes and stack follow: kept
+                    // as the evidence (up to 60 lines or 2 s).
+                    for _ in 0..60 {
+                        match rx.recv_timeout(Duration::from_secs(2)) {
+                            Ok(more) => {
+                                console.push_str(more.trim_end_matches('\r'));
+                                console.push('\n');
+                            }
+                            Err(_) => break,
+                        }
+                    }
                     let _ = child.kill();
                     let _ = child.wait();
                     return Ok(Err(Stranded {
@@ -162,6 +214,9 @@ fn boot_once(
                 } else if let Some(v) = l.strip_prefix("KVSCOPE-LAB-RC=") {
                     rc = v.trim().parse().ok();
                 } else if inside {
+                    if let Some(prefix) = m.live {
+                        eprintln!("{prefix}{l}");
+                    }
                     output.push(l);
                 }
             }

@@ -1,0 +1,314 @@
+#!/bin/bash
+# The host lab's run, inside a Debian guest with systemd as PID 1 (started by
+# kvscope-lab.service). kvscope is installed from its package and run as the
+# service; libvirt starts QEMU domains with the edu devices assigned. Every
+# assertion prints one line, `CHECK <name> PASS|FAIL <detail>`; counts print
+# `COUNT <scenario> <mode> key=value ...`. xtask (lab/host/mod.rs) fails the
+# row on a FAIL or on a check it expected and never saw.
+set -u
+export SYSTEMD_PAGER= SYSTEMD_COLORS=0 LC_ALL=C
+METRICS=127.0.0.1:9477/metrics
+
+check() { # NAME STATUS DETAIL...
+    local name=$1 st=$2
+    shift 2
+    if [ "$st" = 0 ]; then echo "CHECK $name PASS $*"; else echo "CHECK $name FAIL $*"; fi
+}
+metric() { # exact series name (labels included) -> value, or "absent"
+    curl -sf "$METRICS" | awk -v m="$1" '$1 == m { v = $2 } END { print (v == "" ? "absent" : v) }'
+}
+prop() { systemctl show -P "$2" "$1"; }
+
+# The kernel's own records: one debugfs directory per live VM (PID-FD), and
+# the VFIO device fds in every process's fd table.
+kernel_vms() { find /sys/kernel/debug/kvm -maxdepth 1 -name '*-*' -type d 2>/dev/null | wc -l; }
+kernel_vfio_fds() {
+    find /proc/[0-9]*/fd -maxdepth 1 -type l -lname 'anon_inode:\[vfio-device\]' 2>/dev/null | wc -l
+}
+
+# kvscope's live counts equal the kernel's (its ingest lags: up to 10 s).
+agree() { # SCENARIO MODE
+    local i kv kd sv sd
+    for i in $(seq 1 20); do
+        kv=$(kernel_vms) kd=$(kernel_vfio_fds)
+        sv=$(metric kvscope_live_vms) sd=$(metric kvscope_open_vfio_devices)
+        [ "$kv" = "$sv" ] && [ "$kd" = "$sd" ] && break
+        sleep 0.5
+    done
+    check "$1/$2/counts" "$([ "$kv" = "$sv" ] && [ "$kd" = "$sd" ]; echo $?)" \
+        "kernel: $kv VMs, $kd VFIO device fds; kvscope: $sv live VMs, $sd open devices"
+}
+
+# Until every "attaching again" of the daemon has its "attached again" and
+# nothing new came for 3 s (bounded: 90 s).
+kvscope_settled() {
+    local i a b quiet=0
+    for i in $(seq 1 180); do
+        a=$(journalctl -u kvscope --no-pager -o cat | grep -c 'attaching again;')
+        b=$(journalctl -u kvscope --no-pager -o cat | grep -c 'attached again after')
+        if [ "$a" -gt 0 ] && [ "$a" = "$b" ]; then quiet=$((quiet + 1)); else quiet=0; fi
+        [ $quiet -ge 6 ] && return 0
+        sleep 0.5
+    done
+    return 1
+}
+
+edu_bdfs() {
+    for d in /sys/bus/pci/devices/*; do
+        [ "$(cat "$d/vendor")" = 0x1234 ] && [ "$(cat "$d/device")" = 0x11e8 ] && basename "$d"
+    done
+}
+hostdev_xml() { # BDF
+    local b=$1
+    echo "<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x${b:0:4}' bus='0x${b:5:2}' slot='0x${b:8:2}' function='0x${b:11:1}'/></source></hostdev>"
+}
+define() { # NAME [BDF]
+    local dev=""
+    [ -n "${2:-}" ] && dev=$(hostdev_xml "$2")
+    cat > "/tmp/$1.xml" <<XML
+<domain type='kvm'>
+  <name>$1</name>
+  <memory unit='MiB'>32</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <features><acpi/></features>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    $dev
+    <video><model type='none'/></video>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+XML
+    virsh -q define "/tmp/$1.xml" >/dev/null
+}
+qemu_pid() { cat "/run/libvirt/qemu/$1.pid" 2>/dev/null; }
+gone() { # NAME: its QEMU has exited (bounded)
+    local i p
+    p=$(qemu_pid "$1")
+    for i in $(seq 1 60); do
+        [ -z "$p" ] || ! kill -0 "$p" 2>/dev/null && return 0
+        sleep 0.5
+    done
+    return 1
+}
+teardowns() { metric kvscope_vm_teardown_seconds_count; }
+findings() { # mode's findings so far, as kind=N ...
+    curl -sf "$METRICS" | awk -F'[{}"= ]+' '/^kvscope_findings_total\{/ { for (i = 2; i < NF; i++) if ($i == "kind") k = $(i + 1); printf "%s=%s ", k, $NF }'
+}
+
+scenario() { # NAME MODE: runs scenario_NAME, prints its counts
+    local t0 f0 t1
+    t0=$(teardowns) f0=$(findings)
+    "scenario_$1" "$1" "$2"
+    agree "$1" "$2"
+    t1=$(teardowns)
+    echo "COUNT $1 $2 teardowns=$t0->$t1 kernel_vms=$(kernel_vms) findings_before=[${f0}] findings_after=[$(findings)]"
+    local f1 ok=0
+    f1=$(findings)
+    if [ "$f0" != "$f1" ]; then
+        tail -n 3 /var/lib/kvscope/findings.jsonl | cut -c1-1500 | sed 's/^/FINDING /'
+        # Only a running domain's teardown may end under VFIO's locks: its
+        # exit (vCPU threads, KVM's NX-recovery worker) can leave the VFIO
+        # device's release the last put of the VM (S3). Then the finding must
+        # name VFIO's locks; any other finding is false here.
+        ok=1
+        local other0=${f0//destroy-under-lock=[0-9]/} other1=${f1//destroy-under-lock=[0-9]/}
+        if [ "$1" = destroy ] && [ "${other0// /}" = "${other1// /}" ] &&
+            tail -n 1 /var/lib/kvscope/findings.jsonl | grep -q '"kind":"destroy-under-lock".*vfio_device_set.lock'; then
+            ok=0
+        fi
+    fi
+    # Otherwise libvirt closes the device before the VM's last reference
+    # goes: no finding is true.
+    check "$1/$2/findings" $ok "before [${f0}] after [${f1}]"
+}
+
+# A VM kept alive by its kvm-vfio device after its own fd was closed (a
+# client that leaks the device fd): the zombie-vm finding, true here. perl
+# (perl-base, in every Debian) makes the ioctls: KVM_CREATE_VM, then
+# KVM_CREATE_DEVICE(KVM_DEV_TYPE_VFIO).
+held_vm() {
+    perl -e '
+        open(my $kvm, "+<", "/dev/kvm") or die "/dev/kvm: $!";
+        my $vm = ioctl($kvm, 0xAE01, 0) or die "KVM_CREATE_VM: $!";
+        $vm = 0 if $vm eq "0 but true";
+        open(my $vmfh, "+<&=", $vm) or die "fd $vm: $!";
+        my $cd = pack("LLL", 4, 0, 0);
+        ioctl($vmfh, 0xC00CAEE0, $cd) or die "KVM_CREATE_DEVICE: $!";
+        close($vmfh);
+        sleep 14;
+    '
+}
+
+scenario_destroy() { # start (running), virsh destroy
+    virsh -q start lab-a >/dev/null
+    agree "$1" "$2/running"
+    virsh -q destroy lab-a >/dev/null
+    gone lab-a
+}
+scenario_sigkill() { # start paused, SIGKILL its QEMU
+    virsh -q start --paused lab-a >/dev/null
+    agree "$1" "$2/running"
+    kill -9 "$(qemu_pid lab-a)"
+    gone lab-a
+    sleep 1
+}
+scenario_hotplug() { # start paused without a device, attach one live
+    virsh -q start --paused lab-c >/dev/null
+    agree "$1" "$2/before"
+    hostdev_xml "$EDU0" > /tmp/hostdev.xml
+    virsh -q attach-device lab-c /tmp/hostdev.xml --live >/dev/null
+    check "$1/$2/attach" $? "virsh attach-device $EDU0"
+    agree "$1" "$2/attached"
+    virsh -q destroy lab-c >/dev/null
+    gone lab-c
+}
+scenario_two() { # two domains, each with an edu device, destroyed in turn
+    virsh -q start --paused lab-a >/dev/null
+    virsh -q start --paused lab-b >/dev/null
+    agree "$1" "$2/both"
+    virsh -q destroy lab-b >/dev/null
+    gone lab-b
+    agree "$1" "$2/one"
+    virsh -q destroy lab-a >/dev/null
+    gone lab-a
+}
+scenario_restart() { # libvirtd restarted while a domain runs
+    virsh -q start --paused lab-a >/dev/null
+    local p
+    p=$(qemu_pid lab-a)
+    systemctl restart libvirtd
+    # libvirtd takes the domain back (its QEMU monitor) before answering.
+    local state
+    state=$(timeout 60 virsh domstate lab-a --reason 2>&1)
+    check "$1/$2/survives" "$([ "$(qemu_pid lab-a)" = "$p" ] && kill -0 "$p"; echo $?)" \
+        "QEMU $p after libvirtd restarted: $state"
+    kill -0 "$p" 2>/dev/null || journalctl -u libvirtd --no-pager -n 8 -o cat | sed 's/^/LIBVIRTD /'
+    agree "$1" "$2/restarted"
+    virsh -q destroy lab-a >/dev/null 2>&1
+    gone lab-a
+}
+
+echo KVSCOPE-LAB-BEGIN
+udevadm settle --timeout=120
+echo "FACT kernel $(uname -r)"
+echo "FACT modules $(lsmod | awk '/^(kvm|vfio)/ { printf "%s ", $1 }')"
+echo "FACT versions systemd=$(dpkg-query -W -f '${Version}' systemd) libvirt=$(dpkg-query -W -f '${Version}' libvirt-daemon) qemu=$(dpkg-query -W -f '${Version}' qemu-system-x86)"
+mapfile -t EDU < <(edu_bdfs)
+EDU0=${EDU[0]} EDU1=${EDU[1]}
+echo "FACT edu $EDU0 $EDU1"
+echo "FACT sysctl perf_event_paranoid=$(cat /proc/sys/kernel/perf_event_paranoid) kptr_restrict=$(cat /proc/sys/kernel/kptr_restrict)"
+
+# The package, as a user installs it: nothing runs until enabled.
+dpkg -i /lab/kvscope.deb >/tmp/dpkg.log 2>&1
+check install $? "dpkg -i kvscope.deb: $(tail -1 /tmp/dpkg.log)"
+check install/not-started "$([ "$(systemctl is-active kvscope)" != active ]; echo $?)" \
+    "after install: $(systemctl is-active kvscope), $(systemctl is-enabled kvscope)"
+t=$(date +%s%N)
+systemctl enable --now kvscope >/tmp/enable.log 2>&1
+rc=$?
+ms=$((($(date +%s%N) - t) / 1000000))
+check service/ready "$([ $rc = 0 ] && [ "$(prop kvscope SubState)" = running ]; echo $?)" \
+    "enable --now returned $rc after $ms ms (Type=notify: READY=1); $(prop kvscope ActiveState)/$(prop kvscope SubState); status: $(prop kvscope StatusText)"
+if [ "$(prop kvscope SubState)" != running ]; then
+    # Nothing below means anything without the service: say why, stop.
+    journalctl -u kvscope --no-pager -n 40 | sed 's/^/JOURNAL /'
+    echo KVSCOPE-LAB-RC=1
+    echo KVSCOPE-LAB-END
+    systemctl poweroff -ff
+fi
+check service/delivery "$([ "$(metric kvscope_delivery_verified)" = 1 ]; echo $?)" \
+    "kvscope_delivery_verified $(metric kvscope_delivery_verified), tier $(metric kvscope_tier), lock watch: $(curl -sf $METRICS | grep '^kvscope_lock_watch' | tr '\n' ' ')"
+# The daemon pings at half of WatchdogSec: compared again before the stop.
+w0=$(prop kvscope WatchdogTimestampMonotonic)
+r0=$(metric kvscope_config_reloads_total)
+systemctl reload kvscope
+rc=$?
+sleep 1
+check service/reload "$([ $rc = 0 ] && [ "$(metric kvscope_config_reloads_total)" != "$r0" ]; echo $?)" \
+    "systemctl reload: rc $rc, kvscope_config_reloads_total $r0 -> $(metric kvscope_config_reloads_total)"
+
+# A real host loads vfio_pci when libvirt first assigns a device, after the
+# service started: kvscope must see the module come and attach again.
+virsh -q nodedev-detach "pci_${EDU0//[:.]/_}" >/dev/null
+check module/bound $? "virsh nodedev-detach $EDU0 (libvirt loads vfio-pci): $(lsmod | awk '/^vfio/ { printf "%s ", $1 }')"
+kvscope_settled
+check module/reattached "$(journalctl -u kvscope --no-pager -o cat | grep -q 'attached again after'; echo $?)" \
+    "$(journalctl -u kvscope --no-pager -o cat | grep -E 'attaching again|attached again' | cut -c1-300 | tr '\n' ' ')"
+echo "FACT module-changes $(curl -sf $METRICS | grep -E '^kvscope_(module_changes_total|blind_seconds_total)' | tr '\n' ' ')"
+check module/delivery "$([ "$(metric kvscope_delivery_verified)" = 1 ]; echo $?)" \
+    "after attaching again: kvscope_delivery_verified $(metric kvscope_delivery_verified), tier $(metric kvscope_tier)"
+define lab-a "$EDU0"
+define lab-b "$EDU1"
+define lab-c
+for mode in lean deep; do
+    if [ $mode = deep ]; then
+        # The operator's edit, kept through the upgrade below.
+        sed -i 's/^lock_watch = "lean"/lock_watch = "deep"/' /etc/kvscope/kvscope.toml
+        systemctl reload kvscope
+        sleep 2
+        check deep/switched "$([ "$(metric 'kvscope_lock_watch{mode="deep"}')" = 1 ]; echo $?)" \
+            "after the edit and reload: $(curl -sf $METRICS | grep '^kvscope_lock_watch' | tr '\n' ' ')"
+    fi
+    for s in destroy sigkill hotplug two restart; do scenario $s $mode; done
+done
+
+# kvm reloaded under the running service (a module update, a parameter
+# change): the daemon attaches again and sees the VMs made afterwards.
+reattached() { journalctl -u kvscope --no-pager -o cat | grep -c 'attached again after'; }
+n0=$(reattached)
+modprobe -r kvm_amd kvm && modprobe kvm_amd
+rc=$?
+kvscope_settled
+check reload/reattached "$([ $rc = 0 ] && [ "$(reattached)" -gt "$n0" ]; echo $?)" \
+    "modprobe -r kvm_amd kvm; modprobe kvm_amd: rc $rc; $(curl -sf $METRICS | grep -E '^kvscope_module_changes_total.*kvm' | tr '\n' ' ')"
+virsh -q start --paused lab-a >/dev/null
+agree reload after
+virsh -q destroy lab-a >/dev/null
+gone lab-a
+agree reload done
+
+z0=$(metric 'kvscope_findings_total{kind="zombie-vm",severity="warning"}')
+held_vm
+check zombie/finding "$([ "$(metric 'kvscope_findings_total{kind="zombie-vm",severity="warning"}')" != "$z0" ]; echo $?)" \
+    "a VM held by its kvm-vfio device 14 s after its fd closed: zombie-vm findings $z0 -> $(metric 'kvscope_findings_total{kind="zombie-vm",severity="warning"}')"
+
+# Findings in the journal with their structured fields, selectable by kind.
+kind=$(journalctl -u kvscope -o json --no-pager | grep -o '"KVSCOPE_KIND":"[^"]*"' | head -1 | cut -d'"' -f4)
+entry=$(journalctl -u kvscope -o json --no-pager "KVSCOPE_KIND=${kind:-none}" | head -1)
+fields=$(for f in MESSAGE_ID PRIORITY KVSCOPE_KIND KVSCOPE_SEVERITY KVSCOPE_VM; do
+    echo "$entry" | grep -o "\"$f\":\"[^\"]*\"" || echo "no $f"
+done | tr '\n' ' ')
+check journal/fields "$([ -n "$kind" ] && ! echo "$fields" | grep -q 'no '; echo $?)" \
+    "journalctl -u kvscope KVSCOPE_KIND=${kind:-(no finding in the journal)}: $fields"
+w1=$(prop kvscope WatchdogTimestampMonotonic)
+check service/watchdog "$([ "$w0" != 0 ] && [ "$w1" -gt "$w0" ]; echo $?)" \
+    "WatchdogTimestampMonotonic $w0 -> $w1 (WatchdogUSec $(prop kvscope WatchdogUSec))"
+t=$(date +%s%N)
+systemctl stop kvscope
+rc=$?
+ms=$((($(date +%s%N) - t) / 1000000))
+check service/stop "$([ $rc = 0 ] && [ "$(prop kvscope Result)" = success ] && [ $ms -lt 20000 ]; echo $?)" \
+    "systemctl stop: rc $rc in $ms ms (TimeoutStopSec $(prop kvscope TimeoutStopUSec)); Result=$(prop kvscope Result)"
+
+# Upgrade: a newer build restarts the running service, the edit stays.
+systemctl start kvscope
+p0=$(prop kvscope MainPID)
+dpkg -i /lab/kvscope-newer.deb >/tmp/dpkg.log 2>&1
+rc=$?
+p1=$(prop kvscope MainPID)
+check upgrade/restarted "$([ $rc = 0 ] && [ "$p1" != "$p0" ] && [ "$p1" != 0 ] && [ "$(systemctl is-active kvscope)" = active ]; echo $?)" \
+    "dpkg -i newer: rc $rc ($(tail -1 /tmp/dpkg.log)), MainPID $p0 -> $p1, $(systemctl is-active kvscope), $(dpkg-query -W -f '${Version}' kvscope)"
+check upgrade/config-kept "$(grep -q '^lock_watch = "deep"' /etc/kvscope/kvscope.toml; echo $?)" \
+    "$(grep '^lock_watch' /etc/kvscope/kvscope.toml)"
+
+dpkg --purge kvscope >/tmp/dpkg.log 2>&1
+rc=$?
+left=$(ls -d /etc/kvscope /var/lib/kvscope /usr/bin/kvscope /usr/lib/systemd/system/kvscope.service \
+    /etc/systemd/system/multi-user.target.wants/kvscope.service 2>/dev/null | tr '\n' ' ')
+check purge "$([ $rc = 0 ] && [ -z "$left" ] && [ "$(systemctl is-active kvscope)" != active ]; echo $?)" \
+    "dpkg --purge: rc $rc ($(tail -1 /tmp/dpkg.log)); left: [${left}]; service $(systemctl is-active kvscope)"
+echo KVSCOPE-LAB-RC=0
+echo KVSCOPE-LAB-END
+systemctl poweroff -ff
