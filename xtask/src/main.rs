@@ -131,7 +131,11 @@ fn main() -> anyhow::Result<()> {
             let env = setup::setup()?;
             cmd::build_release(&env)?;
             if host {
-                return lab::host::run(&env, &kernels);
+                let r = lab::host::run(&env, &kernels);
+                if update_readme {
+                    lab::readme::update_readme()?;
+                }
+                return r;
             }
             let r = lab::matrix::run(&kernels, cmd.as_deref()).and_then(|()| {
                 let wanted = kernels.is_empty() || kernels.iter().any(|k| k == lab::stress::KERNEL);

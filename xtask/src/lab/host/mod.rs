@@ -103,6 +103,11 @@ fn verdict(output: &[String]) -> Vec<String> {
     bad
 }
 
+/// The row's name in the README's support matrix and the pass records.
+fn matrix_name(kernel: &str) -> String {
+    format!("host-{kernel}")
+}
+
 fn row(env: &Env, name: &str, img: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let k = kernels::KERNELS
         .iter()
@@ -146,11 +151,20 @@ fn row(env: &Env, name: &str, img: &std::path::Path) -> anyhow::Result<Vec<Strin
     if boot.rc != Some(0) {
         bad.push(format!("the guest's run ended with rc {:?}", boot.rc));
     }
+    if bad.is_empty() {
+        super::readme::record_pass(&matrix_name(name), &un.release)?;
+    }
     Ok(bad)
 }
 
 /// Every host row (or those named); fails listing each failed check.
 pub fn run(env: &Env, names: &[String]) -> anyhow::Result<()> {
+    if let Some(n) = names.iter().find(|n| !KERNELS.contains(&n.as_str())) {
+        bail!(
+            "no host-lab row for kernel {n:?}: the rows are {} (cargo xtask lab --host --kernel NAME)",
+            KERNELS.join(", ")
+        );
+    }
     debian::ensure_host_tools()?;
     let img = image::image()?;
     let mut failed = Vec::new();
