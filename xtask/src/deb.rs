@@ -87,7 +87,7 @@ pub fn build(env: &Env) -> anyhow::Result<PathBuf> {
     Ok(deb)
 }
 
-/// Every regular file under `root`, relative, dpkg's own database aside.
+/// Every regular file under `root`, relative.
 fn files_under(root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -95,9 +95,6 @@ fn files_under(root: &Path) -> Vec<String> {
         for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
             let p = e.path();
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            if rel.starts_with("var/lib/dpkg") {
-                continue;
-            }
             if p.is_dir() {
                 stack.push(p);
             } else {

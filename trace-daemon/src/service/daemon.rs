@@ -354,6 +354,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         )
         .await?;
         stats.events += run.events;
+        stats.undecodable += run.undecodable;
         stats.lost += run.lost;
         if run.reattach.is_empty() {
             break;

@@ -30,16 +30,11 @@ pub fn initramfs(
     out: &Path,
 ) -> anyhow::Result<()> {
     let stage = stage(out, &["tmp", "run", "usr/bin", "btf"])?;
-    let show_depends = |m: &str| {
-        Command::new("/usr/sbin/modprobe")
-            .arg("-d")
-            .arg(&k.root)
-            .args(["-S", &k.release, "--show-depends", m])
+    let optional = OPTIONAL.iter().filter(|m| {
+        show_depends(k, m)
             .output()
-    };
-    let optional = OPTIONAL
-        .iter()
-        .filter(|m| show_depends(m).is_ok_and(|o| o.status.success()));
+            .is_ok_and(|o| o.status.success())
+    });
     let wanted: Vec<&str> = MODULES.iter().chain(optional).copied().collect();
     add_modules(k, &wanted, &stage)?;
     for m in extra {
@@ -100,18 +95,22 @@ pub fn stage(out: &Path, extra: &[&str]) -> anyhow::Result<PathBuf> {
     Ok(stage)
 }
 
+/// modprobe's list of what loading `m` of `k` takes (`insmod PATH` lines).
+fn show_depends(k: &Unpacked, m: &str) -> Command {
+    let mut c = Command::new("/usr/sbin/modprobe");
+    c.arg("-d")
+        .arg(&k.root)
+        .args(["-S", &k.release, "--show-depends", m]);
+    c
+}
+
 /// `modules` of `k` and their dependencies, decompressed into
 /// stage/lib/modules (busybox insmod takes plain modules), with
 /// stage/modules.order in the order modprobe would load them.
 pub fn add_modules(k: &Unpacked, modules: &[&str], stage: &Path) -> anyhow::Result<()> {
     let mut order: Vec<String> = Vec::new();
     for m in modules {
-        let deps = output(
-            Command::new("/usr/sbin/modprobe")
-                .arg("-d")
-                .arg(&k.root)
-                .args(["-S", &k.release, "--show-depends", m]),
-        )?;
+        let deps = output(&mut show_depends(k, m))?;
         for l in deps.lines() {
             if let Some(path) = l
                 .strip_prefix("insmod ")

@@ -81,8 +81,8 @@ pub fn boot_on(
     m: &Machine,
     timeout: Duration,
 ) -> anyhow::Result<Boot> {
-    let boot_once = |k, initrd| boot_once(k, initrd, m, timeout);
-    match boot_once(k, initrd)? {
+    let once = || boot_once(k, initrd, m, timeout);
+    match once()? {
         Ok(b) => Ok(b),
         Err(stranded) => {
             let log = crate::setup::cache_dir()
@@ -97,7 +97,7 @@ pub fn boot_on(
                 stranded.needle,
                 log.display()
             );
-            match boot_once(k, initrd)? {
+            match once()? {
                 Ok(b) => Ok(b),
                 Err(again) => bail!(
                     "guest {}: the emulator failed twice in a row ({}, then {}); first console:\n{}\n\

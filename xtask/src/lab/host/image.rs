@@ -121,7 +121,7 @@ exec switch_root /newroot /lib/systemd/systemd
 "#;
 
 /// The initramfs for `k`: the boot modules, then `files` (name in /lab,
-/// source) and the kernel's modules for the system.
+/// source; copied with their modes) and the kernel's modules for the system.
 pub fn initramfs(k: &Unpacked, files: &[(&str, &Path)], out: &Path) -> anyhow::Result<()> {
     let stage = initramfs::stage(out, &["lower", "rw", "newroot"])?;
     let lab = stage.join("payload/lab");
@@ -141,8 +141,6 @@ pub fn initramfs(k: &Unpacked, files: &[(&str, &Path)], out: &Path) -> anyhow::R
             .arg(&mods);
         c
     })?;
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(lab.join("run.sh"), std::fs::Permissions::from_mode(0o755))?;
     initramfs::pack(&stage, INIT, out)?;
     std::fs::remove_dir_all(&stage)?;
     Ok(())

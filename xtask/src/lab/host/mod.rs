@@ -6,7 +6,11 @@
 //! assertion; here every expected check must be present and pass.
 mod image;
 
-use std::time::Duration;
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use anyhow::bail;
 
@@ -108,25 +112,43 @@ fn matrix_name(kernel: &str) -> String {
     format!("host-{kernel}")
 }
 
-fn row(env: &Env, name: &str, img: &std::path::Path) -> anyhow::Result<Vec<String>> {
+/// What every row's guest gets: the package, its `+lab.newer` copy and the
+/// run's script, made once per run.
+struct Payload {
+    deb: PathBuf,
+    newer: PathBuf,
+    script: PathBuf,
+}
+
+impl Payload {
+    fn make(env: &Env) -> anyhow::Result<Payload> {
+        let deb = crate::deb::build(env)?;
+        let dir = debian::lab_dir().join("host");
+        let newer = dir.join("kvscope-newer.deb");
+        image::newer_package(&deb, &newer)?;
+        let script = dir.join("run.sh");
+        std::fs::write(&script, GUEST)?;
+        // Executable here: the copy into the initramfs keeps the mode.
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))?;
+        Ok(Payload { deb, newer, script })
+    }
+}
+
+fn row(name: &str, img: &Path, payload: &Payload) -> anyhow::Result<Vec<String>> {
     let k = kernels::KERNELS
         .iter()
         .find(|k| k.name == name)
         .expect("host rows name matrix kernels");
     let un = kernels::unpacked(k)?;
-    let deb = crate::deb::build(env)?;
-    let dir = debian::lab_dir().join("host");
-    let newer = dir.join("kvscope-newer.deb");
-    image::newer_package(&deb, &newer)?;
-    let script = dir.join("run.sh");
-    std::fs::write(&script, GUEST)?;
-    let initrd = dir.join(format!("initrd-{}.gz", un.release));
+    let initrd = debian::lab_dir()
+        .join("host")
+        .join(format!("initrd-{}.gz", un.release));
     image::initramfs(
         &un,
         &[
-            ("kvscope.deb", &deb),
-            ("kvscope-newer.deb", &newer),
-            ("run.sh", &script),
+            ("kvscope.deb", &payload.deb),
+            ("kvscope-newer.deb", &payload.newer),
+            ("run.sh", &payload.script),
         ],
         &initrd,
     )?;
@@ -167,12 +189,13 @@ pub fn run(env: &Env, names: &[String]) -> anyhow::Result<()> {
     }
     debian::ensure_host_tools()?;
     let img = image::image()?;
+    let payload = Payload::make(env)?;
     let mut failed = Vec::new();
     for name in KERNELS {
         if !names.is_empty() && !names.iter().any(|n| n == name) {
             continue;
         }
-        let bad = row(env, name, &img)?;
+        let bad = row(name, &img, &payload)?;
         if bad.is_empty() {
             eprintln!("lab: host {name}: PASS");
         } else {
