@@ -90,11 +90,15 @@ impl Device {
 
 impl Engine {
     /// The device at `addr`; a reopen after a full close is a new generation.
+    /// A reopen starts with its open or, on 6.6+, with VFIO's kvm get that
+    /// comes before it (else a tick between the two reads the new get as the
+    /// closed generation's leak).
     fn device_mut(&mut self, addr: u64, e: &Event) -> &mut Device {
+        let starts_use = matches!(e.kind, Kind::DeviceOpened | Kind::VfioKvmGet);
         let reopen = self
             .devices
             .get(&addr)
-            .is_some_and(|d| d.closed_ns.is_some() && e.kind == Kind::DeviceOpened);
+            .is_some_and(|d| d.closed_ns.is_some() && starts_use);
         if reopen && let Some(old) = self.devices.remove(&addr) {
             self.dead_devices.push_back(old);
             while self.dead_devices.len() > self.cfg.retain_dead {
