@@ -28,6 +28,7 @@
 mod bench;
 mod cdev;
 mod lockdown;
+mod objects;
 mod rig;
 mod running;
 mod stress;

@@ -15,19 +15,27 @@
 //!   started (nothing of it left behind).
 //!
 //! Every stop's time is kept; a stop over [`STOP_BOUND`] is slow (its threads
-//! printed to the console), one over [`LOST_BOUND`] lost (a failure). Prints
-//! one line, `STRESS {json}`: cycles per kind, stop times (median, p90, max,
-//! every one), the slow stops, slowest attach, failures.
+//! printed to the console), one over [`LOST_BOUND`] lost (a failure). Within
+//! [`RELEASE_BOUND`] of each stop's signal the kernel must list nothing the
+//! cycle made (kvscope exits before the kernel has released its kprobe and
+//! tracepoint links: a child of it does that); checked beside the next
+//! cycles, as a user's next command would run, and that time kept too. Prints one line, `STRESS {json}`: cycles per kind,
+//! stop and release times (median, p90, max, every stop), the slow stops,
+//! slowest attach, failures.
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
 use crate::{
+    objects::{Ceiling, Objects, wait_gone},
     rig::Rig,
     running::{READY_BOUND, RELOAD_BOUND, Stop, start},
 };
 
 const DAEMON_CONFIG: &str = "/tmp/stress-kvscope.toml";
+/// From a stop's signal until the kernel has released all of kvscope's
+/// programs, links and maps.
+const RELEASE_BOUND: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -123,22 +131,50 @@ fn check_switched_trace(out: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One cycle of `kind`; returns the time to ready and the stop.
-fn cycle(kind: Kind, i: u64) -> anyhow::Result<(Duration, Stop)> {
+/// The release of one stopped cycle's kernel objects, checked beside the
+/// next cycles: the time from the signal until the kernel listed none of them.
+type Release = std::thread::JoinHandle<anyhow::Result<Duration>>;
+
+/// One cycle of `kind`; returns the time to ready, the stop and the check of
+/// its release (none for kill -9, whose check is synchronous).
+fn cycle(kind: Kind, i: u64) -> anyhow::Result<(Duration, Stop, Option<Release>)> {
+    let lo = Objects::now().ceiling();
+    if kind == Kind::Kill9 {
+        return kill9(i, lo).map(|ready| (ready, Stop::default(), None));
+    }
+    let (ready, stop) = cycle_until_stopped(kind, i)?;
+    // The process has exited: everything it made has an id up to these.
+    let hi = Objects::now().ceiling();
+    let took = stop.took;
+    let release = std::thread::spawn(move || {
+        wait_gone(lo, hi, RELEASE_BOUND.saturating_sub(took))
+            .map(|t| took + t)
+            .map_err(|left| {
+                anyhow::anyhow!(
+                    "{RELEASE_BOUND:?} after the stop's signal the kernel still holds {left:?}"
+                )
+            })
+    });
+    Ok((ready, stop, Some(release)))
+}
+
+/// record, trace or daemon by turns, for the early-stop and kill -9 cycles.
+fn one_of_three(i: u64, rec: &str) -> Vec<&str> {
+    match i % 3 {
+        0 => vec!["record", "-o", rec],
+        1 => vec!["trace"],
+        _ => vec!["daemon", "--config", DAEMON_CONFIG],
+    }
+}
+
+fn cycle_until_stopped(kind: Kind, i: u64) -> anyhow::Result<(Duration, Stop)> {
     let rec = format!("/tmp/stress-{i}.kvs");
     let args: Vec<&str> = match kind {
         Kind::Record => vec!["record", "-o", &rec],
         Kind::Trace => vec!["trace", "--json", "--deep-for", "2s"],
         Kind::Daemon => vec!["daemon", "--config", DAEMON_CONFIG],
-        Kind::EarlyStop | Kind::Kill9 => match i % 3 {
-            0 => vec!["record", "-o", &rec],
-            1 => vec!["trace"],
-            _ => vec!["daemon", "--config", DAEMON_CONFIG],
-        },
+        Kind::EarlyStop | Kind::Kill9 => one_of_three(i, &rec),
     };
-    if kind == Kind::Kill9 {
-        return kill9(&args).map(|ready| (ready, Stop::default()));
-    }
     let mut k = start(&args)?;
     if kind == Kind::EarlyStop {
         k.wait_main()?;
@@ -202,58 +238,23 @@ fn cycle(kind: Kind, i: u64) -> anyhow::Result<(Duration, Stop)> {
     Ok((ready, stop))
 }
 
-/// The ids of every BPF program, link and map the kernel has.
-#[derive(Debug, PartialEq, Eq)]
-struct KernelObjects {
-    programs: Vec<u32>,
-    links: Vec<u32>,
-    maps: Vec<u32>,
-}
-
-impl KernelObjects {
-    fn now() -> anyhow::Result<KernelObjects> {
-        let mut o = KernelObjects {
-            programs: aya::programs::loaded_programs()
-                .map(|p| p.map(|p| p.id()))
-                .collect::<Result<_, _>>()?,
-            links: aya::programs::loaded_links()
-                .map(|l| l.map(|l| l.id()))
-                .collect::<Result<_, _>>()?,
-            maps: aya::maps::loaded_maps()
-                .map(|m| m.map(|m| m.id()))
-                .collect::<Result<_, _>>()?,
-        };
-        o.programs.sort_unstable();
-        o.links.sort_unstable();
-        o.maps.sort_unstable();
-        Ok(o)
-    }
-}
-
-/// kvscope started with `args`, SIGKILLed once ready: afterwards the
-/// kernel holds no program, link or map more than before (the kernel frees
-/// them as the process's fds close; map frees can lag a little: 5 s).
-fn kill9(args: &[&str]) -> anyhow::Result<Duration> {
-    let before = KernelObjects::now()?;
-    let mut k = start(args)?;
+/// kvscope (record, trace or daemon by `i`) SIGKILLed once ready: within
+/// 5 s the kernel lists nothing it made (the kernel frees them as the
+/// process's fds close; map frees can lag a little).
+fn kill9(i: u64, lo: Ceiling) -> anyhow::Result<Duration> {
+    let rec = format!("/tmp/stress-{i}.kvs");
+    let args = one_of_three(i, &rec);
+    let mut k = start(&args)?;
     let ready = k.wait_for("kvscope: ready:", READY_BOUND)?;
-    if KernelObjects::now()? == before {
+    let made = Objects::now().ceiling();
+    if Objects::now().between(lo, made).is_empty() {
         bail!("{}: attached, yet the kernel lists nothing new", args[0]);
     }
     k.kill()?;
-    let t = Instant::now();
-    loop {
-        let now = KernelObjects::now()?;
-        if now == before {
-            return Ok(ready);
-        }
-        if t.elapsed() > Duration::from_secs(5) {
-            bail!(
-                "{} killed by SIGKILL left in the kernel: {now:?} (before it started: {before:?})",
-                args[0]
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
+    let _ = std::fs::remove_file(&rec);
+    match wait_gone(lo, made, Duration::from_secs(5)) {
+        Ok(_) => Ok(ready),
+        Err(left) => bail!("{} killed by SIGKILL left in the kernel: {left:?}", args[0]),
     }
 }
 
@@ -273,6 +274,7 @@ pub fn run(n: u64) -> anyhow::Result<()> {
         .collect();
     let mut counts = std::collections::BTreeMap::<&str, u64>::new();
     let mut stops = Vec::new();
+    let mut pending = Vec::new();
     let mut by_kind = std::collections::BTreeMap::<&str, Vec<u64>>::new();
     let mut slow = Vec::new();
     let mut slowest_ready = Duration::ZERO;
@@ -280,7 +282,7 @@ pub fn run(n: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     for (i, kind) in plan.iter().enumerate() {
         match cycle(*kind, i as u64) {
-            Ok((ready, stop)) => {
+            Ok((ready, stop, release)) => {
                 *counts.entry(kind.name()).or_default() += 1;
                 slowest_ready = slowest_ready.max(ready);
                 if *kind == Kind::Kill9 {
@@ -288,6 +290,7 @@ pub fn run(n: u64) -> anyhow::Result<()> {
                 }
                 let ms = stop.took.as_millis() as u64;
                 stops.push(ms);
+                pending.extend(release.map(|r| (i, kind.name(), r)));
                 by_kind.entry(kind.name()).or_default().push(ms);
                 if stop.threads.is_some() {
                     slow.push(format!("cycle {i} ({}): {ms} ms", kind.name()));
@@ -299,15 +302,17 @@ pub fn run(n: u64) -> anyhow::Result<()> {
             }
         }
     }
-    stops.sort_unstable();
-    let at = |q: f64| {
-        stops
-            .get(((stops.len() as f64 - 1.0) * q).round() as usize)
-            .copied()
-    };
+    let mut releases = Vec::new();
+    for (i, kind, r) in pending {
+        match r.join().expect("a release check panicked") {
+            Ok(t) => releases.push(t.as_millis() as u64),
+            Err(e) => failures.push(format!("cycle {i} ({kind}): {e:#}")),
+        }
+    }
     let doc = serde_json::json!({
         "cycles": counts,
-        "stop_ms": { "median": at(0.5), "p90": at(0.9), "max": stops.last() },
+        "stop_ms": quantiles(stops),
+        "release_ms": quantiles(releases),
         "stop_ms_by_kind": by_kind,
         "slow_stops": slow,
         "slowest_ready_ms": slowest_ready.as_millis() as u64,
@@ -316,4 +321,14 @@ pub fn run(n: u64) -> anyhow::Result<()> {
     });
     println!("STRESS {doc}");
     Ok(())
+}
+
+/// Median, p90 and max of `v`.
+fn quantiles(mut v: Vec<u64>) -> serde_json::Value {
+    v.sort_unstable();
+    let at = |q: f64| {
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+    };
+    serde_json::json!({ "median": at(0.5), "p90": at(0.9), "max": v.last() })
 }

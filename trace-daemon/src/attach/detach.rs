@@ -1,25 +1,49 @@
 //! Detaching: every program of the object together, since each detach waits
-//! for the kernel's grace periods.
+//! for the kernel's grace periods; the links the kernel releases one at a time
+//! are left to a child (attach/handoff.rs).
 use aya::{Ebpf, programs::Program};
 
-/// Detaches and unloads every program of `ebpf`, each in a thread of its own.
-/// A detach waits for grace periods (trampoline updates, kprobe and tracepoint
-/// unregistration), some of them outside the kernel's global mutexes: run
-/// together, those waits overlap. Programs never loaded cost nothing.
+use super::handoff::Handoff;
+
+/// Detaches and unloads every program of `ebpf`. fentry and fexit first, each
+/// in a thread of its own: their trampoline updates wait for grace periods
+/// outside any global mutex, so run together those waits overlap. Then the
+/// kprobes and tracepoints, whose release the kernel serialises: a child takes
+/// their links over and releases them after this process let go (or, when no
+/// child can be made, threads here do). Programs never loaded cost nothing.
 pub fn detach_programs(ebpf: &mut Ebpf) {
     let t = std::time::Instant::now();
-    let mut progs: Vec<&mut Program> = ebpf
+    let (trampolines, perf): (Vec<&mut Program>, Vec<&mut Program>) = ebpf
         .programs_mut()
         .map(|(_, p)| p)
         .filter(|p| p.fd().is_ok())
-        .collect();
-    let n = progs.len();
+        .partition(|p| matches!(p, Program::FEntry(_) | Program::FExit(_)));
+    let (nt, np) = (trampolines.len(), perf.len());
+    unload_together(trampolines);
+    log::info!(
+        "detached {nt} fentry/fexit programs: {} ms",
+        t.elapsed().as_millis()
+    );
+    match Handoff::start() {
+        // Closing what the child also holds is quick: no threads to start.
+        Some(h) => {
+            perf.into_iter().for_each(unload);
+            h.go();
+        }
+        None => unload_together(perf),
+    }
+    log::info!(
+        "detached {np} kprobe/tracepoint programs: {} ms",
+        t.elapsed().as_millis()
+    );
+}
+
+fn unload_together(mut progs: Vec<&mut Program>) {
     std::thread::scope(|s| {
         for p in progs.iter_mut() {
             s.spawn(move || unload(p));
         }
     });
-    log::info!("detached {n} programs: {} ms", t.elapsed().as_millis());
 }
 
 /// Detaches and unloads one program of the kinds kvscope uses; a program

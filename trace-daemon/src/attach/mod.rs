@@ -3,6 +3,7 @@
 //! loop that drains the ring buffer, and the delivery self-test.
 mod detach;
 pub mod gate;
+pub mod handoff;
 pub mod hooks;
 mod late_kallsyms;
 pub mod live;

@@ -129,8 +129,11 @@ pub fn tool(name: &str) -> bool {
 /// Our programs still loaded in the kernel (names are cut to 15 characters)
 /// that no other living process holds: another kvscope on this host (the
 /// installed service, a developer's trace) keeps its own programs, which are
-/// not the test's to judge; a program nobody holds was left behind.
+/// not the test's to judge; a program nobody holds was left behind. A
+/// stopped kvscope's release child holds its links for a few seconds: it is
+/// waited for first (30 s at most), so that what it held is judged too.
 pub fn our_programs_loaded() -> Vec<String> {
+    wait_release_children();
     let ours = kvscope::attach::hooks::all_program_names();
     let others = programs_held_by_other_processes();
     aya::programs::loaded_programs()
@@ -142,6 +145,31 @@ pub fn our_programs_loaded() -> Vec<String> {
                 .any(|o| o.starts_with(n.as_str()) && n.len() >= 8)
         })
         .collect()
+}
+
+/// Waits (30 s at most) until no `kvscope-release` process is left alive (a
+/// zombie has released everything; reaping it is its new parent's business).
+fn wait_release_children() {
+    let name = kvscope::attach::handoff::CHILD_NAME.to_string_lossy();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        let any = std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .any(|p| {
+                // /proc/PID/stat: "pid (comm) state ...".
+                std::fs::read_to_string(p.path().join("stat")).is_ok_and(|st| {
+                    st.split_once(" (")
+                        .and_then(|(_, rest)| rest.rsplit_once(") "))
+                        .is_some_and(|(comm, rest)| comm == name && !rest.starts_with('Z'))
+                })
+            });
+        if !any {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Ids of the BPF programs that processes other than this one hold, through

@@ -11,7 +11,7 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 use super::{
-    initramfs,
+    debian, initramfs,
     kernels::{self, KERNELS},
     qemu,
 };
@@ -90,7 +90,8 @@ impl Drop for HostLoad {
     }
 }
 
-pub fn run(cycles: u64) -> anyhow::Result<()> {
+/// The stress guest's kernel and initramfs, made for `cycles`.
+fn prepare(cycles: u64) -> anyhow::Result<(debian::Unpacked, std::path::PathBuf)> {
     let k = KERNELS
         .iter()
         .find(|k| k.name == KERNEL)
@@ -111,13 +112,61 @@ pub fn run(cycles: u64) -> anyhow::Result<()> {
         &script,
         &initrd,
     )?;
+    Ok((un, initrd))
+}
+
+const GUEST_TIMEOUT: Duration = Duration::from_secs(1500);
+
+/// The stress test, this host loaded by two CPU hogs.
+pub fn run(cycles: u64) -> anyhow::Result<()> {
+    let (un, initrd) = prepare(cycles)?;
     eprintln!(
         "lab: stress: {cycles} record cycles (+ trace, daemon, early stops) in {KERNEL}, host loaded by 2 CPU hogs"
     );
     let boot = {
         let _load = HostLoad::start(2)?;
-        qemu::boot(&un, &initrd, Duration::from_secs(1500))?
+        qemu::boot(&un, &initrd, GUEST_TIMEOUT)?
     };
+    verdict(cycles, boot)
+}
+
+/// The stress test with `other` (the host rows: a guest running systemd,
+/// libvirt and QEMU) as this host's load, and CPU hogs once it is done, until
+/// the stress guest ends. The stress's failure is returned first, then
+/// `other`'s.
+pub fn run_beside(
+    cycles: u64,
+    other: impl FnOnce() -> anyhow::Result<()> + Send,
+) -> anyhow::Result<()> {
+    let (un, initrd) = prepare(cycles)?;
+    eprintln!(
+        "lab: stress: {cycles} record cycles (+ trace, daemon, early stops) in {KERNEL}, host loaded by the host rows beside it, then 2 CPU hogs"
+    );
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let beside = s.spawn(|| {
+            let r = other();
+            let _load = HostLoad::start(2)
+                .map_err(|e| eprintln!("lab: stress: the rest runs without CPU hogs: {e:#}"));
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            r
+        });
+        let stress = qemu::boot(&un, &initrd, GUEST_TIMEOUT).and_then(|b| verdict(cycles, b));
+        done.store(true, std::sync::atomic::Ordering::Release);
+        let other = beside
+            .join()
+            .expect("the rows beside the stress test panicked");
+        match (stress, other) {
+            (Err(a), Err(b)) => Err(a.context(format!("and beside it: {b:#}"))),
+            (a, b) => a.and(b),
+        }
+    })
+}
+
+/// The guest's verdict: cycles, stop and release times, lockdown.
+fn verdict(cycles: u64, boot: qemu::Boot) -> anyhow::Result<()> {
     let log = crate::setup::cache_dir()
         .join("lab")
         .join("last-stress.console");
@@ -148,10 +197,11 @@ pub fn run(cycles: u64) -> anyhow::Result<()> {
         .filter_map(|s| s.as_str())
         .collect();
     eprintln!(
-        "lab: stress: cycles {} in {} s; stop ms {}; slowest attach {} ms; {} slow stops (over {} ms, threads in the console); {} failures",
+        "lab: stress: cycles {} in {} s; stop ms {}; released ms {}; slowest attach {} ms; {} slow stops (over {} ms, threads in the console); {} failures",
         v["cycles"],
         v["seconds"],
         v["stop_ms"],
+        v["release_ms"],
         v["slowest_ready_ms"],
         slow.len(),
         STOP_BOUND_MS,

@@ -153,12 +153,14 @@ fn row(name: &str, img: &Path, payload: &Payload) -> anyhow::Result<Vec<String>>
         &initrd,
     )?;
     eprintln!("lab: host {name}: booting {} with systemd", un.release);
+    // Named: the rows run beside the stress test, their lines among its.
+    let prefix = format!("  host-{name}| ");
     let machine = qemu::Machine {
         mem_mb: 3072,
         edu: 2,
         disk: Some(img),
         append: "systemd.show_status=false",
-        live: Some("  "),
+        live: Some(&prefix),
     };
     let boot = qemu::boot_on(&un, &initrd, &machine, Duration::from_secs(1200))?;
     let log = debian::lab_dir().join(format!("last-host-{name}.console"));
