@@ -436,3 +436,80 @@ fn fail_on_a_severity_exits_three_after_the_output() {
     let (code, _, err) = kvscope(&["replay", &clean, "--fail-on", "info"]);
     assert_eq!(code, Some(0), "{err}");
 }
+
+/// A VM whose fd was closed, then (with `gap`) a blind gap, then time passes
+/// (a second VM created 20 s later).
+fn closed_vm_recording(name: &str, gap: bool) -> String {
+    use trace_common::{Event, HookId, known};
+    let h = kvscope::recording::Header {
+        abi_version: trace_common::ABI_VERSION,
+        kvscope_version: "test".into(),
+        kernel_release: "6.12.0-test".into(),
+        destroy_observable: true,
+        mono_start_ns: 500_000_000,
+        ..Default::default()
+    };
+    let mut buf = Vec::new();
+    let mut w = kvscope::recording::Writer::new(&mut buf, &h).unwrap();
+    let event = |ts: u64, hook: HookId, kvm: u64, users: i32| {
+        let mut e = Event::ZERO;
+        e.ts_ns = ts;
+        e.pid_tgid = (42u64 << 32) | 42;
+        e.hook = hook as u16;
+        e.kvm = kvm;
+        e.users_count = users;
+        e.known = known::KVM | known::USERS;
+        e
+    };
+    let kvm = 0xffff_8881_0276_9000u64;
+    w.event(&event(1_000_000_000, HookId::KvmCreateVm, kvm, 1))
+        .unwrap();
+    w.event(&event(2_000_000_000, HookId::KvmVmRelease, kvm, 1))
+        .unwrap();
+    if gap {
+        w.gap(&kvscope::recording::Gap {
+            from_ns: 2_500_000_000,
+            to_ns: 4_000_000_000,
+            why: "module kvm unloaded, module kvm loaded".into(),
+        })
+        .unwrap();
+    }
+    w.event(&event(
+        22_000_000_000,
+        HookId::KvmCreateVm,
+        kvm + 0x10000,
+        1,
+    ))
+    .unwrap();
+    w.flush().unwrap();
+    tmp(name, &buf)
+}
+
+#[test]
+fn a_blind_gap_is_said_everywhere_and_what_crossed_it_is_unknown() {
+    let seen = closed_vm_recording("no-gap.kvs", false);
+    let (_, out, err) = kvscope(&["replay", &seen]);
+    assert!(
+        out.contains("zombie-vm"),
+        "the control has its finding: {out}{err}"
+    );
+    let f = closed_vm_recording("gap.kvs", true);
+    let (code, out, err) = kvscope(&["replay", &f]);
+    assert_eq!(code, Some(0), "{err}");
+    let want = "blind from 2.000 s to 3.500 s (1500 ms): module kvm unloaded, module kvm loaded";
+    assert!(out.contains(&format!("BLIND         {want}")), "{out}");
+    assert!(
+        !out.contains("zombie-vm"),
+        "nothing raised across the gap: {out}"
+    );
+    let (_, out, _) = kvscope(&["report", &f, "--format", "json"]);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["gaps"][0]["to_ns"], 4_000_000_000u64, "{out}");
+    assert_eq!(j["vms"][0]["state"], "unknown", "{out}");
+    let (_, out, _) = kvscope(&["events", &f]);
+    assert!(out.contains(&format!("# BLIND {want}")), "{out}");
+    let (_, out, _) = kvscope(&["events", "--json", &f]);
+    assert!(out.lines().any(|l| l.contains("\"kind\":\"gap\"")), "{out}");
+    let (_, out, _) = kvscope(&["report", &f, "--format", "html"]);
+    assert!(out.contains(&format!("<b>Blind:</b> {want}")), "{out}");
+}

@@ -47,6 +47,7 @@ fn page(e: &Engine, damage: Option<&str>) -> String {
             stacks: &Default::default(),
             lost: 0,
             delivery: None,
+            gaps: &[],
         },
     )
 }

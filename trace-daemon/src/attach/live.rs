@@ -18,7 +18,7 @@ use crate::{
     attach::selftest,
     engine,
     event::{DecodeError, Event, drops::Drops, record_from_bytes},
-    recording::{Delivery, Header, Stack},
+    recording::{Delivery, Gap, Header, Stack},
 };
 
 pub use super::signals::{Signals, hold_signals, release_signals};
@@ -361,16 +361,15 @@ pub trait Sink {
     }
     /// The session's lock watching changed (SIGHUP, the end of `--deep-for`).
     fn lock_watch_changed(&mut self, _session: &Session) {}
-    /// Watched modules were loaded, unloaded or reloaded (checked every
-    /// tick): hooks in them are gone or were never made. true ends the loop
-    /// to attach again (the daemon); by default the blind spot is said.
-    fn modules_changed(&mut self, changes: &[Change]) -> bool {
-        for c in changes {
-            eprintln!(
-                "kvscope: warning: {c}: its functions are not watched from now on (blind until kvscope is started again)"
-            );
-        }
-        false
+    /// Watched modules changed and kvscope attached again (`session`, None
+    /// when a stop came first): nothing was seen in `gap`.
+    fn blind(
+        &mut self,
+        _changes: &[Change],
+        _gap: &Gap,
+        _session: Option<&Session>,
+    ) -> anyhow::Result<()> {
+        Ok(())
     }
     /// Asked at every tick: go deep for this long (a lean finding armed it).
     fn wants_deep(&mut self) -> Option<Duration> {
@@ -390,6 +389,9 @@ pub struct Stats {
     /// The loop ended for these module changes (the sink asked to attach
     /// again), not for a stop.
     pub reattach: Vec<Change>,
+    /// Then: the last look that found the modules as before (monotonic ns),
+    /// where the blind gap starts.
+    pub unchanged_ns: u64,
 }
 
 pub async fn run(
@@ -418,6 +420,7 @@ pub async fn run(
     let Signals { term, int, hup } = signals;
     let mut tick = tokio::time::interval(interval);
     let mut reported_lost = 0u64;
+    let mut unchanged_ns = mono_now_ns();
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -462,10 +465,14 @@ pub async fn run(
                     let now = settled(now).await;
                     let changes = session.modules.changes(&now);
                     session.modules = now;
-                    if !changes.is_empty() && sink.modules_changed(&changes) {
+                    // Every command attaches again (attach_again).
+                    if !changes.is_empty() {
                         stats.reattach = changes;
+                        stats.unchanged_ns = unchanged_ns;
                         break;
                     }
+                } else {
+                    unchanged_ns = mono_now_ns();
                 }
                 if session.deep_expired() {
                     eprintln!("kvscope: the deep session's time is up: {}", session.switch_lock_watch(LockWatch::Lean, None));

@@ -10,6 +10,7 @@ pub mod live;
 pub mod loader;
 pub mod modules;
 pub mod plan;
+pub mod reload;
 pub mod selftest;
 mod signals;
 mod verifier;

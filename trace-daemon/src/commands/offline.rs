@@ -22,11 +22,19 @@ pub fn analyse(path: &Path, cfg: engine::Config) -> anyhow::Result<(Loaded, Engi
     cfg.set_kvm_takes_group_lock = loaded.header.set_kvm_takes_group_lock;
     let mut e = Engine::new(cfg);
     let mut last = 0;
+    let mut gaps = loaded.gaps.iter().peekable();
     for ev in &loaded.events {
+        // What lived across a gap is no longer known (engine/blind.rs).
+        while let Some(g) = gaps.next_if(|g| g.from_ns <= ev.ts_ns) {
+            e.blind(g.from_ns, g.to_ns);
+        }
         e.ingest(ev);
         last = last.max(ev.ts_ns);
         // Thresholds are checked as the recorded time passes.
         e.tick(last);
+    }
+    for g in gaps {
+        e.blind(g.from_ns, g.to_ns);
     }
     Ok((loaded, e))
 }
@@ -53,6 +61,7 @@ pub fn report(path: &Path, opts: &OfflineArgs, format: &str) -> anyhow::Result<O
         &l.stacks,
     );
     r.drops = l.drops.clone();
+    r.gaps = l.gaps.clone();
     r.select(opts.vm_filter, opts.pid_filter);
     let damage = l.damage.as_ref().map(ToString::to_string);
     let worst = r.findings.iter().map(|f| f.severity()).max();
@@ -70,6 +79,11 @@ pub fn report(path: &Path, opts: &OfflineArgs, format: &str) -> anyhow::Result<O
                 stacks: &l.stacks,
                 lost: l.lost.values().sum(),
                 delivery: Some(&l.header.delivery),
+                gaps: &l
+                    .gaps
+                    .iter()
+                    .map(|g| g.summary(l.header.mono_start_ns))
+                    .collect::<Vec<_>>(),
             },
         ),
         "perfetto" => {
@@ -151,6 +165,12 @@ pub fn events(a: &EventsArgs) -> anyhow::Result<Output> {
                     "{}",
                     serde_json::json!({ "kind": "drops-so-far", "drops_so_far": d })
                 );
+            }
+            recording::Frame::Gap(g) if !a.json => {
+                let _ = writeln!(o, "# BLIND {}", g.summary(r.header.mono_start_ns));
+            }
+            recording::Frame::Gap(g) => {
+                let _ = writeln!(o, "{}", serde_json::json!({ "kind": "gap", "gap": g }));
             }
             recording::Frame::Stack(_) => {}
         }

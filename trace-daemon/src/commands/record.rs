@@ -11,9 +11,10 @@ use std::{
 use crate::{
     attach::live::{self, Session, Signals, Sink},
     attach::loader::LoadOptions,
+    attach::modules::Change,
     event::Event,
-    recording::Writer,
     recording::private_file::{self, Open},
+    recording::{Gap, STACK_IDS_PER_ATTACH, Writer},
 };
 
 pub struct RecordOptions {
@@ -27,9 +28,15 @@ pub struct RecordOptions {
 struct RecordSink {
     w: Writer<BufWriter<File>>,
     stacks_written: HashSet<u32>,
+    /// Added to stack ids: each attach's stack map starts again at 0.
+    stack_base: i32,
     started: Instant,
     duration: Option<Duration>,
-    last_lost: u64,
+    /// Lost events per hook as last written.
+    lost_written: BTreeMap<String, u64>,
+    /// Lost events of the sessions before the last attach (the counters
+    /// start again at each): added to the current session's.
+    lost_before: BTreeMap<String, u64>,
     last_drops: crate::event::drops::Drops,
     /// A progress line is on the terminal (end it before the summary).
     progress_shown: bool,
@@ -38,6 +45,16 @@ struct RecordSink {
 }
 
 impl RecordSink {
+    /// Lost events per hook over the whole recording: the current session's
+    /// counters and those of the sessions before.
+    fn lost_so_far(&self, lost: &[(trace_common::HookId, u64)]) -> BTreeMap<String, u64> {
+        let mut m = self.lost_before.clone();
+        for (h, n) in lost {
+            *m.entry(h.symbol().to_owned()).or_default() += n;
+        }
+        m
+    }
+
     /// An I/O error names the recording (`/dev/full`: "No space left on
     /// device" alone would not say where).
     fn io<T>(&self, r: std::io::Result<T>) -> anyhow::Result<T> {
@@ -47,16 +64,36 @@ impl RecordSink {
 
 impl Sink for RecordSink {
     fn event(&mut self, s: &Session, rec: &trace_common::Event, ev: &Event) -> anyhow::Result<()> {
-        let r = self.w.event(rec);
+        let mut rec = *rec;
+        if rec.stack_id >= 0 {
+            rec.stack_id += self.stack_base;
+        }
+        let r = self.w.event(&rec);
         self.io(r)?;
         if let Some(id) = ev.stack_id
-            && self.stacks_written.insert(id)
-            && let Some(st) = s.stack(id)
+            && self.stacks_written.insert(rec.stack_id as u32)
+            && let Some(mut st) = s.stack(id)
         {
+            st.id = rec.stack_id as u32;
             let r = self.w.stack(&st);
             self.io(r)?;
         }
         Ok(())
+    }
+
+    /// The gap as a frame (replay, report and HTML say it); stack ids move on.
+    fn blind(
+        &mut self,
+        _changes: &[Change],
+        gap: &Gap,
+        _session: Option<&Session>,
+    ) -> anyhow::Result<()> {
+        self.stack_base += STACK_IDS_PER_ATTACH;
+        // The old session's last counts were written by the tick before it
+        // closed (run_across_reloads); the new one's counters start at 0.
+        self.lost_before = self.lost_written.clone();
+        let r = self.w.gap(gap).and_then(|()| self.w.flush());
+        self.io(r)
     }
 
     fn tick(
@@ -65,15 +102,11 @@ impl Sink for RecordSink {
         lost: &[(trace_common::HookId, u64)],
         _now: u64,
     ) -> anyhow::Result<()> {
-        let total: u64 = lost.iter().map(|(_, n)| n).sum();
-        if total != self.last_lost {
-            let m: BTreeMap<String, u64> = lost
-                .iter()
-                .map(|(h, n)| (h.symbol().to_owned(), *n))
-                .collect();
+        let m = self.lost_so_far(lost);
+        if m != self.lost_written {
             let r = self.w.lost(&m);
             self.io(r)?;
-            self.last_lost = total;
+            self.lost_written = m;
         }
         if s.drops != self.last_drops {
             let r = self.w.drops(&s.drops);
@@ -104,7 +137,7 @@ pub async fn run(opts: RecordOptions) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
     // A path that cannot be written fails before anything is attached.
     let file = private_file::open(&opts.output, Open::Truncate, private_file::mode(opts.share))?;
-    let Some(mut session) = live::attach(&opts.load, &mut signals).await? else {
+    let Some(session) = live::attach(&opts.load, &mut signals).await? else {
         drop(file);
         remove_if_empty(&opts.output);
         return Ok(());
@@ -120,26 +153,37 @@ pub async fn run(opts: RecordOptions) -> anyhow::Result<()> {
     let mut sink = RecordSink {
         w,
         stacks_written: HashSet::new(),
+        stack_base: 0,
         started: Instant::now(),
         duration: opts.duration,
-        last_lost: 0,
+        lost_written: BTreeMap::new(),
+        lost_before: BTreeMap::new(),
         last_drops: Default::default(),
         progress_shown: false,
         path: opts.output.clone(),
     };
     let tick = Duration::from_secs(1).min(opts.duration.unwrap_or(Duration::MAX));
-    let stats = live::run(&mut session, &mut sink, tick, &mut signals).await?;
+    let (session, stats) = crate::attach::reload::run_across_reloads(
+        session,
+        &mut sink,
+        tick,
+        &opts.load,
+        &mut signals,
+    )
+    .await?;
     // Final loss counters and flush, then detach.
-    let lost = session.probes.lost().unwrap_or_default();
-    let m: BTreeMap<String, u64> = lost
-        .iter()
-        .map(|(h, n)| (h.symbol().to_owned(), *n))
-        .collect();
+    let lost = match &session {
+        Some(s) => s.probes.lost().unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let m = sink.lost_so_far(&lost);
     let r = sink.w.lost(&m).and_then(|()| sink.w.flush());
     sink.io(r)?;
     live::stop_phase("recording flushed");
-    let unverified = session.delivery.warning();
-    session.close();
+    let unverified = session.as_ref().and_then(|s| s.delivery.warning());
+    if let Some(s) = session {
+        s.close();
+    }
     if sink.progress_shown {
         eprintln!();
     }

@@ -5,11 +5,13 @@ use std::{io::Write as _, time::Duration};
 use crate::{
     attach::live::{self, Session, Signals, Sink},
     attach::loader::LoadOptions,
+    attach::modules::Change,
     engine,
     event::{Event, Kind},
     output::event_line as render,
     output::finding_text::FindingJson,
     output::report,
+    recording::Gap,
 };
 
 /// `--vm`: a VM by `struct kvm` address, or by the pid of the process that
@@ -185,6 +187,18 @@ impl Sink for TraceSink {
         self.reader_gone
     }
 
+    /// Said on stderr by attach_again; the engine told, so that nothing is
+    /// raised about what lived across the gap.
+    fn blind(
+        &mut self,
+        _changes: &[Change],
+        gap: &Gap,
+        _session: Option<&Session>,
+    ) -> anyhow::Result<()> {
+        self.engine.blind(gap.from_ns, gap.to_ns);
+        Ok(())
+    }
+
     fn tick(
         &mut self,
         _s: &Session,
@@ -198,7 +212,7 @@ impl Sink for TraceSink {
 
 pub async fn run(opts: TraceOptions) -> anyhow::Result<()> {
     let mut signals = Signals::install()?;
-    let Some(mut session) = live::attach(&opts.load, &mut signals).await? else {
+    let Some(session) = live::attach(&opts.load, &mut signals).await? else {
         return Ok(());
     };
     session.announce("Ctrl-C to stop");
@@ -209,8 +223,17 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<()> {
         engine: engine::Engine::new(session.engine_config(opts.engine)),
         reader_gone: false,
     };
-    let stats = live::run(&mut session, &mut sink, opts.loss_interval, &mut signals).await?;
-    session.close();
+    let (session, stats) = crate::attach::reload::run_across_reloads(
+        session,
+        &mut sink,
+        opts.loss_interval,
+        &opts.load,
+        &mut signals,
+    )
+    .await?;
+    if let Some(s) = session {
+        s.close();
+    }
     if sink.reader_gone {
         eprintln!("kvscope: standard output was closed (its reader went away): stopped");
     }

@@ -27,6 +27,9 @@ pub struct Device {
     pub kvm_ops_get: Option<Option<u64>>,
     pub timeline: Timeline,
     leak_reported: bool,
+    /// The start of a blind gap the device lived through: its VM reference
+    /// may have been given back unseen, so no leak is raised.
+    pub blind_from_ns: Option<u64>,
 }
 
 impl Device {
@@ -41,6 +44,7 @@ impl Device {
             kvm_ops_get: None,
             timeline: Timeline::default(),
             leak_reported: false,
+            blind_from_ns: None,
         }
     }
 
@@ -172,6 +176,7 @@ impl Engine {
         for d in self.devices.values_mut() {
             if let (Some(closed), Some(kvm)) = (d.closed_ns, d.kvm_ref)
                 && !d.leak_reported
+                && d.blind_from_ns.is_none()
                 && now_ns.saturating_sub(closed) >= grace
             {
                 d.leak_reported = true;

@@ -13,6 +13,7 @@
 //! locks, waits, the lock-order graph), `finding`/`evidence` (what is
 //! concluded), `timeline`/`holder` (the typed history).
 mod anomalies;
+mod blind;
 mod config;
 mod device;
 pub mod evidence;

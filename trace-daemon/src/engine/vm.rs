@@ -40,6 +40,10 @@ pub struct Vm {
     /// a fork's copy, one passed over a socket) that kvscope may never see
     /// closed: the VM's end can no longer be inferred from closes.
     pub file_shared: bool,
+    /// The start of a blind gap the VM lived through (kvscope attached again
+    /// after a watched module changed): what happened to it in the gap is
+    /// unknown, so its end is never inferred and no zombie raised.
+    pub blind_from_ns: Option<u64>,
     /// Tier 3: the files of the vCPU and stats fds that hold a reference.
     fd_files: BTreeMap<u64, Holder>,
 }
@@ -106,6 +110,7 @@ impl Vm {
             zombie_reported: false,
             last_read_ns: None,
             file_shared: false,
+            blind_from_ns: None,
             fd_files: BTreeMap::new(),
         }
     }
@@ -609,7 +614,7 @@ impl Engine {
             }
             vm.fd_closed_ns.get_or_insert(e.ts_ns);
             // A shared file may live on in another process.
-            if destroy_observable || vm.is_destroyed() || vm.file_shared {
+            if destroy_observable || vm.is_destroyed() || vm.state_unknown() {
                 continue;
             }
             vm.ended_unseen(e, cap, StepKind::InferredDestroyAtExit);
@@ -627,7 +632,11 @@ impl Engine {
             let Some(closed) = vm.fd_closed_ns else {
                 continue;
             };
-            if vm.is_destroyed() || vm.zombie_reported || now_ns.saturating_sub(closed) < after_ns {
+            if vm.is_destroyed()
+                || vm.zombie_reported
+                || vm.blind_from_ns.is_some()
+                || now_ns.saturating_sub(closed) < after_ns
+            {
                 continue;
             }
             if !destroy_observable && !vm.evidence_of_zombie(closed + after_ns) {
@@ -648,13 +657,19 @@ impl Engine {
 }
 
 impl Vm {
+    /// Whether kvscope cannot know if the VM still lives: its file held by an
+    /// fd it does not follow, or a blind gap passed over it.
+    pub fn state_unknown(&self) -> bool {
+        self.file_shared || self.blind_from_ns.is_some()
+    }
+
     /// Tier 3: what shows the VM outlived its fd. Either a count above 0 read
     /// at or after `since`, or every reference left is held by an fd kvscope
     /// tracks (whose close it would see: the VM is alive because of it).
     /// References no tracked fd explains (an fd kvscope never saw made) or a
     /// file another fd holds leave the VM's state unknown: nothing is raised.
     fn evidence_of_zombie(&self, since: u64) -> bool {
-        if self.file_shared || self.users.is_none_or(|u| u <= 0) {
+        if self.state_unknown() || self.users.is_none_or(|u| u <= 0) {
             return false;
         }
         let read_since = self.last_read_ns.is_some_and(|t| t >= since);

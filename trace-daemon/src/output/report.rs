@@ -9,7 +9,7 @@ use crate::{
     event::drops::Drops,
     output::event_line as render,
     output::finding_text::{self, FindingJson, step_line},
-    recording::{Damage, Header, Stack},
+    recording::{Damage, Gap, Header, Stack},
 };
 
 pub fn finding_text(f: &Finding) -> String {
@@ -82,7 +82,7 @@ impl VmSummary {
             destroyed: v.is_destroyed(),
             state: if v.is_destroyed() {
                 "destroyed"
-            } else if v.file_shared {
+            } else if v.state_unknown() {
                 "unknown"
             } else {
                 "live"
@@ -193,6 +193,8 @@ pub struct Report<'a> {
     pub stacks: BTreeMap<u32, StackView>,
     /// What `--vm` / `--pid` kept, when given.
     pub selection: Option<String>,
+    /// Times kvscope saw nothing (watched modules changed, attached again).
+    pub gaps: Vec<Gap>,
 }
 
 impl<'a> Report<'a> {
@@ -253,6 +255,7 @@ impl<'a> Report<'a> {
             findings,
             stacks,
             selection: None,
+            gaps: Vec::new(),
         }
     }
 
@@ -285,6 +288,14 @@ impl<'a> Report<'a> {
         }
         if let Some(d) = &self.damage {
             let _ = writeln!(o, "DAMAGED FILE  {d}");
+        }
+        let start = self.header.map_or(0, |h| h.mono_start_ns);
+        for g in &self.gaps {
+            let _ = writeln!(
+                o,
+                "BLIND         {}; what lived across it is marked unknown",
+                g.summary(start)
+            );
         }
         let a = &self.anomalies;
         let by_class = |m: &BTreeMap<String, u64>| {

@@ -7,7 +7,9 @@
 //! Little-endian. Tags: 1 = one ABI event record (`trace_common::Event`, raw),
 //! 2 = a kernel stack (JSON: id, ips, symbols), 3 = lost-event counters (JSON),
 //! 4 = the kernel side's other drops (JSON, `event::drops::Drops`; readers that
-//! predate it skip it as an unknown frame).
+//! predate it skip it as an unknown frame), 5 = a blind gap (JSON, [`Gap`]:
+//! watched modules changed and kvscope attached again; stack ids after it
+//! are offset by [`STACK_IDS_PER_ATTACH`] per attach, so none is reused).
 //! A file cut short by a crash reads up to its last whole frame; a frame whose
 //! checksum fails ends the read with the offset named. Files of another format
 //! version are refused with a clear message.
@@ -39,6 +41,38 @@ const TAG_EVENT: u8 = 1;
 const TAG_STACK: u8 = 2;
 const TAG_LOST: u8 = 3;
 const TAG_DROPS: u8 = 4;
+const TAG_GAP: u8 = 5;
+
+/// Each attach has a stack map of its own whose ids restart at 0: the
+/// recording adds this much per attach (the map holds far fewer).
+pub const STACK_IDS_PER_ATTACH: i32 = 1 << 20;
+
+/// A time in which kvscope saw nothing: a watched module went away or came
+/// back, and kvscope attached again. Monotonic ns, the events' clock.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Gap {
+    /// The last look that found the modules as before.
+    pub from_ns: u64,
+    /// Attached again (or, when `to_ns` is the end, never).
+    pub to_ns: u64,
+    /// What changed: "module kvm unloaded, module kvm loaded".
+    pub why: String,
+}
+
+impl Gap {
+    /// "blind from 12.301 s to 17.902 s (5601 ms): module vfio_pci loaded",
+    /// times from the recording's start.
+    pub fn summary(&self, start_ns: u64) -> String {
+        let at = |ns: u64| ns.saturating_sub(start_ns) as f64 / 1e9;
+        format!(
+            "blind from {:.3} s to {:.3} s ({} ms): {}",
+            at(self.from_ns),
+            at(self.to_ns),
+            self.to_ns.saturating_sub(self.from_ns) / 1_000_000,
+            self.why
+        )
+    }
+}
 
 /// What a reader needs to interpret the events without the recording host.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -141,6 +175,7 @@ pub enum Frame {
     Lost(BTreeMap<String, u64>),
     /// Stack, stash and watched-map drops so far (cumulative).
     Drops(Drops),
+    Gap(Gap),
 }
 
 pub struct Writer<W: Write> {
@@ -192,6 +227,10 @@ impl<W: Write> Writer<W> {
 
     pub fn drops(&mut self, d: &Drops) -> io::Result<()> {
         self.frame(TAG_DROPS, &serde_json::to_vec(d)?)
+    }
+
+    pub fn gap(&mut self, g: &Gap) -> io::Result<()> {
+        self.frame(TAG_GAP, &serde_json::to_vec(g)?)
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
@@ -391,6 +430,12 @@ impl<R: Read> Reader<R> {
                         return self.corrupt(start, format!("drops frame: {e}"));
                     }
                 },
+                TAG_GAP => match serde_json::from_slice(body) {
+                    Ok(g) => Frame::Gap(g),
+                    Err(e) => {
+                        return self.corrupt(start, format!("gap frame: {e}"));
+                    }
+                },
                 _ => {
                     self.unknown_frames += 1;
                     continue;
@@ -410,6 +455,8 @@ pub struct Loaded {
     pub stacks: BTreeMap<u32, Stack>,
     pub lost: BTreeMap<String, u64>,
     pub drops: Drops,
+    /// Blind gaps, in order.
+    pub gaps: Vec<Gap>,
     /// Records that did not decode (unknown hook id, ...).
     pub undecodable: u64,
     pub damage: Option<Damage>,
@@ -430,6 +477,7 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
             }
             Frame::Lost(x) => l.lost = x,
             Frame::Drops(d) => l.drops = d,
+            Frame::Gap(g) => l.gaps.push(g),
         }
     }
     l.header = r.header.clone();
@@ -504,6 +552,25 @@ mod tests {
         let (frames, damage) = read_all(&w.into_inner()).unwrap();
         assert_eq!(damage, None);
         assert_eq!(frames[1], Frame::Drops(d));
+    }
+
+    #[test]
+    fn gap_frames_round_trip_and_say_when() {
+        let g = Gap {
+            from_ns: 2_500_000_000,
+            to_ns: 8_100_000_000,
+            why: "module kvm unloaded, module kvm loaded".into(),
+        };
+        let mut w = Writer::new(Vec::new(), &header()).unwrap();
+        w.event(&rec(0)).unwrap();
+        w.gap(&g).unwrap();
+        let (frames, damage) = read_all(&w.into_inner()).unwrap();
+        assert_eq!(damage, None);
+        assert_eq!(frames[1], Frame::Gap(g.clone()));
+        assert_eq!(
+            g.summary(500_000_000),
+            "blind from 2.000 s to 7.600 s (5600 ms): module kvm unloaded, module kvm loaded"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! serves Prometheus metrics, reloads on SIGHUP, detaches on SIGTERM, and speaks
 //! sd_notify (READY, STATUS, WATCHDOG).
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::PathBuf,
     sync::Arc,
@@ -21,6 +22,7 @@ use crate::{
     engine::{self, Finding},
     event::Event,
     output::finding_text::{self, FindingJson},
+    recording::Gap,
     recording::jsonl::Rotating,
     service::config::DaemonConfig,
     service::metrics::Metrics,
@@ -58,6 +60,11 @@ struct DaemonSink {
     max_lag_ns: u64,
     /// A lock finding arrived while lean and `arm_deep_s` is set.
     armed: bool,
+    /// Lost events per hook: the current session's counts as last read, and
+    /// the sum over the sessions before it (each attach starts at 0), so that
+    /// kvscope_lost_events_total only ever rises by what was lost.
+    lost_now: BTreeMap<trace_common::HookId, u64>,
+    lost_before: BTreeMap<trace_common::HookId, u64>,
 }
 
 fn open_findings(c: &DaemonConfig) -> anyhow::Result<Option<Rotating>> {
@@ -151,10 +158,6 @@ impl DaemonSink {
 
 impl Sink for DaemonSink {
     /// The daemon runs for months: it attaches again (see `reattach`).
-    fn modules_changed(&mut self, _changes: &[Change]) -> bool {
-        true
-    }
-
     fn event(&mut self, _s: &Session, _r: &trace_common::Event, ev: &Event) -> anyhow::Result<()> {
         self.metrics.event(ev.kind);
         // Both clocks are CLOCK_MONOTONIC (bpf_ktime_get_ns).
@@ -176,7 +179,9 @@ impl Sink for DaemonSink {
         let found = self.engine.tick(now_ns);
         self.emit(found)?;
         for (h, n) in lost {
-            self.metrics.set_lost(h.symbol(), *n);
+            self.lost_now.insert(*h, *n);
+            let before = self.lost_before.get(h).copied().unwrap_or(0);
+            self.metrics.set_lost(h.symbol(), before + n);
         }
         self.metrics.set_drops(&s.drops);
         self.metrics.engine_state(&self.engine);
@@ -207,6 +212,41 @@ impl Sink for DaemonSink {
     fn lock_watch_changed(&mut self, s: &Session) {
         self.engine.set_lock_watch(s.lock_watch == LockWatch::Lean);
         set_lock_watch_gauge(&self.metrics, s.lock_watch);
+    }
+
+    /// Counted (kvscope_module_changes_total, kvscope_blind_seconds_total),
+    /// the engine told (what lived across the gap is unknown from now on),
+    /// the metrics and status set from the new session's plan.
+    fn blind(
+        &mut self,
+        changes: &[Change],
+        gap: &Gap,
+        session: Option<&Session>,
+    ) -> anyhow::Result<()> {
+        for c in changes {
+            self.metrics
+                .module_changes
+                .with_label_values(&[c.module(), c.kind()])
+                .inc();
+        }
+        self.metrics
+            .blind_seconds
+            .inc_by(gap.to_ns.saturating_sub(gap.from_ns) as f64 / 1e9);
+        self.engine.blind(gap.from_ns, gap.to_ns);
+        for (h, n) in std::mem::take(&mut self.lost_now) {
+            *self.lost_before.entry(h).or_default() += n;
+        }
+        let Some(session) = session else {
+            return Ok(());
+        };
+        self.metrics.set_plan(&session.probes.plan);
+        self.metrics
+            .delivery_verified
+            .set(i64::from(session.delivery.verified));
+        self.engine.cfg = session.engine_config(self.engine.cfg.clone());
+        self.lock_watch_changed(session);
+        let _ = sd_notify::notify(&[NotifyState::Status(&self.status())]);
+        Ok(())
     }
 
     fn reload(&mut self, session: &mut Session) -> anyhow::Result<()> {
@@ -311,7 +351,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         deep_for: config.deep_for_s.map(Duration::from_secs),
         ..LoadOptions::default()
     };
-    let Some(mut session) = live::attach(&load, &mut signals).await? else {
+    let Some(session) = live::attach(&load, &mut signals).await? else {
         return Ok(());
     };
     metrics.set_plan(&session.probes.plan);
@@ -341,33 +381,21 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         last_watchdog: Instant::now(),
         max_lag_ns: 0,
         armed: false,
+        lost_now: BTreeMap::new(),
+        lost_before: BTreeMap::new(),
     };
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&sink.status())]);
-    let mut load = load;
-    let mut stats = live::Stats::default();
-    loop {
-        let run = live::run(
-            &mut session,
-            &mut sink,
-            Duration::from_secs(1),
-            &mut signals,
-        )
-        .await?;
-        stats.events += run.events;
-        stats.undecodable += run.undecodable;
-        stats.lost += run.lost;
-        if run.reattach.is_empty() {
-            break;
-        }
-        load.lock_watch = session.lock_watch;
-        match reattach(session, &load, &run.reattach, &mut signals, &mut sink).await? {
-            Some(s) => session = s,
-            None => {
-                eprintln!("kvscope: stopped while attaching again");
-                return Ok(());
-            }
-        }
-    }
+    let (session, stats) = crate::attach::reload::run_across_reloads(
+        session,
+        &mut sink,
+        Duration::from_secs(1),
+        &load,
+        &mut signals,
+    )
+    .await?;
+    let Some(session) = session else {
+        return Ok(());
+    };
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     session.close();
     eprintln!(
@@ -377,49 +405,6 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         sink.engine.findings().len()
     );
     Ok(())
-}
-
-/// Attaches again after watched modules changed: the old programs are
-/// detached, the host read again (kallsyms, BTF, offsets), the plan made
-/// anew. Events in between are unseen: the gap is said, logged and counted
-/// (kvscope_blind_seconds_total, kvscope_module_changes_total). None: a stop
-/// came while attaching.
-async fn reattach(
-    old: Session,
-    load: &LoadOptions,
-    changes: &[Change],
-    signals: &mut Signals,
-    sink: &mut DaemonSink,
-) -> anyhow::Result<Option<Session>> {
-    let what: Vec<String> = changes.iter().map(ToString::to_string).collect();
-    let what = what.join(", ");
-    eprintln!("kvscope: {what}: attaching again; blind until attached");
-    let _ = sd_notify::notify(&[NotifyState::Status(&format!("attaching again: {what}"))]);
-    for c in changes {
-        sink.metrics
-            .module_changes
-            .with_label_values(&[c.module(), c.kind()])
-            .inc();
-    }
-    let t = Instant::now();
-    old.close();
-    let session = live::attach(load, signals).await;
-    let gap = t.elapsed();
-    sink.metrics.blind_seconds.inc_by(gap.as_secs_f64());
-    let Some(session) = session? else {
-        return Ok(None);
-    };
-    sink.metrics.set_plan(&session.probes.plan);
-    sink.metrics
-        .delivery_verified
-        .set(i64::from(session.delivery.verified));
-    sink.engine.cfg = session.engine_config(sink.engine.cfg.clone());
-    sink.lock_watch_changed(&session);
-    session.announce(&format!(
-        "attached again after {what}: blind {} ms",
-        gap.as_millis()
-    ));
-    Ok(Some(session))
 }
 
 #[cfg(test)]

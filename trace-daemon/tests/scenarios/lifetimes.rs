@@ -266,3 +266,35 @@ fn kvm_vfio_create_op_names_the_rise_that_follows() {
     let vm = e.live_vms().next().expect("the VM");
     assert_eq!(vm.timeline.counts_after_changes(), [1, 2, 1]);
 }
+
+#[test]
+fn what_lived_across_a_blind_gap_raises_nothing() {
+    // vfio_pci reloaded while a VM with its device ran: kvscope attached
+    // again and saw nothing in between. The device's put and the VM's end
+    // may have happened unseen: without the gap both would be findings (the
+    // first two asserts), with it neither is, and the VM's state is unknown.
+    let mut s = Script::new();
+    setup(&mut s);
+    open_66(&mut s, 3);
+    s.device_release(QEMU, DEV, 1).device_close(QEMU, DEV, 1);
+    s.close_vm_fd(QEMU, KVM, 2);
+    let (_, f) = run(&s);
+    let mut without_gap = kinds(&f);
+    without_gap.sort_by_key(|k| format!("{k:?}"));
+    assert_eq!(
+        without_gap,
+        [FindingKind::LeakedRef, FindingKind::ZombieVm],
+        "{f:#?}"
+    );
+
+    let mut e = Engine::new(Config::default());
+    for ev in &s.events {
+        e.ingest(ev);
+    }
+    e.blind(s.t + 1_000_000, s.t + 5_000_000_000);
+    let f = e.tick(s.t + 60_000_000_000);
+    assert!(f.is_empty(), "{f:#?}");
+    let vm = e.vm_history(KVM)[0];
+    assert!(vm.state_unknown() && !vm.is_destroyed());
+    assert_eq!(e.zombie_vms(), 0);
+}

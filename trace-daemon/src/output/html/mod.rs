@@ -22,6 +22,8 @@ pub struct Page<'a> {
     pub stacks: &'a BTreeMap<u32, Stack>,
     pub lost: u64,
     pub delivery: Option<&'a Delivery>,
+    /// Blind gaps, each said in one line.
+    pub gaps: &'a [String],
 }
 
 /// Objects drawn on the shared axis, and given step tables.
@@ -223,6 +225,14 @@ fn summary(o: &mut String, engine: &Engine, page: &Page, objs: &[Obj]) {
             "<div class=\"damage\" role=\"alert\"><b>Damaged recording:</b> {}. \
              Everything below covers only the events before the damage.</div>",
             esc(d)
+        );
+    }
+    for g in page.gaps {
+        let _ = write!(
+            o,
+            "<div class=\"damage\" role=\"alert\"><b>Blind:</b> {}. \
+             What lived across it is marked unknown.</div>",
+            esc(g)
         );
     }
     let vms = objs.iter().filter(|x| x.role == ObjectRole::Kvm).count();

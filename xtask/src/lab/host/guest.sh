@@ -258,16 +258,31 @@ done
 # change): the daemon attaches again and sees the VMs made afterwards.
 reattached() { journalctl -u kvscope --no-pager -o cat | grep -c 'attached again after'; }
 n0=$(reattached)
+# `kvscope record` beside the service sees the same reload: it attaches
+# again too, and its recording says the gap.
+kvscope record -o /tmp/reload.kvs 2>/tmp/record.err &
+rec=$!
+for i in $(seq 1 120); do grep -q 'ready:' /tmp/record.err && break; sleep 0.5; done
 modprobe -r kvm_amd kvm && modprobe kvm_amd
 rc=$?
 kvscope_settled
+for i in $(seq 1 120); do grep -q 'attached again after' /tmp/record.err && break; sleep 0.5; done
 check reload/reattached "$([ $rc = 0 ] && [ "$(reattached)" -gt "$n0" ]; echo $?)" \
     "modprobe -r kvm_amd kvm; modprobe kvm_amd: rc $rc; $(curl -sf $METRICS | grep -E '^kvscope_module_changes_total.*kvm' | tr '\n' ' ')"
 virsh -q start --paused lab-a >/dev/null
+qp=$(qemu_pid lab-a)
 agree reload after
 virsh -q destroy lab-a >/dev/null
 gone lab-a
 agree reload done
+kill -INT $rec
+wait $rec
+replay=$(kvscope replay /tmp/reload.kvs 2>&1)
+# QEMU's VM, made after the gap: seen from its creation to its destroy.
+vm=$(kvscope report /tmp/reload.kvs --format json --pid "$qp" 2>&1)
+check reload/record "$(echo "$replay" | grep -q '^BLIND .*module kvm' &&
+    echo "$vm" | grep -q '"state": "destroyed"' && echo "$vm" | grep -q 'vfio device'; echo $?)" \
+    "$(grep -o 'attached again after.*' /tmp/record.err | head -1); replay: $(echo "$replay" | grep -E '^(BLIND|events)' | tr '\n' ' ')"
 
 z0=$(metric 'kvscope_findings_total{kind="zombie-vm",severity="warning"}')
 held_vm

@@ -68,6 +68,7 @@ fn expected() -> Vec<String> {
             "reload/reattached",
             "reload/after/counts",
             "reload/done/counts",
+            "reload/record",
             "zombie/finding",
             "journal/fields",
             "service/watchdog",
