@@ -16,6 +16,7 @@ pub mod commands;
 pub mod engine;
 pub mod event;
 pub mod hexaddr;
+pub mod identity;
 pub mod kernel;
 pub mod output;
 pub mod recording;

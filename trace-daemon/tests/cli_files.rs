@@ -440,6 +440,14 @@ fn fail_on_a_severity_exits_three_after_the_output() {
 /// A VM whose fd was closed, then (with `gap`) a blind gap, then time passes
 /// (a second VM created 20 s later).
 fn closed_vm_recording(name: &str, gap: bool) -> String {
+    closed_vm_recording_named(name, gap, None)
+}
+
+fn closed_vm_recording_named(
+    name: &str,
+    gap: bool,
+    id: Option<kvscope::identity::Identity>,
+) -> String {
     use trace_common::{Event, HookId, known};
     let h = kvscope::recording::Header {
         abi_version: trace_common::ABI_VERSION,
@@ -464,6 +472,14 @@ fn closed_vm_recording(name: &str, gap: bool) -> String {
     let kvm = 0xffff_8881_0276_9000u64;
     w.event(&event(1_000_000_000, HookId::KvmCreateVm, kvm, 1))
         .unwrap();
+    if let Some(identity) = id {
+        w.identity(&kvscope::recording::VmIdentity {
+            kvm,
+            created_ns: 1_000_000_000,
+            identity,
+        })
+        .unwrap();
+    }
     w.event(&event(2_000_000_000, HookId::KvmVmRelease, kvm, 1))
         .unwrap();
     if gap {
@@ -512,4 +528,34 @@ fn a_blind_gap_is_said_everywhere_and_what_crossed_it_is_unknown() {
     assert!(out.lines().any(|l| l.contains("\"kind\":\"gap\"")), "{out}");
     let (_, out, _) = kvscope(&["report", &f, "--format", "html"]);
     assert!(out.contains(&format!("<b>Blind:</b> {want}")), "{out}");
+}
+
+#[test]
+fn a_vm_is_named_as_its_identity_frame_says_in_every_output() {
+    let id = kvscope::identity::Identity {
+        pid: 812,
+        comm: "qemu-system-x86".into(),
+        name: Some("lab-a".into()),
+        domain: Some("lab-a".into()),
+        uuid: Some("c7a5fdbd-cdaf-9455-926a-d65c16db1809".into()),
+    };
+    let f = closed_vm_recording_named("named.kvs", false, Some(id));
+    let (code, out, err) = kvscope(&["replay", &f]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("gen 1 lab-a (domain lab-a, uuid c7a5fdbd-cdaf-9455-926a-d65c16db1809, qemu-system-x86[812])"),
+        "{out}"
+    );
+    assert!(out.contains("[VM lab-a]"), "the finding names it: {out}");
+    let (_, out, _) = kvscope(&["replay", "--json", &f]);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["vms"][0]["identity"]["domain"], "lab-a", "{out}");
+    assert_eq!(j["findings"][0]["vm_name"], "lab-a", "{out}");
+    let (_, out, _) = kvscope(&["events", &f]);
+    assert!(
+        out.contains("# VM 0xffff888102769000 belongs to lab-a ("),
+        "{out}"
+    );
+    let (_, out, _) = kvscope(&["report", &f, "--format", "html"]);
+    assert!(out.contains("VM 0xffff888102769000 gen 1 lab-a"), "{out}");
 }

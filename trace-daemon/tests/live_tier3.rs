@@ -66,9 +66,11 @@ fn stop(mut g: Guard) -> (Vec<Value>, std::process::ExitStatus) {
     (events, status)
 }
 
+/// Kinds and fds of the events, without the identity objects.
 fn kinds(events: &[Value]) -> Vec<(String, Option<i64>)> {
     events
         .iter()
+        .filter(|e| e["kind"] != "identity")
         .map(|e| {
             (
                 e["kind"].as_str().unwrap().to_owned(),
@@ -112,6 +114,18 @@ fn trace_sees_vm_and_kvm_vfio_lifecycles_in_order() {
         ("fd-closed".into(), Some(b_dev_fd as i64)),
     ];
     assert_eq!(got, want, "events: {events:#?}");
+    // Each VM named after its creation: this process, by pid and comm.
+    let names: Vec<&Value> = events.iter().filter(|e| e["kind"] == "identity").collect();
+    assert_eq!(names.len(), 2, "events: {events:#?}");
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+    for n in &names {
+        assert_eq!(n["identity"]["pid"].as_u64(), Some(me as u64), "{n}");
+        assert_eq!(n["identity"]["comm"].as_str(), Some(comm.trim_end()), "{n}");
+    }
+    let events: Vec<Value> = events
+        .into_iter()
+        .filter(|e| e["kind"] != "identity")
+        .collect();
     for e in &events {
         assert_eq!(e["tgid"].as_u64(), Some(me as u64), "{e}");
     }
@@ -315,6 +329,12 @@ fn record_then_replay_and_timeline_offline() {
     assert_eq!(
         vms[0]["destroyed"], true,
         "inferred from the last close at count 1"
+    );
+    // Named in the recording as this process (identity frame), replayed.
+    assert_eq!(
+        vms[0]["identity"]["pid"].as_u64(),
+        Some(u64::from(std::process::id())),
+        "{r:#}"
     );
     assert_eq!(r["header"]["tier"], "3-tracepoints");
     let addr = vms[0]["addr"].as_str().unwrap();

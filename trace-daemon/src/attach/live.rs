@@ -17,7 +17,8 @@ use crate::{
     attach::plan::{LockWatch, Method},
     attach::selftest,
     engine,
-    event::{DecodeError, Event, drops::Drops, record_from_bytes},
+    event::{DecodeError, Event, Kind, drops::Drops, record_from_bytes},
+    identity::Identity,
     recording::{Delivery, Gap, Header, Stack},
 };
 
@@ -361,6 +362,10 @@ pub trait Sink {
     }
     /// The session's lock watching changed (SIGHUP, the end of `--deep-for`).
     fn lock_watch_changed(&mut self, _session: &Session) {}
+    /// The VM at `kvm`, seen created at `created_ns`, belongs to `id`.
+    fn identified(&mut self, _kvm: u64, _created_ns: u64, _id: &Identity) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Watched modules changed and kvscope attached again (`session`, None
     /// when a stop came first): nothing was seen in `gap`.
     fn blind(
@@ -582,7 +587,15 @@ fn deliver(
     match Event::decode(&rec) {
         Ok(ev) => {
             stats.events += 1;
-            sink.event(session, &rec, &ev)
+            sink.event(session, &rec, &ev)?;
+            // Named while its creator can still be read.
+            if ev.kind == Kind::VmCreated
+                && let Some(kvm) = ev.kvm
+            {
+                let id = Identity::read(ev.tgid, &ev.comm.to_string());
+                sink.identified(kvm, ev.ts_ns, &id)?;
+            }
+            Ok(())
         }
         Err(_) => {
             stats.undecodable += 1;

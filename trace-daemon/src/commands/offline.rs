@@ -23,18 +23,26 @@ pub fn analyse(path: &Path, cfg: engine::Config) -> anyhow::Result<(Loaded, Engi
     let mut e = Engine::new(cfg);
     let mut last = 0;
     let mut gaps = loaded.gaps.iter().peekable();
+    let mut names = loaded.identities.iter().peekable();
     for ev in &loaded.events {
         // What lived across a gap is no longer known (engine/blind.rs).
         while let Some(g) = gaps.next_if(|g| g.from_ns <= ev.ts_ns) {
             e.blind(g.from_ns, g.to_ns);
         }
         e.ingest(ev);
+        // Named right after its creation, as live: findings carry the name.
+        while let Some(i) = names.next_if(|i| i.created_ns <= ev.ts_ns) {
+            e.identify(i.kvm, i.created_ns, i.identity.clone());
+        }
         last = last.max(ev.ts_ns);
         // Thresholds are checked as the recorded time passes.
         e.tick(last);
     }
     for g in gaps {
         e.blind(g.from_ns, g.to_ns);
+    }
+    for i in names {
+        e.identify(i.kvm, i.created_ns, i.identity.clone());
     }
     Ok((loaded, e))
 }
@@ -171,6 +179,16 @@ pub fn events(a: &EventsArgs) -> anyhow::Result<Output> {
             }
             recording::Frame::Gap(g) => {
                 let _ = writeln!(o, "{}", serde_json::json!({ "kind": "gap", "gap": g }));
+            }
+            recording::Frame::Identity(i) if !a.json => {
+                let _ = writeln!(o, "# VM {:#x} belongs to {}", i.kvm, i.identity.describe());
+            }
+            recording::Frame::Identity(i) => {
+                let _ = writeln!(
+                    o,
+                    "{}",
+                    serde_json::json!({ "kind": "identity", "identity": i })
+                );
             }
             recording::Frame::Stack(_) => {}
         }

@@ -13,8 +13,9 @@ use crate::{
     attach::loader::LoadOptions,
     attach::modules::Change,
     event::Event,
+    identity::Identity,
     recording::private_file::{self, Open},
-    recording::{Gap, STACK_IDS_PER_ATTACH, Writer},
+    recording::{Gap, STACK_IDS_PER_ATTACH, VmIdentity, Writer},
 };
 
 pub struct RecordOptions {
@@ -79,6 +80,15 @@ impl Sink for RecordSink {
             self.io(r)?;
         }
         Ok(())
+    }
+
+    fn identified(&mut self, kvm: u64, created_ns: u64, id: &Identity) -> anyhow::Result<()> {
+        let r = self.w.identity(&VmIdentity {
+            kvm,
+            created_ns,
+            identity: id.clone(),
+        });
+        self.io(r)
     }
 
     /// The gap as a frame (replay, report and HTML say it); stack ids move on.

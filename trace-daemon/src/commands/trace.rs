@@ -8,6 +8,7 @@ use crate::{
     attach::modules::Change,
     engine,
     event::{Event, Kind},
+    identity::Identity,
     output::event_line as render,
     output::finding_text::FindingJson,
     output::report,
@@ -104,6 +105,9 @@ struct TraceSink {
     engine: engine::Engine,
     /// The reader of standard output went away (`trace | head`): stop.
     reader_gone: bool,
+    /// The last event was shown (passed the filter): its VM's identity, which
+    /// comes next, is shown too.
+    last_shown: bool,
 }
 
 impl TraceSink {
@@ -161,7 +165,8 @@ impl Sink for TraceSink {
         ev: &Event,
     ) -> anyhow::Result<()> {
         let found = self.engine.ingest(ev);
-        if ev.kind != Kind::Other && self.filter.matches(ev) {
+        self.last_shown = ev.kind != Kind::Other && self.filter.matches(ev);
+        if self.last_shown {
             let (json, stacks) = (self.json, self.stacks);
             let stack = ev
                 .stack_id
@@ -185,6 +190,22 @@ impl Sink for TraceSink {
 
     fn done(&self) -> bool {
         self.reader_gone
+    }
+
+    /// Said in the stream (text: a line; JSON: an `identity` object) and
+    /// kept by the engine for the findings.
+    fn identified(&mut self, kvm: u64, created_ns: u64, id: &Identity) -> anyhow::Result<()> {
+        self.engine.identify(kvm, created_ns, id.clone());
+        if !self.last_shown {
+            return Ok(());
+        }
+        let line = if self.json {
+            serde_json::json!({ "kind": "identity", "kvm": format!("{kvm:#x}"), "identity": id })
+                .to_string()
+        } else {
+            format!("  VM {kvm:#x} belongs to {}", id.describe())
+        };
+        self.write(|out| writeln!(out, "{line}"))
     }
 
     /// Said on stderr by attach_again; the engine told, so that nothing is
@@ -222,6 +243,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<()> {
         filter: opts.filter,
         engine: engine::Engine::new(session.engine_config(opts.engine)),
         reader_gone: false,
+        last_shown: false,
     };
     let (session, stats) = crate::attach::reload::run_across_reloads(
         session,

@@ -165,6 +165,9 @@ pub struct Finding {
     pub last_ns: u64,
     pub count: u64,
     pub evidence: Evidence,
+    /// The operator's name of the VM it names (libvirt domain, QEMU's name,
+    /// else `comm[pid]`), when its creation was seen.
+    pub vm_name: Option<String>,
 }
 
 impl Finding {
@@ -196,6 +199,7 @@ impl Finding {
             last_ns: ts_ns,
             count: 1,
             evidence,
+            vm_name: None,
         }
     }
 

@@ -20,6 +20,7 @@ pub mod evidence;
 mod fast_hash;
 pub mod finding;
 pub mod holder;
+mod identify;
 mod kept;
 mod kvm_ops;
 pub mod locks;
@@ -217,7 +218,8 @@ impl Engine {
     }
 
     /// Adds a finding, or counts a repeat of one already raised. Returns it when new.
-    fn record(&mut self, f: Finding) -> Option<Finding> {
+    fn record(&mut self, mut f: Finding) -> Option<Finding> {
+        f.vm_name = f.object(ObjectRole::Kvm).and_then(|a| self.vm_label_now(a));
         self.findings.record(f, self.cfg.max_findings)
     }
 

@@ -44,6 +44,9 @@ pub struct Vm {
     /// after a watched module changed): what happened to it in the gap is
     /// unknown, so its end is never inferred and no zombie raised.
     pub blind_from_ns: Option<u64>,
+    /// Who it belongs to (creator, QEMU's name, libvirt domain), as read when
+    /// its creation was seen.
+    pub identity: Option<crate::identity::Identity>,
     /// Tier 3: the files of the vCPU and stats fds that hold a reference.
     fd_files: BTreeMap<u64, Holder>,
 }
@@ -111,6 +114,7 @@ impl Vm {
             last_read_ns: None,
             file_shared: false,
             blind_from_ns: None,
+            identity: None,
             fd_files: BTreeMap::new(),
         }
     }

@@ -27,6 +27,14 @@ fn names(classes: &[LockClass]) -> Vec<&'static str> {
 
 /// One line, plain words.
 pub fn summary(f: &Finding) -> String {
+    let s = evidence_summary(f);
+    match &f.vm_name {
+        Some(n) => format!("{s} [VM {n}]"),
+        None => s,
+    }
+}
+
+fn evidence_summary(f: &Finding) -> String {
     match &f.evidence {
         Evidence::GetAfterZero { vm, destroyed, .. } => format!(
             "reference taken on VM {:#x} {}",
@@ -418,6 +426,8 @@ pub struct FindingJson<'a> {
     pub first_ns: u64,
     pub last_ns: u64,
     pub count: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vm_name: Option<&'a str>,
 }
 
 impl<'a> FindingJson<'a> {
@@ -438,6 +448,7 @@ impl<'a> FindingJson<'a> {
             first_ns: f.first_ns,
             last_ns: f.last_ns,
             count: f.count,
+            vm_name: f.vm_name.as_deref(),
         }
     }
 }

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::{
     engine::{Anomalies, Engine, Finding, Holder, ObjectRole, Vm, locks::EdgeHow},
     event::drops::Drops,
+    identity::Identity,
     output::event_line as render,
     output::finding_text::{self, FindingJson, step_line},
     recording::{Damage, Gap, Header, Stack},
@@ -55,9 +56,16 @@ pub struct VmSummary {
     pub addr: u64,
     pub generation: u32,
     pub destroyed: bool,
-    /// `live`, `destroyed`, or `unknown` (tier 3: its file is held by an fd
-    /// kvscope does not follow, so its end cannot be seen).
+    /// `live`, `destroyed`, or `unknown` (its end cannot be seen: see
+    /// `unknown_because`).
     pub state: &'static str,
+    /// Why its state is unknown: `file-shared` (tier 3: its file is held by an
+    /// fd kvscope does not follow) or `blind-gap` (it lived through one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_because: Option<&'static str>,
+    /// Who it belongs to, as read when its creation was seen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
     pub users: Option<i32>,
     pub steps: usize,
     pub inferred_steps: usize,
@@ -87,6 +95,12 @@ impl VmSummary {
             } else {
                 "live"
             },
+            unknown_because: match (v.is_destroyed(), v.file_shared, v.blind_from_ns) {
+                (false, true, _) => Some("file-shared"),
+                (false, false, Some(_)) => Some("blind-gap"),
+                _ => None,
+            },
+            identity: v.identity.clone(),
             users: v.users,
             steps: v.timeline.len() + v.timeline.folded as usize,
             inferred_steps: v.timeline.steps.iter().filter(|s| s.inferred()).count(),
@@ -402,15 +416,20 @@ impl Report<'_> {
         };
         for v in &self.vms {
             let users = v.users.map_or("unknown".to_owned(), |u| u.to_string());
-            let state = match v.state {
-                "unknown" => {
+            let state = match v.unknown_because {
+                Some("file-shared") => {
                     "state unknown (its file is held by an fd kvscope does not follow: a dup, a fork's copy or a passed fd)"
                 }
-                s => s,
+                Some(_) => "state unknown (it lived through a blind gap)",
+                None => v.state,
             };
+            let who = v
+                .identity
+                .as_ref()
+                .map_or(String::new(), |i| format!(" {}", i.describe()));
             let _ = writeln!(
                 o,
-                "  VM {:#x} gen {}: users_count {users}, {state}, {} steps{}",
+                "  VM {:#x} gen {}{who}: users_count {users}, {state}, {} steps{}",
                 v.addr,
                 v.generation,
                 v.steps,

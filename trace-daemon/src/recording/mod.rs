@@ -9,7 +9,8 @@
 //! 4 = the kernel side's other drops (JSON, `event::drops::Drops`; readers that
 //! predate it skip it as an unknown frame), 5 = a blind gap (JSON, [`Gap`]:
 //! watched modules changed and kvscope attached again; stack ids after it
-//! are offset by [`STACK_IDS_PER_ATTACH`] per attach, so none is reused).
+//! are offset by [`STACK_IDS_PER_ATTACH`] per attach, so none is reused),
+//! 6 = who a VM belongs to (JSON, [`VmIdentity`]), after its creation's event.
 //! A file cut short by a crash reads up to its last whole frame; a frame whose
 //! checksum fails ends the read with the offset named. Files of another format
 //! version are refused with a clear message.
@@ -28,7 +29,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::event::{self, Event, drops::Drops};
+use crate::{
+    event::{self, Event, drops::Drops},
+    identity::Identity,
+};
 
 pub const MAGIC: &[u8; 8] = b"KVSCOPE\0";
 pub const FORMAT_VERSION: u32 = 1;
@@ -42,6 +46,16 @@ const TAG_STACK: u8 = 2;
 const TAG_LOST: u8 = 3;
 const TAG_DROPS: u8 = 4;
 const TAG_GAP: u8 = 5;
+const TAG_IDENTITY: u8 = 6;
+
+/// The VM at `kvm`, seen created at `created_ns`, belongs to `identity`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VmIdentity {
+    #[serde(with = "crate::hexaddr::one")]
+    pub kvm: u64,
+    pub created_ns: u64,
+    pub identity: Identity,
+}
 
 /// Each attach has a stack map of its own whose ids restart at 0: the
 /// recording adds this much per attach (the map holds far fewer).
@@ -176,6 +190,7 @@ pub enum Frame {
     /// Stack, stash and watched-map drops so far (cumulative).
     Drops(Drops),
     Gap(Gap),
+    Identity(VmIdentity),
 }
 
 pub struct Writer<W: Write> {
@@ -227,6 +242,10 @@ impl<W: Write> Writer<W> {
 
     pub fn drops(&mut self, d: &Drops) -> io::Result<()> {
         self.frame(TAG_DROPS, &serde_json::to_vec(d)?)
+    }
+
+    pub fn identity(&mut self, i: &VmIdentity) -> io::Result<()> {
+        self.frame(TAG_IDENTITY, &serde_json::to_vec(i)?)
     }
 
     pub fn gap(&mut self, g: &Gap) -> io::Result<()> {
@@ -436,6 +455,12 @@ impl<R: Read> Reader<R> {
                         return self.corrupt(start, format!("gap frame: {e}"));
                     }
                 },
+                TAG_IDENTITY => match serde_json::from_slice(body) {
+                    Ok(i) => Frame::Identity(i),
+                    Err(e) => {
+                        return self.corrupt(start, format!("identity frame: {e}"));
+                    }
+                },
                 _ => {
                     self.unknown_frames += 1;
                     continue;
@@ -457,6 +482,8 @@ pub struct Loaded {
     pub drops: Drops,
     /// Blind gaps, in order.
     pub gaps: Vec<Gap>,
+    /// Who each VM belongs to, as read when it was created.
+    pub identities: Vec<VmIdentity>,
     /// Records that did not decode (unknown hook id, ...).
     pub undecodable: u64,
     pub damage: Option<Damage>,
@@ -478,6 +505,7 @@ pub fn load(path: &Path) -> anyhow::Result<Loaded> {
             Frame::Lost(x) => l.lost = x,
             Frame::Drops(d) => l.drops = d,
             Frame::Gap(g) => l.gaps.push(g),
+            Frame::Identity(i) => l.identities.push(i),
         }
     }
     l.header = r.header.clone();

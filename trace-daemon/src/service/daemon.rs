@@ -21,6 +21,7 @@ use crate::{
     attach::plan::LockWatch,
     engine::{self, Finding},
     event::Event,
+    identity::Identity,
     output::finding_text::{self, FindingJson},
     recording::Gap,
     recording::jsonl::Rotating,
@@ -115,12 +116,16 @@ impl DaemonSink {
                     .iter()
                     .find(|(r, _)| *r == engine::ObjectRole::Kvm)
                     .map_or_else(|| "-".to_owned(), |(_, a)| format!("{a:#x}"));
-                let kvs: [(&str, String); 6] = [
+                let kvs: [(&str, String); 7] = [
                     // One id for every kvscope finding (journalctl
                     // MESSAGE_ID=...); the kind tells them apart.
                     ("message_id", FINDING_MESSAGE_ID.to_owned()),
                     ("kvscope_kind", f.kind.id().to_owned()),
                     ("kvscope_vm", vm),
+                    (
+                        "kvscope_vm_name",
+                        f.vm_name.clone().unwrap_or_else(|| "-".to_owned()),
+                    ),
                     ("kvscope_severity", f.severity().name().to_owned()),
                     ("kvscope_objects", objects.join(" ")),
                     ("kvscope_detail", finding_text::detail(&f).join("\n")),
@@ -212,6 +217,11 @@ impl Sink for DaemonSink {
     fn lock_watch_changed(&mut self, s: &Session) {
         self.engine.set_lock_watch(s.lock_watch == LockWatch::Lean);
         set_lock_watch_gauge(&self.metrics, s.lock_watch);
+    }
+
+    fn identified(&mut self, kvm: u64, created_ns: u64, id: &Identity) -> anyhow::Result<()> {
+        self.engine.identify(kvm, created_ns, id.clone());
+        Ok(())
     }
 
     /// Counted (kvscope_module_changes_total, kvscope_blind_seconds_total),

@@ -103,8 +103,13 @@ fn vm_obj(v: &Vm) -> Obj<'_> {
             open.1 = Some(s.ts_ns);
         }
     }
-    let state = if v.is_destroyed() { "" } else { ", live" };
-    Obj::new(&VM, (v.addr, v.generation), state, &v.timeline, lanes)
+    let live = if v.is_destroyed() { "" } else { ", live" };
+    // The operator's name first: the address alone says nothing to them.
+    let state = match &v.identity {
+        Some(i) => format!(" {}{live}", i.label()),
+        None => live.to_owned(),
+    };
+    Obj::new(&VM, (v.addr, v.generation), &state, &v.timeline, lanes)
 }
 
 fn device_obj(d: &Device) -> Obj<'_> {

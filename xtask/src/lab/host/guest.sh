@@ -283,6 +283,10 @@ vm=$(kvscope report /tmp/reload.kvs --format json --pid "$qp" 2>&1)
 check reload/record "$(echo "$replay" | grep -q '^BLIND .*module kvm' &&
     echo "$vm" | grep -q '"state": "destroyed"' && echo "$vm" | grep -q 'vfio device'; echo $?)" \
     "$(grep -o 'attached again after.*' /tmp/record.err | head -1); replay: $(echo "$replay" | grep -E '^(BLIND|events)' | tr '\n' ' ')"
+# ... and named as the operator knows it: the libvirt domain, QEMU's -name
+# and -uuid, the process.
+check names/record "$(echo "$replay" | grep -q "gen [0-9]* lab-a (domain lab-a, uuid .*, qemu-system-x86\[$qp\])"; echo $?)" \
+    "$(echo "$replay" | grep -o "VM 0x[0-9a-f]* gen [0-9]* lab-a ([^)]*)" | head -1)"
 
 z0=$(metric 'kvscope_findings_total{kind="zombie-vm",severity="warning"}')
 held_vm
@@ -292,7 +296,7 @@ check zombie/finding "$([ "$(metric 'kvscope_findings_total{kind="zombie-vm",sev
 # Findings in the journal with their structured fields, selectable by kind.
 kind=$(journalctl -u kvscope -o json --no-pager | grep -o '"KVSCOPE_KIND":"[^"]*"' | head -1 | cut -d'"' -f4)
 entry=$(journalctl -u kvscope -o json --no-pager "KVSCOPE_KIND=${kind:-none}" | head -1)
-fields=$(for f in MESSAGE_ID PRIORITY KVSCOPE_KIND KVSCOPE_SEVERITY KVSCOPE_VM; do
+fields=$(for f in MESSAGE_ID PRIORITY KVSCOPE_KIND KVSCOPE_SEVERITY KVSCOPE_VM KVSCOPE_VM_NAME; do
     echo "$entry" | grep -o "\"$f\":\"[^\"]*\"" || echo "no $f"
 done | tr '\n' ' ')
 check journal/fields "$([ -n "$kind" ] && ! echo "$fields" | grep -q 'no '; echo $?)" \

@@ -69,6 +69,7 @@ fn expected() -> Vec<String> {
             "reload/after/counts",
             "reload/done/counts",
             "reload/record",
+            "names/record",
             "zombie/finding",
             "journal/fields",
             "service/watchdog",
