@@ -21,3 +21,4 @@ pub mod kernel;
 pub mod output;
 pub mod recording;
 pub mod service;
+pub mod vm_sel;

@@ -533,7 +533,7 @@ fn a_blind_gap_is_said_everywhere_and_what_crossed_it_is_unknown() {
 #[test]
 fn a_vm_is_named_as_its_identity_frame_says_in_every_output() {
     let id = kvscope::identity::Identity {
-        pid: 812,
+        pid: 42,
         comm: "qemu-system-x86".into(),
         name: Some("lab-a".into()),
         domain: Some("lab-a".into()),
@@ -543,7 +543,7 @@ fn a_vm_is_named_as_its_identity_frame_says_in_every_output() {
     let (code, out, err) = kvscope(&["replay", &f]);
     assert_eq!(code, Some(0), "{err}");
     assert!(
-        out.contains("gen 1 lab-a (domain lab-a, uuid c7a5fdbd-cdaf-9455-926a-d65c16db1809, qemu-system-x86[812])"),
+        out.contains("gen 1 lab-a (domain lab-a, uuid c7a5fdbd-cdaf-9455-926a-d65c16db1809, qemu-system-x86[42])"),
         "{out}"
     );
     assert!(out.contains("[VM lab-a]"), "the finding names it: {out}");
@@ -558,4 +558,21 @@ fn a_vm_is_named_as_its_identity_frame_says_in_every_output() {
     );
     let (_, out, _) = kvscope(&["report", &f, "--format", "html"]);
     assert!(out.contains("VM 0xffff888102769000 gen 1 lab-a"), "{out}");
+    // Selected by the name an operator knows or its uuid (its pid made both).
+    for sel in ["lab-a", "c7a5fdbd-cdaf-9455-926a-d65c16db1809"] {
+        let (_, out, err) = kvscope(&["replay", &f, "--vm", sel]);
+        assert!(
+            out.contains("gen 1 lab-a") && out.contains("[VM lab-a]"),
+            "{sel}: {out}{err}"
+        );
+        assert!(
+            !out.contains("0xffff888102779000"),
+            "{sel}: the other VM left out: {out}"
+        );
+    }
+    let (_, out, _) = kvscope(&["replay", &f, "--vm", "lab-b"]);
+    assert!(
+        out.contains("selection     VM lab-b") && !out.contains("gen 1 lab-a"),
+        "{out}"
+    );
 }

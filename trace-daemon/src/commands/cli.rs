@@ -3,7 +3,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::attach::plan::LockWatch;
 
-use crate::commands::trace::VmSel;
+use crate::vm_sel::VmSel;
 
 #[derive(Parser)]
 #[command(
@@ -183,9 +183,15 @@ pub struct OfflineArgs {
     /// damaged file is reported, then exit 1).
     #[arg(long)]
     pub salvage: bool,
-    /// Only this VM (struct kvm address, 0x...), its devices and findings.
-    #[arg(long = "vm", value_name = "0xADDR", value_parser = parse_addr, conflicts_with = "pid_filter")]
-    pub vm_filter: Option<u64>,
+    /// Only this VM, its devices and findings: its libvirt domain, QEMU
+    /// -name or uuid (as recorded), the pid that created it, or its struct
+    /// kvm address (0x...).
+    #[arg(
+        long = "vm",
+        value_name = "NAME|PID|0xADDR",
+        conflicts_with = "pid_filter"
+    )]
+    pub vm_filter: Option<VmSel>,
     /// Only VMs created by this process, their devices and findings.
     #[arg(long = "pid", value_name = "PID")]
     pub pid_filter: Option<u32>,
@@ -332,8 +338,9 @@ pub struct TraceArgs {
     /// Only threads with this command name (exact, as in /proc/PID/comm).
     #[arg(long)]
     pub comm: Option<String>,
-    /// Only one VM: its struct kvm address (0x...) or the pid that created it.
-    #[arg(long, value_name = "ADDR|PID")]
+    /// Only one VM: its libvirt domain or QEMU -name or uuid, the pid that
+    /// created it, or its struct kvm address (0x...).
+    #[arg(long, value_name = "NAME|PID|0xADDR")]
     pub vm: Option<VmSel>,
     /// Print symbolised kernel stacks under events that carry one.
     #[arg(long)]

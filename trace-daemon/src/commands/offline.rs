@@ -70,7 +70,7 @@ pub fn report(path: &Path, opts: &OfflineArgs, format: &str) -> anyhow::Result<O
     );
     r.drops = l.drops.clone();
     r.gaps = l.gaps.clone();
-    r.select(opts.vm_filter, opts.pid_filter);
+    r.select(opts.vm_filter.as_ref(), opts.pid_filter);
     let damage = l.damage.as_ref().map(ToString::to_string);
     let worst = r.findings.iter().map(|f| f.severity()).max();
     let text = match format {

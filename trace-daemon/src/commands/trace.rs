@@ -13,29 +13,8 @@ use crate::{
     output::finding_text::FindingJson,
     output::report,
     recording::Gap,
+    vm_sel::VmSel,
 };
-
-/// `--vm`: a VM by `struct kvm` address, or by the pid of the process that
-/// created it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum VmSel {
-    Addr(u64),
-    Pid(u32),
-}
-
-impl std::str::FromStr for VmSel {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-            return u64::from_str_radix(hex, 16)
-                .map(VmSel::Addr)
-                .map_err(|e| format!("{s:?} is not a hex kvm address: {e}"));
-        }
-        s.parse::<u32>()
-            .map(VmSel::Pid)
-            .map_err(|_| format!("{s:?} is neither a kvm address (0x...) nor a pid (decimal)"))
-    }
-}
 
 /// User-side filters (the pid one is also applied in the kernel).
 #[derive(Clone, Debug, Default)]
@@ -72,14 +51,19 @@ impl Filter {
         match &self.vm {
             None => true,
             Some(VmSel::Addr(a)) => e.kvm == Some(*a) || e.lock.is_some_and(|l| l.owner == *a),
-            Some(VmSel::Pid(p)) => {
+            Some(sel) => {
+                // By pid or name: the VMs that process makes, learnt at their
+                // creation (a name read from /proc then).
                 if e.kind == Kind::VmCreated
-                    && e.tgid == *p
                     && let Some(k) = e.kvm
+                    && match sel {
+                        VmSel::Pid(p) => e.tgid == *p,
+                        _ => sel.names(&Identity::read(e.tgid, &e.comm.to_string())),
+                    }
                 {
                     self.vms_of_pid.push(k);
                 }
-                e.tgid == *p
+                matches!(sel, VmSel::Pid(p) if e.tgid == *p)
                     || e.kvm.is_some_and(|k| self.vms_of_pid.contains(&k))
                     || e.lock.is_some_and(|l| self.vms_of_pid.contains(&l.owner))
             }
@@ -283,14 +267,6 @@ mod tests {
         );
         e.kvm = kvm;
         e
-    }
-
-    #[test]
-    fn vm_selector_parses_addresses_and_pids() {
-        assert_eq!("0xffff8881".parse::<VmSel>(), Ok(VmSel::Addr(0xffff8881)));
-        assert_eq!("1234".parse::<VmSel>(), Ok(VmSel::Pid(1234)));
-        assert!("qemu".parse::<VmSel>().unwrap_err().contains("neither"));
-        assert!("0xzz".parse::<VmSel>().is_err());
     }
 
     #[test]

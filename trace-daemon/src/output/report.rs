@@ -11,6 +11,7 @@ use crate::{
     output::event_line as render,
     output::finding_text::{self, FindingJson, step_line},
     recording::{Damage, Gap, Header, Stack},
+    vm_sel::VmSel,
 };
 
 pub fn finding_text(f: &Finding) -> String {
@@ -371,12 +372,16 @@ impl Report<'_> {
     /// Keeps only the VM at `vm`, or the VMs created by `pid`, the devices
     /// holding them or named with them in a finding, and the findings that
     /// name them. The engine saw everything: counts stay the kernel's.
-    pub fn select(&mut self, vm: Option<u64>, pid: Option<u32>) {
-        if vm.is_none() && pid.is_none() {
-            return;
-        }
-        self.vms.retain(|v| {
-            vm.is_none_or(|a| v.addr == a) && pid.is_none_or(|p| v.creator_pid == Some(p))
+    pub fn select(&mut self, vm: Option<&VmSel>, pid: Option<u32>) {
+        let sel = match (vm, pid) {
+            (Some(v), _) => v.clone(),
+            (None, Some(p)) => VmSel::Pid(p),
+            (None, None) => return,
+        };
+        self.vms.retain(|v| match &sel {
+            VmSel::Addr(a) => v.addr == *a,
+            VmSel::Pid(p) => v.creator_pid == Some(*p),
+            VmSel::Name(_) => v.identity.as_ref().is_some_and(|i| sel.names(i)),
         });
         let kvms: Vec<u64> = self.vms.iter().map(|v| v.addr).collect();
         self.findings.retain(|f| {
@@ -397,11 +402,7 @@ impl Report<'_> {
             .flat_map(|f| f.stacks.clone())
             .collect();
         self.stacks.retain(|id, _| cited.contains(id));
-        self.selection = Some(match (vm, pid) {
-            (Some(a), _) => format!("VM {a:#x}"),
-            (None, Some(p)) => format!("VMs created by pid {p}"),
-            (None, None) => unreachable!(),
-        });
+        self.selection = Some(sel.to_string());
     }
 
     /// One line per VM and device generation: the address `timeline` takes,
