@@ -301,6 +301,9 @@ fields=$(for f in MESSAGE_ID PRIORITY KVSCOPE_KIND KVSCOPE_SEVERITY KVSCOPE_VM K
 done | tr '\n' ' ')
 check journal/fields "$([ -n "$kind" ] && ! echo "$fields" | grep -q 'no '; echo $?)" \
     "journalctl -u kvscope KVSCOPE_KIND=${kind:-(no finding in the journal)}: $fields"
+mem=$(prop kvscope MemoryCurrent) peak=$(prop kvscope MemoryPeak) max=$(prop kvscope MemoryMax)
+check service/memory "$([ "$max" = 536870912 ] && [ "$peak" -lt "$max" ] && [ "$(prop kvscope NRestarts)" = 0 ]; echo $?)" \
+    "MemoryCurrent $((mem / 1048576)) MiB, MemoryPeak $((peak / 1048576)) MiB, MemoryMax $((max / 1048576)) MiB, restarts $(prop kvscope NRestarts)"
 w1=$(prop kvscope WatchdogTimestampMonotonic)
 check service/watchdog "$([ "$w0" != 0 ] && [ "$w1" -gt "$w0" ]; echo $?)" \
     "WatchdogTimestampMonotonic $w0 -> $w1 (WatchdogUSec $(prop kvscope WatchdogUSec))"

@@ -70,6 +70,7 @@ fn expected() -> Vec<String> {
             "reload/done/counts",
             "reload/record",
             "names/record",
+            "service/memory",
             "zombie/finding",
             "journal/fields",
             "service/watchdog",
