@@ -455,6 +455,7 @@ fn closed_vm_recording_named(
         kernel_release: "6.12.0-test".into(),
         destroy_observable: true,
         mono_start_ns: 500_000_000,
+        wall_start_ns: 1_764_782_304_000_000_000,
         ..Default::default()
     };
     let mut buf = Vec::new();
@@ -547,10 +548,19 @@ fn a_vm_is_named_as_its_identity_frame_says_in_every_output() {
         "{out}"
     );
     assert!(out.contains("[VM lab-a]"), "the finding names it: {out}");
+    // Raised at 22 s of the monotonic clock, 21.5 s after the recording began.
+    assert!(
+        out.contains("at 22.000000000 (2025-12-03T17:18:45.500000Z)"),
+        "{out}"
+    );
     let (_, out, _) = kvscope(&["replay", "--json", &f]);
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["vms"][0]["identity"]["domain"], "lab-a", "{out}");
     assert_eq!(j["findings"][0]["vm_name"], "lab-a", "{out}");
+    assert_eq!(
+        j["findings"][0]["first_wall"], "2025-12-03T17:18:45.500000Z",
+        "{out}"
+    );
     let (_, out, _) = kvscope(&["events", &f]);
     assert!(
         out.contains("# VM 0xffff888102769000 belongs to lab-a ("),

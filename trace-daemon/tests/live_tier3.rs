@@ -259,10 +259,13 @@ fn a_deep_session_ends_lean_without_stopping() {
 
 #[test]
 fn bad_arguments_fail_clearly() {
-    let out = kvscope().args(["trace", "--vm", "qemu"]).output().unwrap();
+    let out = kvscope()
+        .args(["trace", "--vm", "0xqemu"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("neither a kvm address"), "{err}");
+    assert!(err.contains("is not a hex kvm address"), "{err}");
     let out = kvscope()
         .args(["trace", "--ring-bytes", "1000"])
         .output()

@@ -48,6 +48,7 @@ fn page(e: &Engine, damage: Option<&str>) -> String {
             lost: 0,
             delivery: None,
             gaps: &[],
+            clock: None,
         },
     )
 }

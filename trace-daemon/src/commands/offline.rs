@@ -92,6 +92,7 @@ pub fn report(path: &Path, opts: &OfflineArgs, format: &str) -> anyhow::Result<O
                     .iter()
                     .map(|g| g.summary(l.header.mono_start_ns))
                     .collect::<Vec<_>>(),
+                clock: crate::output::wall::Clock::of(&l.header),
             },
         ),
         "perfetto" => {

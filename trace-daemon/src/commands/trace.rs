@@ -12,6 +12,7 @@ use crate::{
     output::event_line as render,
     output::finding_text::FindingJson,
     output::report,
+    output::wall::Clock,
     recording::Gap,
     vm_sel::VmSel,
 };
@@ -92,6 +93,8 @@ struct TraceSink {
     /// The last event was shown (passed the filter): its VM's identity, which
     /// comes next, is shown too.
     last_shown: bool,
+    /// For findings' wall-clock times.
+    clock: Option<Clock>,
 }
 
 impl TraceSink {
@@ -99,17 +102,17 @@ impl TraceSink {
         if found.is_empty() {
             return Ok(());
         }
-        let json = self.json;
+        let (json, clock) = (self.json, self.clock);
         self.write(|out| {
             for f in found {
                 if json {
                     serde_json::to_writer(
                         &mut *out,
-                        &serde_json::json!({ "finding": FindingJson::of(f) }),
+                        &serde_json::json!({ "finding": FindingJson::of(f).at(clock.as_ref()) }),
                     )?;
                     writeln!(out)?;
                 } else {
-                    write!(out, "{}", report::finding_text(f))?;
+                    write!(out, "{}", report::finding_text(f, clock.as_ref()))?;
                 }
             }
             Ok(())
@@ -228,6 +231,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<()> {
         engine: engine::Engine::new(session.engine_config(opts.engine)),
         reader_gone: false,
         last_shown: false,
+        clock: Clock::of(&session.header()),
     };
     let (session, stats) = crate::attach::reload::run_across_reloads(
         session,

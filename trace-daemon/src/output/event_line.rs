@@ -43,16 +43,23 @@ pub fn kind_label(k: Kind) -> &'static str {
 }
 
 /// When a finding happened: `at T`, or `seen N times, first T last T`.
-pub fn finding_when(f: &crate::engine::Finding) -> String {
+use super::wall::Clock;
+
+pub fn finding_when(f: &crate::engine::Finding, clock: Option<&Clock>) -> String {
+    // Boot-relative, and the wall clock beside it where the clock pair is known.
+    let at = |ns: u64| match clock {
+        Some(c) => format!("{} ({})", ts(ns), c.rfc3339(ns)),
+        None => ts(ns),
+    };
     if f.count > 1 {
         format!(
             "seen {} times, first {} last {}",
             f.count,
-            ts(f.first_ns),
-            ts(f.last_ns)
+            at(f.first_ns),
+            at(f.last_ns)
         )
     } else {
-        format!("at {}", ts(f.first_ns))
+        format!("at {}", at(f.first_ns))
     }
 }
 

@@ -12,6 +12,7 @@ use crate::{
         timeline::Step,
     },
     output::event_line::ts,
+    output::wall::Clock,
 };
 
 /// The thread a finding is about (the first it names).
@@ -428,6 +429,11 @@ pub struct FindingJson<'a> {
     pub count: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vm_name: Option<&'a str>,
+    /// first_ns and last_ns on the wall clock (RFC 3339), where known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_wall: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_wall: Option<String>,
 }
 
 impl<'a> FindingJson<'a> {
@@ -449,6 +455,17 @@ impl<'a> FindingJson<'a> {
             last_ns: f.last_ns,
             count: f.count,
             vm_name: f.vm_name.as_deref(),
+            first_wall: None,
+            last_wall: None,
         }
+    }
+
+    /// With wall-clock times, when `clock` is known.
+    pub fn at(mut self, clock: Option<&Clock>) -> Self {
+        if let Some(c) = clock {
+            self.first_wall = Some(c.rfc3339(self.first_ns));
+            self.last_wall = Some(c.rfc3339(self.last_ns));
+        }
+        self
     }
 }

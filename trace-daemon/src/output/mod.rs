@@ -5,3 +5,4 @@ pub mod finding_text;
 pub mod html;
 pub mod perfetto;
 pub mod report;
+pub mod wall;

@@ -10,16 +10,21 @@ use crate::{
     identity::Identity,
     output::event_line as render,
     output::finding_text::{self, FindingJson, step_line},
+    output::wall::Clock,
     recording::{Damage, Gap, Header, Stack},
     vm_sel::VmSel,
 };
 
-pub fn finding_text(f: &Finding) -> String {
-    finding_text_with(f, &BTreeMap::new())
+pub fn finding_text(f: &Finding, clock: Option<&Clock>) -> String {
+    finding_text_with(f, &BTreeMap::new(), clock)
 }
 
 /// A finding as an engineer reads it, with symbolised stacks when known.
-pub fn finding_text_with(f: &Finding, stacks: &BTreeMap<u32, Stack>) -> String {
+pub fn finding_text_with(
+    f: &Finding,
+    stacks: &BTreeMap<u32, Stack>,
+    clock: Option<&Clock>,
+) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
@@ -28,7 +33,7 @@ pub fn finding_text_with(f: &Finding, stacks: &BTreeMap<u32, Stack>) -> String {
         f.severity().name(),
         finding_text::summary(f)
     );
-    let _ = writeln!(o, "   {}", render::finding_when(f));
+    let _ = writeln!(o, "   {}", render::finding_when(f, clock));
     for t in &f.threads {
         let _ = writeln!(o, "   thread {}/{} (tgid {})", t.comm, t.pid, t.tgid);
     }
@@ -145,8 +150,34 @@ fn findings_naming(findings: &[&Finding], role: ObjectRole, addr: u64) -> Vec<St
     v
 }
 
-fn findings_json<S: serde::Serializer>(f: &[&Finding], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(f.iter().map(|f| FindingJson::of(f)))
+/// The report's findings, and the clock pair that puts them on the wall clock
+/// in JSON (`first_wall`, `last_wall`). Read and filtered as the list.
+pub struct Findings<'a> {
+    list: Vec<&'a Finding>,
+    clock: Option<Clock>,
+}
+
+impl<'a> std::ops::Deref for Findings<'a> {
+    type Target = Vec<&'a Finding>;
+    fn deref(&self) -> &Self::Target {
+        &self.list
+    }
+}
+
+impl std::ops::DerefMut for Findings<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.list
+    }
+}
+
+impl Serialize for Findings<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            self.list
+                .iter()
+                .map(|f| FindingJson::of(f).at(self.clock.as_ref())),
+        )
+    }
 }
 
 /// A stack as a report shows it: frames symbolised on the recording host.
@@ -202,8 +233,7 @@ pub struct Report<'a> {
     /// Every device generation seen (open and closed), oldest first.
     pub device_list: Vec<DeviceSummary>,
     pub lock_graph: Vec<String>,
-    #[serde(serialize_with = "findings_json")]
-    pub findings: Vec<&'a Finding>,
+    pub findings: Findings<'a>,
     /// The stacks the findings cite, by id; absent ids were not recorded.
     pub stacks: BTreeMap<u32, StackView>,
     /// What `--vm` / `--pid` kept, when given.
@@ -267,7 +297,10 @@ impl<'a> Report<'a> {
                     how => format!("{} -> {} ({})", a.name(), b.name(), how.describe()),
                 })
                 .collect(),
-            findings,
+            findings: Findings {
+                list: findings,
+                clock: header.and_then(Clock::of),
+            },
             stacks,
             selection: None,
             gaps: Vec::new(),
@@ -360,9 +393,13 @@ impl<'a> Report<'a> {
             let _ = writeln!(o, "lock order    {}", self.lock_graph.join(", "));
         }
         let _ = writeln!(o, "findings      {}", self.findings.len());
-        for f in &self.findings {
+        for f in self.findings.iter() {
             let _ = writeln!(o);
-            o.push_str(&finding_text_with(f, stacks));
+            o.push_str(&finding_text_with(
+                f,
+                stacks,
+                self.header.and_then(Clock::of).as_ref(),
+            ));
         }
         o
     }

@@ -23,6 +23,7 @@ use crate::{
     event::Event,
     identity::Identity,
     output::finding_text::{self, FindingJson},
+    output::wall::Clock,
     recording::Gap,
     recording::jsonl::Rotating,
     service::config::DaemonConfig,
@@ -66,6 +67,8 @@ struct DaemonSink {
     /// kvscope_lost_events_total only ever rises by what was lost.
     lost_now: BTreeMap<trace_common::HookId, u64>,
     lost_before: BTreeMap<trace_common::HookId, u64>,
+    /// Monotonic to wall-clock time (the session's pair of readings).
+    clock: Option<Clock>,
 }
 
 fn open_findings(c: &DaemonConfig) -> anyhow::Result<Option<Rotating>> {
@@ -98,7 +101,7 @@ impl DaemonSink {
         for f in found {
             self.metrics.finding(&f);
             if let Some(w) = &mut self.findings {
-                w.write(&FindingJson::of(&f))?;
+                w.write(&FindingJson::of(&f).at(self.clock.as_ref()))?;
             }
             if let Some(j) = &self.journal {
                 let objects: Vec<String> = f
@@ -116,7 +119,10 @@ impl DaemonSink {
                     .iter()
                     .find(|(r, _)| *r == engine::ObjectRole::Kvm)
                     .map_or_else(|| "-".to_owned(), |(_, a)| format!("{a:#x}"));
-                let kvs: [(&str, String); 7] = [
+                let first_seen = self
+                    .clock
+                    .map_or_else(|| "-".to_owned(), |c| c.rfc3339(f.first_ns));
+                let kvs: [(&str, String); 8] = [
                     // One id for every kvscope finding (journalctl
                     // MESSAGE_ID=...); the kind tells them apart.
                     ("message_id", FINDING_MESSAGE_ID.to_owned()),
@@ -127,6 +133,7 @@ impl DaemonSink {
                         f.vm_name.clone().unwrap_or_else(|| "-".to_owned()),
                     ),
                     ("kvscope_severity", f.severity().name().to_owned()),
+                    ("kvscope_first_seen", first_seen),
                     ("kvscope_objects", objects.join(" ")),
                     ("kvscope_detail", finding_text::detail(&f).join("\n")),
                 ];
@@ -254,6 +261,7 @@ impl Sink for DaemonSink {
             .delivery_verified
             .set(i64::from(session.delivery.verified));
         self.engine.cfg = session.engine_config(self.engine.cfg.clone());
+        self.clock = Clock::of(&session.header());
         self.lock_watch_changed(session);
         let _ = sd_notify::notify(&[NotifyState::Status(&self.status())]);
         Ok(())
@@ -393,6 +401,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         armed: false,
         lost_now: BTreeMap::new(),
         lost_before: BTreeMap::new(),
+        clock: Clock::of(&session.header()),
     };
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&sink.status())]);
     let (session, stats) = crate::attach::reload::run_across_reloads(

@@ -24,6 +24,8 @@ pub struct Page<'a> {
     pub delivery: Option<&'a Delivery>,
     /// Blind gaps, each said in one line.
     pub gaps: &'a [String],
+    /// Monotonic to wall-clock time, when the recording has the pair.
+    pub clock: Option<crate::output::wall::Clock>,
 }
 
 /// Objects drawn on the shared axis, and given step tables.
@@ -179,7 +181,7 @@ pub fn html(engine: &Engine, page: &Page) -> String {
     let mut o = String::new();
     head(&mut o, page.title);
     summary(&mut o, engine, page, &objs);
-    findings_section(&mut o, findings, &objs, page.stacks);
+    findings_section(&mut o, findings, &objs, page);
     let _ = write!(
         o,
         "<h2 id=\"timeline\">Timeline</h2><p class=\"legend\">One time axis for every VM and \
@@ -255,12 +257,8 @@ fn summary(o: &mut String, engine: &Engine, page: &Page, objs: &[Obj]) {
     );
 }
 
-fn findings_section(
-    o: &mut String,
-    findings: &[Finding],
-    objs: &[Obj],
-    stacks: &BTreeMap<u32, Stack>,
-) {
+fn findings_section(o: &mut String, findings: &[Finding], objs: &[Obj], page: &Page) {
+    let stacks = page.stacks;
     let _ = write!(o, "<h2 id=\"findings\">Findings ({})</h2>", findings.len());
     if findings.is_empty() {
         o.push_str("<p>None.</p>");
@@ -273,7 +271,7 @@ fn findings_section(
             f.kind.id(),
             esc(&finding_text::summary(f))
         );
-        o.push_str(&render::finding_when(f));
+        o.push_str(&render::finding_when(f, page.clock.as_ref()));
         if let Some((oi, si)) = cited_step(objs, f) {
             let a = &objs[oi].anchor;
             let _ = write!(
