@@ -23,6 +23,17 @@ impl LateKallsyms {
         }
     }
 
+    /// As [`get`](Self::get), but never waits: while the read is still
+    /// under way, `before`. For a stop, which must not wait seconds (under
+    /// emulation) for names of BPF frames.
+    pub fn get_if_ready<'a>(&'a self, before: &'a Kallsyms) -> &'a Kallsyms {
+        let finished = self
+            .pending
+            .lock()
+            .is_ok_and(|p| p.as_ref().is_none_or(std::thread::JoinHandle::is_finished));
+        if finished { self.get(before) } else { before }
+    }
+
     /// The kallsyms read after attach; `before` (read before attach: BPF
     /// frames unnamed) if that read failed.
     pub fn get<'a>(&'a self, before: &'a Kallsyms) -> &'a Kallsyms {
@@ -68,5 +79,32 @@ mod tests {
             pending: std::sync::Mutex::new(None),
         };
         assert!(std::ptr::eq(failed.get(&before), &before));
+    }
+
+    /// A stop does not wait for a read still under way; once it ended, its
+    /// result serves.
+    #[test]
+    fn a_stop_takes_what_is_ready() {
+        let (go, wait) = std::sync::mpsc::channel::<()>();
+        let late = LateKallsyms {
+            done: std::sync::OnceLock::new(),
+            pending: std::sync::Mutex::new(Some(std::thread::spawn(move || {
+                let _ = wait.recv();
+                Ok(Kallsyms::default())
+            }))),
+        };
+        let before = Kallsyms::default();
+        assert!(
+            std::ptr::eq(late.get_if_ready(&before), &before),
+            "still reading"
+        );
+        go.send(()).unwrap();
+        while !late.pending.lock().unwrap().as_ref().unwrap().is_finished() {
+            std::thread::yield_now();
+        }
+        assert!(
+            !std::ptr::eq(late.get_if_ready(&before), &before),
+            "read done"
+        );
     }
 }

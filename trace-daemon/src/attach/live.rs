@@ -281,7 +281,12 @@ impl Session {
         let map = self.probes.stacks().ok()?;
         let st = map.get(&id, 0).ok()?;
         let ips: Vec<u64> = st.frames().iter().map(|f| f.ip).collect();
-        let kallsyms = self.symbols.get(&self.facts.kallsyms);
+        // Once a stop began, the late read is not waited for (its only gain:
+        // names of BPF frames, which kprobe stacks seldom hold).
+        let kallsyms = match STOP_AT.get() {
+            Some(_) => self.symbols.get_if_ready(&self.facts.kallsyms),
+            None => self.symbols.get(&self.facts.kallsyms),
+        };
         let symbols = ips.iter().map(|ip| kallsyms.frame(*ip)).collect();
         Some(Stack { id, ips, symbols })
     }
