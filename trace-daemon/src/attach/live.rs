@@ -260,11 +260,12 @@ impl Session {
     }
 
     /// Detaches everything (dropping the session does the same) and logs when,
-    /// for the time split of a stop. The process ends next: the symbol tables
-    /// and the parsed BTF are left to it rather than freed one allocation at
-    /// a time (a tenth of a second here, most of a second in an emulated
-    /// guest, for memory the exit returns at once).
-    pub fn close(self) {
+    /// for the time split of a stop. Only when the process ends next: the
+    /// symbol tables and the parsed BTF are left to the exit rather than freed
+    /// one allocation at a time (a tenth of a second here, most of a second in
+    /// an emulated guest, for memory the exit returns at once). A session
+    /// replaced while running is dropped instead (attach_again).
+    pub fn close_for_exit(self) {
         let Session {
             probes,
             facts,

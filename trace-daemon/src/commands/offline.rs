@@ -349,6 +349,6 @@ pub async fn timeline_live(
         &mut signals,
     )
     .await?;
-    session.close();
+    session.close_for_exit();
     render_timeline(&sink.engine, &sink.stacks, obj, stacks, "the live stream")
 }

@@ -192,7 +192,7 @@ pub async fn run(opts: RecordOptions) -> anyhow::Result<()> {
     live::stop_phase("recording flushed");
     let unverified = session.as_ref().and_then(|s| s.delivery.warning());
     if let Some(s) = session {
-        s.close();
+        s.close_for_exit();
     }
     if sink.progress_shown {
         eprintln!();

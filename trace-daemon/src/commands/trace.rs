@@ -242,7 +242,7 @@ pub async fn run(opts: TraceOptions) -> anyhow::Result<()> {
     )
     .await?;
     if let Some(s) = session {
-        s.close();
+        s.close_for_exit();
     }
     if sink.reader_gone {
         eprintln!("kvscope: standard output was closed (its reader went away): stopped");

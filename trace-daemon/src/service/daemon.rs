@@ -416,7 +416,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         return Ok(());
     };
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
-    session.close();
+    session.close_for_exit();
     eprintln!(
         "kvscope: detached; {} events, {} lost, {} findings",
         stats.events,
