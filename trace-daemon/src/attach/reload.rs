@@ -64,7 +64,7 @@ pub async fn attach_again(
     // (kept, each attach again would hold another hundred MB: seen in the
     // host lab as 400 MB in the unit's cgroup after three).
     drop(old);
-    let session = attach(&load, signals).await;
+    let session = attach_retrying(&load, signals).await;
     let gap = Gap {
         from_ns: stats.unchanged_ns,
         to_ns: mono_now_ns(),
@@ -78,4 +78,29 @@ pub async fn attach_again(
         ));
     }
     Ok((session?, gap))
+}
+
+/// Tries of [`attach_retrying`], a second apart.
+const ATTACH_TRIES: u32 = 10;
+
+/// Attaches, trying again a second later when it fails: modules may still be
+/// coming or going (modprobe loads one after another, and a module's BTF or
+/// symbols can vanish while they are read), and a daemon must not die of a
+/// reload it was built to follow. Each failure is said; the last one is
+/// returned.
+async fn attach_retrying(
+    load: &LoadOptions,
+    signals: &mut Signals,
+) -> anyhow::Result<Option<Session>> {
+    let mut tries = 1;
+    loop {
+        match attach(load, signals).await {
+            Err(e) if tries < ATTACH_TRIES => {
+                eprintln!("kvscope: attaching again failed ({e:#}); trying again in 1 s");
+                tries += 1;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            r => return r,
+        }
+    }
 }

@@ -304,6 +304,9 @@ check journal/fields "$([ -n "$kind" ] && ! echo "$fields" | grep -q 'no '; echo
 mem=$(prop kvscope MemoryCurrent) peak=$(prop kvscope MemoryPeak) max=$(prop kvscope MemoryMax)
 check service/memory "$([ "$max" = 536870912 ] && [ "$peak" -lt "$max" ] && [ "$(prop kvscope NRestarts)" = 0 ]; echo $?)" \
     "MemoryCurrent $((mem / 1048576)) MiB, MemoryPeak $((peak / 1048576)) MiB, MemoryMax $((max / 1048576)) MiB, restarts $(prop kvscope NRestarts)"
+# A restart means the daemon died: what it said last before, for the reader.
+[ "$(prop kvscope NRestarts)" = 0 ] ||
+    journalctl -u kvscope --no-pager -o cat | grep -iE -B2 'error|fail|panic|exit|status=' | tail -20 | sed 's/^/RESTART /'
 w1=$(prop kvscope WatchdogTimestampMonotonic)
 check service/watchdog "$([ "$w0" != 0 ] && [ "$w1" -gt "$w0" ]; echo $?)" \
     "WatchdogTimestampMonotonic $w0 -> $w1 (WatchdogUSec $(prop kvscope WatchdogUSec))"
