@@ -33,13 +33,4 @@ impl Engine {
         })?;
         vm.identity.as_ref().map(Identity::label)
     }
-
-    /// The operator's name of the VM at `addr`, generation `generation`.
-    pub fn vm_label(&self, addr: u64, generation: u32) -> Option<String> {
-        self.vm_history(addr)
-            .into_iter()
-            .find(|v| v.generation == generation)
-            .and_then(|v| v.identity.as_ref())
-            .map(Identity::label)
-    }
 }
