@@ -180,7 +180,7 @@ impl Sink for CountSink {
         Ok(())
     }
 
-    fn done(&self) -> bool {
+    fn done(&mut self) -> bool {
         // Half a second after the flood ended: the loop then drains once more.
         self.done_at
             .is_some_and(|t| t.elapsed() > Duration::from_millis(500))

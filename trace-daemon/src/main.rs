@@ -90,6 +90,34 @@ fn finish(
     }
 }
 
+/// `kvscope run`: kvscope's own failure is 125, never a status CMD could
+/// have given.
+fn run_command(args: kvscope::commands::cli::RunArgs) -> ExitCode {
+    use kvscope::commands::run;
+    let opts = run::RunOptions {
+        argv: args.command,
+        load: LoadOptions {
+            ring_bytes: args.ring_bytes,
+            lock_watch: args.lock_watch,
+            ..LoadOptions::default()
+        },
+        fail_on: args.fail_on.severity(),
+        junit: args.junit,
+        tap: args.tap,
+        output: args.output,
+        all: args.all,
+        share: args.share,
+        tree_grace: Duration::from_secs(args.tree_grace),
+    };
+    match block_on(run::run(opts)) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("kvscope: {e:#}; exit {}", run::EXIT_KVSCOPE_FAILED);
+            ExitCode::from(run::EXIT_KVSCOPE_FAILED)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     kvscope::attach::live::hold_signals();
     let cli = Cli::parse();
@@ -158,9 +186,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 share: args.share,
             };
-            block_on(record::run(opts))?;
+            block_on(async {
+                record::run(opts, kvscope::attach::live::Signals::install()?, None).await
+            })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run(args) => Ok(run_command(args)),
         Command::Daemon(args) => {
             let config = match &args.config {
                 Some(p) => kvscope::service::config::DaemonConfig::load(p)?,

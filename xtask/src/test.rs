@@ -126,6 +126,8 @@ fn cargo_tests(env: &Env, allow_skip: bool) -> anyhow::Result<()> {
         ("promtool", "prometheus"),
         ("systemd-analyze", "systemd"),
         ("chromium", "chromium"),
+        // `kvscope run --tap` is read back with Perl's TAP::Parser.
+        ("prove", "perl"),
     ])?;
     let mut c = cmd::command(env, "cargo");
     c.args(["test", "--release"]);

@@ -22,7 +22,7 @@ use crate::{
     recording::{Delivery, Gap, Header, Stack},
 };
 
-pub use super::signals::{Signals, hold_signals, release_signals};
+pub use super::signals::{Sig, Signals, hold_signals, release_signals};
 
 /// How long a stop waits for the attaching thread to detach what it attached
 /// (it stops between programs); past this the process exits and the kernel
@@ -387,7 +387,7 @@ pub trait Sink {
         None
     }
     /// Ask the loop to end (e.g. `record --duration`).
-    fn done(&self) -> bool {
+    fn done(&mut self) -> bool {
         false
     }
 }
@@ -428,7 +428,6 @@ pub async fn run(
     for rec in std::mem::take(&mut session.pending) {
         deliver(session, sink, rec, &mut stats)?;
     }
-    let Signals { term, int, hup } = signals;
     let mut tick = tokio::time::interval(interval);
     let mut reported_lost = 0u64;
     let mut unchanged_ns = mono_now_ns();
@@ -497,9 +496,11 @@ pub async fn run(
                     sink.lock_watch_changed(session);
                 }
             }
-            _ = hup.recv() => sink.reload(session)?,
-            _ = term.recv() => break mark_stop(),
-            _ = int.recv() => break mark_stop(),
+            sig = signals.next() => match sig? {
+                Sig::Reload => sink.reload(session)?,
+                Sig::Stop(_) => break mark_stop(),
+                Sig::Handled => {}
+            },
         }
         if sink.done() {
             break;

@@ -2,6 +2,7 @@
 //! serves which role), the plan for this kernel, the BPF loader, the live
 //! loop that drains the ring buffer, and the delivery self-test.
 mod detach;
+pub mod forward;
 pub mod gate;
 pub mod handoff;
 pub mod hooks;

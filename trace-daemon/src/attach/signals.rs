@@ -8,9 +8,27 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 /// background job (whose SIGINT a non-interactive shell sets to ignored) lost
 /// such a signal for good and never exited.
 pub struct Signals {
-    pub(super) term: Signal,
-    pub(super) int: Signal,
-    pub(super) hup: Signal,
+    source: Source,
+}
+
+enum Source {
+    /// Stop on SIGINT/SIGTERM, reload on SIGHUP (trace, record, the daemon).
+    Handlers {
+        term: Signal,
+        int: Signal,
+        hup: Signal,
+    },
+    /// `kvscope run`: passed on to the command once it runs.
+    Forward(super::forward::Forwarder),
+}
+
+/// What a signal asks of the live loop.
+pub enum Sig {
+    Stop(&'static str),
+    Reload,
+    /// Taken care of (forwarded, or a child's end): the loop looks again
+    /// whether its sink is done.
+    Handled,
 }
 
 /// The signals held from the first line of `main` until their handlers exist.
@@ -47,20 +65,49 @@ impl Signals {
     /// Releases the signals held since `main` began: pending ones arrive now.
     pub fn install() -> anyhow::Result<Signals> {
         let s = |k| signal(k).map_err(|e| anyhow::anyhow!("installing signal handlers: {e}"));
-        let signals = Signals {
+        let source = Source::Handlers {
             term: s(SignalKind::terminate())?,
             int: s(SignalKind::interrupt())?,
             hup: s(SignalKind::hangup())?,
         };
         release_signals();
-        Ok(signals)
+        Ok(Signals { source })
     }
 
-    /// The next SIGINT or SIGTERM, by name.
+    /// Signals for a wrapped command: see [`super::forward`].
+    pub fn forwarding(f: super::forward::Forwarder) -> Signals {
+        Signals {
+            source: Source::Forward(f),
+        }
+    }
+
+    /// The next signal the live loop acts on.
+    pub(super) async fn next(&mut self) -> anyhow::Result<Sig> {
+        match &mut self.source {
+            Source::Handlers { term, int, hup } => Ok(tokio::select! {
+                _ = term.recv() => Sig::Stop("SIGTERM"),
+                _ = int.recv() => Sig::Stop("SIGINT"),
+                _ = hup.recv() => Sig::Reload,
+            }),
+            Source::Forward(f) => f.next().await,
+        }
+    }
+
+    /// The next SIGINT or SIGTERM, by name (a SIGHUP waits for the loop).
     pub(super) async fn stop(&mut self) -> &'static str {
-        tokio::select! {
-            _ = self.term.recv() => "SIGTERM",
-            _ = self.int.recv() => "SIGINT",
+        match &mut self.source {
+            Source::Handlers { term, int, .. } => tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            },
+            Source::Forward(f) => loop {
+                match f.next().await {
+                    Ok(Sig::Stop(s)) => break s,
+                    Ok(_) => {}
+                    // Signals that cannot be read are no reason to run on.
+                    Err(_) => break "an unreadable signalfd",
+                }
+            },
         }
     }
 }

@@ -69,6 +69,20 @@ pub enum Command {
     /// a JSON-lines file and the journal, serve Prometheus metrics. SIGHUP
     /// reloads the config file; SIGTERM detaches and exits.
     Daemon(DaemonArgs),
+    /// Run a command under kvscope and judge it, for kernel CI: attach (deep
+    /// lock watching by default), wait until ready, run CMD (its streams
+    /// passed through, signals sent to kvscope passed on), wait for its whole
+    /// process tree, detach, and print the findings that involve the tree as
+    /// `report` does. Exit status: CMD's own when it failed; else 3 when
+    /// findings reach --fail-on, 4 when events were lost or kvscope was blind
+    /// for a while, 0 when clean; 125 when kvscope itself failed, 126/127
+    /// when CMD cannot be executed / is not found.
+    #[command(after_help = "Examples:\n  \
+        kvscope run -- ./kvm_create_max_vcpus\n  \
+        kvscope run --junit kvscope.xml --fail-on warning -- make -C tools/testing/selftests/kvm run_tests\n  \
+        kvscope run --tap -- ./vfio_test      TAP on standard output after the command's\n  \
+        kvscope run -o run.kvs -- qemu-system-x86_64 ...   keep the recording for replay")]
+    Run(RunArgs),
     /// Configuration file tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -111,7 +125,7 @@ impl Command {
     /// and SIGHUP from the start until their handlers are installed.
     pub fn is_live(&self) -> bool {
         match self {
-            Command::Trace(_) | Command::Record(_) | Command::Daemon(_) => true,
+            Command::Trace(_) | Command::Record(_) | Command::Daemon(_) | Command::Run(_) => true,
             Command::Timeline(t) => t.live,
             _ => false,
         }
@@ -163,6 +177,46 @@ pub struct RecordArgs {
     /// kernel addresses and stacks, which the kernel hides from other users.
     #[arg(long)]
     pub share: bool,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// How watched locks are followed (as for `record --locks`); deep by
+    /// default: a test run wants every lock rule checked.
+    #[arg(long = "locks", value_enum, default_value_t = LockWatch::Deep)]
+    pub lock_watch: LockWatch,
+    /// The least severe finding that fails the run (exit 3).
+    #[arg(long, value_enum, value_name = "SEVERITY", default_value = "error")]
+    pub fail_on: FailOn,
+    /// Write JUnit XML here: a test case for the command, one for coverage,
+    /// and one per finding kind and VM, the findings' text and stacks in
+    /// the failure.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<std::path::PathBuf>,
+    /// Write TAP version 13: `--tap` on standard output after CMD's,
+    /// `--tap=FILE` to a file (use that when CMD prints TAP itself).
+    #[arg(long, value_name = "FILE", require_equals = true, num_args = 0..=1, default_missing_value = "-")]
+    pub tap: Option<std::path::PathBuf>,
+    /// Keep the recording here for replay, report and timeline (else it
+    /// is a private temporary file, removed).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<std::path::PathBuf>,
+    /// Judge every finding on the host, not only those involving CMD's
+    /// process tree (the VMs it created, its threads).
+    #[arg(long)]
+    pub all: bool,
+    /// Create -o, --junit and --tap files world-readable (0644), not 0600.
+    #[arg(long)]
+    pub share: bool,
+    /// Ring buffer size in bytes (a power of two, multiple of the page size).
+    #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_bytes)]
+    pub ring_bytes: u32,
+    /// After CMD ends, how long the rest of its process tree is waited for.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub tree_grace: u64,
+    /// The command and its arguments (after `--`).
+    #[arg(value_name = "CMD", trailing_var_arg = true, required = true, num_args = 1..)]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 #[derive(Args)]

@@ -5,4 +5,5 @@ pub mod cli;
 pub mod lock_modes;
 pub mod offline;
 pub mod record;
+pub mod run;
 pub mod trace;

@@ -47,6 +47,21 @@ pub fn analyse(path: &Path, cfg: engine::Config) -> anyhow::Result<(Loaded, Engi
     Ok((loaded, e))
 }
 
+/// The report of everything a recording holds (no selection).
+pub fn full_report<'a>(l: &'a Loaded, e: &'a Engine) -> Report<'a> {
+    let mut r = Report::new(
+        e,
+        Some(&l.header),
+        l.undecodable,
+        l.lost.clone(),
+        l.damage.as_ref(),
+        &l.stacks,
+    );
+    r.drops = l.drops.clone();
+    r.gaps = l.gaps.clone();
+    r
+}
+
 /// What an offline command prints, whether its recording was damaged (the
 /// caller exits non-zero then, unless asked to salvage), and the header's
 /// warning when delivery was never verified.
@@ -60,16 +75,7 @@ pub struct Output {
 
 pub fn report(path: &Path, opts: &OfflineArgs, format: &str) -> anyhow::Result<Output> {
     let (l, e) = analyse(path, opts.engine())?;
-    let mut r = Report::new(
-        &e,
-        Some(&l.header),
-        l.undecodable,
-        l.lost.clone(),
-        l.damage.as_ref(),
-        &l.stacks,
-    );
-    r.drops = l.drops.clone();
-    r.gaps = l.gaps.clone();
+    let mut r = full_report(&l, &e);
     r.select(opts.vm_filter.as_ref(), opts.pid_filter);
     let damage = l.damage.as_ref().map(ToString::to_string);
     let worst = r.findings.iter().map(|f| f.severity()).max();

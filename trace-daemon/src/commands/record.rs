@@ -18,6 +18,16 @@ use crate::{
     recording::{Gap, STACK_IDS_PER_ATTACH, VmIdentity, Writer},
 };
 
+/// What a recording waits for instead of a signal (`kvscope run`'s command).
+pub trait Workload {
+    /// Called once attached and ready.
+    fn start(&mut self);
+    /// Polled at every tick and signal: the recording ends once true.
+    fn finished(&mut self) -> bool;
+    /// For the ready line: what is recorded.
+    fn describe(&self) -> String;
+}
+
 pub struct RecordOptions {
     pub output: PathBuf,
     pub duration: Option<Duration>,
@@ -26,7 +36,8 @@ pub struct RecordOptions {
     pub share: bool,
 }
 
-struct RecordSink {
+struct RecordSink<'a> {
+    workload: Option<&'a mut dyn Workload>,
     w: Writer<BufWriter<File>>,
     stacks_written: HashSet<u32>,
     /// Added to stack ids: each attach's stack map starts again at 0.
@@ -45,7 +56,7 @@ struct RecordSink {
     path: PathBuf,
 }
 
-impl RecordSink {
+impl RecordSink<'_> {
     /// Lost events per hook over the whole recording: the current session's
     /// counters and those of the sessions before.
     fn lost_so_far(&self, lost: &[(trace_common::HookId, u64)]) -> BTreeMap<String, u64> {
@@ -63,7 +74,7 @@ impl RecordSink {
     }
 }
 
-impl Sink for RecordSink {
+impl Sink for RecordSink<'_> {
     fn event(&mut self, s: &Session, rec: &trace_common::Event, ev: &Event) -> anyhow::Result<()> {
         let mut rec = *rec;
         if rec.stack_id >= 0 {
@@ -138,13 +149,18 @@ impl Sink for RecordSink {
         Ok(())
     }
 
-    fn done(&self) -> bool {
+    fn done(&mut self) -> bool {
         self.duration.is_some_and(|d| self.started.elapsed() >= d)
+            || self.workload.as_mut().is_some_and(|w| w.finished())
     }
 }
 
-pub async fn run(opts: RecordOptions) -> anyhow::Result<()> {
-    let mut signals = Signals::install()?;
+/// Records until a signal, `--duration`, or the end of `workload`.
+pub async fn run(
+    opts: RecordOptions,
+    mut signals: Signals,
+    mut workload: Option<&mut dyn Workload>,
+) -> anyhow::Result<()> {
     // A path that cannot be written fails before anything is attached.
     let file = private_file::open(&opts.output, Open::Truncate, private_file::mode(opts.share))?;
     let Some(session) = live::attach(&opts.load, &mut signals).await? else {
@@ -155,12 +171,17 @@ pub async fn run(opts: RecordOptions) -> anyhow::Result<()> {
     let w = Writer::create(file, &session.header())
         .map_err(|e| anyhow::anyhow!("writing {}: {e}", opts.output.display()))?;
     // A timed recording ends by itself: say when, not how to stop it.
-    let ends = match opts.duration {
-        Some(d) => format!("for {:.0} s (Ctrl-C ends it sooner)", d.as_secs_f64()),
-        None => "Ctrl-C to stop".to_owned(),
+    let ends = match (&workload, opts.duration) {
+        (Some(w), _) => w.describe(),
+        (None, Some(d)) => format!("for {:.0} s (Ctrl-C ends it sooner)", d.as_secs_f64()),
+        (None, None) => "Ctrl-C to stop".to_owned(),
     };
     session.announce(&format!("recording to {}; {ends}", opts.output.display()));
+    if let Some(w) = workload.as_mut() {
+        w.start();
+    }
     let mut sink = RecordSink {
+        workload,
         w,
         stacks_written: HashSet::new(),
         stack_base: 0,

@@ -175,7 +175,7 @@ impl Sink for TraceSink {
         self.print_findings(&found)
     }
 
-    fn done(&self) -> bool {
+    fn done(&mut self) -> bool {
         self.reader_gone
     }
 

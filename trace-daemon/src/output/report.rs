@@ -415,16 +415,43 @@ impl Report<'_> {
             (None, Some(p)) => VmSel::Pid(p),
             (None, None) => return,
         };
-        self.vms.retain(|v| match &sel {
-            VmSel::Addr(a) => v.addr == *a,
-            VmSel::Pid(p) => v.creator_pid == Some(*p),
-            VmSel::Name(_) => v.identity.as_ref().is_some_and(|i| sel.names(i)),
-        });
+        self.keep(
+            |v| match &sel {
+                VmSel::Addr(a) => v.addr == *a,
+                VmSel::Pid(p) => v.creator_pid == Some(*p),
+                VmSel::Name(_) => v.identity.as_ref().is_some_and(|i| sel.names(i)),
+            },
+            |_| false,
+            sel.to_string(),
+        );
+    }
+
+    /// Keeps what a process tree (`kvscope run`'s command) did: the VMs its
+    /// processes created and the findings that name them or one of its
+    /// threads.
+    pub fn select_tree(&mut self, tgids: &std::collections::HashSet<u32>, label: String) {
+        self.keep(
+            |v| v.creator_pid.is_some_and(|p| tgids.contains(&p)),
+            |f| f.threads.iter().any(|t| tgids.contains(&t.tgid)),
+            label,
+        );
+    }
+
+    /// Keeps the VMs `vm` accepts, the findings naming them or that
+    /// `finding` accepts, and the devices and stacks these name.
+    fn keep(
+        &mut self,
+        vm: impl Fn(&VmSummary) -> bool,
+        finding: impl Fn(&Finding) -> bool,
+        label: String,
+    ) {
+        self.vms.retain(|v| vm(v));
         let kvms: Vec<u64> = self.vms.iter().map(|v| v.addr).collect();
         self.findings.retain(|f| {
-            f.objects
-                .iter()
-                .any(|(r, a)| *r == ObjectRole::Kvm && kvms.contains(a))
+            finding(f)
+                || f.objects
+                    .iter()
+                    .any(|(r, a)| *r == ObjectRole::Kvm && kvms.contains(a))
         });
         let findings = &self.findings;
         self.device_list.retain(|d| {
@@ -439,7 +466,7 @@ impl Report<'_> {
             .flat_map(|f| f.stacks.clone())
             .collect();
         self.stacks.retain(|id, _| cited.contains(id));
-        self.selection = Some(sel.to_string());
+        self.selection = Some(label);
     }
 
     /// One line per VM and device generation: the address `timeline` takes,
