@@ -10,6 +10,22 @@ pub const RESULT_PREFIX: &str = "KVSCOPE-LAB-RESULT ";
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Suite {
     pub steps: Vec<Step>,
+    /// KVM selftests (in /usr/bin) to run under `kvscope run`, after the steps.
+    #[serde(default)]
+    pub selftests: Vec<String>,
+}
+
+/// One KVM selftest under `kvscope run --fail-on info --junit`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SelftestResult {
+    pub name: String,
+    /// `kvscope run`'s exit status (None: it did not run).
+    pub run_status: Option<i32>,
+    pub junit: String,
+    /// kvscope's standard error: its ready line, the report, the conclusion.
+    pub kvscope_said: String,
+    /// The test's own output, its last lines.
+    pub output_tail: String,
 }
 
 /// One scenario: optionally the test module in a mode, then `kvscope record`
@@ -34,6 +50,8 @@ pub struct GuestResult {
     /// `kvscope check --json`, or why there is none.
     pub check: Result<Value, String>,
     pub steps: Vec<StepResult>,
+    #[serde(default)]
+    pub selftests: Vec<SelftestResult>,
     /// The test module's kernel messages.
     pub dmesg: Vec<String>,
 }
@@ -52,4 +70,11 @@ pub struct StepResult {
     pub errors: Vec<String>,
     /// The driver's own lines.
     pub driver_output: String,
+    /// Steps that end by themselves run under `kvscope run --fail-on info
+    /// --junit`: its exit status (None: recorded with `record` instead)...
+    #[serde(default)]
+    pub run_status: Option<i32>,
+    /// ... and its JUnit XML.
+    #[serde(default)]
+    pub junit: String,
 }

@@ -1,7 +1,8 @@
 //! `suite JSON`: the lab's scenarios run in the guest, in Rust rather than a
 //! generated shell script: `kvscope check --json`, then per step the test
-//! module loaded in its mode, `kvscope record` started (ready banner awaited),
-//! this driver run with the step's arguments, SIGINT, the recording replayed
+//! module loaded in its mode, this driver run with the step's arguments under
+//! `kvscope run -o` (a driver that blocks by design: `kvscope record` started,
+//! ready banner awaited, the driver killed, SIGINT), the recording replayed
 //! and the first VM's timeline taken. Prints one `GuestResult` line.
 use std::{process::Command, time::Duration};
 
@@ -9,7 +10,7 @@ use anyhow::Context as _;
 use serde_json::Value;
 
 use crate::{
-    protocol::{GuestResult, RESULT_PREFIX, Step, StepResult, Suite},
+    protocol::{GuestResult, RESULT_PREFIX, SelftestResult, Step, StepResult, Suite},
     running::{READY_BOUND, start},
 };
 
@@ -82,6 +83,32 @@ fn drive(args: &[String], kill_after: Option<Duration>, r: &mut StepResult) -> a
     Ok(())
 }
 
+/// The step under `kvscope run --fail-on info`: the recording kept at
+/// `path`, the exit status and JUnit in `r` (the driver's output too).
+fn run_under_kvscope(path: &str, s: &Step, r: &mut StepResult) -> anyhow::Result<()> {
+    let me = std::env::current_exe()?;
+    let junit = format!("{path}.xml");
+    let mut c = Command::new("kvscope");
+    c.args(["run", "-o", path, "--fail-on", "info", "--junit", &junit]);
+    if let Some(l) = s.locks.as_deref() {
+        c.args(["--locks", l]);
+    }
+    let out = c.arg("--").arg(me).args(&s.driver).output()?;
+    r.driver_output = String::from_utf8_lossy(&out.stdout).into_owned();
+    r.run_status = out.status.code();
+    r.junit = std::fs::read_to_string(&junit).unwrap_or_default();
+    // 0 clean, 90 findings: anything else is the driver's or kvscope's failure.
+    if !matches!(r.run_status, Some(0 | 90)) {
+        r.errors.push(format!(
+            "kvscope run -- driver {} ended {}: {}",
+            s.driver.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
+}
+
 /// The recording of the driver run with `args`, kvscope with `--locks locks`.
 fn record(path: &str, s: &Step, r: &mut StepResult) -> anyhow::Result<()> {
     let (args, locks) = (&s.driver, s.locks.as_deref());
@@ -115,7 +142,12 @@ fn step(s: &Step) -> StepResult {
         s.id,
         s.locks.as_deref().unwrap_or("deep")
     );
-    if let Err(e) = record(&path, s, &mut r) {
+    // A driver that blocks by design is killed: recorded, not run.
+    let captured = match s.kill_after_ms {
+        Some(_) => record(&path, s, &mut r),
+        None => run_under_kvscope(&path, s, &mut r),
+    };
+    if let Err(e) = captured {
         r.errors.push(format!("{e:#}"));
         return r;
     }
@@ -134,11 +166,38 @@ fn step(s: &Step) -> StepResult {
     r
 }
 
+/// A KVM selftest under `kvscope run --fail-on info --junit`.
+fn selftest(name: &str) -> SelftestResult {
+    let junit = format!("/tmp/{name}.xml");
+    let mut r = SelftestResult {
+        name: name.to_owned(),
+        ..SelftestResult::default()
+    };
+    // By its path: a selftest reads its own ELF by the name it was run as.
+    let path = format!("/usr/bin/{name}");
+    let out = Command::new("kvscope")
+        .args(["run", "--fail-on", "info", "--junit", &junit, "--", &path])
+        .output();
+    match out {
+        Ok(o) => {
+            r.run_status = o.status.code();
+            r.kvscope_said = String::from_utf8_lossy(&o.stderr).into_owned();
+            let stdout = String::from_utf8_lossy(&o.stdout);
+            let tail: Vec<&str> = stdout.lines().rev().take(15).collect();
+            r.output_tail = tail.into_iter().rev().collect::<Vec<_>>().join("\n");
+        }
+        Err(e) => r.kvscope_said = format!("kvscope run: {e}"),
+    }
+    r.junit = std::fs::read_to_string(&junit).unwrap_or_default();
+    r
+}
+
 pub fn run(suite_json: &str) -> anyhow::Result<()> {
     let suite: Suite = serde_json::from_str(suite_json).context("the suite is not valid")?;
     let mut result = GuestResult {
         check: json("kvscope", &["check", "--json"]),
         steps: Vec::new(),
+        selftests: Vec::new(),
         dmesg: Vec::new(),
     };
     for s in &suite.steps {
@@ -149,6 +208,10 @@ pub fn run(suite_json: &str) -> anyhow::Result<()> {
             s.driver.join(" ")
         );
         result.steps.push(step(s));
+    }
+    for t in &suite.selftests {
+        eprintln!("[suite] selftest {t} under kvscope run");
+        result.selftests.push(selftest(t));
     }
     result.dmesg = output("dmesg", &[])
         .unwrap_or_default()

@@ -188,6 +188,15 @@ pub enum LockClass {
 }
 
 impl LockClass {
+    /// Every known class (not `Unknown`).
+    pub const ALL: &'static [LockClass] = &[
+        Self::VfioGroupLock,
+        Self::VfioDevSetLock,
+        Self::KvmLock,
+        Self::KvmVfioLock,
+        Self::KvmGlobalLock,
+    ];
+
     pub const fn from_u8(v: u8) -> Self {
         match v {
             1 => Self::VfioGroupLock,

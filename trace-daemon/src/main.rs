@@ -108,6 +108,7 @@ fn run_command(args: kvscope::commands::cli::RunArgs) -> ExitCode {
         all: args.all,
         share: args.share,
         tree_grace: Duration::from_secs(args.tree_grace),
+        settle: Duration::from_millis(args.settle_ms),
     };
     match block_on(run::run(opts)) {
         Ok(code) => ExitCode::from(code),
@@ -135,7 +136,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    kvscope::kernel::btf::add_user_files(&cli.btf);
+    kvscope::kernel::btf::add_user_files(cli.command.btf());
     match cli.command {
         Command::Check(args) => {
             let facts = Facts::gather()?;
@@ -202,6 +203,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 config,
                 config_path: args.config,
                 metrics_listen: args.metrics_listen,
+                web_config: args.web_config,
             };
             block_on(kvscope::service::daemon::run(opts))?;
             Ok(ExitCode::SUCCESS)

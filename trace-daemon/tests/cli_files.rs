@@ -43,7 +43,7 @@ fn missing_empty_and_foreign_files() {
 }
 
 #[test]
-fn timeline_needs_an_object_and_a_hex_address() {
+fn timeline_needs_an_object_and_a_source() {
     let f = tmp("x.kvs", b"");
     let (code, _, err) = kvscope(&["timeline", &f]);
     assert_eq!(code, Some(2));
@@ -51,9 +51,47 @@ fn timeline_needs_an_object_and_a_hex_address() {
     let (code, _, err) = kvscope(&["timeline", "--vm", "0x1"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("--live"), "a file or --live: {err}");
-    let (code, _, err) = kvscope(&["timeline", &f, "--vm", "1234"]);
+    let (code, _, err) = kvscope(&["timeline", &f, "--vm", "0xzz"]);
     assert_eq!(code, Some(2));
     assert!(err.contains("hex"), "{err}");
+}
+
+/// `timeline --vm` takes what `trace --vm` takes: a name (as recorded), the
+/// creator's pid, an address; one not there lists each VM seen once, named.
+#[test]
+fn timeline_selects_a_vm_by_name_pid_or_address() {
+    let id = kvscope::identity::Identity {
+        pid: 42,
+        comm: "qemu-system-x86".into(),
+        name: Some("lab-a".into()),
+        domain: Some("lab-a".into()),
+        uuid: None,
+    };
+    let f = closed_vm_recording_named("timeline-names.kvs", false, Some(id));
+    for sel in ["lab-a", "0xffff888102769000"] {
+        let (code, out, err) = kvscope(&["timeline", &f, "--vm", sel]);
+        assert_eq!(code, Some(0), "{sel}: {err}");
+        assert!(
+            out.contains("VM 0xffff888102769000 lab-a (generation 1)"),
+            "{sel}: {out}"
+        );
+        assert!(
+            !out.contains("0xffff888102779000"),
+            "{sel}: only lab-a: {out}"
+        );
+    }
+    // Pid 42 made both VMs: both, in order.
+    let (code, out, err) = kvscope(&["timeline", &f, "--vm", "42"]);
+    assert_eq!(code, Some(0), "{err}");
+    let first = out.find("VM 0xffff888102769000").expect("lab-a");
+    let second = out.find("VM 0xffff888102779000").expect("the second VM");
+    assert!(first < second, "{out}");
+    let (code, _, err) = kvscope(&["timeline", &f, "--vm", "lab-b"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("seen: 0xffff888102769000 (lab-a), 0xffff888102779000"),
+        "{err}"
+    );
 }
 
 /// A recording (no events) whose header carries `delivery`.
@@ -585,4 +623,90 @@ fn a_vm_is_named_as_its_identity_frame_says_in_every_output() {
         out.contains("selection     VM lab-b") && !out.contains("gen 1 lab-a"),
         "{out}"
     );
+}
+
+/// A zombie's VM address taken by a new VM: the finding is the old
+/// generation's only, and its text says the threshold as given (0.5 s, not
+/// "0 s"). Before, both generations listed it.
+#[test]
+fn a_finding_names_its_generation_not_every_vm_at_the_address() {
+    use trace_common::{Event, HookId, known};
+    let h = kvscope::recording::Header {
+        abi_version: trace_common::ABI_VERSION,
+        kvscope_version: "test".into(),
+        kernel_release: "6.12.0-test".into(),
+        destroy_observable: true,
+        ..Default::default()
+    };
+    let mut buf = Vec::new();
+    let mut w = kvscope::recording::Writer::new(&mut buf, &h).unwrap();
+    let event = |ms: u64, hook: HookId, kvm: u64| {
+        let mut e = Event::ZERO;
+        e.ts_ns = ms * 1_000_000;
+        e.pid_tgid = (42u64 << 32) | 42;
+        e.hook = hook as u16;
+        e.kvm = kvm;
+        e.users_count = 1;
+        e.known = known::KVM | known::USERS;
+        e
+    };
+    let (a, b) = (0xffff_8881_0276_9000u64, 0xffff_8881_0277_0000u64);
+    for (ms, hook, kvm) in [
+        (1000, HookId::KvmCreateVm, a),
+        (1100, HookId::KvmVmRelease, a),
+        // Time passes (another VM): A is a zombie past 0.5 s.
+        (1700, HookId::KvmCreateVm, b),
+        // A's address taken by a new VM.
+        (1900, HookId::KvmCreateVm, a),
+        (2000, HookId::KvmCreateVm, b + 0x10000),
+    ] {
+        w.event(&event(ms, hook, kvm)).unwrap();
+    }
+    w.flush().unwrap();
+    let f = tmp("zombie-reused.kvs", &buf);
+    let (code, out, err) = kvscope(&["replay", "--json", "--zombie-after-ms", "500", &f]);
+    assert_eq!(code, Some(0), "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["findings"].as_array().unwrap().len(), 1, "{out}");
+    let at_a: Vec<(u64, Vec<String>)> = r["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["addr"] == format!("{a:#x}"))
+        .map(|v| {
+            (
+                v["generation"].as_u64().unwrap(),
+                serde_json::from_value(v["findings"].clone()).unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        at_a,
+        [(1, vec!["zombie-vm".to_owned()]), (2, vec![])],
+        "{out}"
+    );
+    let (_, text, _) = kvscope(&["replay", "--zombie-after-ms", "500", &f]);
+    assert!(
+        text.contains("gen 1 not destroyed 0.5 s after its fd was closed"),
+        "{text}"
+    );
+}
+
+/// `-o /proc/version`: refused before anything is opened; the file's mode
+/// stays what it was (before, 0444 became 0600, then the write failed).
+#[test]
+fn an_output_on_a_pseudo_filesystem_is_refused_untouched() {
+    use std::os::unix::fs::MetadataExt as _;
+    let f = two_vm_recording("pseudo-out.kvs", false);
+    let before = std::fs::metadata("/proc/version").unwrap().mode();
+    let (code, _, err) = kvscope(&["report", &f, "-o", "/proc/version"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("/proc/version: it is on proc, which holds no files"),
+        "{err}"
+    );
+    assert_eq!(std::fs::metadata("/proc/version").unwrap().mode(), before);
+    let (code, _, err) = kvscope(&["record", "-o", "/proc/version", "--duration", "1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(std::fs::metadata("/proc/version").unwrap().mode(), before);
 }

@@ -223,6 +223,82 @@ fn daemon_scraped_by_prometheus_reload_and_shutdown() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// The fleet's way: the endpoint behind TLS (a test CA) and basic auth from
+/// its web config, scraped by the real Prometheus with `scheme: https`,
+/// `tls_config` and `basic_auth`; an unauthenticated scrape is refused.
+#[test]
+fn prometheus_scrapes_over_tls_with_basic_auth() {
+    if !live_or_skip(
+        "prometheus_scrapes_over_tls_with_basic_auth",
+        &["prometheus", "openssl"],
+    ) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tmpdir("svc-tls");
+    common::certificates(&dir);
+    let (mport, pport) = (free_port(), free_port());
+    let hash = bcrypt::hash("s3cret", 4).unwrap();
+    std::fs::write(
+        dir.join("web.yml"),
+        format!("tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\nbasic_auth_users:\n  prometheus: '{hash}'\n"),
+    )
+    .unwrap();
+    let config = dir.join("kvscope.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "metrics_listen = \"127.0.0.1:{mport}\"\nweb_config = \"{}\"\nfindings_file = \"\"\njournal = false\n",
+            dir.join("web.yml").display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = start_daemon(&config);
+    assert_eq!(
+        http_get(mport, "/metrics"),
+        None,
+        "plain HTTP gets no answer"
+    );
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: kvscope\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n    basic_auth:\n      username: prometheus\n      password: s3cret\n    static_configs:\n      - targets: ['127.0.0.1:{mport}']\n  - job_name: anonymous\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n    static_configs:\n      - targets: ['127.0.0.1:{mport}']\n",
+            ca = dir.join("ca.pem").display()
+        ),
+    )
+    .unwrap();
+    let _prom = Guard(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{pport}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
+    let tier = wait_for("Prometheus to scrape kvscope_tier over TLS", 60, || {
+        prom_query(pport, "kvscope_tier")
+    });
+    assert_eq!(tier, 3.0);
+    assert_eq!(prom_query(pport, "up{job=\"kvscope\"}"), Some(1.0));
+    // The job without credentials is refused (401): down.
+    let anon = wait_for("the anonymous job's first scrape", 30, || {
+        prom_query(pport, "up{job=\"anonymous\"}")
+    });
+    assert_eq!(anon, 0.0, "a scrape without credentials must fail");
+    unsafe { libc::kill(daemon.0.id() as i32, libc::SIGTERM) };
+    let st = wait_for("daemon exit", 15, || daemon.0.try_wait().unwrap());
+    assert!(st.success(), "daemon exited {st}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 fn daemon_fails(args: &[&str]) -> String {
     let o = Command::new(env!("CARGO_BIN_EXE_kvscope"))
         .arg("daemon")

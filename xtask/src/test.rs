@@ -128,6 +128,9 @@ fn cargo_tests(env: &Env, allow_skip: bool) -> anyhow::Result<()> {
         ("chromium", "chromium"),
         // `kvscope run --tap` is read back with Perl's TAP::Parser.
         ("prove", "perl"),
+        // The metrics endpoint's TLS and basic auth: certificates and requests.
+        ("openssl", "openssl"),
+        ("curl", "curl"),
     ])?;
     let mut c = cmd::command(env, "cargo");
     c.args(["test", "--release"]);

@@ -67,6 +67,8 @@ pub struct Session {
     symbols: LateKallsyms,
     /// Taken by the live loop.
     ring: Option<RingBuf<MapData>>,
+    /// The ring's fill, readable at any time (metrics scrapes).
+    pub fill: Option<std::sync::Arc<super::ring_fill::RingFill>>,
     /// Records read during the self-test (undecodable ones too, to be
     /// counted), delivered first by the live loop.
     pending: Vec<Result<trace_common::Event, DecodeError>>,
@@ -95,6 +97,13 @@ impl Session {
         phase("programs loaded and attached");
         let symbols = LateKallsyms::read_in_background();
         let mut ring = probes.ring()?;
+        let fill = super::ring_fill::RingFill::map(
+            std::os::fd::AsRawFd::as_raw_fd(&ring),
+            opts.ring_bytes,
+        )
+        .map(std::sync::Arc::new)
+        .map_err(|e| log::warn!("the ring buffer's fill cannot be read: {e}"))
+        .ok();
         let mut pending = Vec::new();
         let delivery = selftest::run(&mut ring, &mut pending, self_test_possible(&probes), || {
             lost_of(&probes, HookId::SelfTest)
@@ -105,6 +114,7 @@ impl Session {
             probes,
             symbols,
             ring: Some(ring),
+            fill,
             pending,
             delivery,
             drops: Drops::default(),

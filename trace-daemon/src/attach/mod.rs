@@ -12,6 +12,7 @@ pub mod loader;
 pub mod modules;
 pub mod plan;
 pub mod reload;
+pub mod ring_fill;
 pub mod selftest;
 mod signals;
 mod verifier;

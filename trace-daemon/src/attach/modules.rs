@@ -51,6 +51,9 @@ impl fmt::Display for Change {
     }
 }
 
+/// Every `Change::kind`.
+pub const CHANGES: &[&str] = &["loaded", "unloaded", "reloaded"];
+
 impl Change {
     pub fn module(&self) -> &str {
         match self {

@@ -180,6 +180,16 @@ impl RolePlan {
         !self.choices.is_empty()
     }
 
+    /// kvscope tried to attach it by a method this host allows, and failed:
+    /// a role lost, not one this kernel or tier cannot serve.
+    pub fn attach_failed(&self) -> bool {
+        !self.is_covered()
+            && self
+                .choices
+                .iter()
+                .any(|c| c.method != Method::None && c.error.is_some())
+    }
+
     /// Exists on this kernel, yet nothing of it could be attached.
     pub fn is_missing(&self) -> bool {
         self.exists_here() && !self.is_covered()

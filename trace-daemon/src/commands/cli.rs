@@ -32,6 +32,14 @@ pub struct Cli {
     /// trace, or env_logger directives such as `kvscope=debug,aya=warn`.
     #[arg(long, global = true, default_value = "warn", env = "KVSCOPE_LOG", value_parser = parse_log)]
     pub log: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `--btf`, on the commands that read the kernel (not repeated in the help
+/// of every other one).
+#[derive(Args, Clone, Debug, Default)]
+pub struct BtfArgs {
     /// BTF for kernel modules that carry none (kernels before 5.11: KVM and
     /// VFIO types live in modules): a module's debug `.ko` from the
     /// distribution's debug package after `pahole -J` (its build id must be
@@ -40,14 +48,11 @@ pub struct Cli {
     /// list. `check` says where each struct offset was read.
     #[arg(
         long = "btf",
-        global = true,
         value_name = "FILE",
         env = "KVSCOPE_BTF",
         value_delimiter = ':'
     )]
     pub btf: Vec<std::path::PathBuf>,
-    #[command(subcommand)]
-    pub command: Command,
 }
 
 #[derive(Subcommand)]
@@ -73,10 +78,10 @@ pub enum Command {
     /// lock watching by default), wait until ready, run CMD (its streams
     /// passed through, signals sent to kvscope passed on), wait for its whole
     /// process tree, detach, and print the findings that involve the tree as
-    /// `report` does. Exit status: CMD's own when it failed; else 3 when
-    /// findings reach --fail-on, 4 when events were lost or kvscope was blind
-    /// for a while, 0 when clean; 125 when kvscope itself failed, 126/127
-    /// when CMD cannot be executed / is not found.
+    /// `report` does. Exit status: CMD's own when it failed; else 90 when
+    /// findings reach --fail-on, 91 when events were lost or kvscope was
+    /// blind for a while, 0 when clean; 125 when kvscope itself failed,
+    /// 126/127 when CMD cannot be executed / is not found.
     #[command(after_help = "Examples:\n  \
         kvscope run -- ./kvm_create_max_vcpus\n  \
         kvscope run --junit kvscope.xml --fail-on warning -- make -C tools/testing/selftests/kvm run_tests\n  \
@@ -121,6 +126,19 @@ pub fn parse_log(s: &str) -> Result<String, String> {
 }
 
 impl Command {
+    /// The `--btf` files of a command that reads the kernel.
+    pub fn btf(&self) -> &[std::path::PathBuf] {
+        match self {
+            Command::Check(a) => &a.kernel.btf,
+            Command::Trace(a) => &a.kernel.btf,
+            Command::Record(a) => &a.kernel.btf,
+            Command::Daemon(a) => &a.kernel.btf,
+            Command::Run(a) => &a.kernel.btf,
+            Command::Timeline(a) => &a.kernel.btf,
+            _ => &[],
+        }
+    }
+
     /// Commands that attach and run until a signal: they hold SIGINT, SIGTERM
     /// and SIGHUP from the start until their handlers are installed.
     pub fn is_live(&self) -> bool {
@@ -134,12 +152,20 @@ impl Command {
 
 #[derive(Args)]
 pub struct DaemonArgs {
+    #[command(flatten)]
+    pub kernel: BtfArgs,
     /// Config file (TOML; see packaging/kvscope.toml). Defaults without one.
     #[arg(long, value_name = "PATH")]
     pub config: Option<std::path::PathBuf>,
     /// Prometheus endpoint address, overriding the config's metrics_listen.
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<String>,
+    /// TLS and basic auth for the endpoint, overriding the config's
+    /// web_config: a file in the Prometheus exporter-toolkit's format
+    /// (tls_server_config, basic_auth_users with bcrypt hashes), read again
+    /// on SIGHUP.
+    #[arg(long, value_name = "FILE")]
+    pub web_config: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -151,6 +177,8 @@ pub enum ConfigCommand {
 
 #[derive(Args)]
 pub struct RecordArgs {
+    #[command(flatten)]
+    pub kernel: BtfArgs,
     /// Output file (overwritten).
     #[arg(short, long, value_name = "FILE")]
     pub output: std::path::PathBuf,
@@ -181,11 +209,13 @@ pub struct RecordArgs {
 
 #[derive(Args)]
 pub struct RunArgs {
+    #[command(flatten)]
+    pub kernel: BtfArgs,
     /// How watched locks are followed (as for `record --locks`); deep by
     /// default: a test run wants every lock rule checked.
     #[arg(long = "locks", value_enum, default_value_t = LockWatch::Deep)]
     pub lock_watch: LockWatch,
-    /// The least severe finding that fails the run (exit 3).
+    /// The least severe finding that fails the run (exit 90).
     #[arg(long, value_enum, value_name = "SEVERITY", default_value = "error")]
     pub fail_on: FailOn,
     /// Write JUnit XML here: a test case for the command, one for coverage,
@@ -214,6 +244,10 @@ pub struct RunArgs {
     /// After CMD ends, how long the rest of its process tree is waited for.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub tree_grace: u64,
+    /// After the tree ended, record this much longer: what its last closes
+    /// set off in the kernel (deferred puts, work items) is judged too.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub settle_ms: u64,
     /// The command and its arguments (after `--`).
     #[arg(value_name = "CMD", trailing_var_arg = true, required = true, num_args = 1..)]
     pub command: Vec<std::ffi::OsString>,
@@ -330,14 +364,18 @@ pub struct EventsArgs {
 #[command(group(clap::ArgGroup::new("object").required(true).args(["vm", "device"])))]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["file", "live"])))]
 pub struct TimelineArgs {
+    #[command(flatten)]
+    pub kernel: BtfArgs,
     /// A file written by `kvscope record`.
     pub file: Option<std::path::PathBuf>,
     /// Attach and follow live instead; the timeline is printed at Ctrl-C.
     #[arg(long)]
     pub live: bool,
-    /// The VM: its struct kvm address (0x...).
-    #[arg(long, value_parser = parse_addr)]
-    pub vm: Option<u64>,
+    /// The VM: its libvirt domain, QEMU -name or uuid, the pid that created
+    /// it (every VM it made, in order), or its struct kvm address (0x...).
+    /// With --live, a VM made after the start is selected by its name too.
+    #[arg(long, value_name = "NAME|PID|0xADDR")]
+    pub vm: Option<VmSel>,
     /// The VFIO device: its struct vfio_device address (0x...).
     #[arg(long, value_parser = parse_addr)]
     pub device: Option<u64>,
@@ -376,6 +414,8 @@ pub fn parse_addr(s: &str) -> Result<u64, String> {
 
 #[derive(Args)]
 pub struct CheckArgs {
+    #[command(flatten)]
+    pub kernel: BtfArgs,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -383,14 +423,17 @@ pub struct CheckArgs {
 
 #[derive(Args)]
 pub struct TraceArgs {
+    #[command(flatten)]
+    pub kernel: BtfArgs,
     /// One JSON object per line instead of text.
     #[arg(long)]
     pub json: bool,
     /// Only this thread group (also filtered in the kernel).
     #[arg(long)]
     pub pid: Option<u32>,
-    /// Only threads with this command name (exact, as in /proc/PID/comm).
-    #[arg(long)]
+    /// Only threads with this command name (exact, as in /proc/PID/comm: at
+    /// most 15 characters, the kernel cuts longer names).
+    #[arg(long, value_parser = parse_comm)]
     pub comm: Option<String>,
     /// Only one VM: its libvirt domain or QEMU -name or uuid, the pid that
     /// created it, or its struct kvm address (0x...).
@@ -430,6 +473,18 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_secs(secs))
 }
 
+/// A thread name as the kernel keeps it: a longer one would match nothing.
+pub fn parse_comm(s: &str) -> Result<String, String> {
+    if s.len() > 15 {
+        return Err(format!(
+            "{s:?} is {} bytes; the kernel keeps 15 (TASK_COMM_LEN): use {:?}, as /proc/PID/comm shows it",
+            s.len(),
+            s.get(..15).unwrap_or(s)
+        ));
+    }
+    Ok(s.to_owned())
+}
+
 pub fn parse_ring_bytes(s: &str) -> Result<u32, String> {
     let v: u32 = s
         .parse()
@@ -450,5 +505,12 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("m").is_err());
         assert!(parse_duration("5d").unwrap_err().contains("not s, m or h"));
+    }
+
+    #[test]
+    fn comm_names_longer_than_the_kernel_keeps_are_refused() {
+        assert_eq!(parse_comm("qemu-system-x86").unwrap(), "qemu-system-x86");
+        let e = parse_comm("qemu-system-x86_64").unwrap_err();
+        assert!(e.contains("use \"qemu-system-x86\""), "{e}");
     }
 }

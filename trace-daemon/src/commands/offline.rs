@@ -221,7 +221,8 @@ pub fn events(a: &EventsArgs) -> anyhow::Result<Output> {
 }
 
 pub enum Object {
-    Vm(u64),
+    /// By address, creator pid or name: every generation selected.
+    Vm(crate::vm_sel::VmSel),
     Device(u64),
 }
 
@@ -254,34 +255,61 @@ pub fn render_timeline(
     stacks: bool,
     source: &str,
 ) -> anyhow::Result<String> {
-    // (title, generation, timeline) of every generation of the object, and the
-    // addresses seen, for the "not found" message.
-    let (what, addr, entries, known) = match obj {
-        Object::Vm(a) => (
-            "VM",
-            a,
-            e.vm_history(a)
-                .into_iter()
-                .map(|v| (v.generation, &v.timeline))
-                .collect::<Vec<_>>(),
-            e.dead_vms()
+    // (title, generation, timeline) of every generation selected, and the
+    // objects seen, for the "not found" message.
+    let (what, entries, known) = match &obj {
+        Object::Vm(sel) => {
+            let vms: Vec<&crate::engine::Vm> = match sel {
+                crate::vm_sel::VmSel::Addr(a) => e.vm_history(*a),
+                _ => {
+                    let mut v: Vec<&crate::engine::Vm> = e
+                        .dead_vms()
+                        .chain(e.live_vms())
+                        .filter(|v| vm_selected(v, sel))
+                        .collect();
+                    v.sort_by_key(|v| (v.timeline.steps.front().map(|s| s.ts_ns), v.addr));
+                    v
+                }
+            };
+            let mut known: Vec<String> = e
+                .dead_vms()
                 .chain(e.live_vms())
-                .map(|v| format!("{:#x}", v.addr))
-                .collect::<Vec<_>>(),
-        ),
-        Object::Device(a) => (
-            "VFIO device",
-            a,
-            e.device_history(a)
+                .map(|v| match &v.identity {
+                    Some(i) => format!("{:#x} ({})", v.addr, i.label()),
+                    None => format!("{:#x}", v.addr),
+                })
+                .collect();
+            known.sort();
+            known.dedup();
+            let entries = vms
                 .into_iter()
-                .map(|d| (d.generation, &d.timeline))
-                .collect(),
-            e.devices().map(|d| format!("{:#x}", d.addr)).collect(),
-        ),
+                .map(|v| {
+                    let who = v
+                        .identity
+                        .as_ref()
+                        .map_or(String::new(), |i| format!(" {}", i.label()));
+                    (format!("VM {:#x}{who}", v.addr), v.generation, &v.timeline)
+                })
+                .collect::<Vec<_>>();
+            (sel.to_string(), entries, known)
+        }
+        Object::Device(a) => {
+            let mut known: Vec<String> = e.devices().map(|d| format!("{:#x}", d.addr)).collect();
+            known.sort();
+            known.dedup();
+            (
+                format!("VFIO device {a:#x}"),
+                e.device_history(*a)
+                    .into_iter()
+                    .map(|d| (format!("VFIO device {a:#x}"), d.generation, &d.timeline))
+                    .collect(),
+                known,
+            )
+        }
     };
     if entries.is_empty() {
         bail!(
-            "no {what} {addr:#x} in {source}; {what}s seen: {}",
+            "no {what} in {source}; seen: {}",
             if known.is_empty() {
                 "none".into()
             } else {
@@ -290,16 +318,20 @@ pub fn render_timeline(
         );
     }
     let mut out = String::new();
-    for (generation, timeline) in entries {
-        out += &report::timeline_text(
-            &format!("{what} {addr:#x}"),
-            generation,
-            timeline,
-            stack_map,
-            stacks,
-        );
+    for (title, generation, timeline) in entries {
+        out += &report::timeline_text(&title, generation, timeline, stack_map, stacks);
     }
     Ok(out)
+}
+
+/// Whether a VM is the one a pid or name selects (its creator, its identity).
+fn vm_selected(v: &crate::engine::Vm, sel: &crate::vm_sel::VmSel) -> bool {
+    use crate::vm_sel::VmSel;
+    match sel {
+        VmSel::Addr(a) => v.addr == *a,
+        VmSel::Pid(p) => v.creator.as_ref().is_some_and(|c| c.tgid == *p),
+        VmSel::Name(_) => v.identity.as_ref().is_some_and(|i| sel.names(i)),
+    }
 }
 
 /// `timeline --live`: attach, follow until Ctrl-C / SIGTERM, then print.
@@ -336,6 +368,16 @@ pub async fn timeline_live(
             now: u64,
         ) -> anyhow::Result<()> {
             self.engine.tick(now);
+            Ok(())
+        }
+        /// Names kept: `--vm NAME` selects a VM made after the start.
+        fn identified(
+            &mut self,
+            kvm: u64,
+            created_ns: u64,
+            id: &crate::identity::Identity,
+        ) -> anyhow::Result<()> {
+            self.engine.identify(kvm, created_ns, id.clone());
             Ok(())
         }
     }

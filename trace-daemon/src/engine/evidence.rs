@@ -66,7 +66,7 @@ pub struct Zombie {
     pub vm: ObjRef,
     /// Time since its fd was closed, and the threshold passed (s).
     pub closed_for_ns: u64,
-    pub after_s: u64,
+    pub after_ms: u64,
     pub users: Option<i32>,
     pub holders: Vec<(Holder, i32)>,
     pub recent: Recent,
@@ -106,6 +106,24 @@ pub enum PutFault {
         ret: i64,
         get_failed: bool,
     },
+}
+
+impl Evidence {
+    /// The VM generation the finding is about, where the evidence names one.
+    pub fn vm(&self) -> Option<ObjRef> {
+        match self {
+            Evidence::GetAfterZero { vm, .. }
+            | Evidence::GetSafeFailed { vm, .. }
+            | Evidence::DestroyUnderLock { vm, .. }
+            | Evidence::UnbalancedPut(
+                PutFault::AfterDestroy { vm, .. }
+                | PutFault::BelowZero { vm, .. }
+                | PutFault::NotHolder { vm, .. },
+            ) => Some(*vm),
+            Evidence::ZombieVm(z) => Some(z.vm),
+            _ => None,
+        }
+    }
 }
 
 impl From<PutFault> for Evidence {

@@ -650,7 +650,7 @@ impl Engine {
             let z = Zombie {
                 vm: vm.obj(),
                 closed_for_ns: now_ns - closed,
-                after_s: after_ns / 1_000_000_000,
+                after_ms: after_ns / 1_000_000,
                 users: vm.users,
                 holders: vm.holders_now(),
                 recent: vm.timeline.recent(RECENT),

@@ -58,8 +58,10 @@ fn evidence_summary(f: &Finding) -> String {
             )
         }
         Evidence::ZombieVm(z) => format!(
-            "VM {:#x} not destroyed {} s after its fd was closed",
-            z.vm.addr, z.after_s
+            "VM {:#x} gen {} not destroyed {} s after its fd was closed",
+            z.vm.addr,
+            z.vm.generation,
+            z.after_ms as f64 / 1e3
         ),
         Evidence::DestroyUnderLock { vm, .. } => {
             let n = names(&f.locks);

@@ -139,9 +139,22 @@ impl VmSummary {
 }
 
 /// Kinds of the findings naming `addr` in `role`, deduplicated, in order.
-fn findings_naming(findings: &[&Finding], role: ObjectRole, addr: u64) -> Vec<String> {
+/// The findings naming the object at `addr` in `role`.
+fn findings_naming<'a, 'f>(
+    findings: &'a [&'f Finding],
+    role: ObjectRole,
+    addr: u64,
+) -> impl Iterator<Item = &'f Finding> + 'a {
+    findings
+        .iter()
+        .copied()
+        .filter(move |f| f.object(role) == Some(addr))
+}
+
+/// Their kinds, each once, in order.
+fn kinds<'f>(findings: impl Iterator<Item = &'f Finding>) -> Vec<String> {
     let mut v: Vec<String> = Vec::new();
-    for f in findings.iter().filter(|f| f.object(role) == Some(addr)) {
+    for f in findings {
         let k = f.kind.id().to_owned();
         if !v.contains(&k) {
             v.push(k);
@@ -259,12 +272,16 @@ impl<'a> Report<'a> {
             .collect();
         vms.sort_by_key(|v| (v.addr, v.generation));
         for v in &mut vms {
-            v.findings = findings_naming(&findings, ObjectRole::Kvm, v.addr);
+            // A finding about one generation is not the next one's.
+            v.findings = kinds(
+                findings_naming(&findings, ObjectRole::Kvm, v.addr)
+                    .filter(|f| f.evidence.vm().is_none_or(|r| r.generation == v.generation)),
+            );
         }
         let mut device_list: Vec<DeviceSummary> =
             engine.device_generations().map(DeviceSummary::of).collect();
         for d in &mut device_list {
-            d.findings = findings_naming(&findings, ObjectRole::Device, d.addr);
+            d.findings = kinds(findings_naming(&findings, ObjectRole::Device, d.addr));
         }
         let stacks = findings
             .iter()

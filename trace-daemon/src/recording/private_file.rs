@@ -32,6 +32,14 @@ pub enum Open {
 /// already existed (creation modes apply only to new files), so an older 0644
 /// file does not keep leaking what is now written to it.
 pub fn open(path: &Path, how: Open, mode: u32) -> anyhow::Result<File> {
+    // /proc/version and the like take an open for writing (as root) and a
+    // chmod, then fail the write: nothing of them is ever touched.
+    if let Some(fs) = pseudo_fs(path) {
+        anyhow::bail!(
+            "cannot write {}: it is on {fs}, which holds no files; give a path on a real filesystem",
+            path.display()
+        );
+    }
     let mut o = OpenOptions::new();
     o.write(true).create(true).mode(mode);
     match how {
@@ -48,6 +56,30 @@ pub fn open(path: &Path, how: Open, mode: u32) -> anyhow::Result<File> {
             .with_context(|| format!("setting mode {mode:o} on {}", path.display()))?;
     }
     Ok(f)
+}
+
+/// The kernel's pseudo filesystem `path` (or, when it does not exist yet,
+/// its nearest existing ancestor) is on, if any.
+pub fn pseudo_fs(path: &Path) -> Option<&'static str> {
+    const PSEUDO: &[(i64, &str)] = &[
+        (0x9fa0, "proc"),
+        (0x6265_6572, "sysfs"),
+        (0x6462_6720, "debugfs"),
+        (0x7472_6163, "tracefs"),
+        (0x6367_7270, "cgroup2"),
+        (0xcafe_4a11, "bpffs"),
+    ];
+    let existing = path.ancestors().find(|a| a.exists())?;
+    let c = std::ffi::CString::new(existing.as_os_str().as_encoded_bytes()).ok()?;
+    // SAFETY: a valid C string and an out-struct owned here.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut fs) } != 0 {
+        return None;
+    }
+    PSEUDO
+        .iter()
+        .find(|(m, _)| fs.f_type as i64 == *m)
+        .map(|(_, n)| *n)
 }
 
 #[cfg(test)]

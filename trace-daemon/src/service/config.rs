@@ -12,6 +12,10 @@ use crate::{attach::plan::LockWatch, engine};
 pub struct DaemonConfig {
     /// Address of the Prometheus endpoint (`/metrics`). Loopback by default.
     pub metrics_listen: String,
+    /// TLS and basic auth for the endpoint: a file in the Prometheus
+    /// exporter-toolkit's format (`--web.config.file`), read again on SIGHUP.
+    /// Unset: plain HTTP, no authentication.
+    pub web_config: Option<PathBuf>,
     /// JSON-lines file of findings; "" disables it.
     pub findings_file: PathBuf,
     /// Rotate the findings file past this size.
@@ -52,6 +56,7 @@ impl Default for DaemonConfig {
     fn default() -> Self {
         DaemonConfig {
             metrics_listen: "127.0.0.1:9477".into(),
+            web_config: None,
             findings_file: PathBuf::from("/var/lib/kvscope/findings.jsonl"),
             findings_max_bytes: 16 << 20,
             findings_keep: 5,
@@ -90,6 +95,7 @@ impl DaemonConfig {
                     self.metrics_listen
                 )
             })?;
+        self.web()?;
         crate::attach::loader::check_ring_bytes(self.ring_bytes)
             .map_err(|e| anyhow::anyhow!("ring_bytes: {e}"))?;
         if self.engine.timeline_cap == 0 || self.engine.max_findings == 0 {
@@ -108,6 +114,15 @@ impl DaemonConfig {
 }
 
 impl DaemonConfig {
+    /// The endpoint's web config, loaded (errors name `web_config`, the file
+    /// and the key in it).
+    pub fn web(&self) -> anyhow::Result<super::web_config::WebConfig> {
+        match &self.web_config {
+            Some(p) => super::web_config::WebConfig::load(p),
+            None => Ok(super::web_config::WebConfig::open()),
+        }
+    }
+
     /// `config check`: every output path can be written by this user, checked
     /// without creating or changing anything.
     pub fn check_outputs(&self) -> anyhow::Result<()> {
@@ -123,6 +138,10 @@ impl DaemonConfig {
 /// needs its nearest existing ancestor to be a directory this user may write,
 /// on a read-write filesystem that holds files (not procfs or sysfs).
 pub fn check_writable(path: &Path) -> anyhow::Result<()> {
+    if let Some(name) = crate::recording::private_file::pseudo_fs(path) {
+        let on = path.ancestors().find(|a| a.exists()).unwrap_or(path);
+        anyhow::bail!("{} is on {name}, which holds no files", on.display());
+    }
     if path.exists() {
         std::fs::OpenOptions::new()
             .append(true)
@@ -158,13 +177,6 @@ pub fn check_writable(path: &Path) -> anyhow::Result<()> {
         let mut vfs: libc::statvfs = std::mem::zeroed();
         if libc::statvfs(c.as_ptr(), &mut vfs) == 0 && vfs.f_flag & libc::ST_RDONLY != 0 {
             anyhow::bail!("{} is on a read-only filesystem", dir.display());
-        }
-        let mut fs: libc::statfs = std::mem::zeroed();
-        const PSEUDO: &[(i64, &str)] = &[(0x9fa0, "proc"), (0x6265_6572, "sysfs")];
-        if libc::statfs(c.as_ptr(), &mut fs) == 0
-            && let Some((_, name)) = PSEUDO.iter().find(|(m, _)| fs.f_type as i64 == *m)
-        {
-            anyhow::bail!("{} is on {name}, which holds no files", dir.display());
         }
     }
     Ok(())

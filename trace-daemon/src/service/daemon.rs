@@ -11,7 +11,6 @@ use std::{
 };
 
 use anyhow::Context as _;
-use axum::{Router, routing::get};
 use sd_notify::NotifyState;
 
 use crate::{
@@ -28,6 +27,7 @@ use crate::{
     recording::jsonl::Rotating,
     service::config::DaemonConfig,
     service::metrics::Metrics,
+    service::web::WebState,
 };
 
 pub struct DaemonOptions {
@@ -36,15 +36,28 @@ pub struct DaemonOptions {
     pub config_path: Option<PathBuf>,
     /// CLI overrides, re-applied after each reload.
     pub metrics_listen: Option<String>,
+    pub web_config: Option<PathBuf>,
 }
 
 impl DaemonOptions {
-    fn effective(&self, mut c: DaemonConfig) -> DaemonConfig {
-        if let Some(l) = &self.metrics_listen {
-            c.metrics_listen = l.clone();
-        }
-        c
+    fn effective(&self, c: DaemonConfig) -> DaemonConfig {
+        overridden(c, &self.metrics_listen, &self.web_config)
     }
+}
+
+/// The config with the command line's overrides.
+fn overridden(
+    mut c: DaemonConfig,
+    metrics_listen: &Option<String>,
+    web_config: &Option<PathBuf>,
+) -> DaemonConfig {
+    if let Some(l) = metrics_listen {
+        c.metrics_listen = l.clone();
+    }
+    if let Some(w) = web_config {
+        c.web_config = Some(w.clone());
+    }
+    c
 }
 
 struct DaemonSink {
@@ -54,6 +67,9 @@ struct DaemonSink {
     journal: Option<systemd_journal_logger::JournalLog>,
     config_path: Option<PathBuf>,
     metrics_listen_override: Option<String>,
+    web_config_override: Option<PathBuf>,
+    /// The endpoint's TLS and users, replaced on reload.
+    web: Arc<WebState>,
     config: DaemonConfig,
     watchdog: Option<Duration>,
     last_watchdog: Instant,
@@ -201,7 +217,11 @@ impl Sink for DaemonSink {
         self.metrics
             .lag
             .set(std::mem::take(&mut self.max_lag_ns) as f64 / 1e9);
-        if let Some(f) = s.probes.ring_fill() {
+        // Scrapes read the ring's positions themselves; without that
+        // mapping, the kernel side's value as of its last event.
+        if s.fill.is_none()
+            && let Some(f) = s.probes.ring_fill()
+        {
             self.metrics.ring_fill.set(f);
         }
         let _ = sd_notify::notify(&[NotifyState::Status(&self.status())]);
@@ -254,8 +274,10 @@ impl Sink for DaemonSink {
             *self.lost_before.entry(h).or_default() += n;
         }
         let Some(session) = session else {
+            self.metrics.set_ring(None);
             return Ok(());
         };
+        self.metrics.set_ring(session.fill.clone());
         self.metrics.set_plan(&session.probes.plan);
         self.metrics
             .delivery_verified
@@ -273,14 +295,12 @@ impl Sink for DaemonSink {
             return Ok(());
         };
         let _ = sd_notify::notify(&[NotifyState::Reloading]);
-        let result = DaemonConfig::load(&path).map(|mut c| {
-            if let Some(l) = &self.metrics_listen_override {
-                c.metrics_listen = l.clone();
-            }
-            c
-        });
+        let result = DaemonConfig::load(&path)
+            .map(|c| overridden(c, &self.metrics_listen_override, &self.web_config_override))
+            .and_then(|c| c.web().map(|w| (c, w)));
         match result {
-            Ok(mut c) => {
+            Ok((mut c, web)) => {
+                self.web.replace(web);
                 if c.metrics_listen != self.config.metrics_listen {
                     eprintln!(
                         "kvscope: metrics_listen changes only at restart; still serving {}",
@@ -334,18 +354,25 @@ fn set_lock_watch_gauge(metrics: &Metrics, mode: LockWatch) {
     }
 }
 
-async fn serve(listener: tokio::net::TcpListener, metrics: Arc<Metrics>) {
-    let app = Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let m = metrics.clone();
-                async move { ([("content-type", "text/plain; version=0.0.4")], m.encode()) }
-            }),
-        )
-        .route("/", get(|| async { "kvscope: metrics at /metrics\n" }));
-    if let Err(e) = axum::serve(listener, app).await {
-        eprintln!("kvscope: metrics server stopped: {e}");
+/// One line for the roles not attached (their reasons at `--log info` and
+/// in `kvscope check`), not one line each at every start.
+fn say_missing_roles(plan: &crate::attach::plan::Plan) {
+    let missing: Vec<&str> = plan
+        .roles
+        .iter()
+        .filter_map(|r| {
+            let why = r.missing_reason()?;
+            log::info!("role {} not attached: {why}", r.name);
+            Some(r.name)
+        })
+        .collect();
+    if !missing.is_empty() {
+        eprintln!(
+            "kvscope: {} of {} roles not attached ({}); `kvscope check` says why",
+            missing.len(),
+            plan.roles.len(),
+            missing.join(", ")
+        );
     }
 }
 
@@ -360,6 +387,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("metrics_listen {addr}: cannot listen"))?;
     let findings = open_findings(&config)?;
+    let web = WebState::new(config.web()?);
     let metrics = Arc::new(Metrics::new());
     let load = LoadOptions {
         ring_bytes: config.ring_bytes,
@@ -373,17 +401,14 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         return Ok(());
     };
     metrics.set_plan(&session.probes.plan);
+    metrics.set_ring(session.fill.clone());
     set_lock_watch_gauge(&metrics, session.lock_watch);
     metrics
         .delivery_verified
         .set(i64::from(session.delivery.verified));
-    for r in &session.probes.plan.roles {
-        if let Some(why) = r.missing_reason() {
-            eprintln!("kvscope: role {} not attached: {why}", r.name);
-        }
-    }
+    say_missing_roles(&session.probes.plan);
     session.announce(&format!("metrics on http://{addr}/metrics"));
-    tokio::spawn(serve(listener, metrics.clone()));
+    tokio::spawn(super::web::serve(listener, metrics.clone(), web.clone()));
     let mut ecfg = session.engine_config(config.engine.clone());
     ecfg.observe = true;
     let watchdog = sd_notify::watchdog_enabled();
@@ -394,6 +419,8 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         journal: open_journal(&config),
         config_path: opts.config_path.clone(),
         metrics_listen_override: opts.metrics_listen.clone(),
+        web_config_override: opts.web_config.clone(),
+        web,
         config,
         watchdog,
         last_watchdog: Instant::now(),

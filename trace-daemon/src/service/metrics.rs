@@ -8,10 +8,11 @@ use prometheus::{
 
 use crate::{
     attach::plan::{Method, Plan, Tier},
-    engine::{Engine, Finding, Observation},
+    engine::{Engine, Finding, FindingKind, Observation},
     event::{Kind, drops::Drops},
     output::event_line as render,
 };
+use trace_common::LockClass;
 
 pub struct Metrics {
     pub registry: Registry,
@@ -38,6 +39,8 @@ pub struct Metrics {
     pub build_info: GaugeVec,
     pub delivery_verified: IntGauge,
     pub lock_watch: GaugeVec,
+    /// The current session's ring, read at every scrape.
+    ring: std::sync::Mutex<Option<std::sync::Arc<crate::attach::ring_fill::RingFill>>>,
 }
 
 /// Buckets from 10 µs to about 40 s: lock holds are µs, teardowns are ms..s.
@@ -57,13 +60,13 @@ macro_rules! reg {
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
-        Metrics {
+        let m = Metrics {
             events: reg!(r, IntCounterVec::new(Opts::new("kvscope_events_total", "Events analysed, by kind (vm-get, vm-put, lock-acquired, ...)."), &["kind"])),
             lost: reg!(r, IntCounterVec::new(Opts::new("kvscope_lost_events_total", "Events the kernel side could not send (ring buffer full), by hook."), &["hook"])),
             drops: reg!(r, IntCounterVec::new(Opts::new("kvscope_kernel_drops_total", "What the kernel side gave up on besides a full ring: cause stack-id (an event sent without its stack), stash-full (a call's exit lost: argument stash full), watched-evicted (a watched lock evicted from the LRU map; hook \"-\"), by hook."), &["cause", "hook"])),
             undecodable: reg!(r, IntCounter::new("kvscope_undecodable_records_total", "Ring-buffer records that did not decode (ABI mismatch or unknown hook).")),
-            attached: reg!(r, GaugeVec::new(Opts::new("kvscope_probes_attached", "Kernel functions attached, by role and method (fentry, kprobe)."), &["role", "method"])),
-            role_missing: reg!(r, GaugeVec::new(Opts::new("kvscope_role_missing", "1 when a role's kernel function exists on this host but could not be attached (see `kvscope check`); roles this kernel line does not have are 0."), &["role"])),
+            attached: reg!(r, GaugeVec::new(Opts::new("kvscope_probes_attached", "Hooks attached: kernel functions by role and method (fentry, kprobe), tracepoints by program (method tracepoint)."), &["role", "method"])),
+            role_missing: reg!(r, GaugeVec::new(Opts::new("kvscope_role_missing", "1 when kvscope tried to attach a role's kernel function by a method this host allows and failed (see `kvscope check`); roles this kernel line, tier or lock mode does not serve are 0."), &["role"])),
             tier: reg!(r, IntGauge::new("kvscope_tier", "Capability tier: 1 fentry, 2 kprobe, 3 tracepoints only, 0 none.")),
             live_vms: reg!(r, IntGauge::new("kvscope_live_vms", "VMs seen and not destroyed.")),
             zombie_vms: reg!(r, IntGauge::new("kvscope_zombie_vms", "VMs whose fd was closed but which were not destroyed within the zombie threshold.")),
@@ -81,8 +84,40 @@ impl Metrics {
             build_info: reg!(r, GaugeVec::new(Opts::new("kvscope_build_info", "Always 1; the kvscope version as a label."), &["version"])),
             lock_watch: reg!(r, GaugeVec::new(Opts::new("kvscope_lock_watch", "1 for the lock-watching mode in use: deep (the mutex API hooked) or lean (held locks read from owner words at the path hooks)."), &["mode"])),
             delivery_verified: reg!(r, IntGauge::new("kvscope_delivery_verified", "1 when the attach-time self-test event came back through the ring buffer; 0: an absence of events proves nothing.")),
+            ring: std::sync::Mutex::new(None),
             registry: r,
+        };
+        // process_* (CPU, memory, fds, start time), as every exporter has.
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        m.registry
+            .register(Box::new(process))
+            .expect("unique process metrics");
+        m.zero_series();
+        m
+    }
+
+    /// Series that exist before their first increment, at 0: an alert on
+    /// `increase(...)` then fires on the first one.
+    fn zero_series(&self) {
+        for k in FindingKind::ALL {
+            self.findings
+                .with_label_values(&[k.id(), k.severity().name()]);
         }
+        for c in LockClass::ALL {
+            self.lock_wait.with_label_values(&[c.name()]);
+            self.lock_hold.with_label_values(&[c.name()]);
+        }
+        for m in crate::attach::modules::WATCHED {
+            for c in crate::attach::modules::CHANGES {
+                self.module_changes.with_label_values(&[m, c]);
+            }
+        }
+        self.drops.with_label_values(&["watched-evicted", "-"]);
+    }
+
+    /// The ring whose fill scrapes read (a new session after a module change).
+    pub fn set_ring(&self, ring: Option<std::sync::Arc<crate::attach::ring_fill::RingFill>>) {
+        *self.ring.lock().unwrap_or_else(|e| e.into_inner()) = ring;
     }
 
     fn collectors(&self) -> [&dyn prometheus::core::Collector; 23] {
@@ -143,16 +178,22 @@ impl Metrics {
         });
         for r in &plan.roles {
             for c in r.attached() {
-                let m = match c.method {
-                    Method::Fentry => "fentry",
-                    Method::Kprobe => "kprobe",
-                    _ => continue,
-                };
-                self.attached.with_label_values(&[r.name, m]).add(1.0);
+                self.attached
+                    .with_label_values(&[r.name, method_name(c.method)])
+                    .add(1.0);
             }
             self.role_missing
                 .with_label_values(&[r.name])
-                .set(if r.is_missing() { 1.0 } else { 0.0 });
+                .set(if r.attach_failed() { 1.0 } else { 0.0 });
+        }
+        for t in plan
+            .tracepoints
+            .iter()
+            .filter(|t| t.method == Method::Tracepoint)
+        {
+            self.attached
+                .with_label_values(&[t.program, "tracepoint"])
+                .add(1.0);
         }
         self.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
@@ -222,6 +263,9 @@ impl Metrics {
     }
 
     pub fn encode(&self) -> String {
+        if let Some(r) = &*self.ring.lock().unwrap_or_else(|e| e.into_inner()) {
+            self.ring_fill.set(r.now());
+        }
         let mut buf = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut buf)
@@ -230,8 +274,105 @@ impl Metrics {
     }
 }
 
+fn method_name(m: Method) -> &'static str {
+    match m {
+        Method::Fentry => "fentry",
+        Method::Kprobe => "kprobe",
+        Method::Tracepoint => "tracepoint",
+        Method::None => "none",
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::attach::{
+        hooks::Role,
+        plan::{Choice, RolePlan, TracepointPlan},
+    };
+
+    fn choice(method: Method, error: Option<&str>) -> Choice {
+        Choice {
+            symbol: "kvm_get_kvm",
+            module: Some("kvm".into()),
+            method,
+            reason: "test".into(),
+            programs: vec![],
+            error: error.map(str::to_owned),
+        }
+    }
+
+    fn role(name: &'static str, c: Choice) -> RolePlan {
+        RolePlan {
+            role: Role::VmGet,
+            name,
+            yields: "test",
+            choices: vec![c],
+            absent: vec![],
+        }
+    }
+
+    /// Before any event: every finding kind, lock class and module change
+    /// at 0 (an `increase()` sees the first), and process_* metrics.
+    #[test]
+    fn counters_exist_at_zero_before_their_first_increment() {
+        let text = Metrics::new().encode();
+        for k in FindingKind::ALL {
+            let line = format!(
+                "kvscope_findings_total{{kind=\"{}\",severity=\"{}\"}} 0",
+                k.id(),
+                k.severity().name()
+            );
+            assert!(text.contains(&line), "{line} missing:\n{text}");
+        }
+        assert!(text.contains("kvscope_lock_wait_seconds_count{class=\"kvm.lock\"} 0"));
+        assert!(
+            text.contains("kvscope_module_changes_total{change=\"reloaded\",module=\"kvm\"} 0")
+        );
+        assert!(text.contains("process_resident_memory_bytes "), "{text}");
+        assert!(text.contains("process_open_fds "), "{text}");
+    }
+
+    /// A role is missing only where kvscope tried and failed; one the tier
+    /// cannot serve (tier 3: no function hooks) is 0. Tracepoints count as
+    /// attached probes.
+    #[test]
+    fn roles_missing_only_when_an_attach_failed_and_tracepoints_count() {
+        let m = Metrics::new();
+        let plan = Plan {
+            roles: vec![
+                role("vm-get", choice(Method::None, None)),
+                role("vm-put", choice(Method::Kprobe, Some("EINVAL"))),
+            ],
+            tracepoints: vec![TracepointPlan {
+                program: "vm_ioctl_exit",
+                tracepoint: "syscalls/sys_exit_ioctl".into(),
+                yields: "test",
+                method: Method::Tracepoint,
+                reason: "test".into(),
+            }],
+        };
+        m.set_plan(&plan);
+        let text = m.encode();
+        assert!(
+            text.contains("kvscope_role_missing{role=\"vm-get\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("kvscope_role_missing{role=\"vm-put\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "kvscope_probes_attached{method=\"tracepoint\",role=\"vm_ioctl_exit\"} 1"
+            ),
+            "{text}"
+        );
     }
 }

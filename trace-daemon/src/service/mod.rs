@@ -3,3 +3,5 @@
 pub mod config;
 pub mod daemon;
 pub mod metrics;
+pub mod web;
+pub mod web_config;

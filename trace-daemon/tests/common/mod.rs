@@ -200,3 +200,33 @@ fn programs_held_by_other_processes() -> std::collections::HashSet<u32> {
     }
     held
 }
+
+pub fn sh(dir: &Path, script: &str) {
+    let out = Command::new("sh")
+        .args(["-ec", script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate.
+pub fn certificates(dir: &Path) {
+    sh(
+        dir,
+        r#"
+        q() { "$@" >/dev/null 2>&1; }
+        q openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=kvscope-test-ca
+        q openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1
+        printf 'subjectAltName=IP:127.0.0.1\n' > san.ext
+        q openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext
+        q openssl req -newkey rsa:2048 -nodes -keyout client.key -out client.csr -subj /CN=prometheus
+        printf 'extendedKeyUsage=clientAuth\n' > client.ext
+        q openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2 -extfile client.ext
+        "#,
+    );
+}

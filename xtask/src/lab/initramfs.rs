@@ -47,6 +47,13 @@ pub fn initramfs(
     for b in binaries {
         let dst = stage.join("usr/bin").join(b.file_name().unwrap());
         std::fs::copy(b, &dst)?;
+        // A static binary (the KVM selftests) needs nothing more.
+        let ldd = Command::new("ldd").arg(b).output()?;
+        if String::from_utf8_lossy(&ldd.stdout).contains("not a dynamic executable")
+            || String::from_utf8_lossy(&ldd.stderr).contains("not a dynamic executable")
+        {
+            continue;
+        }
         for l in output(Command::new("ldd").arg(b))?.lines() {
             let lib = l
                 .split("=>")

@@ -12,7 +12,7 @@ use super::{
     kernels::{self, KERNELS, Kernel, Source},
     qemu, readme,
     scenarios::{SCENARIOS, suite},
-    verdict,
+    selftests, verdict,
 };
 use crate::{cmd, setup};
 
@@ -69,7 +69,9 @@ fn verdict(kernel: &str, output: &[String]) -> Vec<String> {
             Some(r) => bad.extend(verdict::check_scenario(&name, sc, lean, r, &s.timeline)),
             None => bad.push(format!("{name}: no replay report from the guest")),
         }
+        bad.extend(verdict::check_run(&name, s));
     }
+    bad.extend(verdict::check_selftests(kernel, &result.selftests));
     let ran = result.steps.len();
     let want = suite(kernel).steps.len();
     if ran != want {
@@ -107,7 +109,10 @@ fn boot(k: &Kernel, command: &str) -> anyhow::Result<(qemu::Boot, String)> {
         }
     };
     let initrd = debian::lab_dir().join(format!("initrd-{}.gz", un.release));
-    let bins = [cmd::kvscope_bin(), cmd::lab_driver_bin()];
+    let mut bins = vec![cmd::kvscope_bin(), cmd::lab_driver_bin()];
+    if let Some(b) = selftests::source_of(k.name) {
+        bins.extend(selftests::built(b)?);
+    }
     initramfs::initramfs(&un, &bins, &extra, &btf, &command, &initrd)?;
     eprintln!("lab: booting {} ({})", k.name, un.release);
     let boot = qemu::boot(&un, &initrd, Duration::from_secs(420))?;

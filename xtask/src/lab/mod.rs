@@ -22,5 +22,6 @@ pub mod matrix;
 pub mod qemu;
 pub mod readme;
 pub mod scenarios;
+pub mod selftests;
 pub mod stress;
 pub mod verdict;

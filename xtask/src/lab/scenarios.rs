@@ -594,5 +594,12 @@ pub fn suite(kernel: &str) -> Suite {
         steps.push(step(Some("deep")));
         steps.push(step(Some("lean")));
     }
-    Suite { steps }
+    let selftests = match super::selftests::source_of(kernel) {
+        Some(_) => super::selftests::CURATED
+            .iter()
+            .map(|t| super::selftests::name(t).to_owned())
+            .collect(),
+        None => Vec::new(),
+    };
+    Suite { steps, selftests }
 }

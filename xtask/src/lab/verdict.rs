@@ -417,6 +417,84 @@ fn check_findings(name: &str, sc: &Scenario, lean: bool, r: &Report, bad: &mut V
     }
 }
 
+/// A step under `kvscope run --fail-on info` fails (90) exactly when its
+/// recording holds findings, and its JUnit has a failing case for each kind
+/// found; a clean one passes (0).
+pub fn check_run(name: &str, s: &lab_driver::protocol::StepResult) -> Vec<String> {
+    let Some(status) = s.run_status else {
+        return Vec::new();
+    };
+    let kinds: Vec<&str> = s
+        .report
+        .as_ref()
+        .and_then(|r| r["findings"].as_array())
+        .map(|f| f.iter().filter_map(|f| f["kind"].as_str()).collect())
+        .unwrap_or_default();
+    let want = if kinds.is_empty() { 0 } else { 90 };
+    let mut bad = Vec::new();
+    if status != want {
+        bad.push(format!(
+            "{name}: kvscope run exited {status}, expected {want} (findings {kinds:?})"
+        ));
+    }
+    for k in &kinds {
+        if !junit_fails(&s.junit, k) {
+            bad.push(format!(
+                "{name}: kvscope run's JUnit has no failing {k} case"
+            ));
+        }
+    }
+    eprintln!("lab:   {name}: kvscope run exited {status}");
+    bad
+}
+
+/// Each curated KVM selftest of the row ran under `kvscope run` and passed
+/// it: the test succeeded, kvscope saw its VMs, and found nothing (0).
+pub fn check_selftests(kernel: &str, got: &[lab_driver::protocol::SelftestResult]) -> Vec<String> {
+    let mut bad = Vec::new();
+    let want: &[&str] = match super::selftests::source_of(kernel) {
+        Some(_) => super::selftests::CURATED,
+        None => &[],
+    };
+    for name in want.iter().map(|t| super::selftests::name(t)) {
+        let Some(t) = got.iter().find(|t| t.name == name) else {
+            bad.push(format!("selftest {name}: did not run"));
+            continue;
+        };
+        let vms = t
+            .kvscope_said
+            .lines()
+            .find_map(|l| l.strip_prefix("VMs"))
+            .map(str::trim)
+            .unwrap_or("?");
+        eprintln!(
+            "lab:   selftest {name} under kvscope run: exit {:?}; VMs {vms}",
+            t.run_status
+        );
+        if t.run_status != Some(0) {
+            bad.push(format!(
+                "selftest {name}: kvscope run exited {:?} (0 expected: the test passes, nothing found)\n{}\n{}",
+                t.run_status, t.output_tail, t.kvscope_said
+            ));
+        }
+        if vms.starts_with('0') || vms == "?" {
+            bad.push(format!("selftest {name}: kvscope saw no VM of it ({vms})"));
+        }
+        if t.junit.contains("<failure") || t.junit.contains("<error") || t.junit.is_empty() {
+            bad.push(format!("selftest {name}: JUnit not clean:\n{}", t.junit));
+        }
+    }
+    bad
+}
+
+/// Whether a `kvscope.KIND` test case of `junit` carries a `<failure>`.
+fn junit_fails(junit: &str, kind: &str) -> bool {
+    let marker = format!("classname=\"kvscope.{kind}\"");
+    junit
+        .split("<testcase")
+        .any(|case| case.contains(&marker) && case.contains("<failure"))
+}
+
 pub fn check_scenario(
     name: &str,
     sc: &Scenario,

@@ -59,10 +59,18 @@ pub struct Command {
     pub left_running: Vec<u32>,
     /// Every process of the tree has ended (or was given up on).
     over: bool,
+    /// After that, how long kvscope still records: work the last close set
+    /// off in the kernel (deferred puts, workqueues) is seen.
+    settle: Duration,
 }
 
 impl Command {
-    pub fn new(argv: Vec<OsString>, pid: Arc<AtomicI32>, grace: Duration) -> Command {
+    pub fn new(
+        argv: Vec<OsString>,
+        pid: Arc<AtomicI32>,
+        grace: Duration,
+        settle: Duration,
+    ) -> Command {
         Command {
             argv,
             pid,
@@ -73,6 +81,7 @@ impl Command {
             grace,
             left_running: Vec::new(),
             over: false,
+            settle,
         }
     }
 
@@ -142,15 +151,20 @@ impl Command {
 
     /// After the recording ended: what is still running is left running.
     pub fn conclude(&mut self) {
-        if !self.finished() {
-            self.left_running = children_of_self();
+        if !self.reap() {
+            self.left_running = self.still_running();
             self.over = true;
         }
     }
 
-    /// Reaps whatever of the tree ended; true once all of it has (or the
-    /// grace after the command's end ran out).
+    /// True once the whole tree has ended (or the grace after the
+    /// command's end ran out) and the settle time passed.
     pub fn finished(&mut self) -> bool {
+        self.reap() && self.ended.is_some_and(|t| t.elapsed() >= self.settle)
+    }
+
+    /// Reaps whatever of the tree ended; true once all of it has.
+    fn reap(&mut self) -> bool {
         if self.over {
             return true;
         }
@@ -178,7 +192,7 @@ impl Command {
             let gave_up = self.ended.is_some_and(|t| t.elapsed() >= self.grace);
             if self.exit.is_some() && (none_left || gave_up) {
                 if !none_left {
-                    self.left_running = children_of_self();
+                    self.left_running = self.still_running();
                 }
                 self.ended = Some(Instant::now());
                 self.tree.drain();
@@ -195,6 +209,18 @@ fn shell_quoted(a: &str) -> String {
         a.to_owned()
     } else {
         format!("'{}'", a.replace('\'', r"'\''"))
+    }
+}
+
+impl Command {
+    /// kvscope's children that belong to the tree (not its own helpers,
+    /// such as the process that releases its links at exit).
+    fn still_running(&self) -> Vec<u32> {
+        let mut v = children_of_self();
+        if self.tree.incomplete().is_none() {
+            v.retain(|p| self.tree.members().contains(p));
+        }
+        v
     }
 }
 

@@ -39,6 +39,8 @@ pub struct RunOptions {
     pub share: bool,
     /// How long the tree's other processes are waited for after the command.
     pub tree_grace: Duration,
+    /// How long kvscope still records after the tree ended.
+    pub settle: Duration,
 }
 
 impl record::Workload for child::Command {
@@ -57,7 +59,7 @@ impl record::Workload for child::Command {
 pub async fn run(opts: RunOptions) -> anyhow::Result<u8> {
     let pid = Arc::new(AtomicI32::new(0));
     let signals = Signals::forwarding(Forwarder::install(pid.clone())?);
-    let mut cmd = child::Command::new(opts.argv.clone(), pid, opts.tree_grace);
+    let mut cmd = child::Command::new(opts.argv.clone(), pid, opts.tree_grace, opts.settle);
     let recording = Recording::new(opts.output.clone())?;
     let ropts = record::RecordOptions {
         output: recording.path.clone(),

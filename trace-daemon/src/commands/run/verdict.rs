@@ -11,11 +11,13 @@ use crate::{
     recording::{Loaded, Stack},
 };
 
-/// Exit status when findings reach `--fail-on` (as `replay --fail-on`).
-pub const EXIT_FINDINGS: u8 = 3;
+/// Exit status when findings reach `--fail-on`. Not `replay`'s 3: kselftest
+/// gives 0-4 their own meanings (4 is a skip, 3 an unexpected pass), and
+/// 124-165 belong to timeout and the shells.
+pub const EXIT_FINDINGS: u8 = 90;
 /// Exit status when the check was incomplete: events lost, a blind gap,
 /// delivery not verified, a damaged recording.
-pub const EXIT_INCOMPLETE: u8 = 4;
+pub const EXIT_INCOMPLETE: u8 = 91;
 /// Exit status when kvscope itself failed (as `timeout` does).
 pub const EXIT_KVSCOPE_FAILED: u8 = 125;
 
