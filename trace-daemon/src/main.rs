@@ -246,10 +246,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             emit(&String::from_utf8_lossy(&out), None, false)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Manpage => {
-            let mut out = Vec::new();
-            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out)?;
-            emit(&String::from_utf8_lossy(&out), None, false)?;
+        Command::Manpage(args) => {
+            use kvscope::commands::manpage;
+            match &args.dir {
+                Some(dir) => {
+                    for (name, text) in manpage::pages()? {
+                        let p = dir.join(&name);
+                        std::fs::write(&p, text)
+                            .map_err(|e| anyhow::anyhow!("writing {}: {e}", p.display()))?;
+                    }
+                }
+                None => emit(&manpage::page(args.command.as_deref())?, None, false)?,
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Events(args) => {

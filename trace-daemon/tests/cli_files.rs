@@ -2,6 +2,8 @@
 //! panic, never a silent empty report.
 use std::process::Command;
 
+mod common;
+
 fn kvscope(args: &[&str]) -> (Option<i32>, String, String) {
     let o = Command::new(env!("CARGO_BIN_EXE_kvscope"))
         .args(args)
@@ -427,36 +429,7 @@ fn events_says_what_each_non_event_line_is() {
 /// 3 when a finding is at least that severe; without findings, or below it, 0.
 #[test]
 fn fail_on_a_severity_exits_three_after_the_output() {
-    use trace_common::{Event, HookId, known};
-    let h = kvscope::recording::Header {
-        abi_version: trace_common::ABI_VERSION,
-        kvscope_version: "test".into(),
-        kernel_release: "6.12.0-test".into(),
-        destroy_observable: true,
-        ..Default::default()
-    };
-    let mut buf = Vec::new();
-    let mut w = kvscope::recording::Writer::new(&mut buf, &h).unwrap();
-    // Created, the last put (1 -> 0), then a get that reads 1: get-after-zero.
-    let kvm = 0xffff_8881_0276_9000u64;
-    for (i, (hook, users)) in [
-        (HookId::KvmCreateVm, 1),
-        (HookId::KvmPutKvm, 1),
-        (HookId::KvmGetKvm, 1),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let mut e = Event::ZERO;
-        e.ts_ns = 1_000_000_000 + i as u64 * 1000;
-        e.pid_tgid = (42u64 << 32) | 42;
-        e.hook = hook as u16;
-        e.kvm = kvm;
-        e.users_count = users;
-        e.known = known::KVM | known::USERS;
-        w.event(&e).unwrap();
-    }
-    w.flush().unwrap();
+    let buf = common::get_after_zero_recording(true);
     let f = tmp("get-after-zero.kvs", &buf);
     let (code, out, err) = kvscope(&["replay", &f]);
     assert_eq!(code, Some(0), "no --fail-on: {err}");

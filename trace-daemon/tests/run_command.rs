@@ -192,47 +192,8 @@ fn get_after_zero_recording() -> std::path::PathBuf {
 
 /// The same, its delivery verified at attach or not.
 fn get_after_zero_recording_with(verified: bool) -> std::path::PathBuf {
-    use trace_common::{Event, HookId, known};
-    let h = kvscope::recording::Header {
-        abi_version: trace_common::ABI_VERSION,
-        kvscope_version: "test".into(),
-        kernel_release: "6.12.0-test".into(),
-        hostname: "lab".into(),
-        destroy_observable: true,
-        delivery: kvscope::recording::Delivery {
-            verified,
-            latency_us: Some(40),
-            detail: if verified {
-                String::new()
-            } else {
-                "no event came back".into()
-            },
-        },
-        ..Default::default()
-    };
-    let mut buf = Vec::new();
-    let mut w = kvscope::recording::Writer::new(&mut buf, &h).unwrap();
-    let kvm = 0xffff_8881_0276_9000u64;
-    for (i, (hook, users)) in [
-        (HookId::KvmCreateVm, 1),
-        (HookId::KvmPutKvm, 1),
-        (HookId::KvmGetKvm, 1),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let mut e = Event::ZERO;
-        e.ts_ns = 1_000_000_000 + i as u64 * 1000;
-        e.pid_tgid = (42u64 << 32) | 42;
-        e.hook = hook as u16;
-        e.kvm = kvm;
-        e.users_count = users;
-        e.known = known::KVM | known::USERS;
-        w.event(&e).unwrap();
-    }
-    w.flush().unwrap();
     let p = tmp(&format!("get-after-zero-{verified}.kvs"));
-    std::fs::write(&p, &buf).unwrap();
+    std::fs::write(&p, common::get_after_zero_recording(verified)).unwrap();
     p
 }
 

@@ -98,6 +98,27 @@ fn start_daemon(config: &Path) -> Guard {
     Guard(child)
 }
 
+/// The real Prometheus with `config` (its YAML), on `port`, its data in `dir`.
+fn start_prometheus(dir: &Path, port: u16, config: &str) -> Guard {
+    std::fs::write(dir.join("prometheus.yml"), config).unwrap();
+    Guard(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    )
+}
+
 fn zombie_lines(findings: &Path) -> usize {
     std::fs::read_to_string(findings)
         .unwrap_or_default()
@@ -122,28 +143,12 @@ fn daemon_scraped_by_prometheus_reload_and_shutdown() {
     write_config(&config, mport, &findings, 600_000);
     let mut daemon = start_daemon(&config);
 
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
+    let _prom = start_prometheus(
+        &dir,
+        pport,
+        &format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: kvscope\n    static_configs:\n      - targets: ['127.0.0.1:{mport}']\n"
         ),
-    )
-    .unwrap();
-    let _prom = Guard(
-        Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{pport}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus"),
     );
     // Prometheus scrapes the daemon: the series exists, with 0 VMs.
     let before = wait_for("Prometheus to scrape kvscope_live_vms", 60, || {
@@ -259,29 +264,13 @@ fn prometheus_scrapes_over_tls_with_basic_auth() {
         None,
         "plain HTTP gets no answer"
     );
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
+    let _prom = start_prometheus(
+        &dir,
+        pport,
+        &format!(
             "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: kvscope\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n    basic_auth:\n      username: prometheus\n      password: s3cret\n    static_configs:\n      - targets: ['127.0.0.1:{mport}']\n  - job_name: anonymous\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n    static_configs:\n      - targets: ['127.0.0.1:{mport}']\n",
             ca = dir.join("ca.pem").display()
         ),
-    )
-    .unwrap();
-    let _prom = Guard(
-        Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{pport}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus"),
     );
     let tier = wait_for("Prometheus to scrape kvscope_tier over TLS", 60, || {
         prom_query(pport, "kvscope_tier")

@@ -52,15 +52,20 @@ fn generate() -> anyhow::Result<()> {
         let text = setup::output(Command::new(&bin).args(["completions", shell]))?;
         std::fs::write(dir.join(file), text)?;
     }
-    let man = setup::output(Command::new(&bin).arg("manpage"))?;
-    std::fs::write(dir.join("kvscope.1"), man)?;
-    // -n: no name or time stamp, so the package is reproducible.
-    let _ = std::fs::remove_file(dir.join("kvscope.1.gz"));
-    cmd::check({
-        let mut c = Command::new("gzip");
-        c.args(["-9n"]).arg(dir.join("kvscope.1"));
-        c
-    })
+    // kvscope(1) and a kvscope-COMMAND(1) per command.
+    let man = dir.join("man");
+    let _ = std::fs::remove_dir_all(&man);
+    std::fs::create_dir_all(&man)?;
+    setup::output(Command::new(&bin).arg("manpage").arg("--dir").arg(&man))?;
+    for page in std::fs::read_dir(&man)?.filter_map(Result::ok) {
+        // -n: no name or time stamp, so the package is reproducible.
+        cmd::check({
+            let mut c = Command::new("gzip");
+            c.args(["-9n"]).arg(page.path());
+            c
+        })?;
+    }
+    Ok(())
 }
 
 /// Builds the release binary and the package; returns the .deb's path.
@@ -185,6 +190,7 @@ fn check_in_root(root: &Path, deb: &Path) -> anyhow::Result<()> {
         "usr/lib/systemd/system/kvscope.service",
         "etc/kvscope/kvscope.toml",
         "usr/share/man/man1/kvscope.1.gz",
+        "usr/share/man/man1/kvscope-run.1.gz",
         "usr/share/bash-completion/completions/kvscope",
         "usr/share/kvscope/dashboards/kvscope-alerts.yml",
         "usr/share/doc/kvscope/README.md",

@@ -74,8 +74,9 @@ pub enum Command {
     /// a JSON-lines file and the journal, serve Prometheus metrics. SIGHUP
     /// reloads the config file; SIGTERM detaches and exits.
     Daemon(DaemonArgs),
-    /// Run a command under kvscope and judge it, for kernel CI: attach (deep
-    /// lock watching by default), wait until ready, run CMD (its streams
+    /// Run a command under kvscope and judge it, for kernel CI.
+    ///
+    /// Attach (deep lock watching by default), wait until ready, run CMD (its streams
     /// passed through, signals sent to kvscope passed on), wait for its whole
     /// process tree, detach, and print the findings that involve the tree as
     /// `report` does. Exit status: CMD's own when it failed; else 90 when
@@ -103,9 +104,9 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff) to standard output: `kvscope manpage | man -l -`.
-    #[command(hide = true)]
-    Manpage,
+    /// Print a man page (roff): `kvscope manpage | man -l -` (kvscope(1)),
+    /// `kvscope manpage run` (kvscope-run(1)); `--dir DIR` writes them all.
+    Manpage(ManpageArgs),
 }
 
 const LEVELS: &[&str] = &["off", "error", "warn", "info", "debug", "trace"];
@@ -166,6 +167,15 @@ pub struct DaemonArgs {
     /// on SIGHUP.
     #[arg(long, value_name = "FILE")]
     pub web_config: Option<std::path::PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ManpageArgs {
+    /// The command whose page to print (default: kvscope's own).
+    pub command: Option<String>,
+    /// Write every page (kvscope.1, kvscope-COMMAND.1) into this directory.
+    #[arg(long, value_name = "DIR", conflicts_with = "command")]
+    pub dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand)]

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod cli;
 pub mod lock_modes;
+pub mod manpage;
 pub mod offline;
 pub mod record;
 pub mod run;

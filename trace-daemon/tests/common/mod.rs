@@ -230,3 +230,49 @@ pub fn certificates(dir: &Path) {
         "#,
     );
 }
+
+/// A recording in which tgid 42 takes a reference on a VM whose count
+/// reached zero (get-after-zero, critical); its delivery verified or not.
+pub fn get_after_zero_recording(verified: bool) -> Vec<u8> {
+    use trace_common::{Event, HookId, known};
+    let h = kvscope::recording::Header {
+        abi_version: trace_common::ABI_VERSION,
+        kvscope_version: "test".into(),
+        kernel_release: "6.12.0-test".into(),
+        hostname: "lab".into(),
+        destroy_observable: true,
+        delivery: kvscope::recording::Delivery {
+            verified,
+            latency_us: Some(40),
+            detail: if verified {
+                String::new()
+            } else {
+                "no event came back".into()
+            },
+        },
+        ..Default::default()
+    };
+    let mut buf = Vec::new();
+    let mut w = kvscope::recording::Writer::new(&mut buf, &h).unwrap();
+    // Created, the last put (1 -> 0), then a get that reads 1.
+    let kvm = 0xffff_8881_0276_9000u64;
+    for (i, (hook, users)) in [
+        (HookId::KvmCreateVm, 1),
+        (HookId::KvmPutKvm, 1),
+        (HookId::KvmGetKvm, 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut e = Event::ZERO;
+        e.ts_ns = 1_000_000_000 + i as u64 * 1000;
+        e.pid_tgid = (42u64 << 32) | 42;
+        e.hook = hook as u16;
+        e.kvm = kvm;
+        e.users_count = users;
+        e.known = known::KVM | known::USERS;
+        w.event(&e).unwrap();
+    }
+    w.flush().unwrap();
+    buf
+}
