@@ -120,6 +120,9 @@ fn boot(k: &Kernel, command: &str) -> anyhow::Result<(qemu::Boot, String)> {
         "lab: {} ran in {:.1} s, rc {:?}",
         k.name, boot.secs, boot.rc
     );
+    if boot.rc.is_none() {
+        eprintln!("lab: {}: no exit status: {}", k.name, boot.why_no_rc());
+    }
     // The guest's whole console, kept for reading the evidence later.
     let log = setup::cache_dir()
         .join("lab")

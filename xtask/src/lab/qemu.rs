@@ -18,6 +18,22 @@ pub struct Boot {
     pub rc: Option<i32>,
     pub console: String,
     pub secs: f64,
+    /// How QEMU itself ended, with what it wrote to stderr.
+    pub qemu_exit: String,
+}
+
+impl Boot {
+    /// Why the guest reported no exit status, in one line: QEMU's own exit and
+    /// its last words, or the console's last line.
+    pub fn why_no_rc(&self) -> String {
+        let last = self
+            .console
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("(the console is empty)");
+        format!("{}; the console's last line: {last}", self.qemu_exit)
+    }
 }
 
 /// Guest failures that are the emulator's, not the guest's code: a boot that
@@ -176,6 +192,17 @@ fn boot_once(
             }
         }
     });
+    // QEMU's own errors (a file it cannot open, memory it cannot get) go to
+    // stderr: kept to say why a guest ended without its exit status.
+    let stderr = child.stderr.take().expect("piped");
+    let qemu_said = std::thread::spawn(move || {
+        let mut said = String::new();
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            said.push_str(&l);
+            said.push('\n');
+        }
+        said
+    });
     let mut console = String::new();
     let mut output = Vec::new();
     let mut inside = false;
@@ -233,11 +260,21 @@ fn boot_once(
             }
         }
     }
-    let _ = child.wait();
+    let status = child.wait();
+    let said = qemu_said.join().unwrap_or_default();
+    let qemu_exit = match status {
+        Ok(st) => format!("QEMU ended with {st}"),
+        Err(e) => format!("QEMU's end unknown ({e})"),
+    };
+    let qemu_exit = match said.trim() {
+        "" => qemu_exit,
+        said => format!("{qemu_exit}, saying: {}", said.replace('\n', " | ")),
+    };
     Ok(Ok(Boot {
         output,
         rc,
         console,
         secs: started.elapsed().as_secs_f64(),
+        qemu_exit,
     }))
 }

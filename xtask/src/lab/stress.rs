@@ -177,8 +177,9 @@ fn verdict(cycles: u64, boot: qemu::Boot) -> anyhow::Result<()> {
         .find_map(|l| l.strip_prefix("STRESS "))
         .with_context(|| {
             format!(
-                "no STRESS verdict from the guest (rc {:?}); console in {}",
+                "no STRESS verdict from the guest (rc {:?}: {}); console in {}",
                 boot.rc,
+                boot.why_no_rc(),
                 log.display()
             )
         })?;

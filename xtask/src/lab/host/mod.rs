@@ -176,7 +176,11 @@ fn row(name: &str, img: &Path, payload: &Payload) -> anyhow::Result<Vec<String>>
     );
     let mut bad = verdict(&boot.output);
     if boot.rc != Some(0) {
-        bad.push(format!("the guest's run ended with rc {:?}", boot.rc));
+        bad.push(format!(
+            "the guest's run ended with rc {:?}: {}",
+            boot.rc,
+            boot.why_no_rc()
+        ));
     }
     if bad.is_empty() {
         super::readme::record_pass(&matrix_name(name), &un.release)?;
