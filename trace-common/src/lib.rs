@@ -14,6 +14,13 @@ pub const ABI_VERSION: u16 = 1;
 /// A datum that needs it is reported unknown, never guessed.
 pub const OFFSET_UNKNOWN: u32 = u32::MAX;
 
+/// The kernel -> user ring's default size: about 10 000 events, what the
+/// reader takes in about 100 ms (the live flood lost nothing behind a reader
+/// stalled 2 s at 750 events/s). The kernel maps the whole ring into the
+/// reader twice (its wrap-around), so every MiB here is 2 MiB of resident
+/// memory in user space.
+pub const DEFAULT_RING_BYTES: u32 = 1 << 20;
+
 /// Where in a traced call an event was taken.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

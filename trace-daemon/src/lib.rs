@@ -18,6 +18,7 @@ pub mod event;
 pub mod hexaddr;
 pub mod identity;
 pub mod kernel;
+pub mod memory;
 pub mod output;
 pub mod recording;
 pub mod service;

@@ -14,6 +14,26 @@ use kvscope::{
     engine,
 };
 
+/// kvscope's own diagnostics in the form of every other line it prints
+/// (`kvscope: ...`), the level said when it is not plain information; the
+/// module only at debug and trace, where the reader is a developer. No
+/// timestamp: the journal and terminals have their own.
+fn log_line(f: &mut env_logger::fmt::Formatter, r: &log::Record) -> std::io::Result<()> {
+    use std::io::Write as _;
+    match r.level() {
+        log::Level::Info => writeln!(f, "kvscope: {}", r.args()),
+        log::Level::Error => writeln!(f, "kvscope: error: {}", r.args()),
+        log::Level::Warn => writeln!(f, "kvscope: warning: {}", r.args()),
+        l => writeln!(
+            f,
+            "kvscope: {}: [{}] {}",
+            l.as_str().to_lowercase(),
+            r.target(),
+            r.args()
+        ),
+    }
+}
+
 /// Runs a live command to completion. The runtime is not waited for at the
 /// end: an attach thread abandoned at a stop signal must not hold the exit.
 fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
@@ -120,12 +140,16 @@ fn run_command(args: kvscope::commands::cli::RunArgs) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    kvscope::memory::tune();
     kvscope::attach::live::hold_signals();
     let cli = Cli::parse();
     if !cli.command.is_live() {
         kvscope::attach::live::release_signals();
     }
-    env_logger::Builder::new().parse_filters(&cli.log).init();
+    env_logger::Builder::new()
+        .parse_filters(&cli.log)
+        .format(log_line)
+        .init();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {

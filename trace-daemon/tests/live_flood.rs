@@ -20,7 +20,8 @@ fn flood_loss_accounting_is_exact() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (threads, per_thread) = (3, 150);
-    let big = flood::run(threads, per_thread, 4 << 20, None).expect("flood, default ring");
+    let big = flood::run(threads, per_thread, trace_common::DEFAULT_RING_BYTES, None)
+        .expect("flood, default ring");
     // A reader stalled for a second with a 4 KiB ring: it must overflow.
     let stall = Some(Duration::from_secs(1));
     let tiny = flood::run(threads, per_thread, 4096, stall).expect("flood, tiny ring");

@@ -7,7 +7,7 @@ use trace_common::{DROP_CAUSES, FdKey, HOOK_SLOTS, WATCH_HINT_SLOTS, WatchedLock
 
 /// Events to user space. Size is overridable at load (`--ring-bytes`).
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(trace_common::DEFAULT_RING_BYTES, 0);
 
 /// Bytes waiting in `EVENTS` as of the last event (BPF_RB_AVAIL_DATA): the
 /// daemon's fill-level gauge.

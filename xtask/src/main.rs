@@ -1,6 +1,7 @@
 //! kvscope's developer and CI tasks. `cargo xtask --help` lists them.
 mod cmd;
 mod deb;
+mod footprint;
 mod hostbench;
 mod install;
 mod lab;
@@ -75,7 +76,8 @@ enum Task {
     /// Replay-analysis benchmark: events/s (median of 3) and memory at two
     /// sizes (--against REV: side by side with another revision); with --lab,
     /// probe overhead in a guest (kvscope vs bpftrace vs none); with --live, the
-    /// live path on this host's kernel under a flood of real VMs.
+    /// live path on this host's kernel under a flood of real VMs; with
+    /// --footprint, the idle cost of each command on this host.
     Bench {
         /// Events in the larger run (the smaller is half).
         #[arg(long, default_value_t = 10_000_000)]
@@ -101,8 +103,18 @@ enum Task {
         /// (root).
         #[arg(long, conflicts_with_all = ["lab", "live"])]
         host: bool,
-        /// Also build the replay benchmark at this git revision and run the two
-        /// alternately: before/after figures from one run.
+        /// The idle footprint on this host instead (root): per command
+        /// (daemon, trace, record) resident memory idle and at its start-up
+        /// peak, CPU time per idle minute, wakeups per second, time to ready
+        /// and to stop; with --against, beside that revision's.
+        #[arg(long, conflicts_with_all = ["lab", "live", "host"])]
+        footprint: bool,
+        /// Seconds each --footprint run idles before it is measured and stopped.
+        #[arg(long, default_value_t = 20, requires = "footprint")]
+        idle_secs: u64,
+        /// Also build the replay benchmark (with --footprint: kvscope) at this
+        /// git revision and run the two alternately: before/after figures from
+        /// one run.
         #[arg(long, value_name = "REV", conflicts_with_all = ["lab", "live"])]
         against: Option<String>,
     },
@@ -173,6 +185,20 @@ fn main() -> anyhow::Result<()> {
             let env = setup::setup()?;
             cmd::build_release(&env)?;
             hostbench::run(iterations)
+        }
+        Task::Bench {
+            footprint: true,
+            against,
+            idle_secs,
+            ..
+        } => {
+            let env = setup::setup()?;
+            cmd::build_release(&env)?;
+            footprint::run(
+                &env,
+                against.as_deref(),
+                std::time::Duration::from_secs(idle_secs),
+            )
         }
         Task::Bench { live: true, .. } => {
             let env = setup::setup()?;

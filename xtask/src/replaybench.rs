@@ -9,12 +9,15 @@ use anyhow::{Context as _, bail};
 
 use crate::{cmd, setup::Env};
 
+/// The replay benchmark's binary.
+const BIN: &str = "kvscope-bench";
+
 /// Alternations of (baseline, current) when comparing.
 const ROUNDS: usize = 3;
 
-/// Builds `kvscope-bench` at HEAD's working tree, or at `rev` in a worktree
+/// Builds `bin` (release) at HEAD's working tree, or at `rev` in a worktree
 /// under target/bench-baseline/; returns the binary.
-fn build(env: &Env, rev: Option<&str>) -> anyhow::Result<PathBuf> {
+pub fn build(env: &Env, rev: Option<&str>, bin: &str) -> anyhow::Result<PathBuf> {
     let root = cmd::workspace_root();
     let dir = match rev {
         None => root.clone(),
@@ -35,9 +38,9 @@ fn build(env: &Env, rev: Option<&str>) -> anyhow::Result<PathBuf> {
     };
     let mut c = cmd::command(env, "cargo");
     c.current_dir(&dir)
-        .args(["build", "--release", "-q", "--bin", "kvscope-bench"]);
+        .args(["build", "--release", "-q", "--bin", bin]);
     cmd::check(c)?;
-    Ok(dir.join("target/release/kvscope-bench"))
+    Ok(dir.join("target/release").join(bin))
 }
 
 /// One run of a bench binary: its output, and the median rate per size.
@@ -61,13 +64,13 @@ fn run_once(bin: &PathBuf, events: u64) -> anyhow::Result<(String, Vec<f64>)> {
     Ok((text, rates))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
 
 pub fn run(env: &Env, events: u64, against: Option<&str>) -> anyhow::Result<()> {
-    let current = build(env, None)?;
+    let current = build(env, None, BIN)?;
     let Some(rev) = against else {
         return cmd::check({
             let mut c = Command::new(&current);
@@ -75,7 +78,7 @@ pub fn run(env: &Env, events: u64, against: Option<&str>) -> anyhow::Result<()> 
             c
         });
     };
-    let baseline = build(env, Some(rev))?;
+    let baseline = build(env, Some(rev), BIN)?;
     let mut rates: [Vec<Vec<f64>>; 2] = [Vec::new(), Vec::new()];
     for round in 0..ROUNDS {
         for (i, bin) in [&baseline, &current].into_iter().enumerate() {

@@ -23,10 +23,14 @@ fn main() -> anyhow::Result<()> {
     // The default ring behind a reader stalled 2 s: the backlog it then drains
     // back to back is the consumer's own rate.
     let runs = [
-        ("default ring (4 MiB)", 4u32 << 20, None),
         (
-            "default ring (4 MiB), reader stalled 2 s",
-            4 << 20,
+            "default ring (1 MiB)",
+            trace_common::DEFAULT_RING_BYTES,
+            None,
+        ),
+        (
+            "default ring (1 MiB), reader stalled 2 s",
+            trace_common::DEFAULT_RING_BYTES,
             Some(Duration::from_secs(2)),
         ),
         (

@@ -329,7 +329,7 @@ pub struct TracepointSpec {
     pub fields: &'static [(&'static str, usize)],
     pub yields: &'static str,
     /// The release that added it, where older kernels this tool supports lack it.
-    pub since: Option<&'static str>,
+    pub since: Option<(u32, u32)>,
 }
 
 use trace_common::tp;
@@ -376,7 +376,7 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
             ("flags", tp::CONTENTION_FLAGS_OR_RET),
         ],
         yields: "waits on watched locks",
-        since: Some("5.19"),
+        since: Some((5, 19)),
     },
     TracepointSpec {
         hook: H::ContentionEnd,
@@ -388,7 +388,7 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
             ("ret", tp::CONTENTION_FLAGS_OR_RET),
         ],
         yields: "end of waits on watched locks",
-        since: Some("5.19"),
+        since: Some((5, 19)),
     },
     TracepointSpec {
         hook: H::ProcessExit,

@@ -34,6 +34,17 @@ impl LateKallsyms {
         if finished { self.get(before) } else { before }
     }
 
+    /// The read after attach, once it is in (joined here if it just ended),
+    /// handed over: from then on the caller's table is that one, and this
+    /// serves `before` (which is it).
+    pub fn take_if_in(&mut self) -> Option<Kallsyms> {
+        let empty = Kallsyms::default();
+        if std::ptr::eq(self.get_if_ready(&empty), &empty) {
+            return None;
+        }
+        self.done.take()
+    }
+
     /// The kallsyms read after attach; `before` (read before attach: BPF
     /// frames unnamed) if that read failed.
     pub fn get<'a>(&'a self, before: &'a Kallsyms) -> &'a Kallsyms {
@@ -105,6 +116,13 @@ mod tests {
         assert!(
             !std::ptr::eq(late.get_if_ready(&before), &before),
             "read done"
+        );
+        let mut late = late;
+        assert!(late.take_if_in().is_some(), "handed over once");
+        assert!(late.take_if_in().is_none(), "and only once");
+        assert!(
+            std::ptr::eq(late.get(&before), &before),
+            "then the caller's serves"
         );
     }
 }

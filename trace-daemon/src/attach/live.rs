@@ -109,6 +109,7 @@ impl Session {
             lost_of(&probes, HookId::SelfTest)
         });
         phase("delivery self-test");
+        crate::memory::give_back();
         Ok(Session {
             facts,
             probes,
@@ -141,6 +142,8 @@ impl Session {
         }
         let from = self.lock_watch;
         self.probes.switch_lock_watch(&self.facts, to);
+        // The switch parsed the kernel's BTF again to load the new programs.
+        crate::memory::give_back();
         self.lock_watch = to;
         let attached = self
             .probes
@@ -285,6 +288,16 @@ impl Session {
         drop(probes);
         stop_phase("detached");
         std::mem::forget((facts, symbols));
+    }
+
+    /// Once kallsyms read after attach is in, it replaces the table read
+    /// before (a switch of lock watching plans with it): one table, not two,
+    /// for as long as the session runs.
+    fn settle_symbols(&mut self) {
+        if let Some(late) = self.symbols.take_if_in() {
+            self.facts.kallsyms = late;
+            crate::memory::give_back();
+        }
     }
 
     /// A kernel stack, symbolised with this host's kallsyms.
@@ -438,7 +451,7 @@ pub async fn run(
     for rec in std::mem::take(&mut session.pending) {
         deliver(session, sink, rec, &mut stats)?;
     }
-    let mut tick = tokio::time::interval(interval);
+    let mut tick = super::ticker::Ticker::every(interval)?;
     let mut reported_lost = 0u64;
     let mut unchanged_ns = mono_now_ns();
     loop {
@@ -453,7 +466,8 @@ pub async fn run(
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
-            _ = tick.tick() => {
+            t = tick.tick() => {
+                t?;
                 // Belt and braces for a wakeup that never comes: whatever
                 // waits in the ring is read at least once per tick.
                 drain(ring.get_mut(), session, sink, &mut stats)?;
@@ -478,6 +492,7 @@ pub async fn run(
                 }
                 session.drops = drops;
                 sink.tick(session, &lost, mono_now_ns())?;
+                session.settle_symbols();
                 let now = Modules::now();
                 if now != session.modules {
                     // modprobe loads a module and its dependencies one by

@@ -26,7 +26,7 @@ use crate::{
     attach::plan::{self, HostFacts, LockWatch, Method, Plan, StackVariant},
     event::drops::Drops,
     kernel::{
-        btf::{KernelBtf, OffsetReport, probe_config},
+        btf::{BtfFacts, KernelBtf, OffsetReport, probe_config},
         caps::{Privileges, kprobes_available},
         kallsyms::Kallsyms,
         lockdown::Lockdown,
@@ -43,7 +43,8 @@ pub struct Facts {
     pub version: KernelVersion,
     pub privileges: Privileges,
     pub kallsyms: Kallsyms,
-    pub btf: KernelBtf,
+    /// What is kept of the kernel's BTF (the parsed BTF is dropped at start).
+    pub btf: BtfFacts,
     pub tracing: Result<PathBuf, String>,
     pub kprobes: Result<(), String>,
     pub lockdown: Lockdown,
@@ -74,6 +75,7 @@ impl Facts {
         let (offsets, offset_report) = probe_config(&btf);
         let has_kvm_ops = btf.field_offset("vfio_device", &["kvm_ops"]).is_some();
         let variant = plan::stack_variant(&kallsyms, has_kvm_ops, btf.has_struct("vfio_device"));
+        let btf = btf.facts(plan::hook_symbols());
         Ok(Facts {
             version: KernelVersion::current(),
             privileges: Privileges::current(),
@@ -106,6 +108,7 @@ impl Facts {
             fentry,
             kprobes: self.kprobes.clone(),
             tracepoint: &tracepoint,
+            kernel: (self.version.major, self.version.minor),
         })
     }
 }
@@ -131,7 +134,7 @@ impl Default for LoadOptions {
             filter_tgid: 0,
             stacks: true,
             lock_stacks: true,
-            ring_bytes: 4 << 20,
+            ring_bytes: trace_common::DEFAULT_RING_BYTES,
             lock_watch: LockWatch::Lean,
             every_role: false,
             deep_for: None,
@@ -176,9 +179,9 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut Program
 /// Before 5.17 the kernel has no `bpf_get_func_arg`, which the fentry
 /// programs read their arguments with: its BTF says so, and that is the
 /// reason given (the load would fail with a bare EINVAL).
-fn probe_fentry(ebpf: &mut Ebpf, btf: Option<&Btf>, kbtf: &KernelBtf) -> Result<(), String> {
+fn probe_fentry(ebpf: &mut Ebpf, btf: Option<&Btf>, kbtf: &BtfFacts) -> Result<(), String> {
     let btf = btf.ok_or("no vmlinux BTF (/sys/kernel/btf/vmlinux)")?;
-    if kbtf.vmlinux_enum_has("bpf_func_id", "BPF_FUNC_get_func_arg") == Some(false) {
+    if kbtf.get_func_arg == Some(false) {
         return Err(format!(
             "{}: kvscope's fentry programs read their arguments with it (BPF_FUNC_get_func_arg is not in this kernel's enum bpf_func_id); kprobes are used instead",
             plan::NO_GET_FUNC_ARG

@@ -15,4 +15,5 @@ pub mod reload;
 pub mod ring_fill;
 pub mod selftest;
 mod signals;
+mod ticker;
 mod verifier;

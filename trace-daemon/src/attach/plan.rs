@@ -139,6 +139,9 @@ pub struct HostFacts<'a> {
     pub kprobes: Result<(), String>,
     /// Per tracepoint program: Err with the reason it cannot attach.
     pub tracepoint: &'a dyn Fn(&str) -> Result<(), String>,
+    /// The running kernel's (major, minor): a tracepoint added later than it
+    /// is absent for that reason, not for the one its check gave.
+    pub kernel: (u32, u32),
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -221,6 +224,8 @@ pub struct TracepointPlan {
     pub yields: &'static str,
     pub method: Method,
     pub reason: String,
+    /// This kernel is older than the release that added the tracepoint.
+    pub too_old: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, PartialOrd, Ord)]
@@ -301,6 +306,13 @@ impl Plan {
     }
 }
 
+/// Every kernel function the hook table may attach to.
+pub fn hook_symbols() -> impl Iterator<Item = &'static str> {
+    ROLES
+        .iter()
+        .flat_map(|spec| spec.candidates.iter().map(|c| c.symbol()))
+}
+
 pub fn plan(facts: &HostFacts<'_>) -> Plan {
     let mut roles = Vec::new();
     for spec in ROLES {
@@ -321,7 +333,7 @@ pub fn plan(facts: &HostFacts<'_>) -> Plan {
             if spec.pick == Pick::First && covered {
                 continue;
             }
-            let module = found.module.clone();
+            let module = found.module.map(str::to_owned);
             let (method, mut reason) = choose(facts, sym, module.as_deref());
             // A later alternative stands in for the preferred ones: say for what.
             if spec.pick == Pick::First && !rp.absent.is_empty() {
@@ -346,12 +358,13 @@ pub fn plan(facts: &HostFacts<'_>) -> Plan {
     let tracepoints = TRACEPOINTS
         .iter()
         .map(|t| {
-            let (method, reason) = match (facts.tracepoint)(t.program) {
-                Ok(()) => (Method::Tracepoint, "available".to_owned()),
-                Err(e) => match t.since {
-                    Some(v) => (Method::None, format!("added in {v}: {e}")),
-                    None => (Method::None, e),
-                },
+            let too_old = t.since.is_some_and(|v| facts.kernel < v);
+            let (method, reason) = match ((facts.tracepoint)(t.program), t.since) {
+                (Ok(()), _) => (Method::Tracepoint, "available".to_owned()),
+                (Err(e), Some((major, minor))) if too_old => {
+                    (Method::None, format!("added in {major}.{minor}: {e}"))
+                }
+                (Err(e), _) => (Method::None, e),
             };
             TracepointPlan {
                 program: t.program,
@@ -359,6 +372,7 @@ pub fn plan(facts: &HostFacts<'_>) -> Plan {
                 yields: t.yields,
                 method,
                 reason,
+                too_old,
             }
         })
         .collect();

@@ -94,9 +94,9 @@ pub fn run(facts: &Facts) -> Report {
         privileges: facts.privileges.clone(),
         needed_capabilities: "CAP_BPF + CAP_PERFMON (or CAP_SYS_ADMIN); root to read kallsyms addresses and mount tracefs",
         btf: BtfStatus {
-            vmlinux: facts.btf.has_vmlinux(),
-            modules: facts.btf.module_names(),
-            user: facts.btf.user_labels(),
+            vmlinux: facts.btf.vmlinux,
+            modules: facts.btf.modules.clone(),
+            user: facts.btf.user.clone(),
             problems: facts.btf.problems.clone(),
         },
         kallsyms_addresses_visible: facts.kallsyms.addresses_visible,
@@ -218,46 +218,7 @@ pub fn render_text(r: &Report) -> String {
         );
     }
     let _ = writeln!(o);
-    let _ = writeln!(o, "{:<18} {:<34} {:<10} why", "ROLE", "SYMBOL", "METHOD");
-    for role in &r.plan.roles {
-        if role.choices.is_empty() {
-            let _ = writeln!(
-                o,
-                "{:<18} {:<34} {:<10} {}",
-                role.name,
-                "-",
-                "none",
-                role.missing_reason().unwrap_or_default()
-            );
-        }
-        for c in &role.choices {
-            let method = match (c.method, &c.error) {
-                (_, Some(_)) => "failed",
-                (Method::Fentry, None) => "fentry",
-                (Method::Kprobe, None) => "kprobe",
-                (Method::Tracepoint, None) => "tracepoint",
-                (Method::None, None) => "none",
-            };
-            let sym = match &c.module {
-                Some(m) => format!("{} [{m}]", c.symbol),
-                None => c.symbol.to_owned(),
-            };
-            let why = c.error.as_deref().unwrap_or(&c.reason);
-            let _ = writeln!(o, "{:<18} {:<34} {:<10} {}", role.name, sym, method, why);
-        }
-    }
-    for t in &r.plan.tracepoints {
-        let m = if t.method == Method::Tracepoint {
-            "tracepoint"
-        } else {
-            "none"
-        };
-        let _ = writeln!(
-            o,
-            "{:<18} {:<34} {:<10} {}",
-            "syscalls/locks", t.tracepoint, m, t.reason
-        );
-    }
+    roles_text(&mut o, r);
     let _ = writeln!(o);
     offsets_text(&mut o, &r.offsets);
     let unknown: Vec<&str> = r
@@ -281,14 +242,7 @@ pub fn render_text(r: &Report) -> String {
     }
     let _ = writeln!(o, "tier          {}", r.tier_description);
     let _ = writeln!(o);
-    let _ = writeln!(
-        o,
-        "{:<22} {:<50} LEAN (--locks lean, the default)",
-        "FINDING", "DEEP (--locks deep)"
-    );
-    for m in &r.lock_watch {
-        let _ = writeln!(o, "{:<22} {:<50} {}", m.kind.id(), m.deep, m.lean);
-    }
+    modes_text(&mut o, r);
     let _ = writeln!(o);
     let _ = writeln!(o, "syscalls, deep  {}", r.syscalls.deep);
     let _ = writeln!(o, "syscalls, lean  {}", r.syscalls.lean);
@@ -296,4 +250,82 @@ pub fn render_text(r: &Report) -> String {
         let _ = writeln!(o, "NOT USABLE    {why}");
     }
     o
+}
+
+/// What each lock-watching mode can raise: one line where both modes say the
+/// same, else one line each (the reasons are sentences, too long for columns).
+fn modes_text(o: &mut String, r: &Report) {
+    use std::fmt::Write as _;
+    let w = r
+        .lock_watch
+        .iter()
+        .map(|m| m.kind.id().len())
+        .max()
+        .unwrap_or(0);
+    let _ = writeln!(
+        o,
+        "{:<w$}  WHAT EACH MODE CAN RAISE (deep: --locks deep; lean: --locks lean, the default)",
+        "FINDING"
+    );
+    for m in &r.lock_watch {
+        if m.deep == m.lean {
+            let _ = writeln!(o, "{:<w$}  both: {}", m.kind.id(), m.deep);
+        } else {
+            let _ = writeln!(o, "{:<w$}  deep: {}", m.kind.id(), m.deep);
+            let _ = writeln!(o, "{:<w$}  lean: {}", "", m.lean);
+        }
+    }
+}
+
+fn roles_text(o: &mut String, r: &Report) {
+    use std::fmt::Write as _;
+    let mut rows: Vec<(String, String, &str, String)> = Vec::new();
+    for role in &r.plan.roles {
+        if role.choices.is_empty() {
+            rows.push((
+                role.name.to_owned(),
+                "-".into(),
+                "none",
+                role.missing_reason().unwrap_or_default(),
+            ));
+        }
+        for c in &role.choices {
+            let method = match (c.method, &c.error) {
+                (_, Some(_)) => "failed",
+                (Method::Fentry, None) => "fentry",
+                (Method::Kprobe, None) => "kprobe",
+                (Method::Tracepoint, None) => "tracepoint",
+                (Method::None, None) => "none",
+            };
+            let sym = match &c.module {
+                Some(m) => format!("{} [{m}]", c.symbol),
+                None => c.symbol.to_owned(),
+            };
+            let why = c.error.as_deref().unwrap_or(&c.reason);
+            rows.push((role.name.to_owned(), sym, method, why.to_owned()));
+        }
+    }
+    for t in &r.plan.tracepoints {
+        let m = if t.method == Method::Tracepoint {
+            "tracepoint"
+        } else {
+            "none"
+        };
+        rows.push((
+            "syscalls/locks".into(),
+            t.tracepoint.clone(),
+            m,
+            t.reason.clone(),
+        ));
+    }
+    let w0 = rows.iter().map(|r| r.0.len()).max().unwrap_or(0).max(4);
+    let w1 = rows.iter().map(|r| r.1.len()).max().unwrap_or(0).max(6);
+    let _ = writeln!(
+        o,
+        "{:<w0$}  {:<w1$}  {:<10}  why",
+        "ROLE", "SYMBOL", "METHOD"
+    );
+    for (role, sym, method, why) in rows {
+        let _ = writeln!(o, "{role:<w0$}  {sym:<w1$}  {method:<10}  {why}");
+    }
 }

@@ -199,7 +199,7 @@ pub struct RecordArgs {
     #[arg(long)]
     pub pid: Option<u32>,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
-    #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_bytes)]
+    #[arg(long, default_value_t = trace_common::DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
     /// How watched locks are followed: `deep` hooks the mutex API (every
     /// mutex of the host pays a filter) and traces ioctl/close (every syscall
@@ -249,7 +249,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub share: bool,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
-    #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_bytes)]
+    #[arg(long, default_value_t = trace_common::DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
     /// After CMD ends, how long the rest of its process tree is waited for.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
@@ -453,7 +453,7 @@ pub struct TraceArgs {
     #[arg(long)]
     pub stacks: bool,
     /// Ring buffer size in bytes (a power of two, multiple of the page size).
-    #[arg(long, default_value_t = 4 << 20, value_parser = parse_ring_bytes)]
+    #[arg(long, default_value_t = trace_common::DEFAULT_RING_BYTES, value_parser = parse_ring_bytes)]
     pub ring_bytes: u32,
     /// How watched locks are followed (as for `record --locks`).
     #[arg(long = "locks", value_enum, default_value_t = LockWatch::Lean)]

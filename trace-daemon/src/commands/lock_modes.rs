@@ -57,20 +57,33 @@ pub fn rows(plan: &Plan, variant: StackVariant) -> Vec<ModeRow> {
         .iter()
         .find(|t| t.tracepoint == "lock:contention_begin");
     let contended = begin.is_some_and(|t| t.method == Method::Tracepoint);
-    // Before 5.19 the kernel has none (the plan's reason says "added in").
-    let absent = begin.is_some_and(|t| t.reason.starts_with("added in"));
+    let absent = begin.is_some_and(|t| t.too_old);
     let contention = |what: &str| {
         if contended {
             format!("yes, when contended: {what}")
         } else if absent {
             "no: this kernel has no lock contention tracepoints (added in 5.19)".to_owned()
         } else {
-            "no: the lock contention tracepoints are not attached here".to_owned()
+            format!(
+                "no: the lock contention tracepoints cannot be attached here ({})",
+                begin.map_or("not planned", |t| t.reason.as_str())
+            )
         }
     };
     let by_acquires = |what: &str| {
         if mutex {
             format!("yes: {what}")
+        } else {
+            format!("no: {no_mutex}")
+        }
+    };
+    // Deep keeps the contention tracepoints: where the mutex API cannot be
+    // hooked, what they show is deep's too.
+    let by_acquires_or_contention = |what: &str, waits: &str| {
+        if mutex {
+            format!("yes: {what}")
+        } else if contended {
+            format!("{} ({no_mutex})", contention(waits))
         } else {
             format!("no: {no_mutex}")
         }
@@ -91,18 +104,24 @@ pub fn rows(plan: &Plan, variant: StackVariant) -> Vec<ModeRow> {
                         "yes: owner words of the releasing device's group_lock and dev_set->lock (and kvm->lock) read at kvm_destroy_vm".to_owned()
                     },
                 ),
-                FindingKind::SelfDeadlock => (
-                    by_acquires("each attempt against the held set"),
-                    contention("a wait (lock:contention_begin) on a watched lock whose owner word names the waiting task"),
-                ),
+                FindingKind::SelfDeadlock => {
+                    let waits = "a wait (lock:contention_begin) on a watched lock whose owner word names the waiting task";
+                    (
+                        by_acquires_or_contention("each attempt against the held set", waits),
+                        contention(waits),
+                    )
+                }
                 FindingKind::LockOrderInversion => (
                     by_acquires("each attempt against the lock-order graph"),
                     lean_lock_order(plan, variant),
                 ),
-                FindingKind::LongWait => (
-                    by_acquires("attempt to acquire"),
-                    contention("contention begin to end"),
-                ),
+                FindingKind::LongWait => {
+                    let waits = "contention begin to end";
+                    (
+                        by_acquires_or_contention("attempt to acquire", waits),
+                        contention(waits),
+                    )
+                }
                 FindingKind::Deadlock => {
                     let both = contention("a cycle of waits (lock:contention_begin), each lock's owner word naming another waiting thread");
                     (both.clone(), both)
@@ -129,7 +148,7 @@ pub struct SyscallCost {
 }
 
 pub fn syscall_cost(plan: &Plan) -> SyscallCost {
-    let traced = "syscalls:sys_enter_ioctl, sys_exit_ioctl and sys_enter_close attached: while kvscope runs, every task of this host takes the syscall slow path (`cargo xtask bench --lab` measures it)";
+    let traced = "syscalls:sys_enter_ioctl, sys_exit_ioctl and sys_enter_close attached: while kvscope runs, every task of this host takes the syscall slow path (README, \"Overhead\", has the figures)";
     if !plan.syscalls_traced() {
         let none = "no syscall tracepoint can be attached here".to_owned();
         return SyscallCost {
@@ -140,9 +159,7 @@ pub fn syscall_cost(plan: &Plan) -> SyscallCost {
     let lean = if attachable(plan, Role::VmFdCreated) {
         "none traced: kvm_dev_ioctl and kvm_vfio_create are hooked instead (only /dev/kvm's ioctls and kvm-vfio creation pass a program; KVM_RUN and every other syscall none)".to_owned()
     } else {
-        format!(
-            "the same ({traced}): /dev/kvm's handler cannot be hooked here (tier 3), and nothing else shows VMs and their fds"
-        )
+        "the same as deep: /dev/kvm's handler cannot be hooked here (tier 3), and nothing else shows VMs and their fds".to_owned()
     };
     SyscallCost {
         deep: traced.to_owned(),

@@ -3,6 +3,7 @@
 //! with `btf-rs`. There is no CO-RE for Rust-written programs yet, so these
 //! offsets are handed to them at load (`ProbeConfig`).
 use std::{
+    collections::BTreeSet,
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -23,6 +24,33 @@ pub struct KernelBtf {
     user: Vec<UserBtf>,
     /// Why a BTF file could not be read (shown by `check`).
     pub problems: Vec<String>,
+}
+
+/// What a run needs of the kernel's BTF after start-up, taken from
+/// [`KernelBtf`] so that the parsed BTF (tens of MB for vmlinux, with its name
+/// index) is dropped before attaching: a daemon keeps this for its life.
+#[derive(Clone, Debug, Default)]
+pub struct BtfFacts {
+    pub vmlinux: bool,
+    /// Modules whose BTF was read.
+    pub modules: Vec<String>,
+    /// Labels of the `--btf` files in use.
+    pub user: Vec<String>,
+    /// Why a BTF file could not be read (shown by `check`).
+    pub problems: Vec<String>,
+    /// Whether enum bpf_func_id has BPF_FUNC_get_func_arg (None: no vmlinux
+    /// BTF or no such enum).
+    pub get_func_arg: Option<bool>,
+    /// Which of the asked symbols are FUNCs in vmlinux BTF.
+    vmlinux_funcs: BTreeSet<&'static str>,
+}
+
+impl BtfFacts {
+    /// A FUNC of this name in vmlinux BTF (only symbols asked for at
+    /// [`KernelBtf::facts`] can be).
+    pub fn vmlinux_has_func(&self, name: &str) -> bool {
+        self.vmlinux_funcs.contains(name)
+    }
 }
 
 /// `--btf` files (global option, KVSCOPE_BTF, the daemon's `btf` key), given
@@ -94,17 +122,20 @@ impl KernelBtf {
         }
     }
 
-    pub fn has_vmlinux(&self) -> bool {
-        self.vmlinux.is_some()
-    }
-
-    pub fn module_names(&self) -> Vec<String> {
-        self.modules.iter().map(|(n, _)| n.clone()).collect()
-    }
-
-    /// Labels of the `--btf` files in use, for `check`.
-    pub fn user_labels(&self) -> Vec<String> {
-        self.user.iter().map(|u| u.label.clone()).collect()
+    /// What the rest of the run needs; `funcs`: the symbols it may ask
+    /// [`BtfFacts::vmlinux_has_func`] about.
+    pub fn facts(&self, funcs: impl IntoIterator<Item = &'static str>) -> BtfFacts {
+        BtfFacts {
+            vmlinux: self.vmlinux.is_some(),
+            modules: self.modules.iter().map(|(n, _)| n.clone()).collect(),
+            user: self.user.iter().map(|u| u.label.clone()).collect(),
+            problems: self.problems.clone(),
+            get_func_arg: self.vmlinux_enum_has("bpf_func_id", "BPF_FUNC_get_func_arg"),
+            vmlinux_funcs: funcs
+                .into_iter()
+                .filter(|f| self.vmlinux_has_func(f))
+                .collect(),
+        }
     }
 
     /// Every BTF with where it came from: the kernel's own first.
@@ -321,7 +352,11 @@ mod tests {
     #[test]
     fn kvm_offsets_from_real_vmlinux_btf() {
         let Some(btf) = host() else { return };
-        assert!(btf.has_vmlinux());
+        let facts = btf.facts(["kvm_put_kvm", "kvscope_no_such_func"]);
+        assert!(facts.vmlinux);
+        assert_eq!(facts.get_func_arg, Some(true));
+        assert!(facts.vmlinux_has_func("kvm_put_kvm"));
+        assert!(!facts.vmlinux_has_func("kvscope_no_such_func"));
         let users = btf
             .field_offset("kvm", &["users_count"])
             .expect("kvm.users_count");

@@ -7,37 +7,53 @@
 use std::{collections::HashMap, fs, path::Path};
 
 use anyhow::Context as _;
-use serde::{Deserialize, Serialize};
 
 /// Larger than any kernel function (the biggest are a few tens of KiB).
 pub const MAX_FUNCTION_OFFSET: u64 = 256 * 1024;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Sym {
+/// A text symbol, borrowed from the table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sym<'a> {
     pub addr: u64,
-    pub name: String,
+    pub name: &'a str,
     /// None: vmlinux.
-    pub module: Option<String>,
+    pub module: Option<&'a str>,
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+/// One row of the table: 16 bytes, the name in the shared string.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    addr: u64,
+    name_at: u32,
+    name_len: u16,
+    /// Index into `module_names`; [`VMLINUX`] for none.
+    module: u16,
+}
+
+const VMLINUX: u16 = u16::MAX;
+
+/// A host's text symbols, compact: a kernel lists 100k-200k of them, and an
+/// always-on daemon keeps them for its whole life (a struct with two owned
+/// strings per symbol and a name map cost ~20 MB; this ~5 MB).
+#[derive(Clone, Debug, Default)]
 pub struct Kallsyms {
     /// Text symbols sorted by address.
-    syms: Vec<Sym>,
-    #[serde(skip)]
-    by_name: HashMap<String, usize>,
+    syms: Vec<Entry>,
+    /// Every name, one after another.
+    names: String,
+    /// Indices into `syms`, sorted by name (equal names by address).
+    by_name: Vec<u32>,
+    module_names: Vec<String>,
     /// False when every address read as 0 (kptr_restrict, not root).
     pub addresses_visible: bool,
     /// Addresses of the few data symbols we watch (`DATA_SYMBOLS`).
-    #[serde(default)]
     pub data: HashMap<String, u64>,
     /// Loaded modules' core extents (/proc/modules), by name.
-    #[serde(default)]
     modules: HashMap<String, ModuleExtent>,
 }
 
 /// A module's core allocation: its text lies in `[base, base + size)`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ModuleExtent {
     pub base: u64,
     pub size: u64,
@@ -79,8 +95,7 @@ impl Kallsyms {
     /// Parses kallsyms text; lines that do not look like `addr type name [mod]`
     /// are skipped.
     pub fn parse(text: &str) -> Self {
-        let mut syms = Vec::new();
-        let mut data = HashMap::new();
+        let mut k = Kallsyms::default();
         let mut any_nonzero = false;
         for line in text.lines() {
             let mut it = line.split_ascii_whitespace();
@@ -91,7 +106,7 @@ impl Kallsyms {
                 continue;
             };
             if matches!(ty, "b" | "B" | "d" | "D") && DATA_SYMBOLS.contains(&name) {
-                data.insert(name.to_owned(), addr);
+                k.data.insert(name.to_owned(), addr);
                 continue;
             }
             if !matches!(ty, "t" | "T" | "w" | "W") {
@@ -100,43 +115,68 @@ impl Kallsyms {
             any_nonzero |= addr != 0;
             let module = it
                 .next()
-                .and_then(|m| m.strip_prefix('[')?.strip_suffix(']'))
-                .map(str::to_owned);
-            syms.push(Sym {
-                addr,
-                name: name.to_owned(),
-                module,
-            });
+                .and_then(|m| m.strip_prefix('[')?.strip_suffix(']'));
+            k.push(addr, name, module);
         }
-        syms.sort_by_key(|s| s.addr);
-        let mut k = Kallsyms {
-            syms,
-            by_name: HashMap::new(),
-            addresses_visible: any_nonzero,
-            data,
-            modules: HashMap::new(),
-        };
+        k.addresses_visible = any_nonzero;
+        k.syms.sort_by_key(|e| e.addr);
+        k.syms.shrink_to_fit();
+        k.names.shrink_to_fit();
         k.index();
         k
     }
 
+    fn push(&mut self, addr: u64, name: &str, module: Option<&str>) {
+        // No kernel symbol comes near 64 KiB (KSYM_NAME_LEN is 512).
+        let Ok(name_len) = u16::try_from(name.len()) else {
+            return;
+        };
+        let module = match module {
+            None => VMLINUX,
+            Some(m) => match self.module_names.iter().position(|n| n == m) {
+                Some(i) => i as u16,
+                None => {
+                    self.module_names.push(m.to_owned());
+                    (self.module_names.len() - 1) as u16
+                }
+            },
+        };
+        self.syms.push(Entry {
+            addr,
+            name_at: self.names.len() as u32,
+            name_len,
+            module,
+        });
+        self.names.push_str(name);
+    }
+
     fn index(&mut self) {
-        self.by_name = self
-            .syms
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.name.clone(), i))
-            .collect();
+        let mut by_name: Vec<u32> = (0..self.syms.len() as u32).collect();
+        by_name.sort_by(|&a, &b| self.name_of(a as usize).cmp(self.name_of(b as usize)));
+        self.by_name = by_name;
     }
 
-    /// Rebuilds the name index after deserialising (it is not stored).
-    pub fn reindexed(mut self) -> Self {
-        self.index();
-        self
+    fn name_of(&self, i: usize) -> &str {
+        let e = &self.syms[i];
+        &self.names[e.name_at as usize..][..e.name_len as usize]
     }
 
-    pub fn get(&self, name: &str) -> Option<&Sym> {
-        self.by_name.get(name).map(|&i| &self.syms[i])
+    fn sym(&self, i: usize) -> Sym<'_> {
+        let e = &self.syms[i];
+        Sym {
+            addr: e.addr,
+            name: self.name_of(i),
+            module: self.module_names.get(e.module as usize).map(String::as_str),
+        }
+    }
+
+    /// The symbol of this name (of several, the one at the highest address).
+    pub fn get(&self, name: &str) -> Option<Sym<'_>> {
+        let end = self
+            .by_name
+            .partition_point(|&i| self.name_of(i as usize) <= name);
+        let i = *self.by_name.get(end.checked_sub(1)?)? as usize;
+        (self.name_of(i) == name).then(|| self.sym(i))
     }
 
     pub fn len(&self) -> usize {
@@ -152,17 +192,20 @@ impl Kallsyms {
     /// code kallsyms does not list (BPF programs and trampolines when
     /// bpf_jit_kallsyms is off), and naming the last symbol before the gap
     /// would be a wrong frame.
-    pub fn symbolize(&self, addr: u64) -> Option<(&Sym, u64)> {
+    pub fn symbolize(&self, addr: u64) -> Option<(Sym<'_>, u64)> {
         if !self.addresses_visible {
             return None;
         }
-        let i = self.syms.partition_point(|s| s.addr <= addr);
-        let s = self.syms.get(i.checked_sub(1)?)?;
+        let i = self
+            .syms
+            .partition_point(|s| s.addr <= addr)
+            .checked_sub(1)?;
+        let s = self.sym(i);
         let off = addr - s.addr;
         if off > MAX_FUNCTION_OFFSET {
             return None;
         }
-        if let Some(m) = &s.module
+        if let Some(m) = s.module
             && let Some(x) = self.modules.get(m)
             && addr >= x.base.saturating_add(x.size)
         {
@@ -175,31 +218,12 @@ impl Kallsyms {
     /// programs and trampolines), or the raw address when nothing names it.
     pub fn frame(&self, addr: u64) -> String {
         match self.symbolize(addr) {
-            Some((s, off)) => match &s.module {
+            Some((s, off)) => match s.module {
                 Some(m) => format!("{}+{off:#x} [{m}]", s.name),
                 None => format!("{}+{off:#x}", s.name),
             },
             None => format!("{addr:#x}"),
         }
-    }
-
-    /// Only the symbols a recording needs to symbolise its stacks.
-    pub fn subset<'a>(&self, addrs: impl IntoIterator<Item = &'a u64>) -> Kallsyms {
-        let mut keep: Vec<Sym> = addrs
-            .into_iter()
-            .filter_map(|a| self.symbolize(*a).map(|(s, _)| s.clone()))
-            .collect();
-        keep.sort_by_key(|s| s.addr);
-        keep.dedup();
-        let mut k = Kallsyms {
-            syms: keep,
-            by_name: HashMap::new(),
-            addresses_visible: self.addresses_visible,
-            data: HashMap::new(),
-            modules: self.modules.clone(),
-        };
-        k.index();
-        k
     }
 }
 
@@ -226,10 +250,7 @@ garbage line
         assert_eq!(k.len(), 7, "data symbol and garbage skipped");
         assert!(k.addresses_visible);
         assert_eq!(k.get("kvm_destroy_vm").unwrap().module, None);
-        assert_eq!(
-            k.get("vfio_df_open").unwrap().module.as_deref(),
-            Some("vfio")
-        );
+        assert_eq!(k.get("vfio_df_open").unwrap().module, Some("vfio"));
         assert!(k.get("some_data").is_none());
         assert_eq!(k.data.get("kvm_lock"), Some(&0xffffffff82300100));
     }
@@ -238,7 +259,7 @@ garbage line
     fn symbolizes_to_nearest_lower_symbol() {
         let k = Kallsyms::parse(SAMPLE);
         let (s, off) = k.symbolize(0xffffffff81283c60 + 0x14).unwrap();
-        assert_eq!((s.name.as_str(), off), ("kvm_put_kvm", 0x14));
+        assert_eq!((s.name, off), ("kvm_put_kvm", 0x14));
         assert!(k.symbolize(0x1000).is_none());
     }
 
@@ -263,13 +284,21 @@ garbage line
     }
 
     #[test]
-    fn subset_keeps_only_needed_symbols() {
-        let k = Kallsyms::parse(SAMPLE);
-        let s = k.subset(&[0xffffffff81283c70, 0xffffffffc0a01010]);
-        assert_eq!(s.len(), 2);
-        assert_eq!(
-            s.symbolize(0xffffffffc0a01010).unwrap().0.name,
-            "vfio_df_open"
+    fn equal_names_give_the_highest_address_and_prefixes_do_not_match() {
+        let k = Kallsyms::parse(
+            "ffffffff81000100 t cleanup\nffffffff81000300 t cleanup\nffffffff81000200 T cleanup_all\n",
         );
+        assert_eq!(k.get("cleanup").unwrap().addr, 0xffffffff81000300);
+        assert_eq!(k.get("cleanup_all").unwrap().addr, 0xffffffff81000200);
+        assert!(k.get("clean").is_none());
+        assert!(k.get("cleanup_al").is_none());
+        assert!(k.get("zzz").is_none());
+        assert!(Kallsyms::default().get("cleanup").is_none());
+    }
+
+    /// The table's row stays 16 bytes: a kernel has 100k-200k of them.
+    #[test]
+    fn rows_are_compact() {
+        assert_eq!(std::mem::size_of::<Entry>(), 16);
     }
 }

@@ -62,7 +62,7 @@ impl Default for DaemonConfig {
             findings_keep: 5,
             share_files: false,
             journal: true,
-            ring_bytes: 4 << 20,
+            ring_bytes: trace_common::DEFAULT_RING_BYTES,
             stacks: true,
             lock_watch: LockWatch::Lean,
             deep_for_s: None,

@@ -356,6 +356,7 @@ mod tests {
                 yields: "test",
                 method: Method::Tracepoint,
                 reason: "test".into(),
+                too_old: false,
             }],
         };
         m.set_plan(&plan);

@@ -53,6 +53,7 @@ fn hookable(k: &Kallsyms) -> HostFacts<'_> {
         fentry: Ok(()),
         kprobes: Ok(()),
         tracepoint: &all_tps,
+        kernel: (6, 12),
     }
 }
 
@@ -64,6 +65,7 @@ fn tier3(k: &Kallsyms) -> HostFacts<'_> {
         fentry: Err("EPERM loading a tracing program".into()),
         kprobes: Err("kprobes absent".into()),
         tracepoint: &all_tps,
+        kernel: (6, 12),
     }
 }
 
@@ -145,6 +147,7 @@ fn all_fentry_is_tier_one_and_nothing_is_unusable() {
         fentry: Ok(()),
         kprobes: Err("none".into()),
         tracepoint: &all_tps,
+        kernel: (6, 12),
     });
     assert_eq!(p.tier(), Tier::Fentry);
     let no_btf = |_: &str| false;
@@ -155,6 +158,7 @@ fn all_fentry_is_tier_one_and_nothing_is_unusable() {
         fentry: Ok(()),
         kprobes: Err("none".into()),
         tracepoint: &no_tp,
+        kernel: (6, 12),
     });
     assert_eq!(p.tier(), Tier::None);
     let put = p.roles.iter().find(|r| r.role == Role::VmPut).unwrap();
@@ -211,6 +215,7 @@ fn missing_bpf_features_are_named_per_role() {
         fentry: Err(format!("{NO_GET_FUNC_ARG}: details")),
         kprobes: Ok(()),
         tracepoint: &no_tp,
+        kernel: (5, 10),
     };
     let p = plan(&facts);
     let lock = p
@@ -228,6 +233,22 @@ fn missing_bpf_features_are_named_per_role() {
         .unwrap();
     assert_eq!(tp.method, Method::None);
     assert!(tp.reason.starts_with("added in 5.19: "), "{}", tp.reason);
+    assert!(tp.too_old);
+    // On a kernel that has them, their absence has the check's own reason
+    // (tracefs unreadable without privileges, say), not the kernel's age.
+    let newer = plan(&HostFacts {
+        kernel: (6, 18),
+        ..facts
+    });
+    let tp = newer
+        .tracepoints
+        .iter()
+        .find(|t| t.tracepoint == "lock:contention_begin")
+        .unwrap();
+    assert_eq!(
+        (tp.reason.as_str(), tp.too_old),
+        ("no such tracepoint", false)
+    );
 }
 
 /// Lean with /dev/kvm's handler hooked: no syscall tracepoint; where it
@@ -283,6 +304,7 @@ fn lock_roles_alone_are_no_tier_and_lockdown_is_named() {
         fentry: Ok(()),
         kprobes: Err("refused".into()),
         tracepoint: &all_tps,
+        kernel: (6, 12),
     });
     for r in &mut p.roles {
         let lock = matches!(r.role, Role::LockAcquire | Role::LockRelease);
@@ -311,4 +333,27 @@ fn lock_roles_alone_are_no_tier_and_lockdown_is_named() {
             .iter()
             .all(|t| t.reason.starts_with("kernel lockdown"))
     );
+}
+
+/// `check`'s mode table on a tier-3 host: deep keeps the contention
+/// tracepoints, so where the mutex API cannot be hooked deep raises what they
+/// show, as lean does (it once said deep could not, beside lean saying yes);
+/// the syscall lines name no developer command and say "the same" once.
+#[test]
+fn check_modes_agree_where_only_contention_is_seen() {
+    use crate::{commands::lock_modes, engine::FindingKind};
+    let k = Kallsyms::parse(SANDBOX);
+    let p = plan(&tier3(&k));
+    let rows = lock_modes::rows(&p, StackVariant::Df66);
+    let row = |kind| rows.iter().find(|r| r.kind == kind).unwrap();
+    for kind in [FindingKind::SelfDeadlock, FindingKind::LongWait] {
+        let r = row(kind);
+        assert!(r.deep.starts_with("yes, when contended"), "{}", r.deep);
+        assert!(r.lean.starts_with("yes, when contended"), "{}", r.lean);
+    }
+    assert!(row(FindingKind::LongHold).deep.starts_with("no: "));
+    let cost = lock_modes::syscall_cost(&p);
+    assert!(!cost.deep.contains("cargo"), "{}", cost.deep);
+    assert!(cost.lean.starts_with("the same as deep: "), "{}", cost.lean);
+    assert!(!cost.lean.contains(&cost.deep), "{}", cost.lean);
 }

@@ -228,6 +228,13 @@ rc=$?
 sleep 1
 check service/reload "$([ $rc = 0 ] && [ "$(metric kvscope_config_reloads_total)" != "$r0" ]; echo $?)" \
     "systemctl reload: rc $rc, kvscope_config_reloads_total $r0 -> $(metric kvscope_config_reloads_total)"
+# The always-on footprint: resident memory once idle, printed, not yet
+# checked (issue 22: 18-25 MiB here after start, 31-36 MiB after the
+# scenarios; the goal is 25 MiB throughout).
+rss() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$(prop kvscope MainPID)/status"; }
+sleep 3
+rss0=$(rss VmRSS)
+echo "FACT idle-rss after start: VmRSS ${rss0} kB, start-up peak VmHWM $(rss VmHWM) kB"
 
 # A real host loads vfio_pci when libvirt first assigns a device, after the
 # service started: kvscope must see the module come and attach again.
@@ -301,6 +308,9 @@ fields=$(for f in MESSAGE_ID PRIORITY KVSCOPE_KIND KVSCOPE_SEVERITY KVSCOPE_VM K
 done | tr '\n' ' ')
 check journal/fields "$([ -n "$kind" ] && ! echo "$fields" | grep -q 'no '; echo $?)" \
     "journalctl -u kvscope KVSCOPE_KIND=${kind:-(no finding in the journal)}: $fields"
+# ... and once idle again after every scenario and module change.
+sleep 3
+echo "FACT idle-rss after the scenarios and module changes: VmRSS $(rss VmRSS) kB (${rss0} kB after start), peak VmHWM $(rss VmHWM) kB"
 mem=$(prop kvscope MemoryCurrent) peak=$(prop kvscope MemoryPeak) max=$(prop kvscope MemoryMax)
 check service/memory "$([ "$max" = 536870912 ] && [ "$peak" -lt "$max" ] && [ "$(prop kvscope NRestarts)" = 0 ]; echo $?)" \
     "MemoryCurrent $((mem / 1048576)) MiB, MemoryPeak $((peak / 1048576)) MiB, MemoryMax $((max / 1048576)) MiB, restarts $(prop kvscope NRestarts)"
