@@ -9,6 +9,7 @@ pub mod hooks;
 mod late_kallsyms;
 pub mod live;
 pub mod loader;
+pub mod lost_totals;
 pub mod modules;
 pub mod plan;
 pub mod reload;

@@ -11,6 +11,7 @@ use std::{
 use crate::{
     attach::live::{self, Session, Signals, Sink},
     attach::loader::LoadOptions,
+    attach::lost_totals::LostTotals,
     attach::modules::Change,
     event::Event,
     identity::Identity,
@@ -46,12 +47,13 @@ struct RecordSink<'a> {
     duration: Option<Duration>,
     /// Lost events per hook as last written.
     lost_written: BTreeMap<String, u64>,
-    /// Lost events of the sessions before the last attach (the counters
-    /// start again at each): added to the current session's.
-    lost_before: BTreeMap<String, u64>,
+    /// Lost events over every session of the recording.
+    lost: LostTotals,
     last_drops: crate::event::drops::Drops,
     /// A progress line is on the terminal (end it before the summary).
     progress_shown: bool,
+    /// Standard error is a terminal (asked once, not at every tick).
+    progress: bool,
     /// For errors: which file could not be written.
     path: PathBuf,
 }
@@ -59,12 +61,12 @@ struct RecordSink<'a> {
 impl RecordSink<'_> {
     /// Lost events per hook over the whole recording: the current session's
     /// counters and those of the sessions before.
-    fn lost_so_far(&self, lost: &[(trace_common::HookId, u64)]) -> BTreeMap<String, u64> {
-        let mut m = self.lost_before.clone();
-        for (h, n) in lost {
-            *m.entry(h.symbol().to_owned()).or_default() += n;
-        }
-        m
+    fn lost_so_far(&mut self, lost: &[(trace_common::HookId, u64)]) -> BTreeMap<String, u64> {
+        self.lost
+            .update(lost)
+            .into_iter()
+            .map(|(h, n)| (h.symbol().to_owned(), n))
+            .collect()
     }
 
     /// An I/O error names the recording (`/dev/full`: "No space left on
@@ -112,7 +114,7 @@ impl Sink for RecordSink<'_> {
         self.stack_base += STACK_IDS_PER_ATTACH;
         // The old session's last counts were written by the tick before it
         // closed (run_across_reloads); the new one's counters start at 0.
-        self.lost_before = self.lost_written.clone();
+        self.lost.session_ended();
         let r = self.w.gap(gap).and_then(|()| self.w.flush());
         self.io(r)
     }
@@ -138,7 +140,7 @@ impl Sink for RecordSink<'_> {
         let r = self.w.flush();
         self.io(r)?;
         // One updating line on a terminal; a log gets only the final summary.
-        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        if self.progress {
             eprint!(
                 "\rkvscope: recording: {} frames, {:.0} s\x1b[K",
                 self.w.frames,
@@ -188,9 +190,10 @@ pub async fn run(
         started: Instant::now(),
         duration: opts.duration,
         lost_written: BTreeMap::new(),
-        lost_before: BTreeMap::new(),
+        lost: LostTotals::default(),
         last_drops: Default::default(),
         progress_shown: false,
+        progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         path: opts.output.clone(),
     };
     let tick = Duration::from_secs(1).min(opts.duration.unwrap_or(Duration::MAX));

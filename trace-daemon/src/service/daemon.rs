@@ -3,7 +3,6 @@
 //! serves Prometheus metrics, reloads on SIGHUP, detaches on SIGTERM, and speaks
 //! sd_notify (READY, STATUS, WATCHDOG).
 use std::{
-    collections::BTreeMap,
     net::SocketAddr,
     path::PathBuf,
     sync::Arc,
@@ -16,6 +15,7 @@ use sd_notify::NotifyState;
 use crate::{
     attach::live::{self, Session, Signals, Sink},
     attach::loader::LoadOptions,
+    attach::lost_totals::LostTotals,
     attach::modules::Change,
     attach::plan::LockWatch,
     engine::{self, Finding},
@@ -78,11 +78,9 @@ struct DaemonSink {
     max_lag_ns: u64,
     /// A lock finding arrived while lean and `arm_deep_s` is set.
     armed: bool,
-    /// Lost events per hook: the current session's counts as last read, and
-    /// the sum over the sessions before it (each attach starts at 0), so that
+    /// Lost events per hook over every session, so that
     /// kvscope_lost_events_total only ever rises by what was lost.
-    lost_now: BTreeMap<trace_common::HookId, u64>,
-    lost_before: BTreeMap<trace_common::HookId, u64>,
+    lost: LostTotals,
     /// Monotonic to wall-clock time (the session's pair of readings).
     clock: Option<Clock>,
 }
@@ -206,10 +204,8 @@ impl Sink for DaemonSink {
     ) -> anyhow::Result<()> {
         let found = self.engine.tick(now_ns);
         self.emit(found)?;
-        for (h, n) in lost {
-            self.lost_now.insert(*h, *n);
-            let before = self.lost_before.get(h).copied().unwrap_or(0);
-            self.metrics.set_lost(h.symbol(), before + n);
+        for (h, n) in self.lost.update(lost) {
+            self.metrics.set_lost(h.symbol(), n);
         }
         self.metrics.set_drops(&s.drops);
         self.metrics.engine_state(&self.engine);
@@ -270,9 +266,7 @@ impl Sink for DaemonSink {
             .blind_seconds
             .inc_by(gap.to_ns.saturating_sub(gap.from_ns) as f64 / 1e9);
         self.engine.blind(gap.from_ns, gap.to_ns);
-        for (h, n) in std::mem::take(&mut self.lost_now) {
-            *self.lost_before.entry(h).or_default() += n;
-        }
+        self.lost.session_ended();
         let Some(session) = session else {
             self.metrics.set_ring(None);
             return Ok(());
@@ -426,8 +420,7 @@ pub async fn run(opts: DaemonOptions) -> anyhow::Result<()> {
         last_watchdog: Instant::now(),
         max_lag_ns: 0,
         armed: false,
-        lost_now: BTreeMap::new(),
-        lost_before: BTreeMap::new(),
+        lost: LostTotals::default(),
         clock: Clock::of(&session.header()),
     };
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(&sink.status())]);

@@ -234,7 +234,10 @@ check service/reload "$([ $rc = 0 ] && [ "$(metric kvscope_config_reloads_total)
 rss() { awk -v k="$1:" '$1 == k { print $2 }' "/proc/$(prop kvscope MainPID)/status"; }
 sleep 3
 rss0=$(rss VmRSS)
-echo "FACT idle-rss after start: VmRSS ${rss0} kB, start-up peak VmHWM $(rss VmHWM) kB"
+# Split: anonymous (heap, what kvscope holds), file (its binary's pages
+# touched so far, reclaimable), and the BPF maps it has mapped (the ring).
+rss_split() { echo "RssAnon $(rss RssAnon) kB, RssFile $(rss RssFile) kB, RssShmem $(rss RssShmem) kB, VmHWM $(rss VmHWM) kB"; }
+echo "FACT idle-rss after start: VmRSS ${rss0} kB ($(rss_split))"
 
 # A real host loads vfio_pci when libvirt first assigns a device, after the
 # service started: kvscope must see the module come and attach again.
@@ -310,7 +313,7 @@ check journal/fields "$([ -n "$kind" ] && ! echo "$fields" | grep -q 'no '; echo
     "journalctl -u kvscope KVSCOPE_KIND=${kind:-(no finding in the journal)}: $fields"
 # ... and once idle again after every scenario and module change.
 sleep 3
-echo "FACT idle-rss after the scenarios and module changes: VmRSS $(rss VmRSS) kB (${rss0} kB after start), peak VmHWM $(rss VmHWM) kB"
+echo "FACT idle-rss after the scenarios and module changes: VmRSS $(rss VmRSS) kB ($(rss_split)); ${rss0} kB after start"
 mem=$(prop kvscope MemoryCurrent) peak=$(prop kvscope MemoryPeak) max=$(prop kvscope MemoryMax)
 check service/memory "$([ "$max" = 536870912 ] && [ "$peak" -lt "$max" ] && [ "$(prop kvscope NRestarts)" = 0 ]; echo $?)" \
     "MemoryCurrent $((mem / 1048576)) MiB, MemoryPeak $((peak / 1048576)) MiB, MemoryMax $((max / 1048576)) MiB, restarts $(prop kvscope NRestarts)"
