@@ -108,10 +108,10 @@ fn trace_sees_vm_and_kvm_vfio_lifecycles_in_order() {
         ("kvm-vfio-created".into(), Some(a_dev_fd as i64)),
         ("vm-created".into(), Some(b_vm_fd as i64)),
         ("kvm-vfio-created".into(), Some(b_dev_fd as i64)),
-        ("fd-closed".into(), Some(a_dev_fd as i64)),
-        ("fd-closed".into(), Some(a_vm_fd as i64)),
-        ("fd-closed".into(), Some(b_vm_fd as i64)),
-        ("fd-closed".into(), Some(b_dev_fd as i64)),
+        ("fd-close".into(), Some(a_dev_fd as i64)),
+        ("fd-close".into(), Some(a_vm_fd as i64)),
+        ("fd-close".into(), Some(b_vm_fd as i64)),
+        ("fd-close".into(), Some(b_dev_fd as i64)),
     ];
     assert_eq!(got, want, "events: {events:#?}");
     // Each VM named after its creation: this process, by pid and comm.
@@ -140,7 +140,7 @@ fn trace_sees_vm_and_kvm_vfio_lifecycles_in_order() {
     let kvm_b = addr(&events[2]["kvm"]).expect("kvm pointer of VM b");
     assert_ne!(kvm_a, kvm_b);
     assert_eq!(addr(&events[1]["kvm"]), Some(kvm_a));
-    let users: Vec<Option<i64>> = events.iter().map(|e| e["users"].as_i64()).collect();
+    let users: Vec<Option<i64>> = events.iter().map(|e| e["users_count"].as_i64()).collect();
     // created: 1; the kvm-vfio device takes a ref: 2; closes read before the put.
     assert_eq!(
         users,
@@ -251,7 +251,7 @@ fn a_deep_session_ends_lean_without_stopping() {
     let got: Vec<String> = kinds(&events).into_iter().map(|(k, _)| k).collect();
     assert_eq!(
         got,
-        ["vm-created", "kvm-vfio-created", "fd-closed", "fd-closed"],
+        ["vm-created", "kvm-vfio-created", "fd-close", "fd-close"],
         "{events:#?}"
     );
     assert!(our_programs_loaded().is_empty());

@@ -102,7 +102,7 @@ fn perfetto_export_has_counter_tracks_and_findings() {
     let counters: Vec<i64> = evs
         .iter()
         .filter(|x| x["ph"] == "C")
-        .map(|x| x["args"]["users"].as_i64().unwrap())
+        .map(|x| x["args"]["users_count"].as_i64().unwrap())
         .collect();
     assert_eq!(counters.first(), Some(&1));
     assert_eq!(counters.last(), Some(&0));

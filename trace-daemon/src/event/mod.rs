@@ -17,6 +17,7 @@ pub enum Kind {
     VmPut,
     VmDestroyed,
     VmFdRelease,
+    #[serde(rename = "device-open", alias = "device-opened")]
     DeviceOpened,
     /// The device a VFIO_GROUP_GET_DEVICE_FD is about to open (6.1 / kvm_ops
     /// patch), known even when the open then fails.
@@ -46,19 +47,93 @@ pub enum Kind {
     /// reference (tracepoint tier).
     StatsFdCreated,
     /// A tracked fd was closed (tracepoint tier).
+    #[serde(rename = "fd-close", alias = "fd-closed")]
     FdClosed,
     ProcessExit,
     LockAttempt,
     LockAcquired,
     LockFailed,
     LockReleased,
+    #[serde(rename = "lock-wait", alias = "contention-begin")]
     ContentionBegin,
+    #[serde(rename = "lock-wait-end", alias = "contention-end")]
     ContentionEnd,
     /// The thread holds this watched lock now: its owner word, read at a path
     /// hook (lean lock watching), names the thread.
     LockHeld,
     /// A record that decodes to nothing we use (e.g. an ioctl we do not model).
     Other,
+}
+
+impl Kind {
+    /// Every kind (a new one goes here and in `name`, whose match lists them all).
+    pub const ALL: [Kind; 29] = [
+        Kind::VmCreated,
+        Kind::VmGet,
+        Kind::VmPut,
+        Kind::VmDestroyed,
+        Kind::VmFdRelease,
+        Kind::DeviceOpened,
+        Kind::DeviceOpenAttempt,
+        Kind::DeviceRelease,
+        Kind::DeviceClose,
+        Kind::VfioKvmGet,
+        Kind::VfioKvmPut,
+        Kind::FileLink,
+        Kind::FileUnlink,
+        Kind::NotifierDone,
+        Kind::NotifierRegister,
+        Kind::KvmVfioRelease,
+        Kind::KvmVfioCreated,
+        Kind::VcpuCreated,
+        Kind::StatsFdCreated,
+        Kind::FdClosed,
+        Kind::ProcessExit,
+        Kind::LockAttempt,
+        Kind::LockAcquired,
+        Kind::LockFailed,
+        Kind::LockReleased,
+        Kind::ContentionBegin,
+        Kind::ContentionEnd,
+        Kind::LockHeld,
+        Kind::Other,
+    ];
+
+    /// The kind's one name: in text, JSON (serde says the same: tested) and
+    /// metric labels.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Kind::VmCreated => "vm-created",
+            Kind::VmGet => "vm-get",
+            Kind::VmPut => "vm-put",
+            Kind::VmDestroyed => "vm-destroyed",
+            Kind::VmFdRelease => "vm-fd-release",
+            Kind::DeviceOpened => "device-open",
+            Kind::DeviceOpenAttempt => "device-open-attempt",
+            Kind::DeviceRelease => "device-release",
+            Kind::DeviceClose => "device-close",
+            Kind::VfioKvmGet => "vfio-kvm-get",
+            Kind::VfioKvmPut => "vfio-kvm-put",
+            Kind::FileLink => "file-link",
+            Kind::FileUnlink => "file-unlink",
+            Kind::NotifierDone => "notifier-done",
+            Kind::NotifierRegister => "notifier-register",
+            Kind::KvmVfioRelease => "kvm-vfio-release",
+            Kind::KvmVfioCreated => "kvm-vfio-created",
+            Kind::VcpuCreated => "vcpu-created",
+            Kind::StatsFdCreated => "stats-fd-created",
+            Kind::FdClosed => "fd-close",
+            Kind::ProcessExit => "process-exit",
+            Kind::LockAttempt => "lock-attempt",
+            Kind::LockAcquired => "lock-acquired",
+            Kind::LockFailed => "lock-failed",
+            Kind::LockReleased => "lock-released",
+            Kind::ContentionBegin => "lock-wait",
+            Kind::ContentionEnd => "lock-wait-end",
+            Kind::LockHeld => "lock-held",
+            Kind::Other => "other",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -78,8 +153,9 @@ pub struct LockRef {
     #[serde(with = "crate::hexaddr::one")]
     pub addr: u64,
     pub class: LockClassName,
-    /// The object the lock lives in (kvm, vfio_group, vfio_device_set).
-    #[serde(with = "crate::hexaddr::one")]
+    /// The object the lock lives in (kvm, vfio_group, vfio_device_set);
+    /// not the owner word, which names the task holding it.
+    #[serde(with = "crate::hexaddr::one", rename = "object", alias = "owner")]
     pub owner: u64,
 }
 
@@ -147,7 +223,11 @@ pub struct Event {
     )]
     pub file: Option<u64>,
     /// users_count read at this event: before a put, after a get.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        rename = "users_count",
+        alias = "users"
+    )]
     pub users: Option<i32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub open_count: Option<i32>,
@@ -546,6 +626,33 @@ pub mod hook_symbol {
                 Some(h) => s.serialize_some(h.symbol()),
                 None => s.serialize_none(),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::*;
+
+    /// One name per kind: what serde writes in JSON is what text and metric
+    /// labels say (they once differed: `fd-closed` in JSON, `fd-close` in text),
+    /// and JSON written under the old names still reads.
+    #[test]
+    fn json_and_text_name_a_kind_alike() {
+        let mut seen = std::collections::BTreeSet::new();
+        for k in Kind::ALL {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name(), "{k:?}");
+            assert!(seen.insert(k.name()), "{} twice", k.name());
+            let back: Kind = serde_json::from_value(k.name().into()).unwrap();
+            assert_eq!(back, k);
+        }
+        for (old, k) in [
+            ("fd-closed", Kind::FdClosed),
+            ("device-opened", Kind::DeviceOpened),
+            ("contention-begin", Kind::ContentionBegin),
+            ("contention-end", Kind::ContentionEnd),
+        ] {
+            assert_eq!(serde_json::from_value::<Kind>(old.into()).unwrap(), k);
         }
     }
 }

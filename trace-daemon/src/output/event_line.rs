@@ -2,45 +2,7 @@
 //! a trace: time, comm[pid], what happened, the objects, the counts.
 use std::fmt::Write as _;
 
-use crate::event::{Event, Kind};
-
-fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::VmCreated => "vm-created",
-        Kind::VmGet => "vm-get",
-        Kind::VmPut => "vm-put",
-        Kind::VmDestroyed => "vm-destroyed",
-        Kind::VmFdRelease => "vm-fd-release",
-        Kind::DeviceOpened => "device-open",
-        Kind::DeviceOpenAttempt => "device-open-attempt",
-        Kind::DeviceRelease => "device-release",
-        Kind::DeviceClose => "device-close",
-        Kind::VfioKvmGet => "vfio-kvm-get",
-        Kind::VfioKvmPut => "vfio-kvm-put",
-        Kind::FileLink => "file-link",
-        Kind::FileUnlink => "file-unlink",
-        Kind::NotifierDone => "notifier-done",
-        Kind::NotifierRegister => "notifier-register",
-        Kind::KvmVfioRelease => "kvm-vfio-release",
-        Kind::KvmVfioCreated => "kvm-vfio-created",
-        Kind::VcpuCreated => "vcpu-created",
-        Kind::StatsFdCreated => "stats-fd-created",
-        Kind::FdClosed => "fd-close",
-        Kind::ProcessExit => "process-exit",
-        Kind::LockAttempt => "lock-attempt",
-        Kind::LockAcquired => "lock-acquired",
-        Kind::LockFailed => "lock-failed",
-        Kind::LockReleased => "lock-released",
-        Kind::ContentionBegin => "lock-wait",
-        Kind::ContentionEnd => "lock-wait-end",
-        Kind::LockHeld => "lock-held",
-        Kind::Other => "other",
-    }
-}
-
-pub fn kind_label(k: Kind) -> &'static str {
-    kind_name(k)
-}
+use crate::event::Event;
 
 /// When a finding happened: `at T`, or `seen N times, first T last T`.
 use super::wall::Clock;
@@ -74,14 +36,14 @@ pub fn line(e: &Event) -> String {
         ts(e.ts_ns),
         e.comm,
         e.pid,
-        kind_name(e.kind),
+        e.kind.name(),
         e.hook.symbol()
     );
     if let Some(k) = e.kvm {
         let _ = write!(s, " kvm={k:#x}");
     }
     if let Some(u) = e.users {
-        let _ = write!(s, " users={u}");
+        let _ = write!(s, " users_count={u}");
     }
     if let Some(d) = e.device {
         let _ = write!(s, " device={d:#x}");
@@ -114,7 +76,7 @@ pub fn line(e: &Event) -> String {
     if let Some(l) = &e.lock {
         let _ = write!(
             s,
-            " lock={:#x} class={} owner={:#x}",
+            " lock={:#x} class={} object={:#x}",
             l.addr, l.class, l.owner
         );
     }

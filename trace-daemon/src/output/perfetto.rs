@@ -27,7 +27,7 @@ pub fn perfetto(engine: &Engine, damage: Option<&str>) -> Value {
             if let Some(c) = s.count_after {
                 ev.push(json!({
                     "ph": "C", "name": "users_count", "pid": pid, "ts": ts,
-                    "args": { "users": c }
+                    "args": { "users_count": c }
                 }));
             }
             ev.push(json!({

@@ -10,7 +10,6 @@ use crate::{
     attach::plan::{Method, Plan, Tier},
     engine::{Engine, Finding, FindingKind, Observation},
     event::{Kind, drops::Drops},
-    output::event_line as render,
 };
 use trace_common::LockClass;
 
@@ -201,9 +200,7 @@ impl Metrics {
     }
 
     pub fn event(&self, kind: Kind) {
-        self.events
-            .with_label_values(&[render::kind_label(kind)])
-            .inc();
+        self.events.with_label_values(&[kind.name()]).inc();
     }
 
     pub fn finding(&self, f: &Finding) {
