@@ -7,3 +7,32 @@ pub mod html;
 pub mod perfetto;
 pub mod report;
 pub mod wall;
+
+/// `1 VM`, `2 VMs`: a count with its noun in the number it takes.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
+/// Counts per lock class as prose: `kvm.lock 2, vfio_group.group_lock 1`.
+pub fn by_class(m: &std::collections::BTreeMap<String, u64>) -> String {
+    m.iter()
+        .map(|(c, n)| format!("{c} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_take_their_number() {
+        assert_eq!(super::count(1, "VM", "VMs"), "1 VM");
+        assert_eq!(super::count(0, "VM", "VMs"), "0 VMs");
+        assert_eq!(super::count(2, "finding", "findings"), "2 findings");
+        let m = [
+            ("kvm.lock".to_owned(), 2),
+            ("vfio_device_set.lock".to_owned(), 1),
+        ]
+        .into();
+        assert_eq!(super::by_class(&m), "kvm.lock 2, vfio_device_set.lock 1");
+    }
+}

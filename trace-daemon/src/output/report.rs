@@ -363,12 +363,7 @@ impl<'a> Report<'a> {
             );
         }
         let a = &self.anomalies;
-        let by_class = |m: &BTreeMap<String, u64>| {
-            m.iter()
-                .map(|(c, n)| format!("{c} {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
+        let by_class = super::by_class;
         if a.out_of_order + a.unseen_creation + a.unmatched_release > 0 {
             let _ = writeln!(
                 o,

@@ -73,19 +73,62 @@ fn axis(o: &mut String, t0: u64, t1: u64, x: &dyn Fn(u64) -> f64, label_w: f64) 
         render::ts(t0),
         label_w + PLOT_W
     );
-    for k in 0..=4u64 {
-        let t = t0 + (t1 - t0) * k / 4;
-        let anchor = match k {
-            0 => "start",
-            4 => "end",
-            _ => "middle",
-        };
+    let step = nice_step(t1 - t0);
+    let mut t = t0;
+    while t <= t1 {
+        let anchor = if t == t0 { "start" } else { "middle" };
         let _ = write!(
             o,
-            r##"<line x1="{xt:.1}" y1="18" x2="{xt:.1}" y2="22" stroke="#999"/><text x="{xt:.1}" y="14" text-anchor="{anchor}">+{:.3} ms</text>"##,
-            (t - t0) as f64 / 1e6,
+            r##"<line x1="{xt:.1}" y1="18" x2="{xt:.1}" y2="22" stroke="#999"/><text x="{xt:.1}" y="14" text-anchor="{anchor}">+{}</text>"##,
+            duration_label(t - t0, step),
             xt = x(t)
         );
+        t += step;
+    }
+}
+
+/// A round tick interval (1, 2 or 5 times a power of ten ns) giving at most
+/// five intervals over `span_ns`.
+fn nice_step(span_ns: u64) -> u64 {
+    let rough = span_ns.div_ceil(5).max(1);
+    let mut p = 1u64;
+    while p.saturating_mul(10) <= rough {
+        p *= 10;
+    }
+    [1, 2, 5, 10]
+        .into_iter()
+        .map(|m| p.saturating_mul(m))
+        .find(|&s| s >= rough)
+        .unwrap_or(p.saturating_mul(10))
+}
+
+/// `250 µs`, `10 ms`, `4 s`: counted in the largest unit the step is a
+/// whole number of (steps are 1, 2 or 5 times a power of ten), so every
+/// tick is a whole number.
+fn duration_label(ns: u64, step: u64) -> String {
+    let (div, unit) = match step {
+        s if s >= 1_000_000_000 => (1_000_000_000, "s"),
+        s if s >= 1_000_000 => (1_000_000, "ms"),
+        s if s >= 1_000 => (1_000, "µs"),
+        _ => (1, "ns"),
+    };
+    format!("{} {unit}", ns / div)
+}
+
+#[cfg(test)]
+mod axis_tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_round_and_labelled_in_their_unit() {
+        assert_eq!(nice_step(40_270_000), 10_000_000);
+        assert_eq!(nice_step(9_000_000_000), 2_000_000_000);
+        assert_eq!(nice_step(1_000), 200);
+        assert_eq!(nice_step(0), 1);
+        assert_eq!(duration_label(30_000_000, 10_000_000), "30 ms");
+        assert_eq!(duration_label(4_000_000_000, 2_000_000_000), "4 s");
+        assert_eq!(duration_label(600, 200), "600 ns");
+        assert_eq!(duration_label(1_500, 500), "1500 ns");
     }
 }
 
@@ -124,12 +167,20 @@ fn object_rows(
             obj.timeline.steps.front().map_or(0, |s| s.ts_ns),
             obj.timeline.steps.back().map_or(u64::MAX, |s| s.ts_ns),
         ));
+        // The mark says what it is, its name on the side with room.
+        let (tx, anchor) = if fx > label_w + PLOT_W / 2.0 {
+            (fx - 9.0, "end")
+        } else {
+            (fx + 9.0, "start")
+        };
         let _ = write!(
             o,
-            r##"<a href="#f-{i}"><path d="M{fx:.1},{:.1} l-6,-11 h12 z" fill="#d03030"><title>{}: {}</title></path></a>"##,
+            r##"<a href="#f-{i}"><path d="M{fx:.1},{:.1} l-6,-11 h12 z" fill="#d03030"><title>{}: {}</title></path><text x="{tx:.1}" y="{:.1}" text-anchor="{anchor}" fill="#d03030">{}</text></a>"##,
             y + 14.0,
             f.kind.id(),
-            esc(&crate::output::finding_text::summary(f))
+            esc(&crate::output::finding_text::summary(f)),
+            y + 12.0,
+            f.kind.id()
         );
     }
     y += ROW_H;
@@ -233,7 +284,11 @@ fn count_line(o: &mut String, obj: &Obj, x: &dyn Fn(u64) -> f64, label_w: f64, y
 
 pub(super) fn lock_graph(o: &mut String, engine: &Engine) {
     let g = engine.lock_graph();
-    let _ = write!(o, "<h2 id=\"locks\">Lock order ({} edges)</h2>", g.len());
+    let _ = write!(
+        o,
+        "<h2 id=\"locks\">Lock order ({})</h2>",
+        crate::output::count(g.len() as u64, "edge", "edges")
+    );
     if g.is_empty() {
         o.push_str("<p>No lock-order edge was seen (no watched lock taken under another).</p>");
         return;
@@ -242,32 +297,42 @@ pub(super) fn lock_graph(o: &mut String, engine: &Engine) {
     classes.sort();
     classes.dedup();
     let pos = |c| classes.iter().position(|x| *x == c).unwrap_or(0) as f64 * 200.0 + 100.0;
+    // Room above and below the row of boxes for the arcs: each node an
+    // arc spans lifts it higher, so a long arc passes over the boxes it
+    // skips and over the shorter arcs, never under a box.
+    let lift = 28.0;
+    let top = 20.0 + lift * (classes.len().saturating_sub(1)) as f64;
+    let (box_top, box_bottom) = (top, top + 18.0);
     let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{:.0}" height="150" role="img" aria-label="lock order">"#,
-        classes.len() as f64 * 200.0
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{:.0}" height="{:.0}" role="img" aria-label="lock order">"#,
+        classes.len() as f64 * 200.0,
+        box_bottom + top
     );
     svg.push_str(r##"<defs><marker id="arr" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto"><path d="M0,0 L10,5 L0,10 z" fill="#444"/></marker></defs>"##);
-    for (a, b) in g.keys() {
-        let (xa, xb) = (pos(*a), pos(*b));
-        // Forward edges arc above, backward ones below: a cycle shows as a loop.
-        let (ya, bend) = if xa < xb {
-            (95.0, 40.0)
-        } else {
-            (115.0, 145.0)
-        };
-        let _ = write!(
-            svg,
-            r##"<path d="M{xa:.1},{ya} Q{:.1},{bend} {xb:.1},{ya}" fill="none" stroke="#444" marker-end="url(#arr)"/>"##,
-            (xa + xb) / 2.0
-        );
-    }
     for c in &classes {
         let _ = write!(
             svg,
-            r##"<rect x="{:.1}" y="96" width="180" height="18" rx="4" fill="#eef"/><text x="{:.1}" y="109" text-anchor="middle">{}</text>"##,
+            r##"<rect x="{:.1}" y="{box_top:.1}" width="180" height="18" rx="4" fill="#eef"/><text x="{:.1}" y="{:.1}" text-anchor="middle">{}</text>"##,
             pos(*c) - 90.0,
             pos(*c),
+            box_top + 13.0,
             esc(c.name())
+        );
+    }
+    // Arcs after the boxes, ending just outside them: every arrowhead shows.
+    for (a, b) in g.keys() {
+        let (xa, xb) = (pos(*a), pos(*b));
+        let span = ((xb - xa).abs() / 200.0).max(1.0);
+        // Forward edges arc above, backward ones below: a cycle shows as a loop.
+        let (y, bend) = if xa < xb {
+            (box_top - 2.0, box_top - 2.0 * lift * span)
+        } else {
+            (box_bottom + 2.0, box_bottom + 2.0 * lift * span)
+        };
+        let _ = write!(
+            svg,
+            r##"<path d="M{xa:.1},{y:.1} Q{:.1},{bend:.1} {xb:.1},{y:.1}" fill="none" stroke="#444" marker-end="url(#arr)"/>"##,
+            (xa + xb) / 2.0
         );
     }
     svg.push_str("</svg>");

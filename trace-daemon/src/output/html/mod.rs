@@ -114,7 +114,7 @@ fn vm_obj(v: &Vm) -> Obj<'_> {
     Obj::new(&VM, (v.addr, v.generation), &state, &v.timeline, lanes)
 }
 
-fn device_obj(d: &Device) -> Obj<'_> {
+fn device_obj<'a>(d: &'a Device, engine: &Engine) -> Obj<'a> {
     let mut open: Vec<(u64, Option<u64>)> = Vec::new();
     for s in &d.timeline.steps {
         match s.count_after {
@@ -131,15 +131,25 @@ fn device_obj(d: &Device) -> Obj<'_> {
     }
     let mut lanes = BTreeMap::new();
     lanes.insert("open".to_owned(), open);
-    let state = if d.closed_ns.is_some() { "" } else { ", open" };
-    Obj::new(&DEVICE, (d.addr, d.generation), state, &d.timeline, lanes)
+    let open = if d.closed_ns.is_some() { "" } else { ", open" };
+    // Which VM it served: the last VM its steps name, by the operator's name
+    // where known.
+    let vm = d.timeline.steps.iter().rev().find_map(|s| s.vm);
+    let state = match vm {
+        Some(a) => match engine.vm_label_now(a) {
+            Some(name) => format!(" of VM {a:#x} {name}{open}"),
+            None => format!(" of VM {a:#x}{open}"),
+        },
+        None => open.to_owned(),
+    };
+    Obj::new(&DEVICE, (d.addr, d.generation), &state, &d.timeline, lanes)
 }
 
 fn objects(engine: &Engine) -> Vec<Obj<'_>> {
     let mut vms: Vec<&Vm> = engine.dead_vms().chain(engine.live_vms()).collect();
     vms.sort_by_key(|v| (v.first_ns, v.addr, v.generation));
     let mut out: Vec<Obj> = vms.into_iter().map(vm_obj).collect();
-    out.extend(engine.device_generations().map(device_obj));
+    out.extend(engine.device_generations().map(|d| device_obj(d, engine)));
     out.retain(|o| !o.timeline.steps.is_empty());
     out
 }
@@ -243,13 +253,15 @@ fn summary(o: &mut String, engine: &Engine, page: &Page, objs: &[Obj]) {
         );
     }
     let vms = objs.iter().filter(|x| x.role == ObjectRole::Kvm).count();
+    use crate::output::count;
     let _ = write!(
         o,
-        "<p>{} events; {vms} VMs, {} VFIO devices; {} findings; {} events lost in the kernel{}.</p>",
-        engine.events,
-        objs.len() - vms,
-        engine.findings().len(),
-        page.lost,
+        "<p>{}; {}, {}; {}; {} lost in the kernel{}.</p>",
+        count(engine.events, "event", "events"),
+        count(vms as u64, "VM", "VMs"),
+        count((objs.len() - vms) as u64, "VFIO device", "VFIO devices"),
+        count(engine.findings().len() as u64, "finding", "findings"),
+        count(page.lost, "event", "events"),
         match page.delivery {
             Some(d) => format!("; delivery {}", esc(&d.summary())),
             None => String::new(),
@@ -364,17 +376,32 @@ fn anomalies(o: &mut String, engine: &Engine) {
     if a.out_of_order + a.unseen_creation + a.unmatched_release == 0 {
         o.push_str("<p>None.</p>");
     } else {
+        let by = if a.unmatched_release > 0 {
+            format!(
+                " ({}: released by a thread not seen taking them)",
+                crate::output::by_class(&a.unmatched_release_by_class)
+            )
+        } else {
+            String::new()
+        };
         let _ = write!(
             o,
-            "<p>{} out of order, {} objects first seen mid-life, {} unmatched lock releases {:?}.</p>",
-            a.out_of_order, a.unseen_creation, a.unmatched_release, a.unmatched_release_by_class
+            "<p>{} out of order, {} first seen mid-life, {}{}.</p>",
+            a.out_of_order,
+            crate::output::count(a.unseen_creation, "object", "objects"),
+            crate::output::count(
+                a.unmatched_release,
+                "unmatched lock release",
+                "unmatched lock releases"
+            ),
+            esc(&by)
         );
     }
     if !a.taken_before_watched.is_empty() {
         let _ = write!(
             o,
             "<p>Not an anomaly: locks released that were taken before kvscope watched them: {}.</p>",
-            esc(&format!("{:?}", a.taken_before_watched))
+            esc(&crate::output::by_class(&a.taken_before_watched))
         );
     }
 }
