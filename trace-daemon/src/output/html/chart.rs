@@ -115,23 +115,6 @@ fn duration_label(ns: u64, step: u64) -> String {
     format!("{} {unit}", ns / div)
 }
 
-#[cfg(test)]
-mod axis_tests {
-    use super::*;
-
-    #[test]
-    fn ticks_are_round_and_labelled_in_their_unit() {
-        assert_eq!(nice_step(40_270_000), 10_000_000);
-        assert_eq!(nice_step(9_000_000_000), 2_000_000_000);
-        assert_eq!(nice_step(1_000), 200);
-        assert_eq!(nice_step(0), 1);
-        assert_eq!(duration_label(30_000_000, 10_000_000), "30 ms");
-        assert_eq!(duration_label(4_000_000_000, 2_000_000_000), "4 s");
-        assert_eq!(duration_label(600, 200), "600 ns");
-        assert_eq!(duration_label(1_500, 500), "1500 ns");
-    }
-}
-
 /// An object's rows: its label, its lanes, its count line. Returns the next y.
 fn object_rows(
     o: &mut String,
@@ -353,4 +336,21 @@ pub(super) fn lock_graph(o: &mut String, engine: &Engine) {
         );
     }
     o.push_str("</table>");
+}
+
+#[cfg(test)]
+mod axis_tests {
+    use super::*;
+
+    #[test]
+    fn ticks_are_round_and_labelled_in_their_unit() {
+        assert_eq!(nice_step(40_270_000), 10_000_000);
+        assert_eq!(nice_step(9_000_000_000), 2_000_000_000);
+        assert_eq!(nice_step(1_000), 200);
+        assert_eq!(nice_step(0), 1);
+        assert_eq!(duration_label(30_000_000, 10_000_000), "30 ms");
+        assert_eq!(duration_label(4_000_000_000, 2_000_000_000), "4 s");
+        assert_eq!(duration_label(600, 200), "600 ns");
+        assert_eq!(duration_label(1_500, 500), "1500 ns");
+    }
 }
