@@ -216,7 +216,20 @@ tests:
         values: '0x40'
       - series: 'kvscope_findings_total{{instance="h",job="kvscope",kind="get-after-zero",severity="critical"}}'
         values: '0 0 1 1 1'
+      - series: 'kvscope_domain_zombie_vms{{instance="h",job="kvscope",domain="lab-a"}}'
+        values: '0 1 1 1 1 1 1 1 1 1'
     alert_rule_test:
+      - eval_time: 8m
+        alertname: KvscopeZombieVM
+        exp_alerts:
+          - exp_labels: {{instance: h, job: kvscope, domain: lab-a, severity: warning}}
+            exp_annotations:
+              summary: "h: 1 VM(s) of lab-a closed but not destroyed"
+              description: "A VM's fd was closed but kvm_destroy_vm never ran. `kvscope` findings (zombie-vm) name who still holds references."
+              runbook_url: "README.md#runbook-zombie-vm"
+      - eval_time: 3m
+        alertname: KvscopeZombieVM
+        exp_alerts: []
       - eval_time: 40m
         alertname: KvscopeRolesMissing
         exp_alerts: []

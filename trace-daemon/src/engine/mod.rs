@@ -172,10 +172,7 @@ impl Engine {
     }
 
     pub fn zombie_vms(&self) -> usize {
-        self.vms
-            .values()
-            .filter(|v| v.zombie_reported && !v.is_destroyed())
-            .count()
+        self.vms.values().filter(|v| v.is_zombie()).count()
     }
 
     pub fn lock_graph(&self) -> &BTreeMap<(LockClass, LockClass), EdgeSeen> {

@@ -123,6 +123,11 @@ impl Vm {
         self.destroyed_ns.is_some()
     }
 
+    /// Its fd closed and not destroyed within the zombie threshold.
+    pub fn is_zombie(&self) -> bool {
+        self.zombie_reported && !self.is_destroyed()
+    }
+
     pub fn obj(&self) -> ObjRef {
         ObjRef {
             addr: self.addr,

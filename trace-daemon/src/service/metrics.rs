@@ -3,7 +3,7 @@
 //! kinds, hooks, roles, lock classes, finding kinds), so cardinality is bounded.
 use prometheus::{
     Counter, Encoder as _, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::{
@@ -25,6 +25,9 @@ pub struct Metrics {
     pub live_vms: IntGauge,
     pub zombie_vms: IntGauge,
     pub open_devices: IntGauge,
+    pub domain_vms: IntGaugeVec,
+    pub domain_users: IntGaugeVec,
+    pub domain_zombies: IntGaugeVec,
     pub findings: IntCounterVec,
     pub lock_graph_edges: IntGauge,
     pub lock_wait: HistogramVec,
@@ -70,6 +73,9 @@ impl Metrics {
             live_vms: reg!(r, IntGauge::new("kvscope_live_vms", "VMs seen and not destroyed.")),
             zombie_vms: reg!(r, IntGauge::new("kvscope_zombie_vms", "VMs whose fd was closed but which were not destroyed within the zombie threshold.")),
             open_devices: reg!(r, IntGauge::new("kvscope_open_vfio_devices", "VFIO devices with open_count > 0.")),
+            domain_vms: reg!(r, IntGaugeVec::new(Opts::new("kvscope_domain_vms", "Live VMs by the operator's name (libvirt domain, else QEMU -name, else comm[pid], else unnamed); at most 100 names, the rest under _other."), &["domain"])),
+            domain_users: reg!(r, IntGaugeVec::new(Opts::new("kvscope_domain_users", "users_count of the live VMs of a name, as the kernel last showed it (summed where VMs share a name)."), &["domain"])),
+            domain_zombies: reg!(r, IntGaugeVec::new(Opts::new("kvscope_domain_zombie_vms", "Live VMs of a name whose fd was closed but which were not destroyed within the zombie threshold."), &["domain"])),
             findings: reg!(r, IntCounterVec::new(Opts::new("kvscope_findings_total", "Distinct findings raised, by kind and severity."), &["kind", "severity"])),
             lock_graph_edges: reg!(r, IntGauge::new("kvscope_lock_graph_edges", "Edges in the learnt lock-class dependency graph.")),
             lock_wait: reg!(r, HistogramVec::new(HistogramOpts::new("kvscope_lock_wait_seconds", "Time from a mutex_lock call on a watched lock to acquiring it, by lock class.").buckets(seconds_buckets()), &["class"])),
@@ -119,7 +125,7 @@ impl Metrics {
         *self.ring.lock().unwrap_or_else(|e| e.into_inner()) = ring;
     }
 
-    fn collectors(&self) -> [&dyn prometheus::core::Collector; 23] {
+    fn collectors(&self) -> [&dyn prometheus::core::Collector; 26] {
         [
             &self.events,
             &self.lost,
@@ -131,6 +137,9 @@ impl Metrics {
             &self.live_vms,
             &self.zombie_vms,
             &self.open_devices,
+            &self.domain_vms,
+            &self.domain_users,
+            &self.domain_zombies,
             &self.findings,
             &self.lock_graph_edges,
             &self.lock_wait,
@@ -230,6 +239,17 @@ impl Metrics {
         self.zombie_vms.set(e.zombie_vms() as i64);
         self.open_devices.set(e.open_devices() as i64);
         self.lock_graph_edges.set(e.lock_graph().len() as i64);
+        // Live VMs only: a destroyed VM's series goes with it.
+        for g in [&self.domain_vms, &self.domain_users, &self.domain_zombies] {
+            g.reset();
+        }
+        for (name, row) in super::domains::by_domain(e) {
+            self.domain_vms.with_label_values(&[&name]).set(row.vms);
+            self.domain_users.with_label_values(&[&name]).set(row.users);
+            self.domain_zombies
+                .with_label_values(&[&name])
+                .set(row.zombies);
+        }
     }
 
     /// Cumulative lost counts from the kernel, per hook.

@@ -3,6 +3,7 @@
 //! the exact findings and nothing else. Every run ends with the clock moved an
 //! hour on, so a latent zombie or leak would show too. By concern: `paths`,
 //! `kvm_ops`, `lifetimes`, `locks`; the shared helpers here.
+mod domains;
 mod kvm_ops;
 mod lifetimes;
 mod locks;

@@ -168,9 +168,17 @@ scenario_two() { # two domains, each with an edu device, destroyed in turn
     virsh -q start --paused lab-a >/dev/null
     virsh -q start --paused lab-b >/dev/null
     agree "$1" "$2/both"
+    local a b
+    a=$(metric 'kvscope_domain_vms{domain="lab-a"}') b=$(metric 'kvscope_domain_vms{domain="lab-b"}')
     virsh -q destroy lab-b >/dev/null
     gone lab-b
     agree "$1" "$2/one"
+    # Per-domain series: one VM each while both run; lab-b's gone with it.
+    local b1
+    b1=$(metric 'kvscope_domain_vms{domain="lab-b"}')
+    check "$1/$2/domains" "$([ "$a" = 1 ] && [ "$b" = 1 ] && [ "$b1" = absent ] &&
+        [ "$(metric 'kvscope_domain_vms{domain="lab-a"}')" = 1 ]; echo $?)" \
+        "kvscope_domain_vms: both running lab-a $a lab-b $b; lab-b destroyed: lab-b $b1, lab-a $(metric 'kvscope_domain_vms{domain="lab-a"}'); $(curl -sf "$METRICS" | grep '^kvscope_domain_' | tr '\n' ' ')"
     virsh -q destroy lab-a >/dev/null
     gone lab-a
 }

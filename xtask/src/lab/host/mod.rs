@@ -57,6 +57,7 @@ fn expected() -> Vec<String> {
             match *s {
                 "hotplug" => v.push(format!("{s}/{mode}/attach")),
                 "restart" => v.push(format!("{s}/{mode}/survives")),
+                "two" => v.push(format!("{s}/{mode}/domains")),
                 _ => {}
             }
             v.push(format!("{s}/{mode}/counts"));
