@@ -216,6 +216,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Top(args) => {
+            let opts = kvscope::commands::top::TopOptions {
+                load: LoadOptions::default(),
+                interval: Duration::from_secs(args.interval),
+                vm: args.vm,
+                sort: args.sort,
+                batch: args.batch,
+            };
+            block_on(async {
+                kvscope::commands::top::run(opts, kvscope::attach::live::Signals::install()?).await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Run(args) => Ok(run_command(args)),
         Command::Daemon(args) => {
             let config = match &args.config {

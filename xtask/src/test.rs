@@ -131,6 +131,8 @@ fn cargo_tests(env: &Env, allow_skip: bool) -> anyhow::Result<()> {
         // The metrics endpoint's TLS and basic auth: certificates and requests.
         ("openssl", "openssl"),
         ("curl", "curl"),
+        // `kvscope top` is driven on a real terminal.
+        ("tmux", "tmux"),
     ])?;
     let mut c = cmd::command(env, "cargo");
     c.args(["test", "--release"]);

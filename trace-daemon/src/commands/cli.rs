@@ -68,6 +68,15 @@ pub enum Command {
     Record(RecordArgs),
     /// Run the analysis engine over a recording: summary and findings.
     Replay(ReplayArgs),
+    /// A live, refreshing view of the host's VMs, one row each: name, pid,
+    /// users_count, who holds it, VFIO devices open, findings; losses in the
+    /// header. On a terminal the screen is redrawn every --interval; piped,
+    /// or with --batch N, it prints N plain tables and exits.
+    #[command(after_help = "Examples:\n  \
+        kvscope top\n  \
+        kvscope top --vm lab-a --interval 1\n  \
+        kvscope top --batch 3 --sort users      three tables, for a script or a log")]
+    Top(TopArgs),
     /// One VM's or one VFIO device's history from a recording.
     Timeline(TimelineArgs),
     /// Run as the fleet service: attach, analyse continuously, write findings to
@@ -136,6 +145,7 @@ impl Command {
             Command::Daemon(a) => &a.kernel.btf,
             Command::Run(a) => &a.kernel.btf,
             Command::Timeline(a) => &a.kernel.btf,
+            Command::Top(a) => &a.kernel.btf,
             _ => &[],
         }
     }
@@ -144,7 +154,11 @@ impl Command {
     /// and SIGHUP from the start until their handlers are installed.
     pub fn is_live(&self) -> bool {
         match self {
-            Command::Trace(_) | Command::Record(_) | Command::Daemon(_) | Command::Run(_) => true,
+            Command::Trace(_)
+            | Command::Record(_)
+            | Command::Daemon(_)
+            | Command::Run(_)
+            | Command::Top(_) => true,
             Command::Timeline(t) => t.live,
             _ => false,
         }
@@ -215,6 +229,38 @@ pub struct RecordArgs {
     /// kernel addresses and stacks, which the kernel hides from other users.
     #[arg(long)]
     pub share: bool,
+}
+
+/// The order of `top`'s rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum TopSort {
+    /// By name (libvirt domain, QEMU -name, comm[pid]).
+    Name,
+    /// Most references first.
+    Users,
+    /// By creating process.
+    Pid,
+    /// Most findings first.
+    Findings,
+}
+
+#[derive(Args)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub kernel: BtfArgs,
+    /// Seconds between refreshes.
+    #[arg(long, value_name = "SECS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub interval: u64,
+    /// Only this VM: a name (libvirt domain, QEMU -name or uuid), the pid
+    /// that created it, or its kvm address (0x...).
+    #[arg(long, value_name = "NAME|PID|0xADDR")]
+    pub vm: Option<VmSel>,
+    #[arg(long, value_enum, default_value_t = TopSort::Name)]
+    pub sort: TopSort,
+    /// Print this many plain tables (one per interval), then exit: for
+    /// scripts and logs. Without it, a terminal is redrawn until Ctrl-C.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub batch: Option<u32>,
 }
 
 #[derive(Args)]

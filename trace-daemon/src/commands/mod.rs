@@ -7,4 +7,5 @@ pub mod manpage;
 pub mod offline;
 pub mod record;
 pub mod run;
+pub mod top;
 pub mod trace;

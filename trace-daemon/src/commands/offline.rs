@@ -325,7 +325,7 @@ pub fn render_timeline(
 }
 
 /// Whether a VM is the one a pid or name selects (its creator, its identity).
-fn vm_selected(v: &crate::engine::Vm, sel: &crate::vm_sel::VmSel) -> bool {
+pub fn vm_selected(v: &crate::engine::Vm, sel: &crate::vm_sel::VmSel) -> bool {
     use crate::vm_sel::VmSel;
     match sel {
         VmSel::Addr(a) => v.addr == *a,

@@ -10,6 +10,7 @@ mod locks;
 mod notifier;
 mod paths;
 mod tier3;
+mod top;
 
 use paths::{open_61, open_66, release_66, s3_66};
 
