@@ -109,20 +109,25 @@ fn top_redraws_as_vms_come_and_go_and_quits_on_ctrl_c() {
     }
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let me = std::process::id().to_string();
+    let kvm = open_kvm();
+    // A VM made before top attaches: kvscope saw nothing of it, top says so.
+    let (old_vm, old_dev) = create_vm_with_kvm_vfio(&kvm);
     let term = Tmux::new(&format!(
         "{} top --interval 1 --vm {me}",
         env!("CARGO_BIN_EXE_kvscope")
     ));
-    term.wait_for("the header", |s| {
-        s.contains("kvscope top:") && s.contains("(no live VM")
-    });
-    let kvm = open_kvm();
+    let before = |s: &str| {
+        s.lines()
+            .any(|l| l.contains(&me) && l.contains("1 VM running since before kvscope attached"))
+    };
+    term.wait_for("the VM from before attach", before);
     let (vm, dev) = create_vm_with_kvm_vfio(&kvm);
-    // Our VM, by our pid, held by its fd and its kvm-vfio device's.
-    let s = term.wait_for("our VM's row", |s| {
+    // Our new VM, by our pid, held by its fd and its kvm-vfio device's.
+    let followed = |s: &str| {
         s.lines()
             .any(|l| l.contains(&me) && l.contains("vm fd 1") && l.contains("kvm-vfio fd 1"))
-    });
+    };
+    let s = term.wait_for("our new VM's row", |s| followed(s) && before(s));
     assert!(s.contains("Ctrl-C quits"), "{s}");
     assert_eq!(
         s.matches("kvscope top:").count(),
@@ -131,9 +136,12 @@ fn top_redraws_as_vms_come_and_go_and_quits_on_ctrl_c() {
     );
     drop(dev);
     drop(vm);
-    term.wait_for("the row gone once its fds closed", |s| {
-        s.contains("(no live VM")
+    term.wait_for("the new row gone once its fds closed", |s| {
+        !followed(s) && before(s)
     });
+    drop(old_dev);
+    drop(old_vm);
+    term.wait_for("no VM left", |s| s.contains("(no live VM"));
     Command::new("tmux")
         .args(["send-keys", "-t", &term.0, "C-c"])
         .status()

@@ -94,15 +94,81 @@ fn row(e: &Engine, v: &Vm) -> Row {
     }
 }
 
+/// VMs that were running before kvscope attached, by process: their fds
+/// (`anon_inode:kvm-vm`) in /proc. kvscope saw nothing of them: no address,
+/// count or holder, only that they are there.
+pub type Before = std::collections::BTreeMap<u32, (usize, Identity)>;
+
+/// Every process's VM fds now, less the VMs kvscope follows for it.
+pub fn vms_before(e: &Engine) -> Before {
+    let mut out = Before::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let n = fds
+            .flatten()
+            .filter(|f| {
+                std::fs::read_link(f.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:kvm-vm")
+            })
+            .count();
+        let followed = e
+            .live_vms()
+            .filter(|v| !v.is_destroyed() && v.fd_closed_ns.is_none())
+            .filter(|v| v.creator.as_ref().is_some_and(|c| c.tgid == pid))
+            .count();
+        if n > followed {
+            out.insert(pid, (n - followed, Identity::read(pid, "")));
+        }
+    }
+    out
+}
+
+fn row_before(pid: u32, n: usize, id: &Identity) -> Row {
+    Row {
+        name: id.label(),
+        pid: pid.to_string(),
+        addr: 0,
+        users: "?".into(),
+        holders: format!(
+            "{n} VM{} running since before kvscope attached: not followed",
+            if n == 1 { "" } else { "s" }
+        ),
+        devices: 0,
+        findings: 0,
+        state: "before attach",
+        users_n: 0,
+        pid_n: pid,
+    }
+}
+
 /// The table: a header line, then one row per live VM (those `sel` picks),
-/// in `sort` order.
-pub fn table(e: &Engine, header: &str, sel: Option<&VmSel>, sort: TopSort) -> String {
+/// in `sort` order, and one per process with VMs from `before` attach.
+pub fn table(
+    e: &Engine,
+    before: &Before,
+    header: &str,
+    sel: Option<&VmSel>,
+    sort: TopSort,
+) -> String {
     let mut rows: Vec<Row> = e
         .live_vms()
         .filter(|v| !v.is_destroyed())
         .filter(|v| sel.is_none_or(|s| vm_selected(v, s)))
         .map(|v| row(e, v))
         .collect();
+    rows.extend(
+        before
+            .iter()
+            .filter(|(_, (_, id))| sel.is_none_or(|s| s.names(id)))
+            .map(|(pid, (n, id))| row_before(*pid, *n, id)),
+    );
     match sort {
         TopSort::Name => rows.sort_by(|a, b| (&a.name, a.pid_n).cmp(&(&b.name, b.pid_n))),
         TopSort::Users => rows.sort_by_key(|r| std::cmp::Reverse(r.users_n)),
@@ -130,7 +196,11 @@ pub fn table(e: &Engine, header: &str, sel: Option<&VmSel>, sort: TopSort) -> St
             "{:<w$}  {:>7}  {:<18}  {:>5}  {:>7}  {:>8}  {:<19}  {}",
             r.name,
             r.pid,
-            format!("{:#x}", r.addr),
+            if r.addr == 0 {
+                "?".to_owned()
+            } else {
+                format!("{:#x}", r.addr)
+            },
             r.users,
             r.devices,
             r.findings,
@@ -190,8 +260,10 @@ impl Sink for Top<'_> {
     ) -> anyhow::Result<()> {
         self.engine.tick(now);
         self.lost.update(lost);
+        let before = vms_before(&self.engine);
         let text = table(
             &self.engine,
+            &before,
             &self.header(),
             self.opts.vm.as_ref(),
             self.opts.sort,

@@ -1,6 +1,9 @@
 //! `kvscope top`'s table, from the engine alone.
 use kvscope::{
-    commands::{cli::TopSort, top::table},
+    commands::{
+        cli::TopSort,
+        top::{Before, table},
+    },
     engine::{Config, Engine},
     identity::Identity,
 };
@@ -35,7 +38,8 @@ fn engine() -> Engine {
 #[test]
 fn one_row_per_live_vm_named_sorted_and_filtered() {
     let e = engine();
-    let t = table(&e, "HEADER", None, TopSort::Users);
+    let none = Before::new();
+    let t = table(&e, &none, "HEADER", None, TopSort::Users);
     let lines: Vec<&str> = t.lines().collect();
     assert_eq!(lines[0], "HEADER");
     assert!(lines[1].starts_with("NAME"), "{t}");
@@ -54,8 +58,48 @@ fn one_row_per_live_vm_named_sorted_and_filtered() {
         lines[3].starts_with("- ") && lines[3].contains("300"),
         "{t}"
     );
-    let by_name = table(&e, "H", Some(&"lab-a".parse().unwrap()), TopSort::Name);
+    let by_name = table(
+        &e,
+        &none,
+        "H",
+        Some(&"lab-a".parse().unwrap()),
+        TopSort::Name,
+    );
     assert_eq!(by_name.lines().count(), 3, "{by_name}");
-    let none = table(&e, "H", Some(&"nosuch".parse().unwrap()), TopSort::Name);
-    assert!(none.contains("(no live VM matches VM nosuch)"), "{none}");
+    let nothing = table(
+        &e,
+        &none,
+        "H",
+        Some(&"nosuch".parse().unwrap()),
+        TopSort::Name,
+    );
+    assert!(
+        nothing.contains("(no live VM matches VM nosuch)"),
+        "{nothing}"
+    );
+    // A VM running since before the attach: its process and name, no count.
+    let id = Identity {
+        pid: 77,
+        comm: "qemu-system-x86".into(),
+        name: None,
+        domain: Some("old-vm".into()),
+        uuid: None,
+    };
+    let before = Before::from([(77, (1, id))]);
+    let t = table(
+        &e,
+        &before,
+        "H",
+        Some(&"old-vm".parse().unwrap()),
+        TopSort::Name,
+    );
+    let row = t.lines().nth(2).unwrap_or_default();
+    assert!(
+        row.starts_with("old-vm") && row.contains(" 77 ") && row.contains("before attach"),
+        "{t}"
+    );
+    assert!(
+        row.contains("1 VM running since before kvscope attached: not followed"),
+        "{t}"
+    );
 }
