@@ -66,6 +66,7 @@ fn expected() -> Vec<String> {
     }
     v.extend(
         [
+            "top/row",
             "reload/reattached",
             "reload/after/counts",
             "reload/done/counts",
