@@ -9,12 +9,17 @@
 /// get their own mappings, unmapped when freed. glibc's default threshold
 /// rises to 32 MiB after the first such free, which would put the next
 /// parse's buffers into an arena, where the little that outlives them pins
-/// the pages. Called first in main, before any thread.
+/// the pages. One arena: each attach (again, after a module change) runs in
+/// threads of its own, and with an arena per thread every session's
+/// long-lived data pinned pages in another one (the host lab's daemon grew
+/// by 18 MiB of heap over its module changes). kvscope's few threads do not
+/// contend for it. Called first in main, before any thread.
 pub fn tune() {
     #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt sets an allocator parameter; no allocation is in flight.
+    // SAFETY: mallopt sets allocator parameters; no allocation is in flight.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+        libc::mallopt(libc::M_ARENA_MAX, 1);
     }
 }
 
