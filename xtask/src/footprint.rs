@@ -213,7 +213,7 @@ fn median_and_range(v: &[f64]) -> String {
 }
 
 pub fn run(env: &Env, against: Option<&str>, idle: Duration) -> anyhow::Result<()> {
-    if !nix_is_root() {
+    if !is_root() {
         bail!(
             "bench --footprint attaches kvscope: run it as root (sudo -E cargo xtask bench --footprint)"
         );
@@ -279,7 +279,7 @@ fn print_table(builds: &[(String, PathBuf)], got: &[Vec<Vec<Sample>>], idle: Dur
     }
 }
 
-fn nix_is_root() -> bool {
+fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
