@@ -38,10 +38,8 @@ impl LateKallsyms {
     /// handed over: from then on the caller's table is that one, and this
     /// serves `before` (which is it).
     pub fn take_if_in(&mut self) -> Option<Kallsyms> {
-        let empty = Kallsyms::default();
-        if std::ptr::eq(self.get_if_ready(&empty), &empty) {
-            return None;
-        }
+        // Joins the read if it has ended; `done` holds it once joined.
+        self.get_if_ready(&Kallsyms::default());
         self.done.take()
     }
 

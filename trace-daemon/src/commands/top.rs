@@ -61,7 +61,7 @@ fn row(e: &Engine, v: &Vm) -> Row {
     let devices = e
         .device_generations()
         .filter(|d| d.open_count.is_some_and(|c| c > 0))
-        .filter(|d| d.timeline.steps.iter().rev().find_map(|s| s.vm) == Some(v.addr))
+        .filter(|d| d.last_vm() == Some(v.addr))
         .count();
     let findings = e
         .findings()
@@ -118,6 +118,9 @@ pub fn vms_before(e: &Engine) -> Before {
                 std::fs::read_link(f.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:kvm-vm")
             })
             .count();
+        if n == 0 {
+            continue;
+        }
         let followed = e
             .live_vms()
             .filter(|v| !v.is_destroyed() && v.fd_closed_ns.is_none())
@@ -230,7 +233,7 @@ impl Top<'_> {
             self.context,
             self.engine.events,
             if lost > 0 {
-                " (raise --ring-bytes of the daemon's config or wait: counts may be wrong)"
+                " (the ring overflowed: counts may be wrong)"
             } else {
                 ""
             },

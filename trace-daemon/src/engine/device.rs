@@ -33,6 +33,11 @@ pub struct Device {
 }
 
 impl Device {
+    /// The VM it served last: the last VM its steps name.
+    pub fn last_vm(&self) -> Option<u64> {
+        self.timeline.steps.iter().rev().find_map(|s| s.vm)
+    }
+
     fn new(addr: u64, generation: u32) -> Device {
         Device {
             addr,

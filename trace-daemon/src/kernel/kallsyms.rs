@@ -133,7 +133,8 @@ impl Kallsyms {
         };
         let module = match module {
             None => VMLINUX,
-            Some(m) => match self.module_names.iter().position(|n| n == m) {
+            // A module's symbols come together: look at the latest first.
+            Some(m) => match self.module_names.iter().rposition(|n| n == m) {
                 Some(i) => i as u16,
                 None => {
                     self.module_names.push(m.to_owned());

@@ -13,6 +13,18 @@ pub fn count(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
+/// ` (kvm.lock 1: released by a thread not seen taking them)` after the
+/// count of unmatched lock releases, or nothing when there are none.
+pub fn unmatched_releases(a: &crate::engine::Anomalies) -> String {
+    if a.unmatched_release == 0 {
+        return String::new();
+    }
+    format!(
+        " ({}: released by a thread not seen taking them)",
+        by_class(&a.unmatched_release_by_class)
+    )
+}
+
 /// Counts per lock class as prose: `kvm.lock 2, vfio_group.group_lock 1`.
 pub fn by_class(m: &std::collections::BTreeMap<String, u64>) -> String {
     m.iter()

@@ -371,14 +371,7 @@ impl<'a> Report<'a> {
                 a.out_of_order,
                 a.unseen_creation,
                 a.unmatched_release,
-                if a.unmatched_release > 0 {
-                    format!(
-                        " ({}: released by a thread not seen taking them)",
-                        by_class(&a.unmatched_release_by_class)
-                    )
-                } else {
-                    String::new()
-                }
+                super::unmatched_releases(a)
             );
         }
         if !a.taken_before_watched.is_empty() {

@@ -132,10 +132,8 @@ fn device_obj<'a>(d: &'a Device, engine: &Engine) -> Obj<'a> {
     let mut lanes = BTreeMap::new();
     lanes.insert("open".to_owned(), open);
     let open = if d.closed_ns.is_some() { "" } else { ", open" };
-    // Which VM it served: the last VM its steps name, by the operator's name
-    // where known.
-    let vm = d.timeline.steps.iter().rev().find_map(|s| s.vm);
-    let state = match vm {
+    // Which VM it served, by the operator's name where known.
+    let state = match d.last_vm() {
         Some(a) => match engine.vm_label_now(a) {
             Some(name) => format!(" of VM {a:#x} {name}{open}"),
             None => format!(" of VM {a:#x}{open}"),
@@ -376,14 +374,6 @@ fn anomalies(o: &mut String, engine: &Engine) {
     if a.out_of_order + a.unseen_creation + a.unmatched_release == 0 {
         o.push_str("<p>None.</p>");
     } else {
-        let by = if a.unmatched_release > 0 {
-            format!(
-                " ({}: released by a thread not seen taking them)",
-                crate::output::by_class(&a.unmatched_release_by_class)
-            )
-        } else {
-            String::new()
-        };
         let _ = write!(
             o,
             "<p>{} out of order, {} first seen mid-life, {}{}.</p>",
@@ -394,7 +384,7 @@ fn anomalies(o: &mut String, engine: &Engine) {
                 "unmatched lock release",
                 "unmatched lock releases"
             ),
-            esc(&by)
+            esc(&crate::output::unmatched_releases(a))
         );
     }
     if !a.taken_before_watched.is_empty() {
