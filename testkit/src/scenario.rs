@@ -87,6 +87,66 @@ impl Script {
         self
     }
 
+    /// Lean at tiers 1-2: kvm_arch_vcpu_postcreate for vCPU `id`, after its
+    /// inlined get (`users_after` holds it).
+    pub fn vcpu_postcreate(&mut self, pid: u32, kvm: u64, id: u32, users_after: i32) -> &mut Self {
+        let e = self.ev(pid, Kind::VcpuCreated, HookId::KvmArchVcpuPostcreate);
+        e.kvm = Some(kvm);
+        e.users = Some(users_after);
+        e.vcpu = Some(id);
+        e.fd_kind = Some(FdKind::Vcpu);
+        self
+    }
+
+    /// Lean at tiers 1-2: anon_inode_getfile made a stats file (`vcpu`: a
+    /// vCPU's, else the VM's); the count is read before the inlined get
+    /// that follows.
+    pub fn stats_file(
+        &mut self,
+        pid: u32,
+        kvm: u64,
+        vcpu: Option<u32>,
+        users_before: i32,
+    ) -> &mut Self {
+        let e = self.ev(pid, Kind::StatsFdCreated, HookId::AnonInodeGetfile);
+        e.kvm = Some(kvm);
+        e.users = Some(users_before);
+        e.vcpu = vcpu;
+        e.fd_kind = Some(if vcpu.is_some() {
+            FdKind::VcpuStats
+        } else {
+            FdKind::VmStats
+        });
+        self
+    }
+
+    /// Tiers 1-2: a vCPU (`kind` Vcpu) or stats fd released, then its put
+    /// (and kvm_destroy_vm at 1).
+    pub fn release_holder_fd(
+        &mut self,
+        pid: u32,
+        kvm: u64,
+        kind: FdKind,
+        vcpu: Option<u32>,
+        users_before: i32,
+    ) -> &mut Self {
+        let hook = match kind {
+            FdKind::Vcpu => HookId::KvmVcpuRelease,
+            FdKind::VcpuStats => HookId::KvmVcpuStatsRelease,
+            _ => HookId::KvmVmStatsRelease,
+        };
+        let e = self.ev(pid, Kind::HolderFdRelease, hook);
+        e.kvm = Some(kvm);
+        e.users = Some(users_before);
+        e.vcpu = vcpu;
+        e.fd_kind = Some(kind);
+        self.put(pid, kvm, users_before);
+        if users_before == 1 {
+            self.destroy(pid, kvm);
+        }
+        self
+    }
+
     /// Tier 3: close(2) of a tracked fd, with the count and the references to
     /// its file read before the close.
     pub fn close_fd(

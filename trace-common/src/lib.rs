@@ -118,6 +118,20 @@ hook_ids! {
     /// 5.10-5.18: `vfio_register_notifier(dev, VFIO_GROUP_NOTIFY, ..)` from a
     /// driver's open: a group with a VM calls the new notifier at once.
     VfioRegisterNotifier = 34, "vfio_register_notifier";
+    /// `kvm_arch_vcpu_postcreate(vcpu)`: called by KVM_CREATE_VCPU after its
+    /// (inlined) kvm_get_kvm and the vCPU fd's creation. Lean at tiers 1-2:
+    /// the vCPU fd's reference, named without the syscall tracepoints.
+    KvmArchVcpuPostcreate = 35, "kvm_arch_vcpu_postcreate";
+    /// A vCPU fd's release (`filp->private_data` is the vCPU): its put follows.
+    KvmVcpuRelease = 36, "kvm_vcpu_release";
+    /// A vCPU stats fd's release: its put follows.
+    KvmVcpuStatsRelease = 37, "kvm_vcpu_stats_release";
+    /// A VM stats fd's release: its put follows.
+    KvmVmStatsRelease = 38, "kvm_vm_stats_release";
+    /// `anon_inode_getfile(name, fops, priv, flags)` returning a KVM stats
+    /// file (kept only for the two stats fops): KVM_GET_STATS_FD's inlined
+    /// kvm_get_kvm comes next, unconditionally. Lean at tiers 1-2.
+    AnonInodeGetfile = 39, "anon_inode_getfile";
     MutexLock = 21, "mutex_lock";
     MutexLockInterruptible = 22, "mutex_lock_interruptible";
     MutexLockKillable = 23, "mutex_lock_killable";
@@ -508,6 +522,14 @@ pub struct ProbeConfig {
     /// file_ref_t, the count minus one) after; one of the two is known.
     pub file_count: u32,
     pub file_ref: u32,
+    /// `kvm_vcpu.vcpu_id`: the vCPU's id, as KVM_CREATE_VCPU was given it.
+    pub kvm_vcpu_vcpu_id: u32,
+    pub _pad0: u32,
+    /// Addresses (kallsyms) of KVM's `kvm_vcpu_stats_fops` and
+    /// `kvm_vm_stats_fops`, 0 when unknown: the anon_inode_getfile program
+    /// keeps only files made with these.
+    pub kvm_vcpu_stats_fops: u64,
+    pub kvm_vm_stats_fops: u64,
 }
 
 pub mod config_flags {
@@ -553,6 +575,10 @@ impl ProbeConfig {
         kvm_vcpu_kvm: OFFSET_UNKNOWN,
         file_count: OFFSET_UNKNOWN,
         file_ref: OFFSET_UNKNOWN,
+        kvm_vcpu_vcpu_id: OFFSET_UNKNOWN,
+        _pad0: 0,
+        kvm_vcpu_stats_fops: 0,
+        kvm_vm_stats_fops: 0,
     };
 }
 

@@ -39,9 +39,9 @@ fn every_program_of_the_hook_table_is_in_its_section() {
     let obj = object();
     let progs = programs(&obj);
     let names = hooks::all_program_names();
-    // 91 fentry/fexit/kprobe/kretprobe programs for the path, handler,
-    // notifier-era, driver and lock hooks, 6 tracepoints.
-    assert_eq!(names.len(), 97, "{names:?}");
+    // 102 fentry/fexit/kprobe/kretprobe programs for the path, handler,
+    // fd-holder, notifier-era, driver and lock hooks, 6 tracepoints.
+    assert_eq!(names.len(), 108, "{names:?}");
     for name in &names {
         let section = progs
             .get(name)

@@ -10,10 +10,13 @@ pub enum Role {
     VmCreated,
     VmFdCreated,
     KvmVfioCreated,
+    VcpuFdCreated,
+    StatsFdCreated,
     VmGet,
     VmPut,
     VmDestroyed,
     VmFdRelease,
+    HolderFdRelease,
     DeviceOpen,
     DeviceOpenAttempt,
     DeviceRelease,
@@ -32,10 +35,13 @@ impl Role {
             Role::VmCreated => "vm-created",
             Role::VmFdCreated => "vm-fd-created",
             Role::KvmVfioCreated => "kvm-vfio-created",
+            Role::VcpuFdCreated => "vcpu-fd-created",
+            Role::StatsFdCreated => "stats-fd-created",
             Role::VmGet => "vm-get",
             Role::VmPut => "vm-put",
             Role::VmDestroyed => "vm-destroyed",
             Role::VmFdRelease => "vm-fd-release",
+            Role::HolderFdRelease => "holder-fd-release",
             Role::DeviceOpen => "device-open",
             Role::DeviceOpenAttempt => "device-open-attempt",
             Role::DeviceRelease => "device-release",
@@ -110,6 +116,15 @@ pub struct RoleSpec {
     pub yields: &'static str,
 }
 
+/// Kernel data (kallsyms) a candidate's programs need by address: without
+/// it they would keep nothing.
+pub fn data_needed(hook: HookId) -> &'static [&'static str] {
+    match hook {
+        HookId::AnonInodeGetfile => &["kvm_vcpu_stats_fops", "kvm_vm_stats_fops"],
+        _ => &[],
+    }
+}
+
 const fn c(hook: HookId, entry: bool, exit: bool, lines: &'static str) -> Candidate {
     Candidate {
         hook,
@@ -154,6 +169,28 @@ pub const ROLES: &[RoleSpec] = &[
         yields: "kvm-vfio device created: kvm (lean, without the syscall tracepoints)",
     },
     RoleSpec {
+        role: Role::VcpuFdCreated,
+        pick: Pick::First,
+        candidates: &[c(
+            H::KvmArchVcpuPostcreate,
+            true,
+            false,
+            "all (arch code, called from KVM_CREATE_VCPU after the fd exists)",
+        )],
+        yields: "vCPU fd created: kvm, vCPU id, users_count with its reference (lean, without the syscall tracepoints)",
+    },
+    RoleSpec {
+        role: Role::StatsFdCreated,
+        pick: Pick::First,
+        candidates: &[c(
+            H::AnonInodeGetfile,
+            false,
+            true,
+            "5.14+ (KVM_GET_STATS_FD); every anon inode file passes, KVM's stats files are kept by one compare",
+        )],
+        yields: "VM or vCPU stats fd created: kvm, vCPU id, the reference taken next (lean, without the syscall tracepoints)",
+    },
+    RoleSpec {
         role: Role::VmGet,
         pick: Pick::All,
         candidates: &[
@@ -182,6 +219,16 @@ pub const ROLES: &[RoleSpec] = &[
         pick: Pick::First,
         candidates: &[c(H::KvmVmRelease, true, false, "all")],
         yields: "VM fd closed: kvm, users_count",
+    },
+    RoleSpec {
+        role: Role::HolderFdRelease,
+        pick: Pick::All,
+        candidates: &[
+            c(H::KvmVcpuRelease, true, false, "all"),
+            c(H::KvmVcpuStatsRelease, true, false, "5.14+"),
+            c(H::KvmVmStatsRelease, true, false, "5.14+"),
+        ],
+        yields: "vCPU or stats fd released: kvm, vCPU id; the put that follows is that fd's",
     },
     RoleSpec {
         role: Role::DeviceOpen,

@@ -454,6 +454,8 @@ pub async fn run(
     let mut tick = super::ticker::Ticker::every(interval)?;
     let mut reported_lost = 0u64;
     let mut unchanged_ns = mono_now_ns();
+    let mut trimmed_at = stats.events;
+    let mut events_at_tick = stats.events;
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -493,6 +495,13 @@ pub async fn run(
                 session.drops = drops;
                 sink.tick(session, &lost, mono_now_ns())?;
                 session.settle_symbols();
+                // A burst of events is over (none since the last tick): what
+                // its analysis freed goes back to the kernel, once per burst.
+                if stats.events != trimmed_at && stats.events == events_at_tick {
+                    crate::memory::give_back();
+                    trimmed_at = stats.events;
+                }
+                events_at_tick = stats.events;
                 let now = Modules::now();
                 if now != session.modules {
                     // modprobe loads a module and its dependencies one by

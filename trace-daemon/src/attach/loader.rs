@@ -216,6 +216,9 @@ pub fn load(facts: &Facts, opts: &LoadOptions, gate: &AttachGate) -> anyhow::Res
     }
     let mut config = facts.offsets;
     config.filter_tgid = opts.filter_tgid;
+    let data = |name: &str| facts.kallsyms.data.get(name).copied().unwrap_or(0);
+    config.kvm_vcpu_stats_fops = data("kvm_vcpu_stats_fops");
+    config.kvm_vm_stats_fops = data("kvm_vm_stats_fops");
     // Only this process's delivery self-test is answered.
     config.self_tgid = std::process::id();
     if let Ok(dir) = &facts.tracing

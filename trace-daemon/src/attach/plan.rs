@@ -70,7 +70,12 @@ const SYSCALL_TRACEPOINTS: [&str; 3] = [
 ];
 
 /// The handler hooks lean uses in their place.
-const HANDLER_ROLES: [Role; 2] = [Role::VmFdCreated, Role::KvmVfioCreated];
+const HANDLER_ROLES: [Role; 4] = [
+    Role::VmFdCreated,
+    Role::KvmVfioCreated,
+    Role::VcpuFdCreated,
+    Role::StatsFdCreated,
+];
 
 impl Plan {
     /// Lean lock watching: the mutex API roles are planned, not attached.
@@ -334,7 +339,12 @@ pub fn plan(facts: &HostFacts<'_>) -> Plan {
                 continue;
             }
             let module = found.module.map(str::to_owned);
-            let (method, mut reason) = choose(facts, sym, module.as_deref());
+            let (mut method, mut reason) = choose(facts, sym, module.as_deref());
+            let missing = missing_data(facts.kallsyms, cand.hook);
+            if !missing.is_empty() {
+                method = Method::None;
+                reason = format!("{} not in kallsyms (KVM not loaded?)", missing.join(", "));
+            }
             // A later alternative stands in for the preferred ones: say for what.
             if spec.pick == Pick::First && !rp.absent.is_empty() {
                 reason = format!("{reason}; {}", cand.lines);
@@ -377,6 +387,15 @@ pub fn plan(facts: &HostFacts<'_>) -> Plan {
         })
         .collect();
     Plan { roles, tracepoints }
+}
+
+/// The data `hook`'s programs need that kallsyms does not give.
+fn missing_data(k: &Kallsyms, hook: trace_common::HookId) -> Vec<&'static str> {
+    crate::attach::hooks::data_needed(hook)
+        .iter()
+        .copied()
+        .filter(|d| k.data.get(*d).is_none_or(|a| *a == 0))
+        .collect()
 }
 
 /// How a refusal of fentry starts when this kernel's BPF lacks the helper the

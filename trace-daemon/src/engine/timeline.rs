@@ -21,6 +21,8 @@ pub enum StepKind {
     Destroyed,
     VmFdRelease,
     KvmVfioRelease,
+    /// A vCPU or stats fd's release: the put that follows is its reference.
+    HolderFdRelease,
     VmFdClose,
     KvmVfioFdClose,
     DeviceOpen,
@@ -61,6 +63,7 @@ impl StepKind {
             StepKind::Destroyed => "destroyed",
             StepKind::VmFdRelease => "vm-fd-release",
             StepKind::KvmVfioRelease => "kvm-vfio-release",
+            StepKind::HolderFdRelease => "fd-release",
             StepKind::VmFdClose => "vm-fd-close",
             StepKind::KvmVfioFdClose => "kvm-vfio-fd-close",
             StepKind::DeviceOpen => "device-open",

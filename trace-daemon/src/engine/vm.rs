@@ -239,15 +239,36 @@ impl Vm {
         self.hold(holder, 1);
     }
 
-    /// A vCPU or stats fd returned by its ioctl (tier 3): the kernel's get is
-    /// inlined and came before; `reconcile` just showed it as a +1, which is
-    /// this fd's. Its file names the holder again at its close.
+    /// A vCPU or stats fd made (its ioctl's exit, or lean's handler hooks):
+    /// the kernel's get is inlined. Where it came before (the ioctl, the vCPU
+    /// hook), `reconcile` just showed it as a +1, which is this fd's; a stats
+    /// file reported as made (anon_inode_getfile) gets its reference right
+    /// after, unconditionally: that +1 is shown now, as inferred. Its file
+    /// names the holder again at its close.
     fn fd_holder_created(&mut self, e: &Event, cap: usize) {
         let holder = match e.kind {
             Kind::VcpuCreated => Holder::VcpuFd(e.vcpu.unwrap_or(u32::MAX)),
             _ => Holder::StatsFd,
         };
-        self.held_by_new_fd(holder);
+        if e.hook == HookId::AnonInodeGetfile {
+            let step = Step {
+                holder: Some(holder),
+                ..seen(e, StepKind::FdHolderCreated, 0, e.users)
+            };
+            self.timeline.push(cap, step);
+            self.read(e);
+            let after = self.users.map(|u| u + 1);
+            let get = inferred(e, StepKind::InferredGet, 1, after, Some(holder));
+            self.timeline.push(cap, get);
+            self.users = after;
+            self.hold(holder, 1);
+            return;
+        }
+        // A vCPU id is one fd of one VM: seen by two hooks, held once.
+        let already = matches!(holder, Holder::VcpuFd(_)) && self.holders.get(&holder) == Some(&1);
+        if !already {
+            self.held_by_new_fd(holder);
+        }
         if let Some(f) = e.file {
             self.fd_files.insert(f, holder);
         }
@@ -257,6 +278,15 @@ impl Vm {
         };
         self.timeline.push(cap, step);
         self.read(e);
+    }
+
+    /// The holder a vCPU or stats fd's release gives back.
+    fn released_fd_holder(e: &Event) -> Option<Holder> {
+        match e.fd_kind {
+            Some(FdKind::Vcpu) => Some(Holder::VcpuFd(e.vcpu.unwrap_or(u32::MAX))),
+            Some(FdKind::VmStats | FdKind::VcpuStats) => Some(Holder::StatsFd),
+            _ => None,
+        }
     }
 
     fn get(&mut self, e: &Event, cap: usize) -> Option<Finding> {
@@ -574,6 +604,11 @@ impl Engine {
             Kind::KvmVfioRelease => {
                 vm.fd_release(e, cap, StepKind::KvmVfioRelease);
                 gives_back = Some(Holder::KvmVfioFd);
+                None
+            }
+            Kind::HolderFdRelease => {
+                vm.fd_release(e, cap, StepKind::HolderFdRelease);
+                gives_back = Vm::released_fd_holder(e);
                 None
             }
             Kind::FdClosed => {

@@ -38,13 +38,17 @@ pub enum Kind {
     /// the group's VM, if it has one, is handed to it at once.
     NotifierRegister,
     KvmVfioRelease,
+    /// A vCPU or stats fd's release (`fd_kind` says which; `vcpu` its id):
+    /// the put that follows on this thread is that fd's reference.
+    HolderFdRelease,
     /// KVM_CREATE_DEVICE(VFIO) returned (tracepoint tier).
     KvmVfioCreated,
     /// KVM_CREATE_VCPU returned a vCPU fd, whose file holds a VM reference
-    /// (tracepoint tier).
+    /// (the ioctl's exit; lean at tiers 1-2: kvm_arch_vcpu_postcreate).
     VcpuCreated,
     /// KVM_GET_STATS_FD returned a VM or vCPU stats fd, whose file holds a VM
-    /// reference (tracepoint tier).
+    /// reference (the ioctl's exit; lean at tiers 1-2: the stats file made,
+    /// its reference taken right after: `hook` AnonInodeGetfile).
     StatsFdCreated,
     /// A tracked fd was closed (tracepoint tier).
     #[serde(rename = "fd-close", alias = "fd-closed")]
@@ -67,7 +71,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind (a new one goes here and in `name`, whose match lists them all).
-    pub const ALL: [Kind; 29] = [
+    pub const ALL: [Kind; 30] = [
         Kind::VmCreated,
         Kind::VmGet,
         Kind::VmPut,
@@ -84,6 +88,7 @@ impl Kind {
         Kind::NotifierDone,
         Kind::NotifierRegister,
         Kind::KvmVfioRelease,
+        Kind::HolderFdRelease,
         Kind::KvmVfioCreated,
         Kind::VcpuCreated,
         Kind::StatsFdCreated,
@@ -119,6 +124,7 @@ impl Kind {
             Kind::NotifierDone => "notifier-done",
             Kind::NotifierRegister => "notifier-register",
             Kind::KvmVfioRelease => "kvm-vfio-release",
+            Kind::HolderFdRelease => "holder-fd-release",
             Kind::KvmVfioCreated => "kvm-vfio-created",
             Kind::VcpuCreated => "vcpu-created",
             Kind::StatsFdCreated => "stats-fd-created",
@@ -396,6 +402,18 @@ impl Event {
             HookId::KvmPutKvm | HookId::KvmPutKvmNoDestroy => Kind::VmPut,
             HookId::KvmDestroyVm => Kind::VmDestroyed,
             HookId::KvmVmRelease => Kind::VmFdRelease,
+            HookId::KvmArchVcpuPostcreate => {
+                ev.vcpu = arg.map(|a| a as u32);
+                Kind::VcpuCreated
+            }
+            HookId::AnonInodeGetfile => {
+                ev.vcpu = arg.map(|a| a as u32);
+                Kind::StatsFdCreated
+            }
+            HookId::KvmVcpuRelease | HookId::KvmVcpuStatsRelease | HookId::KvmVmStatsRelease => {
+                ev.vcpu = arg.map(|a| a as u32);
+                Kind::HolderFdRelease
+            }
             HookId::KvmVfioRelease | HookId::KvmVfioDestroy | HookId::KvmDeviceRelease => {
                 Kind::KvmVfioRelease
             }

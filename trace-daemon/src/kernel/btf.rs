@@ -301,6 +301,7 @@ offsets! {
     mutex_owner: "mutex" "owner";
     task_pid: "task_struct" "pid";
     kvm_vcpu_kvm: "kvm_vcpu" "kvm";
+    kvm_vcpu_vcpu_id: "kvm_vcpu" "vcpu_id";
     file_count: "file" "f_count"."counter";
     file_ref: "file" "f_ref"."refcnt"."counter";
 }

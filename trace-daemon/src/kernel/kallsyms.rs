@@ -59,8 +59,10 @@ pub struct ModuleExtent {
     pub size: u64,
 }
 
-/// Global locks registered as watched from user space.
-pub const DATA_SYMBOLS: &[&str] = &["kvm_lock"];
+/// Data the loader needs by address: the global `kvm_lock` (watched from
+/// user space) and KVM's stats file operations (the anon_inode_getfile
+/// program keeps only files made with them).
+pub const DATA_SYMBOLS: &[&str] = &["kvm_lock", "kvm_vcpu_stats_fops", "kvm_vm_stats_fops"];
 
 impl Kallsyms {
     pub fn read() -> anyhow::Result<Self> {
@@ -105,7 +107,7 @@ impl Kallsyms {
             let Ok(addr) = u64::from_str_radix(addr, 16) else {
                 continue;
             };
-            if matches!(ty, "b" | "B" | "d" | "D") && DATA_SYMBOLS.contains(&name) {
+            if matches!(ty, "b" | "B" | "d" | "D" | "r" | "R") && DATA_SYMBOLS.contains(&name) {
                 k.data.insert(name.to_owned(), addr);
                 continue;
             }

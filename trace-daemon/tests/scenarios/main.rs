@@ -4,6 +4,7 @@
 //! hour on, so a latent zombie or leak would show too. By concern: `paths`,
 //! `kvm_ops`, `lifetimes`, `locks`; the shared helpers here.
 mod domains;
+mod holders;
 mod kvm_ops;
 mod lifetimes;
 mod locks;

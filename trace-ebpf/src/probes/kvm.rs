@@ -285,3 +285,152 @@ fn on_kvm_vfio_create<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) {
     }
     kvm_device_event(ctx, HookId::KvmVfioCreate, call.arg(0));
 }
+
+// void kvm_arch_vcpu_postcreate(struct kvm_vcpu *vcpu): KVM_CREATE_VCPU calls
+// it once the vCPU fd exists, after its inlined kvm_get_kvm: the count read
+// here holds the vCPU fd's reference. Lean at tiers 1-2 (deep: the ioctl).
+entry_hook!(
+    fentry_kvm_arch_vcpu_postcreate,
+    kprobe_kvm_arch_vcpu_postcreate,
+    on_vcpu_postcreate
+);
+
+fn on_vcpu_postcreate<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    vcpu_event(
+        ctx,
+        HookId::KvmArchVcpuPostcreate,
+        FdKind::Vcpu,
+        call.arg(0),
+    );
+    false
+}
+
+// static int kvm_vcpu_release(struct inode *, struct file *filp) and
+// kvm_vcpu_stats_release (same shape): filp->private_data is the vCPU; the
+// put that follows is that fd's.
+entry_hook!(
+    fentry_kvm_vcpu_release,
+    kprobe_kvm_vcpu_release,
+    on_vcpu_release
+);
+entry_hook!(
+    fentry_kvm_vcpu_stats_release,
+    kprobe_kvm_vcpu_stats_release,
+    on_vcpu_stats_release
+);
+
+fn on_vcpu_release<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    if let Some(vcpu) = private_data(call.arg(1)) {
+        vcpu_event(ctx, HookId::KvmVcpuRelease, FdKind::Vcpu, vcpu);
+    }
+    false
+}
+
+fn on_vcpu_stats_release<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    if let Some(vcpu) = private_data(call.arg(1)) {
+        vcpu_event(ctx, HookId::KvmVcpuStatsRelease, FdKind::VcpuStats, vcpu);
+    }
+    false
+}
+
+// static int kvm_vm_stats_release(struct inode *, struct file *file): the
+// file's private_data is the kvm.
+entry_hook!(
+    fentry_kvm_vm_stats_release,
+    kprobe_kvm_vm_stats_release,
+    on_vm_stats_release
+);
+
+fn on_vm_stats_release<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
+    if !wanted() {
+        return false;
+    }
+    if let Some(kvm) = private_data(call.arg(1)) {
+        let mut e = new_event(HookId::KvmVmStatsRelease, Phase::Entry);
+        fd_holder(&mut e, FdKind::VmStats);
+        set_kvm(&mut e, kvm);
+        submit(ctx, e, false);
+    }
+    false
+}
+
+// struct file *anon_inode_getfile(const char *name, const struct file_operations
+// *fops, void *priv, int flags): every anon inode file of the host passes
+// here (eventfd, epoll, ...); only KVM's two stats fops are kept, by one
+// compare, before anything else. KVM_GET_STATS_FD takes its VM reference
+// (inlined kvm_get_kvm) right after a successful return, unconditionally.
+exit_hook!(
+    HookId::AnonInodeGetfile,
+    fexit_anon_inode_getfile,
+    kprobe_anon_inode_getfile,
+    kretprobe_anon_inode_getfile,
+    on_anon_inode_getfile,
+    stats_file_kept
+);
+
+/// The fd kind of a KVM stats file made with `fops` (None: not KVM's).
+#[inline(always)]
+fn stats_fops(fops: u64) -> Option<FdKind> {
+    if fops == 0 {
+        None
+    } else if fops == conf!(kvm_vcpu_stats_fops) {
+        Some(FdKind::VcpuStats)
+    } else if fops == conf!(kvm_vm_stats_fops) {
+        Some(FdKind::VmStats)
+    } else {
+        None
+    }
+}
+
+#[inline(always)]
+fn stats_file_kept(call: &Call) -> bool {
+    stats_fops(call.arg(1)).is_some() && wanted()
+}
+
+fn on_anon_inode_getfile<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) {
+    let Some(kind) = stats_fops(call.arg(1)) else {
+        return;
+    };
+    if !wanted() || !call.ret.is_some_and(|r| is_kptr(r as u64)) {
+        return;
+    }
+    match kind {
+        FdKind::VcpuStats => vcpu_event(ctx, HookId::AnonInodeGetfile, kind, call.arg(2)),
+        _ => {
+            let mut e = new_event(HookId::AnonInodeGetfile, Phase::Exit);
+            fd_holder(&mut e, kind);
+            set_kvm(&mut e, call.arg(2));
+            submit(ctx, e, false);
+        }
+    }
+}
+
+/// An event for a vCPU (`struct kvm_vcpu *`) file holding a VM reference:
+/// its VM (with the count) and its id in `arg`.
+#[inline(always)]
+fn vcpu_event<C: EbpfContext + StackIdContext>(ctx: &C, hook: HookId, kind: FdKind, vcpu: u64) {
+    if !wanted() {
+        return;
+    }
+    let phase = if hook == HookId::AnonInodeGetfile {
+        Phase::Exit
+    } else {
+        Phase::Entry
+    };
+    let mut e = new_event(hook, phase);
+    fd_holder(&mut e, kind);
+    if let Some(id) = crate::kread::i32_at(vcpu, conf!(kvm_vcpu_vcpu_id)) {
+        e.arg = id as u32 as u64;
+        e.known |= known::ARG;
+    }
+    if let Some(kvm) = ptr_at(vcpu, conf!(kvm_vcpu_kvm)) {
+        set_kvm(&mut e, kvm);
+    }
+    submit(ctx, e, false);
+}
+
+#[inline(always)]
+fn fd_holder(e: &mut trace_common::Event, kind: FdKind) {
+    e.fd_kind = kind as u8;
+    e.known |= known::FD_KIND;
+}

@@ -147,12 +147,26 @@ scenario_destroy() { # start (running), virsh destroy
     virsh -q destroy lab-a >/dev/null
     gone lab-a
 }
-scenario_sigkill() { # start paused, SIGKILL its QEMU
+scenario_sigkill() { # start paused, SIGKILL its QEMU; recorded in the mode
+    local rec out=/tmp/sigkill-$2
+    kvscope record --locks "$2" -o "$out.kvs" 2>"$out.err" &
+    rec=$!
+    for i in $(seq 1 120); do grep -q 'ready:' "$out.err" && break; sleep 0.5; done
     virsh -q start --paused lab-a >/dev/null
     agree "$1" "$2/running"
     kill -9 "$(qemu_pid lab-a)"
     gone lab-a
     sleep 1
+    kill -INT $rec
+    wait $rec
+    # Every reference QEMU's VM held, from creation to the kill's teardown,
+    # is named (vCPU and stats fds included): no "unattributed" change.
+    kvscope replay "$out.kvs" --json >"$out.json" 2>>"$out.err"
+    local changes
+    changes=$(grep -o '"changes":\[[^]]*\]' "$out.json" | tr '\n' ' ')
+    check "$1/$2/holders" \
+        "$(echo "$changes" | grep -q 'vcpu 0 fd' && ! echo "$changes" | grep -q unattributed; echo $?)" \
+        "QEMU's VM in kvscope record --locks $2: ${changes:-no VM; $(tail -2 "$out.err" | tr '\n' ' ')}"
 }
 scenario_hotplug() { # start paused without a device, attach one live
     virsh -q start --paused lab-c >/dev/null
@@ -285,9 +299,10 @@ for i in $(seq 1 20); do
     row=$(awk '/^kvscope top:/ { t = "" } { t = t $0 "\n" } END { printf "%s", t }' /tmp/top.txt | grep "^lab-a .* $qp ")
     echo "$row" | grep -q 'vcpu 0 fd 1' && break
 done
-# The row and its VM fd are checked; which holders lean names at this tier
-# (vCPU fds at tiers 1-2: issue 21 item 2) is printed for now.
-check top/row "$(echo "$row" | grep -q 'vm fd 1'; echo $?)" \
+# The row names every holder: QEMU's vCPU fd and the vCPU stats fd it
+# keeps open, nothing unattributed.
+check top/row "$(echo "$row" | grep -q 'vm fd 1' && echo "$row" | grep -q 'stats fd 1' &&
+    ! echo "$row" | grep -q unattributed; echo $?)" \
     "kvscope top --vm lab-a, QEMU $qp: ${row:-no row; $(tail -3 /tmp/top.err | tr '\n' ' ')}"
 echo "FACT top-holders lab-a (paused, edu device assigned): $(echo "$row" | sed 's/.*  //')"
 virsh -q destroy lab-a >/dev/null

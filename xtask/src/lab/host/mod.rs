@@ -58,6 +58,7 @@ fn expected() -> Vec<String> {
                 "hotplug" => v.push(format!("{s}/{mode}/attach")),
                 "restart" => v.push(format!("{s}/{mode}/survives")),
                 "two" => v.push(format!("{s}/{mode}/domains")),
+                "sigkill" => v.push(format!("{s}/{mode}/holders")),
                 _ => {}
             }
             v.push(format!("{s}/{mode}/counts"));
