@@ -78,6 +78,21 @@ pub fn ioctl(n: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An unrelated fd-creating loop: epoll_create1 then close, which passes
+/// anon_inode_getfile, where lean keeps KVM's stats files by one compare.
+pub fn epoll(n: u64) -> anyhow::Result<()> {
+    let t = Instant::now();
+    for _ in 0..n {
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            bail!("epoll_create1: {}", std::io::Error::last_os_error());
+        }
+        unsafe { libc::close(fd) };
+    }
+    report("epoll-create", n, t);
+    Ok(())
+}
+
 /// `KVM_RUN` of a vCPU whose real-mode code writes an I/O port and loops: every
 /// iteration exits to user space (KVM_EXIT_IO) and enters again. The vCPU
 /// ioctls of a running VM, which kvscope must not pay on.
@@ -102,5 +117,6 @@ pub fn unrelated(n: u64) -> anyhow::Result<()> {
         println!("SKIP kvm-run: {e:#}");
     }
     ioctl(n * 10)?;
+    epoll(n * 10)?;
     pipe(n * 10)
 }

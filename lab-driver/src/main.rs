@@ -109,6 +109,7 @@ fn main() -> anyhow::Result<()> {
             bench::attr(&rig, n)?;
             bench::kvm_run(n)?;
             bench::ioctl(n * 10)?;
+            bench::epoll(n * 10)?;
             return bench::pipe(n * 10);
         }
         _ => {}

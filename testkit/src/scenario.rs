@@ -121,14 +121,15 @@ impl Script {
     }
 
     /// Tiers 1-2: a vCPU (`kind` Vcpu) or stats fd released, then its put
-    /// (and kvm_destroy_vm at 1).
+    /// (and kvm_destroy_vm at 1). `put_seen` false: the put is inlined into
+    /// the release (Debian's 6.12), no put event, only the destroy's count.
     pub fn release_holder_fd(
         &mut self,
         pid: u32,
         kvm: u64,
-        kind: FdKind,
-        vcpu: Option<u32>,
+        (kind, vcpu): (FdKind, Option<u32>),
         users_before: i32,
+        put_seen: bool,
     ) -> &mut Self {
         let hook = match kind {
             FdKind::Vcpu => HookId::KvmVcpuRelease,
@@ -140,7 +141,9 @@ impl Script {
         e.users = Some(users_before);
         e.vcpu = vcpu;
         e.fd_kind = Some(kind);
-        self.put(pid, kvm, users_before);
+        if put_seen {
+            self.put(pid, kvm, users_before);
+        }
         if users_before == 1 {
             self.destroy(pid, kvm);
         }

@@ -207,6 +207,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     filter_tgid: args.pid.unwrap_or(0),
                     ring_bytes: args.ring_bytes,
                     lock_watch: args.lock_watch,
+                    stacks: !args.no_stacks,
+                    lock_stacks: !args.no_stacks,
                     ..LoadOptions::default()
                 },
                 share: args.share,

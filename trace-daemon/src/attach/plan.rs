@@ -343,7 +343,10 @@ pub fn plan(facts: &HostFacts<'_>) -> Plan {
             let missing = missing_data(facts.kallsyms, cand.hook);
             if !missing.is_empty() {
                 method = Method::None;
-                reason = format!("{} not in kallsyms (KVM not loaded?)", missing.join(", "));
+                reason = format!(
+                    "{} not in kallsyms (KVM not loaded, or no CONFIG_KALLSYMS_ALL)",
+                    missing.join(", ")
+                );
             }
             // A later alternative stands in for the preferred ones: say for what.
             if spec.pick == Pick::First && !rp.absent.is_empty() {

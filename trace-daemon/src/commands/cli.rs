@@ -225,6 +225,10 @@ pub struct RecordArgs {
     /// what each mode raises here.
     #[arg(long = "locks", value_enum, default_value_t = LockWatch::Lean)]
     pub lock_watch: LockWatch,
+    /// Take no kernel stacks (the daemon's `stacks = false`): the hooked
+    /// path's cheapest setting; findings then show no stack.
+    #[arg(long)]
+    pub no_stacks: bool,
     /// Create the file world-readable (0644). By default it is 0600: it holds
     /// kernel addresses and stacks, which the kernel hides from other users.
     #[arg(long)]

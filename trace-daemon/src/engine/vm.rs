@@ -166,18 +166,19 @@ impl Vm {
     }
 
     /// A count read that differs from what we knew: unobserved gets/puts,
-    /// shown as inferred steps.
-    fn reconcile(&mut self, e: &Event, cap: usize) {
+    /// shown as inferred steps. Returns the holder of a vCPU or stats fd
+    /// whose release's put (inlined) it just named.
+    fn reconcile(&mut self, e: &Event, cap: usize) -> Option<Holder> {
         // The count this event implies held just before it.
         let implied_before = match (e.kind, e.users) {
             (Kind::VmGet, Some(u)) if e.ok != Some(false) => Some(u - 1),
             (_, u) => u,
         };
         let (Some(prev), Some(now)) = (self.users, implied_before) else {
-            return;
+            return None;
         };
         if prev == now || self.is_destroyed() {
-            return;
+            return None;
         }
         let d = now - prev;
         let kind = if d > 0 {
@@ -188,7 +189,14 @@ impl Vm {
         // A drop right after an fd close we saw is that fd's reference; the
         // rise right after the kvm-vfio create op (reported before its
         // inlined get) is that device's.
+        // A vCPU or stats fd's release puts with kvm_put_kvm inlined into it
+        // on some builds (Debian's 6.12): the drop after it is that fd's.
+        let released = match self.timeline.steps.back() {
+            Some(s) if s.kind == StepKind::HolderFdRelease && d == -1 => s.holder,
+            _ => None,
+        };
         let holder = match self.timeline.last_seen() {
+            _ if released.is_some() => released,
             Some((StepKind::KvmVfioFdClose, _)) if d < 0 => Some(Holder::KvmVfioFd),
             Some((StepKind::VmFdClose, _)) if d < 0 => Some(Holder::VmFd),
             Some((StepKind::KvmVfioCreated, Some(HookId::KvmVfioCreate))) if d == 1 => {
@@ -201,6 +209,7 @@ impl Vm {
         }
         self.timeline
             .push(cap, inferred(e, kind, d, Some(now), holder));
+        released
     }
 
     fn created(&mut self, e: &Event, cap: usize) {
@@ -568,7 +577,11 @@ impl Engine {
             _ => Vec::new(),
         };
         let vm = self.vm_mut(addr, e);
-        vm.reconcile(e, cap);
+        if let Some(h) = vm.reconcile(e, cap) {
+            // Its put was inlined and is named: no later put takes it.
+            self.pending_put.retain(|_, p| *p != (addr, h));
+        }
+        let vm = self.vm_mut(addr, e);
         let mut gives_back = None;
         let mut teardown = None;
         let found = match e.kind {
@@ -607,8 +620,11 @@ impl Engine {
                 None
             }
             Kind::HolderFdRelease => {
-                vm.fd_release(e, cap, StepKind::HolderFdRelease);
                 gives_back = Vm::released_fd_holder(e);
+                vm.fd_release(e, cap, StepKind::HolderFdRelease);
+                if let Some(last) = vm.timeline.last_mut() {
+                    last.holder = gives_back;
+                }
                 None
             }
             Kind::FdClosed => {

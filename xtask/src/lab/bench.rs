@@ -38,15 +38,20 @@ fn script(iterations: u64) -> String {
     format!(
         r#"run() {{ for r in $(seq {RUNS}); do kvscope-lab-driver bench {iterations} | grep '^BENCH' | sed "s/^/$1 /"; done; }}
 attached() {{ i=0; until grep -q "$2" "$1" || [ $i -ge 240 ]; do sleep 0.5; i=$((i+1)); done; grep -q "$2" "$1" || echo "NOT ATTACHED: $1"; }}
+# The kernel counts every BPF program's runs and run time from here on.
+echo 1 > /proc/sys/kernel/bpf_stats_enabled || echo "NOT ATTACHED: no kernel.bpf_stats_enabled"
+progstats() {{ bpftool prog show | grep run_cnt | sed "s/^/PROG $1 /"; }}
 run none0
 kvscope record --locks deep -o /tmp/b.kvs 2>/tmp/k.err & P=$!; attached /tmp/k.err "kvscope: ready:"
-run deep; kill -INT $P; wait $P
+run deep; progstats deep; kill -INT $P; wait $P
 run none1
 kvscope record --locks lean -o /tmp/l.kvs 2>/tmp/l.err & P=$!; attached /tmp/l.err "kvscope: ready:"
-run lean; kill -INT $P; wait $P
+run lean; progstats lean; kill -INT $P; wait $P
+kvscope record --locks lean --no-stacks -o /tmp/n.kvs 2>/tmp/n.err & P=$!; attached /tmp/n.err "kvscope: ready:"
+run lean-nostack; progstats lean-nostack; kill -INT $P; wait $P
 run none2
 bpftrace -e '{eq}' >/tmp/bt.out 2>&1 & P=$!; attached /tmp/bt.out BEGIN-RAN
-run bpftrace; kill -INT $P; wait $P
+run bpftrace; progstats bpftrace; kill -INT $P; wait $P
 run none3
 bpftrace -e '{empty}' >/tmp/be.out 2>&1 & P=$!; attached /tmp/be.out BEGIN-RAN
 run empty-fentry; kill -INT $P; wait $P
@@ -66,7 +71,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 pub fn run(kernel: &str, iterations: u64) -> anyhow::Result<()> {
     debian::ensure_host_tools()?;
-    setup::ensure_apt(&[("bpftrace", "bpftrace")])?;
+    setup::ensure_apt(&[("bpftrace", "bpftrace"), ("bpftool", "bpftool")])?;
     let k = KERNELS
         .iter()
         .find(|k| k.name == kernel)
@@ -81,6 +86,7 @@ pub fn run(kernel: &str, iterations: u64) -> anyhow::Result<()> {
             cmd::kvscope_bin(),
             cmd::lab_driver_bin(),
             "/usr/bin/bpftrace".into(),
+            "/usr/sbin/bpftool".into(),
         ],
         &[],
         &[],
@@ -121,22 +127,25 @@ pub fn run(kernel: &str, iterations: u64) -> anyhow::Result<()> {
         iterations * 10
     );
     report(&got, &header, &CONFIGS);
+    super::progstats::report(&boot.output, &["lean", "lean-nostack", "deep", "bpftrace"]);
     Ok(())
 }
 
 /// The loops, as the issue names them.
-const LOOPS: [(&str, &str); 4] = [
+const LOOPS: [(&str, &str); 5] = [
     ("pipe-mutex", "(a) unrelated pipe/mutex"),
     ("kvm-run", "(b) KVM_RUN exits"),
     ("attr-add-del", "(c) hooked KVM_SET_DEVICE_ATTR"),
     ("ioctl", "(d) unrelated ioctl"),
+    ("epoll-create", "(e) unrelated epoll_create1"),
 ];
 
 /// Each probed block sits between two unprobed ones; its baseline is their
 /// runs together, so that drift across the guest's life (TCG) cancels.
-const CONFIGS: [(&str, &str, &str); 4] = [
+const CONFIGS: [(&str, &str, &str); 5] = [
     ("deep", "none0", "none1"),
     ("lean", "none1", "none2"),
+    ("lean-nostack", "none1", "none2"),
     ("bpftrace", "none2", "none3"),
     ("empty-fentry", "none3", "none4"),
 ];

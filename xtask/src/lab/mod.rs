@@ -19,6 +19,7 @@ pub mod initramfs;
 pub mod kbuild;
 pub mod kernels;
 pub mod matrix;
+pub mod progstats;
 pub mod qemu;
 pub mod readme;
 pub mod scenarios;

@@ -357,3 +357,49 @@ fn check_modes_agree_where_only_contention_is_seen() {
     assert!(cost.lean.starts_with("the same as deep: "), "{}", cost.lean);
     assert!(!cost.lean.contains(&cost.deep), "{}", cost.lean);
 }
+
+/// Lean's stats-file hook keeps files by KVM's two stats fops: without
+/// their addresses (KVM not loaded, no CONFIG_KALLSYMS_ALL) it would keep
+/// nothing, so it is not attached and says why; with them, it is, by fentry
+/// (anon_inode_getfile is in vmlinux) while KVM's own hooks take kprobes.
+#[test]
+fn the_stats_file_hook_needs_the_stats_fops() {
+    let fns = format!(
+        "{DEBIAN_612}ffffffff81400000 T anon_inode_getfile\n\
+         ffffffffc0001800 t kvm_arch_vcpu_postcreate\t[kvm]\n\
+         ffffffffc0001900 t kvm_vcpu_release\t[kvm]\n"
+    );
+    let stats_hook = |k: &Kallsyms| {
+        let p = plan(&hookable(k));
+        let r = p
+            .roles
+            .iter()
+            .find(|r| r.role == Role::StatsFdCreated)
+            .expect("role planned")
+            .choices[0]
+            .clone();
+        (r.method, r.reason)
+    };
+    let without = Kallsyms::parse(&fns);
+    let (m, why) = stats_hook(&without);
+    assert_eq!(m, Method::None);
+    assert!(
+        why.contains("kvm_vcpu_stats_fops, kvm_vm_stats_fops not in kallsyms"),
+        "{why}"
+    );
+    let with = Kallsyms::parse(&format!(
+        "{fns}ffffffffc0003000 r kvm_vcpu_stats_fops\t[kvm]\nffffffffc0003100 r kvm_vm_stats_fops\t[kvm]\n"
+    ));
+    assert_eq!(
+        with.data.get("kvm_vcpu_stats_fops"),
+        Some(&0xffffffffc0003000)
+    );
+    assert_eq!(stats_hook(&with).0, Method::Fentry);
+    let p = plan(&hookable(&with));
+    let vcpu = p
+        .roles
+        .iter()
+        .find(|r| r.role == Role::VcpuFdCreated)
+        .unwrap();
+    assert_eq!(vcpu.choices[0].method, Method::Kprobe, "in module kvm");
+}

@@ -163,7 +163,7 @@ scenario_sigkill() { # start paused, SIGKILL its QEMU; recorded in the mode
     # is named (vCPU and stats fds included): no "unattributed" change.
     kvscope replay "$out.kvs" --json >"$out.json" 2>>"$out.err"
     local changes
-    changes=$(grep -o '"changes":\[[^]]*\]' "$out.json" | tr '\n' ' ')
+    changes=$(tr -d '\n' <"$out.json" | grep -o '"changes": *\[[^]]*\]' | tr -s ' ')
     check "$1/$2/holders" \
         "$(echo "$changes" | grep -q 'vcpu 0 fd' && ! echo "$changes" | grep -q unattributed; echo $?)" \
         "QEMU's VM in kvscope record --locks $2: ${changes:-no VM; $(tail -2 "$out.err" | tr '\n' ' ')}"
