@@ -82,7 +82,11 @@ fn each_release_names_its_put() {
         let want = if seen {
             ["put vm fd", "put stats fd", "put vcpu 0 fd"]
         } else {
-            ["put vm fd", "inferred-put stats fd", "inferred-put vcpu 0 fd"]
+            [
+                "put vm fd",
+                "inferred-put stats fd",
+                "inferred-put vcpu 0 fd",
+            ]
         };
         assert_eq!(drops, want, "put seen: {seen}");
     }
