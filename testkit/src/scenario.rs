@@ -46,6 +46,12 @@ impl Script {
         self
     }
 
+    /// Sets the last event's file (a tracked fd's `struct file`).
+    pub fn with_file(&mut self, file: u64) -> &mut Self {
+        self.events.last_mut().expect("an event first").file = Some(file);
+        self
+    }
+
     /// Marks the last event with the VM its group had (group->kvm at the open).
     pub fn with_kvm(&mut self, kvm: u64) -> &mut Self {
         self.events.last_mut().expect("an event first").kvm = Some(kvm);
@@ -147,6 +153,16 @@ impl Script {
         if users_before == 1 {
             self.destroy(pid, kvm);
         }
+        self
+    }
+
+    /// Tier 3, deep: a tracked fd of `kind` (file `file`) duplicated.
+    pub fn dup_fd(&mut self, pid: u32, kvm: u64, kind: FdKind, file: u64, users: i32) -> &mut Self {
+        let e = self.ev(pid, Kind::FdDup, HookId::SysDup);
+        e.kvm = Some(kvm);
+        e.users = Some(users);
+        e.fd_kind = Some(kind);
+        e.file = Some(file);
         self
     }
 

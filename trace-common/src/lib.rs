@@ -146,6 +146,10 @@ hook_ids! {
     ContentionEnd = 43, "lock:contention_end";
     /// A thread group we saw using KVM/VFIO exited (its fds close without close(2)).
     ProcessExit = 44, "sched:sched_process_exit";
+    /// Tier 3 and deep: a tracked fd duplicated (`dup`, `dup2`, `dup3`,
+    /// `fcntl(F_DUPFD[_CLOEXEC])` returning): the new fd is tracked as the
+    /// same kind, so its close is seen too.
+    SysDup = 46, "syscalls:sys_exit_dup";
     /// kvscope's own delivery self-test: its `ioctl(KVSCOPE_SELFTEST)` seen by
     /// the sys_enter_ioctl program. Consumed by the live session, never analysed.
     SelfTest = 45, "kvscope:self-test";
@@ -355,6 +359,12 @@ pub mod ioctl {
     /// (which has no ioctls: the call fails with ENOTTY and does nothing).
     /// `_IOW('K', 0x53, 86 bytes)`-shaped; no driver or VFS ioctl uses it.
     pub const KVSCOPE_SELFTEST: u32 = 0x4056_4B53;
+}
+
+/// `fcntl(2)` commands that duplicate an fd.
+pub mod fcntl {
+    pub const F_DUPFD: u64 = 0;
+    pub const F_DUPFD_CLOEXEC: u64 = 1030;
 }
 
 /// Fixed tracepoint field offsets the programs read (checked against tracefs

@@ -416,9 +416,10 @@ fn ioctl_fd(fd: &OwnedFd, cmd: u64, arg: u64, what: &str) -> OwnedFd {
 /// Every reference a VM's fds hold is followed at tier 3 (vCPU and stats
 /// fds, a dup): a VM whose vCPU fd is closed 0.1 s after its VM fd ends
 /// there (the kernel destroys it then), its references named; a dup'ed VM
-/// fd's first close puts nothing; no zombie and no unattributed holder.
-/// Before, the first raised a zombie "held by unattributed (1)" and the
-/// second an inferred destroy while the dup held the VM.
+/// fd's first close puts nothing and the dup's close ends it (fcntl and
+/// dup2); no zombie and no unattributed holder. Before, the first raised a
+/// zombie "held by unattributed (1)" and the second an inferred destroy
+/// while the dup held the VM, then (not following dups) left it unknown.
 #[test]
 fn every_reference_of_a_vms_fds_is_followed() {
     if !live_or_skip("every_reference_of_a_vms_fds_is_followed", &[]) {
@@ -447,16 +448,20 @@ fn every_reference_of_a_vms_fds_is_followed() {
         std::thread::sleep(Duration::from_millis(700));
         drop(ioctl_fd(&kvm, KVM_CREATE_VM, 0, "KVM_CREATE_VM"));
         drop(dup);
+        // D: dup2 onto a high fd, the original closed first.
+        let vm = ioctl_fd(&kvm, KVM_CREATE_VM, 0, "KVM_CREATE_VM");
+        let high = unsafe { libc::dup2(vm.as_raw_fd(), 900) };
+        assert_eq!(high, 900, "dup2: {}", std::io::Error::last_os_error());
+        drop(vm);
+        unsafe { libc::close(high) };
     });
     let findings = r["findings"].as_array().cloned().unwrap_or_default();
     assert!(findings.is_empty(), "{findings:#?}");
     let vms = r["vms"].as_array().expect("vms");
-    assert_eq!(vms.len(), 3, "{vms:#?}");
-    // Listed by address: A is the one with vCPU and stats fds, B the one
-    // not ended, C the plain one.
+    assert_eq!(vms.len(), 4, "{vms:#?}");
+    // A is the one with vCPU and stats fds.
     let n_changes = |v: &Value| v["changes"].as_array().map_or(0, Vec::len);
     let a = vms.iter().find(|v| n_changes(v) > 2).expect("VM A");
-    let b = vms.iter().find(|v| v["destroyed"] == false).expect("VM B");
     assert_eq!(a["destroyed"], true, "{a:#}");
     let changes: Vec<&str> = a["changes"]
         .as_array()
@@ -477,10 +482,15 @@ fn every_reference_of_a_vms_fds_is_followed() {
         "{a:#}"
     );
     assert_eq!(a["counts"], serde_json::json!([1, 2, 3, 2, 1, 0]));
-    // B: the close of one of the file's two fds put nothing; the dup's
-    // close is not followed, so the VM is left unknown (not ended, no zombie).
-    assert_eq!(b["counts"], serde_json::json!([1]), "{b:#}");
-    assert_eq!(b["state"], "unknown", "{b:#}");
+    // B (fcntl F_DUPFD_CLOEXEC: std's try_clone) and D (dup2): the first
+    // close of the file's two fds put nothing; the dup is followed and its
+    // close ended the VM. Every VM ended, none left unknown.
+    assert!(vms.iter().all(|v| v["destroyed"] == true), "{vms:#?}");
+    let dups: Vec<&Value> = vms.iter().filter(|v| v["steps"] == 6).collect();
+    assert_eq!(dups.len(), 2, "B and D: {vms:#?}");
+    for v in dups {
+        assert_eq!(v["counts"], serde_json::json!([1, 0]), "{v:#}");
+    }
 }
 
 /// `kvscope trace | head -1`: once the reader is gone, the trace stops

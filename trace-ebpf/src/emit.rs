@@ -162,6 +162,11 @@ pub fn watch(obj: u64, off: u32, class: LockClass) {
             _pad: [0; 7],
             owner: obj,
         };
+        // Most calls find it watched already: a lookup, not two updates
+        // (an LRU update allocates an element and frees the old one).
+        if unsafe { WATCHED.get(addr) }.is_some_and(|w| *w == v) {
+            return;
+        }
         // LRU map: an insert never fails for lack of room, it evicts; new
         // entries are counted so that user space can count the evictions.
         if WATCHED.insert(addr, v, BPF_NOEXIST).is_ok() {

@@ -125,6 +125,17 @@ pub fn data_needed(hook: HookId) -> &'static [&'static str] {
     }
 }
 
+/// The function whose presence makes a candidate pointless: the notifier
+/// era's hooks exist on later kernels too (vfio_group_set_kvm stays a static
+/// helper of vfio_file_set_kvm), where they would only see the same link
+/// twice, at twice the cost on the hooked path.
+pub fn superseded_by(hook: HookId) -> Option<HookId> {
+    match hook {
+        HookId::VfioGroupSetKvm | HookId::VfioRegisterNotifier => Some(HookId::VfioFileSetKvm),
+        _ => None,
+    }
+}
+
 const fn c(hook: HookId, entry: bool, exit: bool, lines: &'static str) -> Candidate {
     Candidate {
         hook,
@@ -413,6 +424,34 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
         yields: "close of a tracked VM / kvm-vfio / VFIO fd",
         since: None,
     },
+    dup_enter(
+        "tp_sys_enter_dup",
+        "sys_enter_dup",
+        &[("fildes", tp::SYSCALL_ARG0)],
+    ),
+    dup_enter(
+        "tp_sys_enter_dup2",
+        "sys_enter_dup2",
+        &[("oldfd", tp::SYSCALL_ARG0)],
+    ),
+    dup_enter(
+        "tp_sys_enter_dup3",
+        "sys_enter_dup3",
+        &[("oldfd", tp::SYSCALL_ARG0)],
+    ),
+    TracepointSpec {
+        hook: H::SysDup,
+        program: "tp_sys_enter_fcntl",
+        category: "syscalls",
+        name: "sys_enter_fcntl",
+        fields: &[("fd", tp::SYSCALL_ARG0), ("cmd", tp::SYSCALL_ARG1)],
+        yields: "fcntl(F_DUPFD[_CLOEXEC]) of a tracked fd (dup, as std's try_clone makes)",
+        since: None,
+    },
+    dup_exit("tp_sys_exit_dup", "sys_exit_dup"),
+    dup_exit("tp_sys_exit_dup2", "sys_exit_dup2"),
+    dup_exit("tp_sys_exit_dup3", "sys_exit_dup3"),
+    dup_exit("tp_sys_exit_fcntl", "sys_exit_fcntl"),
     TracepointSpec {
         hook: H::ContentionBegin,
         program: "tp_contention_begin",
@@ -447,6 +486,36 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
         since: None,
     },
 ];
+
+/// A dup's entry: the old fd, its first argument.
+const fn dup_enter(
+    program: &'static str,
+    name: &'static str,
+    fields: &'static [(&'static str, usize)],
+) -> TracepointSpec {
+    TracepointSpec {
+        hook: H::SysDup,
+        program,
+        category: "syscalls",
+        name,
+        fields,
+        yields: "dup of a tracked fd: the old fd",
+        since: None,
+    }
+}
+
+/// A dup's exit: the new fd, tracked as the old one's kind.
+const fn dup_exit(program: &'static str, name: &'static str) -> TracepointSpec {
+    TracepointSpec {
+        hook: H::SysDup,
+        program,
+        category: "syscalls",
+        name,
+        fields: &[("ret", tp::SYSCALL_RET)],
+        yields: "the new fd of a tracked fd's dup (its close is then seen too)",
+        since: None,
+    }
+}
 
 /// Every program name the loader may ask the BPF object for.
 pub fn all_program_names() -> Vec<String> {

@@ -62,12 +62,11 @@ impl StackVariant {
     }
 }
 
-/// The syscall tracepoints: tier 3's whole view, and deep's fd view.
-const SYSCALL_TRACEPOINTS: [&str; 3] = [
-    "tp_sys_enter_ioctl",
-    "tp_sys_exit_ioctl",
-    "tp_sys_enter_close",
-];
+/// The syscall tracepoints (ioctl, close, the dups): tier 3's whole view,
+/// and deep's fd view.
+fn is_syscall_tracepoint(t: &TracepointPlan) -> bool {
+    t.tracepoint.starts_with("syscalls:")
+}
 
 /// The handler hooks lean uses in their place.
 const HANDLER_ROLES: [Role; 4] = [
@@ -106,7 +105,7 @@ impl Plan {
             return;
         }
         for t in &mut self.tracepoints {
-            if SYSCALL_TRACEPOINTS.contains(&t.program) && t.method == Method::Tracepoint {
+            if is_syscall_tracepoint(t) && t.method == Method::Tracepoint {
                 t.method = Method::None;
                 t.reason = "lean: kvm_dev_ioctl and kvm_vfio_create are hooked instead (no program on any system call)".into();
             }
@@ -117,7 +116,7 @@ impl Plan {
     pub fn syscalls_traced(&self) -> bool {
         self.tracepoints
             .iter()
-            .any(|t| SYSCALL_TRACEPOINTS.contains(&t.program) && t.method == Method::Tracepoint)
+            .any(|t| is_syscall_tracepoint(t) && t.method == Method::Tracepoint)
     }
 
     fn drop_roles(&mut self, roles: &[Role], reason: &str) {
@@ -341,7 +340,12 @@ pub fn plan(facts: &HostFacts<'_>) -> Plan {
             let module = found.module.map(str::to_owned);
             let (mut method, mut reason) = choose(facts, sym, module.as_deref());
             let missing = missing_data(facts.kallsyms, cand.hook);
-            if !missing.is_empty() {
+            let superseded = crate::attach::hooks::superseded_by(cand.hook)
+                .filter(|h| facts.kallsyms.get(h.symbol()).is_some());
+            if let Some(h) = superseded {
+                method = Method::None;
+                reason = format!("{} is here (5.19+): not needed", h.symbol());
+            } else if !missing.is_empty() {
                 method = Method::None;
                 reason = format!(
                     "{} not in kallsyms (KVM not loaded, or no CONFIG_KALLSYMS_ALL)",

@@ -23,6 +23,8 @@ pub enum StepKind {
     KvmVfioRelease,
     /// A vCPU or stats fd's release: the put that follows is its reference.
     HolderFdRelease,
+    /// A tracked fd duplicated: one more fd holds the same file.
+    FdDup,
     VmFdClose,
     KvmVfioFdClose,
     DeviceOpen,
@@ -64,6 +66,7 @@ impl StepKind {
             StepKind::VmFdRelease => "vm-fd-release",
             StepKind::KvmVfioRelease => "kvm-vfio-release",
             StepKind::HolderFdRelease => "fd-release",
+            StepKind::FdDup => "fd-dup",
             StepKind::VmFdClose => "vm-fd-close",
             StepKind::KvmVfioFdClose => "kvm-vfio-fd-close",
             StepKind::DeviceOpen => "device-open",

@@ -49,6 +49,10 @@ pub struct Vm {
     pub identity: Option<crate::identity::Identity>,
     /// Tier 3: the files of the vCPU and stats fds that hold a reference.
     fd_files: BTreeMap<u64, Holder>,
+    /// Tier 3 and deep: per file of the VM's fds, how many fds kvscope
+    /// follows (the fd made, its dups): a close that leaves the file held
+    /// only by these is not a reference kvscope cannot see.
+    followed_fds: BTreeMap<u64, u32>,
 }
 
 /// A step some probe saw, at `e`.
@@ -116,6 +120,7 @@ impl Vm {
             blind_from_ns: None,
             identity: None,
             fd_files: BTreeMap::new(),
+            followed_fds: BTreeMap::new(),
         }
     }
 
@@ -212,7 +217,25 @@ impl Vm {
         released
     }
 
+    /// An fd of this VM's made or duplicated: its file has one more fd
+    /// kvscope follows.
+    fn fd_followed(&mut self, e: &Event) {
+        if let (Some(f), Some(_)) = (e.file, e.fd_kind) {
+            *self.followed_fds.entry(f).or_default() += 1;
+        }
+    }
+
+    /// A tracked fd was duplicated (tier 3, deep): the new fd holds the
+    /// same file, and its close is seen too.
+    fn fd_dup(&mut self, e: &Event, cap: usize) {
+        self.fd_followed(e);
+        self.timeline
+            .push(cap, seen(e, StepKind::FdDup, 0, e.users));
+        self.read(e);
+    }
+
     fn created(&mut self, e: &Event, cap: usize) {
+        self.fd_followed(e);
         let u = e.users.unwrap_or(1);
         *self.holders.entry(Holder::VmFd).or_default() += 1;
         let step = Step {
@@ -224,6 +247,7 @@ impl Vm {
     }
 
     fn kvm_vfio_created(&mut self, e: &Event, cap: usize) {
+        self.fd_followed(e);
         // kvm_get_kvm in KVM_CREATE_DEVICE is inlined. The ioctl's return
         // comes after it: the +1 was just inferred; name its holder. The
         // create op comes before it: `reconcile` names the next rise.
@@ -281,6 +305,7 @@ impl Vm {
         if let Some(f) = e.file {
             self.fd_files.insert(f, holder);
         }
+        self.fd_followed(e);
         let step = Step {
             holder: Some(holder),
             ..seen(e, StepKind::FdHolderCreated, 0, e.users)
@@ -394,6 +419,21 @@ impl Vm {
     /// not inferred from closes (its state is unknown, never guessed).
     fn fd_closed(&mut self, e: &Event, cap: usize, destroy_observable: bool) {
         let file_kept = e.file_refs.is_some_and(|r| r > 1);
+        // Every other reference to the file is an fd kvscope follows (a
+        // dup): their closes will be seen, the VM's state stays known.
+        let followed = e.file.and_then(|f| self.followed_fds.get(&f)).copied();
+        let kept_by_followed = e
+            .file_refs
+            .zip(followed)
+            .is_some_and(|(refs, n)| refs <= u64::from(n));
+        if let Some(f) = e.file
+            && let Some(n) = self.followed_fds.get_mut(&f)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.followed_fds.remove(&f);
+            }
+        }
         let (kind, holder) = match e.fd_kind {
             Some(FdKind::Vm) => (StepKind::VmFdClose, Some(Holder::VmFd)),
             Some(FdKind::KvmVfioDevice) => (StepKind::KvmVfioFdClose, Some(Holder::KvmVfioFd)),
@@ -414,7 +454,7 @@ impl Vm {
         self.timeline.push(cap, named);
         self.read(e);
         if file_kept {
-            self.file_shared = true;
+            self.file_shared |= !kept_by_followed;
             return;
         }
         if let Some(f) = e.file {
@@ -629,6 +669,10 @@ impl Engine {
             }
             Kind::FdClosed => {
                 vm.fd_closed(e, cap, destroy_observable);
+                None
+            }
+            Kind::FdDup => {
+                vm.fd_dup(e, cap);
                 None
             }
             Kind::VfioKvmGet => {

@@ -53,6 +53,9 @@ pub enum Kind {
     /// A tracked fd was closed (tracepoint tier).
     #[serde(rename = "fd-close", alias = "fd-closed")]
     FdClosed,
+    /// A tracked fd was duplicated (dup, dup2, dup3, fcntl F_DUPFD): the new
+    /// fd (`fd`) is tracked too; `arg` was the old one.
+    FdDup,
     ProcessExit,
     LockAttempt,
     LockAcquired,
@@ -71,7 +74,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind (a new one goes here and in `name`, whose match lists them all).
-    pub const ALL: [Kind; 30] = [
+    pub const ALL: [Kind; 31] = [
         Kind::VmCreated,
         Kind::VmGet,
         Kind::VmPut,
@@ -93,6 +96,7 @@ impl Kind {
         Kind::VcpuCreated,
         Kind::StatsFdCreated,
         Kind::FdClosed,
+        Kind::FdDup,
         Kind::ProcessExit,
         Kind::LockAttempt,
         Kind::LockAcquired,
@@ -129,6 +133,7 @@ impl Kind {
             Kind::VcpuCreated => "vcpu-created",
             Kind::StatsFdCreated => "stats-fd-created",
             Kind::FdClosed => "fd-close",
+            Kind::FdDup => "fd-dup",
             Kind::ProcessExit => "process-exit",
             Kind::LockAttempt => "lock-attempt",
             Kind::LockAcquired => "lock-acquired",
@@ -516,6 +521,7 @@ impl Event {
                 ev.file_refs = arg;
                 Kind::FdClosed
             }
+            HookId::SysDup => Kind::FdDup,
             HookId::ProcessExit => Kind::ProcessExit,
             // Consumed by the live session; never analysed.
             HookId::SelfTest => Kind::Other,

@@ -90,6 +90,39 @@ fn a_vcpu_fd_left_open_is_named_in_the_zombie() {
     assert!(!text.contains("unattributed"), "{text}");
 }
 
+/// A dup kvscope followed (dup, dup2, dup3, fcntl F_DUPFD): the first close
+/// of the file's two fds puts nothing and the VM's state stays known; the
+/// dup's close ends it. Before, the dup was not followed: the VM was left
+/// unknown for good.
+#[test]
+fn a_followed_dup_keeps_the_vm_known_and_its_close_ends_it() {
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM)
+        .with_file(VM_FILE)
+        .dup_fd(QEMU, KVM, VmFd, VM_FILE, 1)
+        .close_fd(QEMU, KVM, VmFd, VM_FILE, 1, 2);
+    let (e, f) = run3(&s);
+    assert!(f.is_empty(), "{f:#?}");
+    let vm = e.vm_history(KVM)[0];
+    assert!(!vm.is_destroyed() && !vm.file_shared && !vm.state_unknown());
+    s.close_fd(QEMU, KVM, VmFd, VM_FILE, 1, 1);
+    let (e, f) = run3(&s);
+    assert!(f.is_empty(), "{f:#?}");
+    let vm = e.vm_history(KVM)[0];
+    assert!(vm.is_destroyed());
+    assert_eq!(
+        whats(vm),
+        [
+            "created vm fd",
+            "fd-dup",
+            "vm-fd-close",
+            "vm-fd-close",
+            "inferred-put vm fd",
+            "inferred-destroy",
+        ]
+    );
+}
+
 /// A dup'ed VM fd: the first close leaves the file held (two references),
 /// so it puts nothing and the VM is not ended; what becomes of it is unknown
 /// (the dup's close may never be seen), so nothing is raised.

@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::{TracePointContext, tracing::StackIdContext},
 };
-use trace_common::{FdKey, FdKind, HookId, LockOp, Phase, ioctl, known, tp};
+use trace_common::{FdKey, FdKind, HookId, LockOp, Phase, fcntl, ioctl, known, tp};
 
 use crate::{
     config::conf,
@@ -245,6 +245,135 @@ fn track(fd: i32, kind: FdKind, e: &mut trace_common::Event) {
     e.known |= known::FD_KIND;
 }
 
+const DUP: u16 = HookId::SysDup as u16;
+
+/// A dup of a tracked fd is entered: its old fd, for the exit.
+#[inline(always)]
+fn dup_entered<C: EbpfContext>(ctx: &C, old: u64) {
+    if tracked_kind(old as i32).is_some() && wanted() {
+        stash(ctx, DUP, &[old, 0, 0]);
+    }
+}
+
+// dup(oldfd), dup2(oldfd, newfd), dup3(oldfd, newfd, flags): the old fd is
+// the first argument; fcntl(fd, cmd, arg) duplicates for two commands only.
+#[inline(always)]
+fn on_dup_enter(ctx: &TracePointContext) {
+    if let Ok(old) = unsafe { ctx.read_at::<u64>(tp::SYSCALL_ARG0) } {
+        dup_entered(ctx, old);
+    }
+}
+
+#[tracepoint]
+pub fn tp_sys_enter_dup(ctx: TracePointContext) -> u32 {
+    on_dup_enter(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn tp_sys_enter_dup2(ctx: TracePointContext) -> u32 {
+    on_dup_enter(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn tp_sys_enter_dup3(ctx: TracePointContext) -> u32 {
+    on_dup_enter(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn tp_sys_enter_fcntl(ctx: TracePointContext) -> u32 {
+    let cmd = unsafe { ctx.read_at::<u64>(tp::SYSCALL_ARG1) }.unwrap_or(u64::MAX);
+    if cmd == fcntl::F_DUPFD || cmd == fcntl::F_DUPFD_CLOEXEC {
+        on_dup_enter(&ctx);
+    }
+    0
+}
+
+/// The dup returned: its new fd is tracked as the old one's kind, and
+/// reported with its file and object (the engine counts the file's fds).
+#[inline(always)]
+fn on_dup_exit(ctx: &TracePointContext) {
+    let Some([old, _, _]) = unstash(DUP) else {
+        return;
+    };
+    let ret = unsafe { ctx.read_at::<i64>(tp::SYSCALL_RET) }.unwrap_or(-1);
+    // dup2(fd, fd) returns fd: nothing new.
+    if ret < 0 || ret as u64 == old {
+        return;
+    }
+    let Some(kind) = tracked_kind(old as i32) else {
+        return;
+    };
+    let mut e = new_event(HookId::SysDup, Phase::Exit);
+    e.arg = old;
+    e.known |= known::ARG;
+    set_fd(&mut e, ret as i32);
+    track(ret as i32, kind, &mut e);
+    if let Some(file) = file_of_fd(ret as i32) {
+        set_file(&mut e, file);
+        set_object(&mut e, kind, file);
+    }
+    submit(ctx, e, false);
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_dup(ctx: TracePointContext) -> u32 {
+    on_dup_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_dup2(ctx: TracePointContext) -> u32 {
+    on_dup_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_dup3(ctx: TracePointContext) -> u32 {
+    on_dup_exit(&ctx);
+    0
+}
+
+#[tracepoint]
+pub fn tp_sys_exit_fcntl(ctx: TracePointContext) -> u32 {
+    on_dup_exit(&ctx);
+    0
+}
+
+/// The object behind a tracked fd's file, by its kind: the VM (with its
+/// count), the VFIO device, or the group.
+#[inline(always)]
+fn set_object(e: &mut trace_common::Event, kind: FdKind, file: u64) {
+    let Some(p) = private_data(file) else {
+        return;
+    };
+    match kind {
+        FdKind::Vm | FdKind::VmStats => set_kvm(e, p),
+        FdKind::Vcpu | FdKind::VcpuStats => {
+            if let Some(kvm) = ptr_at(p, conf!(kvm_vcpu_kvm)) {
+                set_kvm(e, kvm);
+            }
+        }
+        FdKind::KvmVfioDevice => {
+            if let Some(kvm) = ptr_at(p, conf!(kvm_device_kvm)) {
+                set_kvm(e, kvm);
+            }
+        }
+        FdKind::VfioDevice => {
+            if let Some(dev) = vfio_device_of_private(p) {
+                set_device(e, dev);
+            }
+        }
+        FdKind::VfioGroup => {
+            e.group = p;
+            e.known |= known::GROUP;
+        }
+        FdKind::None => {}
+    }
+}
+
 #[tracepoint]
 pub fn tp_sys_enter_close(ctx: TracePointContext) -> u32 {
     let Ok(fd) = (unsafe { ctx.read_at::<u64>(tp::SYSCALL_ARG0) }) else {
@@ -270,31 +399,7 @@ pub fn tp_sys_enter_close(ctx: TracePointContext) -> u32 {
             e.arg = refs;
             e.known |= known::ARG;
         }
-        if let Some(p) = private_data(file) {
-            match FdKind::from_u8(kind as u8) {
-                FdKind::Vm | FdKind::VmStats => set_kvm(&mut e, p),
-                FdKind::Vcpu | FdKind::VcpuStats => {
-                    if let Some(kvm) = ptr_at(p, conf!(kvm_vcpu_kvm)) {
-                        set_kvm(&mut e, kvm);
-                    }
-                }
-                FdKind::KvmVfioDevice => {
-                    if let Some(kvm) = ptr_at(p, conf!(kvm_device_kvm)) {
-                        set_kvm(&mut e, kvm);
-                    }
-                }
-                FdKind::VfioDevice => {
-                    if let Some(dev) = vfio_device_of_private(p) {
-                        set_device(&mut e, dev);
-                    }
-                }
-                FdKind::VfioGroup => {
-                    e.group = p;
-                    e.known |= known::GROUP;
-                }
-                FdKind::None => {}
-            }
-        }
+        set_object(&mut e, FdKind::from_u8(kind as u8), file);
     }
     submit(&ctx, e, false);
     0

@@ -24,7 +24,10 @@ pub const RUNS: usize = 5;
 /// never matches here, where kvscope's does for kv->lock and group_lock, so
 /// bpftrace does less lock work than kvscope on this loop).
 const BPFTRACE_EQUIVALENT: &str = "BEGIN { @w[(uint64)0] = 1; printf(\"BEGIN-RAN\\n\"); } \
-kprobe:kvm_vfio_set_attr, kprobe:vfio_file_set_kvm, kprobe:kvm_put_kvm, kprobe:kvm_get_kvm { printf(\"%d %s %lx %s\\n\", tid, probe, arg0, kstack); } \
+kprobe:kvm_vfio_set_attr { printf(\"%d %s %lx %s\\n\", tid, probe, arg0, kstack); } \
+kprobe:vfio_file_set_kvm { printf(\"%d %s %lx %s\\n\", tid, probe, arg0, kstack); } \
+kprobe:kvm_put_kvm { printf(\"%d %s %lx %s\\n\", tid, probe, arg0, kstack); } \
+kprobe:kvm_get_kvm { printf(\"%d %s %lx %s\\n\", tid, probe, arg0, kstack); } \
 kretprobe:kvm_vfio_set_attr { printf(\"%d ret %d\\n\", tid, retval); } \
 tracepoint:syscalls:sys_enter_ioctl { printf(\"%d ioctl %d %lx\\n\", tid, args->fd, args->cmd); } \
 tracepoint:syscalls:sys_exit_ioctl { printf(\"%d ioctl ret %d\\n\", tid, args->ret); } \

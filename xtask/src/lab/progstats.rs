@@ -48,22 +48,35 @@ impl Cost {
     }
 }
 
+/// The kernel keeps 15 bytes of a program's name; bpftool prints the full
+/// one from BTF where the program has it (kvscope's), else the 15 (bpftrace's
+/// `kvm_vfio_set_at`): such a name is the one full name it begins.
+const NAME_KEPT: usize = 15;
+
 /// `PROG <config> <bpftool line>` lines of the guest, by config and function.
 pub fn costs(lines: &[String]) -> BTreeMap<(String, String), Cost> {
-    let mut out: BTreeMap<(String, String), Cost> = BTreeMap::new();
-    for l in lines {
-        let Some(rest) = l.strip_prefix("PROG ") else {
-            continue;
-        };
-        let Some((cfg, prog)) = rest.split_once(' ') else {
-            continue;
-        };
-        let Some(p) = parse(prog) else { continue };
-        if p.run_cnt == 0 {
-            continue;
+    let progs: Vec<(&str, Prog)> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("PROG ")?.split_once(' '))
+        .filter_map(|(cfg, prog)| Some((cfg, parse(prog)?)))
+        .filter(|(_, p)| p.run_cnt > 0)
+        .collect();
+    let full: std::collections::BTreeSet<&str> =
+        progs.iter().map(|(_, p)| hooked(&p.name)).collect();
+    let whole = |f: &str| -> String {
+        let longer: Vec<&&str> = full
+            .iter()
+            .filter(|n| n.len() > f.len() && n.starts_with(f))
+            .collect();
+        match longer[..] {
+            [one] if f.len() == NAME_KEPT => one.to_string(),
+            _ => f.to_owned(),
         }
+    };
+    let mut out: BTreeMap<(String, String), Cost> = BTreeMap::new();
+    for (cfg, p) in &progs {
         let c = out
-            .entry((cfg.to_owned(), hooked(&p.name).to_owned()))
+            .entry((cfg.to_string(), whole(hooked(&p.name))))
             .or_default();
         c.programs += 1;
         c.calls = c.calls.max(p.run_cnt);
@@ -130,7 +143,9 @@ mod tests {
         let lines: Vec<String> = [
             format!("PROG lean {k}"),
             "PROG lean 2668: kprobe  name kprobe_kvm_vfio_set_attr  tag t  gpl run_time_ns 2077 run_cnt 102".into(),
+            "PROG deep 2669: kprobe  name kprobe_kvm_vfio_set_attr  tag t  gpl run_time_ns 2000 run_cnt 100".into(),
             format!("PROG bpftrace {b}"),
+            "PROG bpftrace 2680: kprobe  name kvm_vfio_set_at  tag t  gpl run_time_ns 300 run_cnt 100".into(),
             "unrelated".into(),
         ]
         .into();

@@ -403,3 +403,40 @@ fn the_stats_file_hook_needs_the_stats_fops() {
         .unwrap();
     assert_eq!(vcpu.choices[0].method, Method::Kprobe, "in module kvm");
 }
+
+/// vfio_group_set_kvm stays in 5.19+ kernels as a static helper of
+/// vfio_file_set_kvm: hooking it there saw each link twice and doubled the
+/// hooked path's cost (lab bench, 6.12). The notifier era's hooks attach only
+/// where vfio_file_set_kvm is absent.
+#[test]
+fn the_notifier_era_hooks_stay_off_where_vfio_file_set_kvm_is() {
+    let with_helper = format!("{DEBIAN_612}ffffffffc0002700 t vfio_group_set_kvm\t[vfio]\n");
+    let k = Kallsyms::parse(&with_helper);
+    let p = plan(&hookable(&k));
+    let link = p
+        .roles
+        .iter()
+        .find(|r| r.role == Role::GroupVmLink)
+        .unwrap();
+    let group = link
+        .choices
+        .iter()
+        .find(|c| c.symbol == "vfio_group_set_kvm")
+        .unwrap();
+    assert_eq!(group.method, Method::None);
+    assert!(
+        group.reason.contains("vfio_file_set_kvm is here"),
+        "{}",
+        group.reason
+    );
+    let notifier_era = Kallsyms::parse(
+        "ffffffffc0002700 t vfio_group_set_kvm\t[vfio]\nffffffffc0001700 t kvm_vfio_set_attr\t[kvm]\n",
+    );
+    let p = plan(&hookable(&notifier_era));
+    let link = p
+        .roles
+        .iter()
+        .find(|r| r.role == Role::GroupVmLink)
+        .unwrap();
+    assert_eq!(link.choices[0].method, Method::Kprobe);
+}
