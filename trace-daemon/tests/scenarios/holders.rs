@@ -71,9 +71,7 @@ fn each_release_names_its_put() {
             .release_holder_fd(QEMU, KVM, (VcpuStats, Some(0)), 2, seen)
             .release_holder_fd(QEMU, KVM, (Vcpu, Some(0)), 1, seen);
         let (e, f) = run(&s);
-        assert!(f.is_empty(), "{f:#?}");
-        let vm = e.vm_history(KVM)[0];
-        assert!(vm.is_destroyed());
+        let vm = ended_quietly(&e, &f);
         assert!(vm.holders_now().is_empty(), "{:?}", vm.holders_now());
         let drops: Vec<String> = whats(vm)
             .into_iter()
@@ -118,9 +116,7 @@ fn a_vm_stats_fd_is_named_at_both_ends() {
         .release_holder_fd(QEMU, KVM, (VmStats, None), 2, true)
         .close_vm_fd(QEMU, KVM, 1);
     let (e, f) = run(&s);
-    assert!(f.is_empty(), "{f:#?}");
-    let vm = e.vm_history(KVM)[0];
-    assert!(vm.is_destroyed());
+    let vm = ended_quietly(&e, &f);
     assert_eq!(
         whats(vm),
         [

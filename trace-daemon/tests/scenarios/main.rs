@@ -41,6 +41,15 @@ fn run(s: &Script) -> (Engine, Vec<Finding>) {
     (e, f)
 }
 
+/// The scenario's VM, after asserting that nothing was raised and that it
+/// ended (destroyed, seen or inferred).
+fn ended_quietly<'e>(e: &'e Engine, f: &[Finding]) -> &'e kvscope::engine::Vm {
+    assert!(f.is_empty(), "{f:#?}");
+    let vm = e.vm_history(KVM)[0];
+    assert!(vm.is_destroyed());
+    vm
+}
+
 fn kinds(f: &[Finding]) -> Vec<FindingKind> {
     f.iter().map(|x| x.kind).collect()
 }

@@ -13,6 +13,16 @@ const BUILT: &[&str] = &["patched", "cdev"];
 /// Kernels with the 6.6+ shape (vfio_df_*, VFIO's own kvm reference).
 const DF66: &[&str] = &["6.12", "sid", "trixie", "trixie-bpo", "cdev"];
 const DF66_MODULAR: &[&str] = &["6.12", "sid", "trixie", "trixie-bpo"];
+/// Kernels with KVM_GET_STATS_FD (5.14+): every one but 5.10.
+const STATS_FDS: &[&str] = &[
+    "6.1",
+    "6.12",
+    "sid",
+    "trixie",
+    "trixie-bpo",
+    "patched",
+    "cdev",
+];
 pub const EXPECT: &[(&str, &[&str], &str)] = &[
     ("vm-get", MODULAR, "kprobe"),
     ("vm-put", MODULAR, "kprobe"),
@@ -40,6 +50,13 @@ pub const EXPECT: &[(&str, &[&str], &str)] = &[
     ("kvm-vfio-created", MODULAR, "kprobe"),
     ("vm-fd-created", BUILT, "fentry"),
     ("kvm-vfio-created", BUILT, "fentry"),
+    // Lean's holders of a VM besides its fd: vCPU fds after KVM_CREATE_VCPU,
+    // stats files (5.14+; anon_inode_getfile is in vmlinux), their releases.
+    ("vcpu-fd-created", MODULAR, "kprobe"),
+    ("vcpu-fd-created", BUILT, "fentry"),
+    ("holder-fd-release", MODULAR, "kprobe"),
+    ("holder-fd-release", BUILT, "fentry"),
+    ("stats-fd-created", STATS_FDS, "fentry"),
     ("device-open-attempt", &["6.1"], "kprobe"),
     ("device-open-attempt", &["patched"], "fentry"),
     ("lock-acquire", FENTRY_ARGS, "fentry"),
