@@ -115,7 +115,12 @@ fn prepare(cycles: u64) -> anyhow::Result<(debian::Unpacked, std::path::PathBuf)
     Ok((un, initrd))
 }
 
-const GUEST_TIMEOUT: Duration = Duration::from_secs(1500);
+/// The guest's bound: 1500 s for the default 50 cycles (about 140 cycles of
+/// every kind, 525 s on a loaded host), scaled for longer runs (200 record
+/// cycles make 360).
+fn guest_timeout(cycles: u64) -> Duration {
+    Duration::from_secs(1500.max(cycles * 12))
+}
 
 /// The stress test, this host loaded by two CPU hogs.
 pub fn run(cycles: u64) -> anyhow::Result<()> {
@@ -125,7 +130,7 @@ pub fn run(cycles: u64) -> anyhow::Result<()> {
     );
     let boot = {
         let _load = HostLoad::start(2)?;
-        qemu::boot(&un, &initrd, GUEST_TIMEOUT)?
+        qemu::boot(&un, &initrd, guest_timeout(cycles))?
     };
     verdict(cycles, boot)
 }
@@ -153,7 +158,8 @@ pub fn run_beside(
             }
             r
         });
-        let stress = qemu::boot(&un, &initrd, GUEST_TIMEOUT).and_then(|b| verdict(cycles, b));
+        let stress =
+            qemu::boot(&un, &initrd, guest_timeout(cycles)).and_then(|b| verdict(cycles, b));
         done.store(true, std::sync::atomic::Ordering::Release);
         let other = beside
             .join()
