@@ -14,15 +14,7 @@ const BUILT: &[&str] = &["patched", "cdev"];
 const DF66: &[&str] = &["6.12", "sid", "trixie", "trixie-bpo", "cdev"];
 const DF66_MODULAR: &[&str] = &["6.12", "sid", "trixie", "trixie-bpo"];
 /// Kernels with KVM_GET_STATS_FD (5.14+): every one but 5.10.
-const STATS_FDS: &[&str] = &[
-    "6.1",
-    "6.12",
-    "sid",
-    "trixie",
-    "trixie-bpo",
-    "patched",
-    "cdev",
-];
+const STATS_FDS: &[&str] = ALL;
 pub const EXPECT: &[(&str, &[&str], &str)] = &[
     ("vm-get", MODULAR, "kprobe"),
     ("vm-put", MODULAR, "kprobe"),
