@@ -7,7 +7,7 @@ use aya_ebpf::{
     programs::tracing::StackIdContext,
 };
 use trace_common::{
-    DropCause, Event, HookId, LockClass, Phase, WatchedLock, config_flags, drop_slot, known,
+    DropCause, Event, FdKind, HookId, LockClass, Phase, WatchedLock, config_flags, drop_slot, known,
 };
 
 use crate::{
@@ -99,6 +99,13 @@ pub fn set_file(e: &mut Event, file: u64) {
         e.file = file;
         e.known |= known::FILE;
     }
+}
+
+/// What kind of fd (or file) the event is about.
+#[inline(always)]
+pub fn set_fd_kind(e: &mut Event, kind: FdKind) {
+    e.fd_kind = kind as u8;
+    e.known |= known::FD_KIND;
 }
 
 #[inline(always)]

@@ -191,24 +191,23 @@ impl Vm {
         } else {
             StepKind::InferredPut
         };
-        // A drop right after an fd close we saw is that fd's reference; the
-        // rise right after the kvm-vfio create op (reported before its
-        // inlined get) is that device's.
         // A vCPU or stats fd's release puts with kvm_put_kvm inlined into it
         // on some builds (Debian's 6.12): the drop after it is that fd's.
         let released = match self.timeline.steps.back() {
             Some(s) if s.kind == StepKind::HolderFdRelease && d == -1 => s.holder,
             _ => None,
         };
-        let holder = match self.timeline.last_seen() {
-            _ if released.is_some() => released,
+        // A drop right after an fd close we saw is that fd's reference; the
+        // rise right after the kvm-vfio create op (reported before its
+        // inlined get) is that device's.
+        let holder = released.or(match self.timeline.last_seen() {
             Some((StepKind::KvmVfioFdClose, _)) if d < 0 => Some(Holder::KvmVfioFd),
             Some((StepKind::VmFdClose, _)) if d < 0 => Some(Holder::VmFd),
             Some((StepKind::KvmVfioCreated, Some(HookId::KvmVfioCreate))) if d == 1 => {
                 Some(Holder::KvmVfioFd)
             }
             _ => None,
-        };
+        });
         if let Some(h) = holder {
             self.hold(h, d);
         }

@@ -9,7 +9,7 @@ use trace_common::{FdKind, HookId, LockClass, Phase, ioctl, known};
 
 use crate::{
     config::conf,
-    emit::{new_event, set_file, set_kvm, set_ret, submit, wanted, watch},
+    emit::{new_event, set_fd_kind, set_file, set_kvm, set_ret, submit, wanted, watch},
     hook::Call,
     kread::{is_kptr, private_data, ptr_at},
     maps::TRACKED_TGIDS,
@@ -259,8 +259,7 @@ fn on_dev_ioctl<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) {
     e.arg = cmd as u64;
     e.known |= known::ARG;
     set_ret(&mut e, Some(ret));
-    e.fd_kind = FdKind::Vm as u8;
-    e.known |= known::FD_KIND;
+    set_fd_kind(&mut e, FdKind::Vm);
     vm_fd_created(&mut e, ret as i32);
     // Its exit is reported (the fds go with it); no fd is tracked: no close
     // program runs here to forget it.
@@ -296,12 +295,8 @@ entry_hook!(
 );
 
 fn on_vcpu_postcreate<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
-    vcpu_event(
-        ctx,
-        HookId::KvmArchVcpuPostcreate,
-        FdKind::Vcpu,
-        call.arg(0),
-    );
+    let hook = HookId::KvmArchVcpuPostcreate;
+    vcpu_event(ctx, hook, Phase::Entry, FdKind::Vcpu, call.arg(0));
     false
 }
 
@@ -321,14 +316,21 @@ entry_hook!(
 
 fn on_vcpu_release<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
     if let Some(vcpu) = private_data(call.arg(1)) {
-        vcpu_event(ctx, HookId::KvmVcpuRelease, FdKind::Vcpu, vcpu);
+        vcpu_event(
+            ctx,
+            HookId::KvmVcpuRelease,
+            Phase::Entry,
+            FdKind::Vcpu,
+            vcpu,
+        );
     }
     false
 }
 
 fn on_vcpu_stats_release<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
     if let Some(vcpu) = private_data(call.arg(1)) {
-        vcpu_event(ctx, HookId::KvmVcpuStatsRelease, FdKind::VcpuStats, vcpu);
+        let hook = HookId::KvmVcpuStatsRelease;
+        vcpu_event(ctx, hook, Phase::Entry, FdKind::VcpuStats, vcpu);
     }
     false
 }
@@ -342,14 +344,9 @@ entry_hook!(
 );
 
 fn on_vm_stats_release<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> bool {
-    if !wanted() {
-        return false;
-    }
     if let Some(kvm) = private_data(call.arg(1)) {
-        let mut e = new_event(HookId::KvmVmStatsRelease, Phase::Entry);
-        fd_holder(&mut e, FdKind::VmStats);
-        set_kvm(&mut e, kvm);
-        submit(ctx, e, false);
+        let hook = HookId::KvmVmStatsRelease;
+        holder_file_event(ctx, hook, Phase::Entry, FdKind::VmStats, kvm, 0);
     }
     false
 }
@@ -394,43 +391,48 @@ fn on_anon_inode_getfile<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) 
     if !wanted() || !call.ret.is_some_and(|r| is_kptr(r as u64)) {
         return;
     }
+    let (hook, private) = (HookId::AnonInodeGetfile, call.arg(2));
     match kind {
-        FdKind::VcpuStats => vcpu_event(ctx, HookId::AnonInodeGetfile, kind, call.arg(2)),
-        _ => {
-            let mut e = new_event(HookId::AnonInodeGetfile, Phase::Exit);
-            fd_holder(&mut e, kind);
-            set_kvm(&mut e, call.arg(2));
-            submit(ctx, e, false);
-        }
+        FdKind::VcpuStats => vcpu_event(ctx, hook, Phase::Exit, kind, private),
+        _ => holder_file_event(ctx, hook, Phase::Exit, kind, private, 0),
     }
 }
 
-/// An event for a vCPU (`struct kvm_vcpu *`) file holding a VM reference:
-/// its VM (with the count) and its id in `arg`.
+/// An event for a vCPU's file (`struct kvm_vcpu *`) holding a VM reference.
 #[inline(always)]
-fn vcpu_event<C: EbpfContext + StackIdContext>(ctx: &C, hook: HookId, kind: FdKind, vcpu: u64) {
+fn vcpu_event<C: EbpfContext + StackIdContext>(
+    ctx: &C,
+    hook: HookId,
+    phase: Phase,
+    kind: FdKind,
+    vcpu: u64,
+) {
+    let kvm = ptr_at(vcpu, conf!(kvm_vcpu_kvm)).unwrap_or(0);
+    holder_file_event(ctx, hook, phase, kind, kvm, vcpu);
+}
+
+/// An event for a file of `kind` holding a reference on `kvm` (with its
+/// count); for a vCPU's (`vcpu`, else 0), the vCPU id in `arg`. Plain
+/// numbers, not Options: a 5.10 verifier refuses an Option's unwritten
+/// payload as uninitialised stack.
+#[inline(always)]
+fn holder_file_event<C: EbpfContext + StackIdContext>(
+    ctx: &C,
+    hook: HookId,
+    phase: Phase,
+    kind: FdKind,
+    kvm: u64,
+    vcpu: u64,
+) {
     if !wanted() {
         return;
     }
-    let phase = if hook == HookId::AnonInodeGetfile {
-        Phase::Exit
-    } else {
-        Phase::Entry
-    };
     let mut e = new_event(hook, phase);
-    fd_holder(&mut e, kind);
+    set_fd_kind(&mut e, kind);
     if let Some(id) = crate::kread::i32_at(vcpu, conf!(kvm_vcpu_vcpu_id)) {
         e.arg = id as u32 as u64;
         e.known |= known::ARG;
     }
-    if let Some(kvm) = ptr_at(vcpu, conf!(kvm_vcpu_kvm)) {
-        set_kvm(&mut e, kvm);
-    }
+    set_kvm(&mut e, kvm);
     submit(ctx, e, false);
-}
-
-#[inline(always)]
-fn fd_holder(e: &mut trace_common::Event, kind: FdKind) {
-    e.fd_kind = kind as u8;
-    e.known |= known::FD_KIND;
 }

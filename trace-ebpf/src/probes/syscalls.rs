@@ -14,8 +14,8 @@ use trace_common::{FdKey, FdKind, HookId, LockOp, Phase, fcntl, ioctl, known, tp
 use crate::{
     config::conf,
     emit::{
-        new_event, set_device, set_fd, set_file, set_kvm, set_ret, submit, wanted, watch,
-        watch_device_locks, watched,
+        new_event, set_device, set_fd, set_fd_kind, set_file, set_kvm, set_ret, submit, wanted,
+        watch, watch_device_locks, watched,
     },
     hook::{stash, unstash},
     kread::{file_of_fd, file_refs, private_data, ptr_at, vfio_device_of_private},
@@ -241,8 +241,7 @@ fn track(fd: i32, kind: FdKind, e: &mut trace_common::Event) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let _ = TRACKED_FDS.insert(FdKey { tgid, fd }, kind as u32, 0);
     let _ = TRACKED_TGIDS.insert(tgid, 1, 0);
-    e.fd_kind = kind as u8;
-    e.known |= known::FD_KIND;
+    set_fd_kind(e, kind);
 }
 
 const DUP: u16 = HookId::SysDup as u16;
@@ -389,8 +388,7 @@ pub fn tp_sys_enter_close(ctx: TracePointContext) -> u32 {
     let _ = TRACKED_FDS.remove(key);
     let mut e = new_event(HookId::SysClose, Phase::Entry);
     set_fd(&mut e, fd as i32);
-    e.fd_kind = kind as u8;
-    e.known |= known::FD_KIND;
+    set_fd_kind(&mut e, FdKind::from_u8(kind as u8));
     // The fd is still installed at sys_enter: read what it points to, and
     // how many references its file has (this close puts the VM's only at 1).
     if let Some(file) = file_of_fd(fd as i32) {
