@@ -53,9 +53,13 @@ enum Task {
     /// check that kvscope attaches there (see README, "Guest lab").
     Lab {
         /// Kernels to boot (default: all of the matrix: 6.12, 6.1, sid, trixie,
-        /// trixie-bpo, patched, cdev).
+        /// trixie-bpo, bullseye, patched, cdev).
         #[arg(long = "kernel")]
         kernels: Vec<String>,
+        /// Guests booted side by side (default: one per host CPU; a lab guest
+        /// keeps about one CPU busy). 1 boots the rows one after the other.
+        #[arg(long)]
+        jobs: Option<usize>,
         /// Run this shell command in the guest instead of the checks.
         #[arg(long)]
         cmd: Option<String>,
@@ -139,6 +143,7 @@ fn main() -> anyhow::Result<()> {
             update_readme,
             stress,
             host,
+            jobs,
         } => {
             let env = setup::setup()?;
             cmd::build_release(&env)?;
@@ -149,7 +154,12 @@ fn main() -> anyhow::Result<()> {
                 }
                 return r;
             }
-            let r = lab::matrix::run(&kernels, cmd.as_deref()).and_then(|()| {
+            let r = lab::matrix::run(
+                &kernels,
+                cmd.as_deref(),
+                jobs.unwrap_or_else(lab::matrix::default_jobs),
+            )
+            .and_then(|()| {
                 let wanted = kernels.is_empty() || kernels.iter().any(|k| k == lab::stress::KERNEL);
                 if stress > 0 && cmd.is_none() && wanted {
                     lab::stress::run(stress)

@@ -64,7 +64,7 @@ pub fn run(env: &Env, args: &TestArgs) -> anyhow::Result<()> {
             Tier::Fuzz => fuzz(env)?,
             Tier::Lab => {
                 cmd::build_release(env)?;
-                crate::lab::matrix::run(&[], None)?;
+                crate::lab::matrix::run(&[], None, crate::lab::matrix::default_jobs())?;
                 // The host rows are the stress test's load: the two guests
                 // together, instead of one after the other beside CPU hogs.
                 crate::lab::stress::run_beside(crate::lab::stress::CYCLES, || {

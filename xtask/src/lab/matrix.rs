@@ -80,8 +80,18 @@ fn verdict(kernel: &str, output: &[String]) -> Vec<String> {
     bad
 }
 
-/// Boots `k` with `command`; the guest's output lines and whether it ended well.
-fn boot(k: &Kernel, command: &str) -> anyhow::Result<(qemu::Boot, String)> {
+/// A row ready to boot: its kernel, its initramfs with `command` in it.
+struct Prepared {
+    kernel: &'static Kernel,
+    un: debian::Unpacked,
+    initrd: std::path::PathBuf,
+}
+
+/// Everything `k`'s guest needs, built or taken from the cache: the kernel,
+/// the test module, module BTF, the initramfs with `command`. Rows are
+/// prepared one after the other (downloads, apt lists and kernel builds share
+/// the cache), then booted side by side.
+fn prepare(k: &'static Kernel, command: &str) -> anyhow::Result<Prepared> {
     let un = kernels::unpacked(k)?;
     // The test module, where a scenario of this kernel uses it.
     let needs_testdev = SCENARIOS
@@ -114,56 +124,105 @@ fn boot(k: &Kernel, command: &str) -> anyhow::Result<(qemu::Boot, String)> {
         bins.extend(selftests::built(b)?);
     }
     initramfs::initramfs(&un, &bins, &extra, &btf, &command, &initrd)?;
-    eprintln!("lab: booting {} ({})", k.name, un.release);
-    let boot = qemu::boot(&un, &initrd, Duration::from_secs(420))?;
-    eprintln!(
-        "lab: {} ran in {:.1} s, rc {:?}",
-        k.name, boot.secs, boot.rc
-    );
+    Ok(Prepared {
+        kernel: k,
+        un,
+        initrd,
+    })
+}
+
+/// Boots a prepared row; the guest's output lines and whether it ended well.
+fn boot(p: &Prepared) -> anyhow::Result<qemu::Boot> {
+    let name = p.kernel.name;
+    eprintln!("lab: booting {name} ({})", p.un.release);
+    let boot = qemu::boot(&p.un, &p.initrd, Duration::from_secs(420))?;
+    eprintln!("lab: {name} ran in {:.1} s, rc {:?}", boot.secs, boot.rc);
     if boot.rc.is_none() {
-        eprintln!("lab: {}: no exit status: {}", k.name, boot.why_no_rc());
+        eprintln!("lab: {name}: no exit status: {}", boot.why_no_rc());
     }
     // The guest's whole console, kept for reading the evidence later.
     let log = setup::cache_dir()
         .join("lab")
-        .join(format!("last-{}.console", k.name));
+        .join(format!("last-{name}.console"));
     std::fs::write(&log, &boot.console)?;
     eprintln!("lab: guest console in {}", log.display());
-    Ok((boot, un.release))
+    Ok(boot)
 }
 
-pub fn run(kernels: &[String], custom: Option<&str>) -> anyhow::Result<()> {
+/// Guests booted at once: a TCG guest of the lab keeps about one host CPU
+/// busy (its second vCPU mostly idles), so one per CPU.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Judges one booted row, printing its verdict as one block (rows finish side
+/// by side); whether it passed.
+fn judge(p: &Prepared, boot: &qemu::Boot, custom: bool) -> anyhow::Result<bool> {
+    static PRINT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_row_at_a_time = PRINT.lock().unwrap_or_else(|e| e.into_inner());
+    let name = p.kernel.name;
+    if custom {
+        for l in &boot.output {
+            println!("{l}");
+        }
+        return Ok(true);
+    }
+    let bad = verdict(name, &boot.output);
+    if bad.is_empty() && boot.rc == Some(0) {
+        eprintln!("lab: {name}: PASS");
+        readme::record_pass(name, &p.un.release)?;
+        return Ok(true);
+    }
+    eprintln!(
+        "lab: {name}: FAIL (rc {:?})\n  {}\n--- guest console ---\n{}",
+        boot.rc,
+        bad.join("\n  "),
+        boot.console
+    );
+    Ok(false)
+}
+
+pub fn run(kernels: &[String], custom: Option<&str>, jobs: usize) -> anyhow::Result<()> {
     debian::ensure_host_tools()?;
-    let mut failed = Vec::new();
+    let mut rows = Vec::new();
     for k in select(kernels)? {
         let command = match custom {
             Some(c) => c.to_owned(),
             None => guest_command(k.name)?,
         };
-        let (boot, release) = boot(k, &command)?;
-        if custom.is_some() {
-            for l in &boot.output {
-                println!("{l}");
-            }
-            continue;
-        }
-        let bad = verdict(k.name, &boot.output);
-        if bad.is_empty() && boot.rc == Some(0) {
-            eprintln!("lab: {}: PASS", k.name);
-            readme::record_pass(k.name, &release)?;
-        } else {
-            eprintln!(
-                "lab: {}: FAIL (rc {:?})\n  {}\n--- guest console ---\n{}",
-                k.name,
-                boot.rc,
-                bad.join("\n  "),
-                boot.console
-            );
-            failed.push(k.name);
-        }
+        rows.push(prepare(k, &command)?);
     }
+    // The longest rows first, so that the last to start is a short one.
+    rows.sort_by_key(|p| std::cmp::Reverse(row_weight(p.kernel.name)));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.clamp(1, rows.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(p) = rows.get(i) else { break };
+                    let outcome = boot(p).and_then(|b| judge(p, &b, custom.is_some()));
+                    let ok = outcome.unwrap_or_else(|e| {
+                        eprintln!("lab: {}: FAIL: {e:#}", p.kernel.name);
+                        false
+                    });
+                    if !ok {
+                        failed.lock().unwrap().push(p.kernel.name);
+                    }
+                }
+            });
+        }
+    });
+    let failed = failed.into_inner().unwrap();
     if !failed.is_empty() {
         bail!("lab failed on {}", failed.join(", "));
     }
     Ok(())
+}
+
+/// How long a row's guest runs, roughly: its scenario count (the built
+/// kernels add their selftests).
+fn row_weight(kernel: &str) -> usize {
+    suite(kernel).steps.len() + usize::from(selftests::source_of(kernel).is_some()) * 4
 }
