@@ -102,9 +102,26 @@ fn main() -> anyhow::Result<()> {
     };
     println!("cargo:rerun-if-changed=../trace-common/src");
     println!("cargo:rerun-if-changed=src/attach/hooks.rs");
-    aya_build::build_ebpf([package], Toolchain::Nightly).context(
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR")?);
+    // aya-build's inner build is the same for every outer profile (always
+    // --release for the BPF target) but lives under OUT_DIR, which differs per
+    // profile and per clippy/build: one shared dir beside the profiles
+    // (target/kvscope-bpf) builds it once for all of them.
+    let shared = out_dir
+        .ancestors()
+        .nth(4)
+        .map(|t| t.join("kvscope-bpf"))
+        .unwrap_or_else(|| out_dir.clone());
+    std::fs::create_dir_all(&shared)?;
+    // SAFETY: single-threaded build script; aya-build reads it right away.
+    unsafe { env::set_var("OUT_DIR", &shared) };
+    let built = aya_build::build_ebpf([package], Toolchain::Nightly);
+    unsafe { env::set_var("OUT_DIR", &out_dir) };
+    built.context(
         "building the BPF programs failed; run `cargo xtask setup` (rust-src + bpf-linker)",
     )?;
-    let out = PathBuf::from(env::var_os("OUT_DIR").context("OUT_DIR")?).join("kvscope-probes");
+    let out = out_dir.join("kvscope-probes");
+    std::fs::copy(shared.join("kvscope-probes"), &out)
+        .with_context(|| format!("copying the BPF object to {}", out.display()))?;
     check_programs(&std::fs::read(&out).with_context(|| format!("reading {}", out.display()))?)
 }

@@ -38,6 +38,7 @@ pub fn check(c: Command) -> anyhow::Result<()> {
 }
 
 pub fn build_release(env: &Env) -> anyhow::Result<()> {
+    crate::buildcache::restore()?;
     let mut c = command(env, "cargo");
     // `--bin` filters every selected package: name both binaries.
     c.args([

@@ -1,4 +1,5 @@
 //! kvscope's developer and CI tasks. `cargo xtask --help` lists them.
+mod buildcache;
 mod cmd;
 mod deb;
 mod footprint;

@@ -54,12 +54,18 @@ pub fn run(env: &Env, args: &TestArgs) -> anyhow::Result<()> {
         &args.tiers
     };
     let started = Instant::now();
+    // A fresh clone (CI) builds only the workspace's crates: the rest comes
+    // from the cache's seeds, kept by the first such run (buildcache.rs).
+    crate::buildcache::restore()?;
     for tier in tiers {
         let t = Instant::now();
         eprintln!("== tier {tier:?}");
         match tier {
             Tier::Lint => lint(env)?,
-            Tier::Cargo => cargo_tests(env, args.allow_skip)?,
+            Tier::Cargo => {
+                cargo_tests(env, args.allow_skip)?;
+                crate::buildcache::save()?;
+            }
             Tier::Package => crate::deb::check(env)?,
             Tier::Fuzz => fuzz(env)?,
             Tier::Lab => {
