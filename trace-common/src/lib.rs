@@ -550,6 +550,10 @@ pub mod config_flags {
     /// The VFIO locks are taken dev_set->lock first (6.1 and the kvm_ops
     /// patch), so report held ones in that order.
     pub const DEV_SET_FIRST: u32 = 1 << 2;
+    /// Stacks also at the hooks whose call path the events around them name
+    /// (KVM_SET_DEVICE_ATTR's handler, the VFIO file link it makes): by
+    /// default those take none, the costliest part of their programs.
+    pub const EVERY_STACK: u32 = 1 << 3;
 }
 
 /// The flag bits in `mutex.owner` below the task pointer (MUTEX_FLAGS).

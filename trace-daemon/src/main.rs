@@ -191,6 +191,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         args.lock_watch
                     },
                     deep_for: args.deep_for,
+                    // Stacks printed: one on every event that can have one.
+                    every_stack: args.stacks,
                     ..LoadOptions::default()
                 },
                 engine: engine::Config::default(),
@@ -209,6 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     lock_watch: args.lock_watch,
                     stacks: !args.no_stacks,
                     lock_stacks: !args.no_stacks,
+                    every_stack: args.every_stack,
                     ..LoadOptions::default()
                 },
                 share: args.share,

@@ -114,6 +114,13 @@ pub fn set_fd(e: &mut Event, fd: i32) {
     e.known |= known::FD;
 }
 
+/// Whether a hook whose call path the surrounding events name takes a stack
+/// ([`config_flags::EVERY_STACK`]).
+#[inline(always)]
+pub fn every_stack() -> bool {
+    conf!(flags) & config_flags::EVERY_STACK != 0
+}
+
 /// Sends the event; counts a failed reservation against its hook, since user
 /// space would otherwise never learn of it.
 #[inline(always)]

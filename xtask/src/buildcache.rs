@@ -28,14 +28,9 @@ const DIRS: &[&str] = &[
     "kvscope-bpf/aya-build/target/trace-ebpf/bpfel-unknown-none/release",
 ];
 
-/// The workspace's crates (xtask aside: it is built before it can seed).
-const WORKSPACE: &[&str] = &[
-    "trace-daemon-",
-    "trace-ebpf-",
-    "trace-common-",
-    "lab-driver-",
-    "kvscope-testkit-",
-];
+/// Crates of the workspace that only a full build makes: xtask itself
+/// (built before it can seed) needs lab-driver and trace-common, not these.
+const WORKSPACE: &[&str] = &["trace-daemon-", "trace-ebpf-"];
 
 fn seeds() -> PathBuf {
     setup::cache_dir().join("target-seed")
@@ -95,7 +90,7 @@ fn target_of(dir: &str) -> PathBuf {
     cmd::workspace_root().join("target").join(dir)
 }
 
-/// Whether `dir` holds nothing of the workspace's own crates yet.
+/// Whether `dir` holds nothing of the workspace's main crates yet.
 fn started_clean(dir: &std::path::Path) -> bool {
     let Ok(entries) = std::fs::read_dir(dir.join(".fingerprint")) else {
         return true;

@@ -119,6 +119,8 @@ pub struct LoadOptions {
     pub filter_tgid: u32,
     pub stacks: bool,
     pub lock_stacks: bool,
+    /// Stacks also where the surrounding events name the call path.
+    pub every_stack: bool,
     pub ring_bytes: u32,
     pub lock_watch: LockWatch,
     /// `check`: attach every role and tracepoint once, whatever the mode, to
@@ -134,6 +136,7 @@ impl Default for LoadOptions {
             filter_tgid: 0,
             stacks: true,
             lock_stacks: true,
+            every_stack: false,
             ring_bytes: trace_common::DEFAULT_RING_BYTES,
             lock_watch: LockWatch::Lean,
             every_role: false,
@@ -229,6 +232,11 @@ pub fn load(facts: &Facts, opts: &LoadOptions, gate: &AttachGate) -> anyhow::Res
     config.flags = (if opts.stacks { config_flags::STACKS } else { 0 })
         | (if opts.lock_stacks {
             config_flags::LOCK_STACKS
+        } else {
+            0
+        })
+        | (if opts.every_stack {
+            config_flags::EVERY_STACK
         } else {
             0
         })

@@ -229,6 +229,12 @@ pub struct RecordArgs {
     /// path's cheapest setting; findings then show no stack.
     #[arg(long)]
     pub no_stacks: bool,
+    /// Take a stack at every path hook, also at KVM_SET_DEVICE_ATTR's handler
+    /// and the VFIO file link it makes, whose call path the events around them
+    /// already name (by default they take none: a stack is most of their
+    /// cost).
+    #[arg(long, conflicts_with = "no_stacks")]
+    pub every_stack: bool,
     /// Create the file world-readable (0644). By default it is 0600: it holds
     /// kernel addresses and stacks, which the kernel hides from other users.
     #[arg(long)]

@@ -9,7 +9,9 @@ use trace_common::{FdKind, HookId, LockClass, Phase, ioctl, known};
 
 use crate::{
     config::conf,
-    emit::{new_event, set_fd_kind, set_file, set_kvm, set_ret, submit, wanted, watch},
+    emit::{
+        every_stack, new_event, set_fd_kind, set_file, set_kvm, set_ret, submit, wanted, watch,
+    },
     hook::Call,
     kread::{is_kptr, private_data, ptr_at},
     maps::TRACKED_TGIDS,
@@ -218,7 +220,9 @@ fn on_set_attr<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) {
         }
     }
     set_ret(&mut e, call.ret.map(|r| r as i32 as i64));
-    submit(ctx, e, true);
+    // Always KVM_SET_DEVICE_ATTR's handler under the ioctl: a stack says
+    // nothing the event does not (every_stack asks for it anyway).
+    submit(ctx, e, every_stack());
 }
 
 // static long kvm_dev_ioctl(struct file *filp, unsigned int ioctl, unsigned long arg):

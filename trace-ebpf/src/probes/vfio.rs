@@ -6,8 +6,8 @@ use trace_common::{HookId, LockClass, Phase, ioctl, known};
 use crate::{
     config::conf,
     emit::{
-        new_event, set_device, set_fd, set_file, set_kvm, set_ret, submit, wanted, watch,
-        watch_device_locks,
+        every_stack, new_event, set_device, set_fd, set_file, set_kvm, set_ret, submit, wanted,
+        watch, watch_device_locks,
     },
     held::{enter_path, leave_path, report_device_locks, report_kvm_lock},
     hook::Call,
@@ -301,7 +301,10 @@ fn on_file_set_kvm<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) -> boo
     if call.arg(1) == 0 {
         e.known |= known::KVM;
     }
-    submit(ctx, e, true);
+    // Called by KVM_SET_DEVICE_ATTR's add or delete, or by the kvm-vfio
+    // device's release in the VM's teardown: the events around it (the
+    // set_attr exit, kvm_destroy_vm) name which, so no stack by default.
+    submit(ctx, e, every_stack());
     false
 }
 

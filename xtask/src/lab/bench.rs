@@ -52,6 +52,8 @@ kvscope record --locks lean -o /tmp/l.kvs 2>/tmp/l.err & P=$!; attached /tmp/l.e
 run lean; progstats lean; kill -INT $P; wait $P
 kvscope record --locks lean --no-stacks -o /tmp/n.kvs 2>/tmp/n.err & P=$!; attached /tmp/n.err "kvscope: ready:"
 run lean-nostack; progstats lean-nostack; kill -INT $P; wait $P
+kvscope record --locks lean --every-stack -o /tmp/e.kvs 2>/tmp/e.err & P=$!; attached /tmp/e.err "kvscope: ready:"
+run lean-every-stack; progstats lean-every-stack; kill -INT $P; wait $P
 run none2
 bpftrace -e '{eq}' >/tmp/bt.out 2>&1 & P=$!; attached /tmp/bt.out BEGIN-RAN
 run bpftrace; progstats bpftrace; kill -INT $P; wait $P
@@ -130,7 +132,16 @@ pub fn run(kernel: &str, iterations: u64) -> anyhow::Result<()> {
         iterations * 10
     );
     report(&got, &header, &CONFIGS);
-    super::progstats::report(&boot.output, &["lean", "lean-nostack", "deep", "bpftrace"]);
+    super::progstats::report(
+        &boot.output,
+        &[
+            "lean",
+            "lean-nostack",
+            "lean-every-stack",
+            "deep",
+            "bpftrace",
+        ],
+    );
     Ok(())
 }
 
@@ -145,10 +156,11 @@ const LOOPS: [(&str, &str); 5] = [
 
 /// Each probed block sits between two unprobed ones; its baseline is their
 /// runs together, so that drift across the guest's life (TCG) cancels.
-const CONFIGS: [(&str, &str, &str); 5] = [
+const CONFIGS: [(&str, &str, &str); 6] = [
     ("deep", "none0", "none1"),
     ("lean", "none1", "none2"),
     ("lean-nostack", "none1", "none2"),
+    ("lean-every-stack", "none1", "none2"),
     ("bpftrace", "none2", "none3"),
     ("empty-fentry", "none3", "none4"),
 ];
@@ -182,7 +194,7 @@ pub fn report(got: &Runs, header: &str, configs: &[(&str, &str, &str)]) {
         RUNS * 2
     );
     println!(
-        "{:<32} {:<14} {:>10} {:>10} {:>7} {:>7} {:>10}",
+        "{:<32} {:<16} {:>10} {:>10} {:>7} {:>7} {:>10}",
         "loop", "config", "ns/iter", "baseline", "ratio", "noise", "added ns"
     );
     let mut added: BTreeMap<(&str, &str), f64> = BTreeMap::new();
@@ -197,7 +209,7 @@ pub fn report(got: &Runs, header: &str, configs: &[(&str, &str, &str)]) {
             let (v, b) = (median(&mut v), median(&mut b));
             added.insert((c, l), v - b);
             println!(
-                "{label:<32} {c:<14} {v:>10.0} {b:>10.0} {:>7.3} {:>6.1}% {:>10.0}",
+                "{label:<32} {c:<16} {v:>10.0} {b:>10.0} {:>7.3} {:>6.1}% {:>10.0}",
                 v / b,
                 n * 100.0,
                 v - b
