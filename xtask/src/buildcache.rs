@@ -13,20 +13,22 @@ use anyhow::Context as _;
 use crate::{cmd, setup};
 
 /// The build directories seeded, under `target/`: each a cargo profile
-/// directory (deps/, build/, .fingerprint/).
-const DIRS: &[&str] = &[
-    // `cargo test --release`, the package, the lab's binaries.
-    "release",
-    // `cargo clippy`, xtask itself.
+/// directory (deps/, build/, .fingerprint/). Each is kept only once the tier
+/// that builds it whole has passed (a half-built seed would stay).
+/// Built by the lint tier: `cargo clippy` (and xtask itself), the kernel
+/// side's clippy (host build scripts and the BPF target), and the BPF
+/// object's build (trace-daemon/build.rs, shared by the profiles).
+pub const LINT_DIRS: &[&str] = &[
     "debug",
-    // The kernel side's clippy (its own target dir): host build scripts and
-    // the BPF target.
     "bpf-clippy/release",
     "bpf-clippy/bpfel-unknown-none/release",
-    // The BPF object's build (trace-daemon/build.rs), shared by the profiles.
     "kvscope-bpf/aya-build/target/trace-ebpf/release",
     "kvscope-bpf/aya-build/target/trace-ebpf/bpfel-unknown-none/release",
 ];
+
+/// Built by the cargo tier: `cargo test --release`, which the package and
+/// the lab's binaries reuse.
+pub const CARGO_DIRS: &[&str] = &["release"];
 
 /// Crates of the workspace that only a full build makes: xtask itself
 /// (built before it can seed) needs lab-driver and trace-common, not these.
@@ -107,7 +109,7 @@ fn started_clean(dir: &std::path::Path) -> bool {
 /// clean (already built artifacts are never overwritten).
 pub fn restore() -> anyhow::Result<()> {
     let key = key()?;
-    for dir in DIRS {
+    for dir in LINT_DIRS.iter().chain(CARGO_DIRS) {
         restore_dir(dir, &key)?;
     }
     Ok(())
@@ -134,11 +136,11 @@ fn restore_dir(dir: &str, key: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Keeps each clean-started build directory as the seed for this key, when
+/// Keeps each of `dirs` that started clean as the seed for this key, when
 /// there is none yet; seeds of other keys are removed (one per directory).
-pub fn save() -> anyhow::Result<()> {
+pub fn save(dirs: &[&str]) -> anyhow::Result<()> {
     let key = key()?;
-    for dir in DIRS {
+    for dir in dirs {
         save_dir(dir, &key)?;
     }
     Ok(())

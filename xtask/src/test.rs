@@ -61,10 +61,13 @@ pub fn run(env: &Env, args: &TestArgs) -> anyhow::Result<()> {
         let t = Instant::now();
         eprintln!("== tier {tier:?}");
         match tier {
-            Tier::Lint => lint(env)?,
+            Tier::Lint => {
+                lint(env)?;
+                crate::buildcache::save(crate::buildcache::LINT_DIRS)?;
+            }
             Tier::Cargo => {
                 cargo_tests(env, args.allow_skip)?;
-                crate::buildcache::save()?;
+                crate::buildcache::save(crate::buildcache::CARGO_DIRS)?;
             }
             Tier::Package => crate::deb::check(env)?,
             Tier::Fuzz => fuzz(env)?,
