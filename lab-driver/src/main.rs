@@ -16,7 +16,9 @@
 //! - `suite JSON`: the lab's scenarios (suite.rs, protocol.rs), one JSON
 //!   document back;
 //! - `lockdown`: `kvscope check` and the daemon at lockdown integrity, then
-//!   confidentiality (lockdown.rs); last in a guest, it cannot be undone.
+//!   confidentiality (lockdown.rs); last in a guest, it cannot be undone;
+//! - `qemu quit|kill`: Debian's QEMU as the client, the edu device assigned,
+//!   ended by QMP's quit or SIGKILL (qemu.rs; `--cdev`: the iommufd backend).
 //!
 //! Options: `--cdev` opens the edu device through its cdev bound to an
 //! iommufd instead of its group (the dev-first / vm-first / exit orders);
@@ -29,6 +31,7 @@ mod bench;
 mod cdev;
 mod lockdown;
 mod objects;
+mod qemu;
 mod rig;
 mod running;
 mod stress;
@@ -55,6 +58,7 @@ const MODES: &[&str] = &[
     "stress",
     "suite",
     "lockdown",
+    "qemu",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -90,6 +94,10 @@ fn main() -> anyhow::Result<()> {
     }
     if mode == "loops" {
         return bench::unrelated(count(2000)?);
+    }
+    if mode == "qemu" {
+        let end = qemu::End::parse(words.get(1).map(|s| s.as_str()))?;
+        return qemu::run(end, flag("--cdev"));
     }
     if flag("--cdev") {
         let c = cdev::CdevRig::new(!flag("--no-kvm"))?;

@@ -47,6 +47,11 @@ pub fn initramfs(
     for b in binaries {
         let dst = stage.join("usr/bin").join(b.file_name().unwrap());
         std::fs::copy(b, &dst)?;
+        if b.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("qemu-system"))
+        {
+            add_qemu_firmware(&stage)?;
+        }
         // A static binary (the KVM selftests) needs nothing more.
         let ldd = Command::new("ldd").arg(b).output()?;
         if String::from_utf8_lossy(&ldd.stdout).contains("not a dynamic executable")
@@ -85,6 +90,26 @@ echo KVSCOPE-LAB-END
 poweroff -f
 "#;
     pack(&stage, init, out)
+}
+
+/// What QEMU's `pc` machine loads from its firmware path (Debian's QEMU
+/// searches /usr/share/qemu, then /usr/share/seabios): SeaBIOS, the vAPIC
+/// and DMA boot option ROMs.
+const QEMU_FIRMWARE: &[&str] = &[
+    "/usr/share/seabios/bios-256k.bin",
+    "/usr/share/qemu/kvmvapic.bin",
+    "/usr/share/qemu/linuxboot_dma.bin",
+];
+
+fn add_qemu_firmware(stage: &Path) -> anyhow::Result<()> {
+    for f in QEMU_FIRMWARE {
+        let dst = stage.join(f.trim_start_matches('/'));
+        std::fs::create_dir_all(dst.parent().unwrap())?;
+        std::fs::copy(f, &dst).map_err(|e| {
+            anyhow::anyhow!("{f}: {e} (QEMU's firmware: packages seabios and qemu-system-data)")
+        })?;
+    }
+    Ok(())
 }
 
 /// A fresh staging tree beside `out` with busybox and the directories every

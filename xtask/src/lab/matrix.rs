@@ -120,6 +120,13 @@ fn prepare(k: &'static Kernel, command: &str) -> anyhow::Result<Prepared> {
     };
     let initrd = debian::lab_dir().join(format!("initrd-{}.gz", un.release));
     let mut bins = vec![cmd::kvscope_bin(), cmd::lab_driver_bin()];
+    // Debian's QEMU (the lab's own) as a client, where a scenario uses it.
+    if SCENARIOS
+        .iter()
+        .any(|sc| sc.driver.starts_with("qemu") && sc.runs_on(k.name))
+    {
+        bins.push(std::path::PathBuf::from("/usr/bin/qemu-system-x86_64"));
+    }
     if let Some(b) = selftests::source_of(k.name) {
         bins.extend(selftests::built(b)?);
     }

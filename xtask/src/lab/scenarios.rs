@@ -120,6 +120,20 @@ const ALL: &[&str] = &[
     "cdev",
 ];
 
+/// Every reference QEMU's VM holds, named at both ends.
+const QEMU_HOLDERS: &[&str] = &[
+    "+1 vm fd",
+    "+1 vcpu 0 fd",
+    "+1 stats fd",
+    "+1 kvm-vfio fd",
+    "+1 vfio device",
+    "-1 kvm-vfio fd",
+    "-1 stats fd",
+    "-1 vcpu 0 fd",
+    "-1 vm fd",
+    "-1 vfio device",
+];
+
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         kernels: DF66,
@@ -517,6 +531,38 @@ pub const SCENARIOS: &[Scenario] = &[
         attributed: &[],
         frames: &["vfio_device_put_kvm"],
         why: "cdev, process exit: kvm-vfio holds the device file itself (KVM_DEV_VFIO_FILE_ADD keeps a reference), so the device is released by kvm_vfio_release's fput, queued after the VM fd's put: VFIO's put is the last, under dev_set->lock (S3 on any exit, a crash or a kill included; the group path's exit is clean because kvm-vfio holds the group file, not the device's)",
+        exact: true,
+        kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
+    },
+    // Debian's QEMU as the client with its iommufd backend (`-object
+    // iommufd`, the device's cdev): QEMU's own quit, and a SIGKILL.
+    Scenario {
+        kernels: &["cdev"],
+        testdev: None,
+        driver: "qemu --cdev quit",
+        counts: &[1, 2, 3, 4, 5, 4, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[("destroy-under-lock", &[DEV_SET_LOCK])],
+        attributed: QEMU_HOLDERS,
+        frames: &["vfio_df_unbind_iommufd", "vfio_device_put_kvm"],
+        why: "QEMU's quit leaves its fds to exit_files: the kvm-vfio fd's release drops its VM reference and its hold on the device file, whose release then unbinds the iommufd under dev_set->lock and gives back VFIO's reference, the last (S3, met by a real client)",
+        exact: true,
+        kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
+    },
+    Scenario {
+        kernels: &["cdev"],
+        testdev: None,
+        driver: "qemu --cdev kill",
+        counts: &[1, 2, 3, 4, 5, 4, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[("destroy-under-lock", &[DEV_SET_LOCK])],
+        attributed: QEMU_HOLDERS,
+        frames: &["vfio_df_unbind_iommufd", "vfio_device_put_kvm"],
+        why: "SIGKILL: the same exit path from get_signal: VFIO's put in vfio_df_unbind_iommufd is the last, under dev_set->lock (S3)",
         exact: true,
         kill_after_ms: None,
         lean_lacks: &[],

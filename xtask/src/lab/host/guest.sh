@@ -62,19 +62,34 @@ hostdev_xml() { # BDF
     local b=$1
     echo "<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x${b:0:4}' bus='0x${b:5:2}' slot='0x${b:8:2}' function='0x${b:11:1}'/></source></hostdev>"
 }
-define() { # NAME [BDF]
-    local dev=""
+# The guest OS's part of an ACPI PCI unplug, as a boot sector: QEMU's PIIX4
+# hot-plug registers (pcihp) say which slots have a removal pending (0xae04);
+# writing a slot's bit to the eject register (0xae08) is what the guest's
+# _EJ0 method does, and completes the removal. The loop halts between reads
+# (the BIOS timer wakes it). Without it no unplug ever completes: libvirt's
+# domains here run no OS.
+#   sti; 1: mov dx,0xae04; in eax,dx; test eax,eax; jz 2f
+#   mov dx,0xae08; out dx,eax; 2: hlt; jmp 1b
+ospm_disk() {
+    printf '\xfb\xba\x04\xae\x66\xed\x66\x85\xc0\x74\x05\xba\x08\xae\x66\xef\xf4\xeb\xee' >/tmp/ospm.img
+    truncate -s 510 /tmp/ospm.img
+    printf '\x55\xaa' >>/tmp/ospm.img
+}
+define() { # NAME [BDF] [DISK]
+    local dev="" disk=""
     [ -n "${2:-}" ] && dev=$(hostdev_xml "$2")
+    [ -n "${3:-}" ] && disk="<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='$3'/><target dev='hda' bus='ide'/></disk>"
     cat > "/tmp/$1.xml" <<XML
 <domain type='kvm'>
   <name>$1</name>
   <memory unit='MiB'>32</memory>
   <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <os><type arch='x86_64' machine='pc'>hvm</type><boot dev='hd'/></os>
   <features><acpi/></features>
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
     $dev
+    $disk
     <video><model type='none'/></video>
     <memballoon model='none'/>
   </devices>
@@ -168,13 +183,26 @@ scenario_sigkill() { # start paused, SIGKILL its QEMU; recorded in the mode
         "$(echo "$changes" | grep -q 'vcpu 0 fd' && ! echo "$changes" | grep -q unattributed; echo $?)" \
         "QEMU's VM in kvscope record --locks $2: ${changes:-no VM; $(tail -2 "$out.err" | tr '\n' ' ')}"
 }
-scenario_hotplug() { # start paused without a device, attach one live
-    virsh -q start --paused lab-c >/dev/null
+scenario_hotplug() { # running without a device: one attached, then detached, live
+    virsh -q start lab-c >/dev/null
     agree "$1" "$2/before"
     hostdev_xml "$EDU0" > /tmp/hostdev.xml
     virsh -q attach-device lab-c /tmp/hostdev.xml --live >/dev/null
     check "$1/$2/attach" $? "virsh attach-device $EDU0"
     agree "$1" "$2/attached"
+    # The unplug completes when the guest ejects the slot (ospm_disk); then
+    # QEMU closes the device and libvirt gives it back to the host.
+    local rc i left
+    virsh -q detach-device lab-c /tmp/hostdev.xml --live >/tmp/detach.log 2>&1
+    rc=$?
+    for i in $(seq 1 120); do
+        left=$(virsh dumpxml lab-c | grep -c '<hostdev')
+        [ "$left" = 0 ] && [ "$(kernel_vfio_fds)" = 0 ] && break
+        sleep 0.5
+    done
+    check "$1/$2/detach" "$([ $rc = 0 ] && [ "$left" = 0 ] && [ "$(kernel_vfio_fds)" = 0 ]; echo $?)" \
+        "virsh detach-device $EDU0: rc $rc ($(tr '\n' ' ' </tmp/detach.log)); hostdevs left in the domain $left, VFIO device fds $(kernel_vfio_fds), QEMU $(qemu_pid lab-c) $(kill -0 "$(qemu_pid lab-c)" 2>/dev/null && echo running || echo gone)"
+    agree "$1" "$2/detached"
     virsh -q destroy lab-c >/dev/null
     gone lab-c
 }
@@ -273,7 +301,8 @@ check module/delivery "$([ "$(metric kvscope_delivery_verified)" = 1 ]; echo $?)
     "after attaching again: kvscope_delivery_verified $(metric kvscope_delivery_verified), tier $(metric kvscope_tier)"
 define lab-a "$EDU0"
 define lab-b "$EDU1"
-define lab-c
+ospm_disk
+define lab-c "" /tmp/ospm.img
 for mode in lean deep; do
     if [ $mode = deep ]; then
         # The operator's edit, kept through the upgrade below.

@@ -27,7 +27,7 @@ const GUEST: &str = include_str!("guest.sh");
 const SCENARIOS: &[(&str, &[&str])] = &[
     ("destroy", &["running"]),
     ("sigkill", &["running"]),
-    ("hotplug", &["before", "attached"]),
+    ("hotplug", &["before", "attached", "detached"]),
     ("two", &["both", "one"]),
     ("restart", &["restarted"]),
 ];
@@ -55,7 +55,10 @@ fn expected() -> Vec<String> {
                 v.push(format!("{s}/{mode}/{p}/counts"));
             }
             match *s {
-                "hotplug" => v.push(format!("{s}/{mode}/attach")),
+                "hotplug" => {
+                    v.push(format!("{s}/{mode}/attach"));
+                    v.push(format!("{s}/{mode}/detach"));
+                }
                 "restart" => v.push(format!("{s}/{mode}/survives")),
                 "two" => v.push(format!("{s}/{mode}/domains")),
                 "sigkill" => v.push(format!("{s}/{mode}/holders")),
