@@ -134,6 +134,26 @@ const QEMU_HOLDERS: &[&str] = &[
     "-1 vfio device",
 ];
 
+/// QEMU with the iommufd backend on the cdev kernel: whichever way it ends,
+/// exit releases the device file last (kvm-vfio holds it), under dev_set->lock.
+const fn qemu_iommufd(driver: &'static str, why: &'static str) -> Scenario {
+    Scenario {
+        kernels: &["cdev"],
+        testdev: None,
+        driver,
+        counts: &[1, 2, 3, 4, 5, 4, 3, 2, 1, 0],
+        open_counts: &[1, 0],
+        findings: &[("destroy-under-lock", &[DEV_SET_LOCK])],
+        attributed: QEMU_HOLDERS,
+        frames: &["vfio_df_unbind_iommufd", "vfio_device_put_kvm"],
+        why,
+        exact: true,
+        kill_after_ms: None,
+        lean_lacks: &[],
+        unordered: false,
+    }
+}
+
 pub const SCENARIOS: &[Scenario] = &[
     Scenario {
         kernels: DF66,
@@ -538,36 +558,14 @@ pub const SCENARIOS: &[Scenario] = &[
     },
     // Debian's QEMU as the client with its iommufd backend (`-object
     // iommufd`, the device's cdev): QEMU's own quit, and a SIGKILL.
-    Scenario {
-        kernels: &["cdev"],
-        testdev: None,
-        driver: "qemu --cdev quit",
-        counts: &[1, 2, 3, 4, 5, 4, 3, 2, 1, 0],
-        open_counts: &[1, 0],
-        findings: &[("destroy-under-lock", &[DEV_SET_LOCK])],
-        attributed: QEMU_HOLDERS,
-        frames: &["vfio_df_unbind_iommufd", "vfio_device_put_kvm"],
-        why: "QEMU's quit leaves its fds to exit_files: the kvm-vfio fd's release drops its VM reference and its hold on the device file, whose release then unbinds the iommufd under dev_set->lock and gives back VFIO's reference, the last (S3, met by a real client)",
-        exact: true,
-        kill_after_ms: None,
-        lean_lacks: &[],
-        unordered: false,
-    },
-    Scenario {
-        kernels: &["cdev"],
-        testdev: None,
-        driver: "qemu --cdev kill",
-        counts: &[1, 2, 3, 4, 5, 4, 3, 2, 1, 0],
-        open_counts: &[1, 0],
-        findings: &[("destroy-under-lock", &[DEV_SET_LOCK])],
-        attributed: QEMU_HOLDERS,
-        frames: &["vfio_df_unbind_iommufd", "vfio_device_put_kvm"],
-        why: "SIGKILL: the same exit path from get_signal: VFIO's put in vfio_df_unbind_iommufd is the last, under dev_set->lock (S3)",
-        exact: true,
-        kill_after_ms: None,
-        lean_lacks: &[],
-        unordered: false,
-    },
+    qemu_iommufd(
+        "qemu --cdev quit",
+        "QEMU's quit leaves its fds to exit_files: the kvm-vfio fd's release drops its VM reference and its hold on the device file, whose release then unbinds the iommufd under dev_set->lock and gives back VFIO's reference, the last (S3, met by a real client)",
+    ),
+    qemu_iommufd(
+        "qemu --cdev kill",
+        "SIGKILL: the same exit path from get_signal: VFIO's put in vfio_df_unbind_iommufd is the last, under dev_set->lock (S3)",
+    ),
     // Opens racing the last puts: invariants, whatever the interleaving.
     Scenario {
         kernels: DF66,
