@@ -18,7 +18,7 @@
 //! - `lockdown`: `kvscope check` and the daemon at lockdown integrity, then
 //!   confidentiality (lockdown.rs); last in a guest, it cannot be undone;
 //! - `qemu quit|kill`: Debian's QEMU as the client, the edu device assigned,
-//!   ended by QMP's quit or SIGKILL (qemu.rs; `--cdev`: the iommufd backend).
+//!   ended by QMP's quit or SIGKILL (qemu.rs; with `--cdev`: its iommufd backend).
 //!
 //! Options: `--cdev` opens the edu device through its cdev bound to an
 //! iommufd instead of its group (the dev-first / vm-first / exit orders);

@@ -7,6 +7,10 @@ use serde_json::Value;
 /// The console line carrying the guest's result.
 pub const RESULT_PREFIX: &str = "KVSCOPE-LAB-RESULT ";
 
+/// Where the guest finds QEMU: xtask copies the lab's own there (with its
+/// libraries and firmware) for the scenarios that drive it.
+pub const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Suite {
     pub steps: Vec<Step>,

@@ -1,7 +1,6 @@
-//! `qemu quit|kill [--cdev]`: Debian's QEMU as the client instead of the
-//! driver's own ioctls. QEMU starts a VM with the edu device assigned (the
-//! group backend, or with `--cdev` the iommufd one: `-object iommufd` and the
-//! device's cdev), answers on QMP once its devices are realized, then either
+//! `qemu quit|kill --cdev`: Debian's QEMU as the client instead of the
+//! driver's own ioctls. QEMU starts a VM with the edu device assigned through
+//! its iommufd backend (`-object iommufd` and the device's cdev), answers on QMP once its devices are realized, then either
 //! quits (`quit` over QMP: QEMU's own exit path) or is SIGKILLed (the
 //! kernel's teardown of a crashed QEMU). The lab copies QEMU, its libraries
 //! and the `pc` machine's firmware into the guest (xtask lab/initramfs.rs).
@@ -14,9 +13,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 
+use lab_driver::protocol::QEMU;
+
 use crate::rig;
 
-pub const QEMU: &str = "/usr/bin/qemu-system-x86_64";
 const QMP: &str = "/tmp/kvscope-lab-qmp.sock";
 /// QEMU under KVM nested in the lab's emulated CPU starts in seconds; the
 /// bound leaves room for a loaded host.
@@ -41,7 +41,7 @@ impl End {
 }
 
 /// QEMU's command line: one vCPU, no devices but the edu device, QMP.
-fn command(bdf: &str, iommufd: bool) -> Command {
+fn command(bdf: &str) -> Command {
     let mut c = Command::new(QEMU);
     c.args([
         "-name", "lab-qemu", "-accel", "kvm", "-machine", "pc", "-m", "32",
@@ -54,13 +54,9 @@ fn command(bdf: &str, iommufd: bool) -> Command {
         "-display",
         "none",
     ])
-    .args(["-qmp", &format!("unix:{QMP},server=on,wait=off")]);
-    if iommufd {
-        c.args(["-object", "iommufd,id=ifd0", "-device"])
-            .arg(format!("vfio-pci,host={bdf},iommufd=ifd0"));
-    } else {
-        c.args(["-device", &format!("vfio-pci,host={bdf}")]);
-    }
+    .args(["-qmp", &format!("unix:{QMP},server=on,wait=off")])
+    .args(["-object", "iommufd,id=ifd0", "-device"])
+    .arg(format!("vfio-pci,host={bdf},iommufd=ifd0"));
     c
 }
 
@@ -117,13 +113,16 @@ impl Qmp {
     }
 }
 
-pub fn run(end: End, iommufd: bool) -> anyhow::Result<()> {
+pub fn run(end: End, cdev: bool) -> anyhow::Result<()> {
+    if !cdev {
+        // The group backend is not driven by any lab scenario: untested here.
+        bail!("qemu: only the iommufd backend is driven (add --cdev)");
+    }
     let (bdf, _) = rig::edu()?;
     let _ = std::fs::remove_file(QMP);
-    let mut qemu = command(&bdf, iommufd)
+    let mut qemu = command(&bdf)
         .spawn()
         .with_context(|| format!("{QEMU} (copied into the guest by the lab)"))?;
-    let backend = if iommufd { "iommufd" } else { "group" };
     let r = drive(&mut qemu, end);
     if r.is_err() {
         // Never leave QEMU behind: the lab's next step needs the device.
@@ -131,7 +130,7 @@ pub fn run(end: End, iommufd: bool) -> anyhow::Result<()> {
         let _ = qemu.wait();
     }
     r?;
-    println!("[driver] QEMU ({backend} backend, {bdf}) ended: {end}");
+    println!("[driver] QEMU (iommufd backend, {bdf}) ended: {end}");
     Ok(())
 }
 

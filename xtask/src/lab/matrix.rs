@@ -125,7 +125,7 @@ fn prepare(k: &'static Kernel, command: &str) -> anyhow::Result<Prepared> {
         .iter()
         .any(|sc| sc.driver.starts_with("qemu") && sc.runs_on(k.name))
     {
-        bins.push(std::path::PathBuf::from("/usr/bin/qemu-system-x86_64"));
+        bins.push(std::path::PathBuf::from(lab_driver::protocol::QEMU));
     }
     if let Some(b) = selftests::source_of(k.name) {
         bins.extend(selftests::built(b)?);
