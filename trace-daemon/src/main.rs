@@ -139,6 +139,10 @@ fn run_command(args: kvscope::commands::cli::RunArgs) -> ExitCode {
     }
 }
 
+/// Counts what is allocated, so an idle tick knows when to trim.
+#[global_allocator]
+static ALLOCATOR: kvscope::memory::Counting = kvscope::memory::Counting;
+
 fn main() -> ExitCode {
     kvscope::memory::tune();
     kvscope::attach::live::hold_signals();

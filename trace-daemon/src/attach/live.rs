@@ -454,7 +454,6 @@ pub async fn run(
     let mut tick = super::ticker::Ticker::every(interval)?;
     let mut reported_lost = 0u64;
     let mut unchanged_ns = mono_now_ns();
-    let mut trimmed_at = stats.events;
     let mut events_at_tick = stats.events;
     loop {
         tokio::select! {
@@ -495,11 +494,11 @@ pub async fn run(
                 session.drops = drops;
                 sink.tick(session, &lost, mono_now_ns())?;
                 session.settle_symbols();
-                // A burst of events is over (none since the last tick): what
-                // its analysis freed goes back to the kernel, once per burst.
-                if stats.events != trimmed_at && stats.events == events_at_tick {
-                    crate::memory::give_back();
-                    trimmed_at = stats.events;
+                // Idle (no event since the last tick): what was freed since
+                // the last trim (a burst's analysis, a re-attach, scrapes)
+                // goes back to the kernel, once.
+                if stats.events == events_at_tick {
+                    crate::memory::give_back_if_worked();
                 }
                 events_at_tick = stats.events;
                 let now = Modules::now();

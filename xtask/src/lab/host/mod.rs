@@ -76,6 +76,7 @@ fn expected() -> Vec<String> {
             "reload/done/counts",
             "reload/record",
             "names/record",
+            "service/idle-rss",
             "service/memory",
             "zombie/finding",
             "journal/fields",
