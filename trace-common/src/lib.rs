@@ -150,6 +150,10 @@ hook_ids! {
     /// `fcntl(F_DUPFD[_CLOEXEC])` returning): the new fd is tracked as the
     /// same kind, so its close is seen too.
     SysDup = 46, "syscalls:sys_exit_dup";
+    /// Tier 3 and deep: a thread group we saw using KVM/VFIO exec'd. The
+    /// exec closed its O_CLOEXEC fds (every fd KVM and VFIO make) without
+    /// close(2); a dup made without the flag lives on, no longer followed.
+    ProcessExec = 47, "sched:sched_process_exec";
     /// kvscope's own delivery self-test: its `ioctl(KVSCOPE_SELFTEST)` seen by
     /// the sys_enter_ioctl program. Consumed by the live session, never analysed.
     SelfTest = 45, "kvscope:self-test";
@@ -377,6 +381,24 @@ pub mod tp {
     pub const CONTENTION_LOCK: usize = 8;
     pub const CONTENTION_FLAGS_OR_RET: usize = 16;
     pub const PROCESS_EXIT_PID: usize = 24;
+    pub const PROCESS_EXEC_PID: usize = 12;
+}
+
+/// A tracked fd's entry in `TRACKED_FDS`: its kind, and the generation of
+/// its thread group's fd table (`TRACKED_TGIDS`) it was made in. An exec
+/// starts a new generation: entries of an older one are stale (the exec
+/// closed those fds unseen, or they live on unfollowed).
+pub mod tracked {
+    pub const fn entry(kind: u8, generation: u32) -> u32 {
+        kind as u32 | (generation << 8)
+    }
+    pub const fn kind(entry: u32) -> u8 {
+        entry as u8
+    }
+    /// Whether `entry` was made in `generation` (24 bits of it are kept).
+    pub const fn is_current(entry: u32, generation: u32) -> bool {
+        entry >> 8 == generation & 0xff_ffff
+    }
 }
 
 /// One record from a program. 128 bytes, 8-aligned, no implicit padding.

@@ -485,6 +485,15 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
         yields: "exit of a process holding tracked fds",
         since: None,
     },
+    TracepointSpec {
+        hook: H::ProcessExec,
+        program: "tp_sched_process_exec",
+        category: "sched",
+        name: "sched_process_exec",
+        fields: &[("pid", tp::PROCESS_EXEC_PID)],
+        yields: "exec of a process holding tracked fds (it closed their O_CLOEXEC fds unseen)",
+        since: None,
+    },
 ];
 
 /// A dup's entry: the old fd, its first argument.

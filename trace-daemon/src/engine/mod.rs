@@ -233,6 +233,9 @@ impl Engine {
             self.registered_get.remove(&e.pid);
             self.vms_at_exit(e);
         }
+        if e.kind == Kind::ProcessExec {
+            self.vms_at_exec(e);
+        }
         self.open_event(e, out);
         self.notifier_event(e);
         if let Some(kvm) = e.kvm {

@@ -43,6 +43,9 @@ pub enum StepKind {
     InferredDestroyReused,
     /// Tier 3: a vCPU or stats fd was created; its file holds a VM reference.
     FdHolderCreated,
+    /// Tier 3: the creator exec'd (its O_CLOEXEC fds closed unseen): the
+    /// VM's state is unknown from here until the process exits.
+    Exec,
     // A device's timeline.
     Open,
     Release,
@@ -82,6 +85,7 @@ impl StepKind {
                 "inferred-destroy (a new VM was created at its address)"
             }
             StepKind::FdHolderCreated => "fd-created",
+            StepKind::Exec => "exec (its O_CLOEXEC fds closed unseen; state unknown)",
             StepKind::Open => "open",
             StepKind::Release => "release",
             StepKind::Close => "close",

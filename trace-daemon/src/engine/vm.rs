@@ -44,6 +44,11 @@ pub struct Vm {
     /// after a watched module changed): what happened to it in the gap is
     /// unknown, so its end is never inferred and no zombie raised.
     pub blind_from_ns: Option<u64>,
+    /// Tier 3: its creator exec'd then. The exec closed the VM's O_CLOEXEC
+    /// fds without close(2), and a dup made without the flag may live on,
+    /// no longer followed: whether the VM lives is unknown until the
+    /// process exits (which closes whatever was left).
+    pub exec_ns: Option<u64>,
     /// Who it belongs to (creator, QEMU's name, libvirt domain), as read when
     /// its creation was seen.
     pub identity: Option<crate::identity::Identity>,
@@ -117,6 +122,7 @@ impl Vm {
             zombie_reported: false,
             last_read_ns: None,
             file_shared: false,
+            exec_ns: None,
             blind_from_ns: None,
             identity: None,
             fd_files: BTreeMap::new(),
@@ -716,11 +722,34 @@ impl Engine {
                 continue;
             }
             vm.fd_closed_ns.get_or_insert(e.ts_ns);
-            // A shared file may live on in another process.
-            if destroy_observable || vm.is_destroyed() || vm.state_unknown() {
+            // A shared file may live on in another process. What an exec
+            // left open, the exit closes.
+            if destroy_observable
+                || vm.is_destroyed()
+                || vm.file_shared
+                || vm.blind_from_ns.is_some()
+            {
                 continue;
             }
+            vm.exec_ns = None;
             vm.ended_unseen(e, cap, StepKind::InferredDestroyAtExit);
+        }
+    }
+
+    /// Tier 3: the creator of these VMs exec'd. Their fds were made
+    /// O_CLOEXEC and closed by the exec unseen; a dup without the flag is
+    /// not known: each VM's state is unknown (never a zombie) until the exit.
+    pub(super) fn vms_at_exec(&mut self, e: &Event) {
+        let cap = self.cfg.timeline_cap;
+        if self.cfg.destroy_observable {
+            return;
+        }
+        for vm in self.vms.values_mut() {
+            if vm.creator.as_ref().is_none_or(|c| c.tgid != e.tgid) || vm.is_destroyed() {
+                continue;
+            }
+            vm.exec_ns = Some(e.ts_ns);
+            vm.timeline.push(cap, seen(e, StepKind::Exec, 0, vm.users));
         }
     }
 
@@ -763,7 +792,7 @@ impl Vm {
     /// Whether kvscope cannot know if the VM still lives: its file held by an
     /// fd it does not follow, or a blind gap passed over it.
     pub fn state_unknown(&self) -> bool {
-        self.file_shared || self.blind_from_ns.is_some()
+        self.file_shared || self.blind_from_ns.is_some() || self.exec_ns.is_some()
     }
 
     /// Tier 3: what shows the VM outlived its fd. Either a count above 0 read

@@ -57,6 +57,9 @@ pub enum Kind {
     /// fd (`fd`) is tracked too; `arg` was the old one.
     FdDup,
     ProcessExit,
+    /// A thread group with tracked fds exec'd (tier 3, deep): its O_CLOEXEC
+    /// fds closed unseen, any others no longer followed.
+    ProcessExec,
     LockAttempt,
     LockAcquired,
     LockFailed,
@@ -74,7 +77,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind (a new one goes here and in `name`, whose match lists them all).
-    pub const ALL: [Kind; 31] = [
+    pub const ALL: [Kind; 32] = [
         Kind::VmCreated,
         Kind::VmGet,
         Kind::VmPut,
@@ -98,6 +101,7 @@ impl Kind {
         Kind::FdClosed,
         Kind::FdDup,
         Kind::ProcessExit,
+        Kind::ProcessExec,
         Kind::LockAttempt,
         Kind::LockAcquired,
         Kind::LockFailed,
@@ -135,6 +139,7 @@ impl Kind {
             Kind::FdClosed => "fd-close",
             Kind::FdDup => "fd-dup",
             Kind::ProcessExit => "process-exit",
+            Kind::ProcessExec => "process-exec",
             Kind::LockAttempt => "lock-attempt",
             Kind::LockAcquired => "lock-acquired",
             Kind::LockFailed => "lock-failed",
@@ -523,6 +528,7 @@ impl Event {
             }
             HookId::SysDup => Kind::FdDup,
             HookId::ProcessExit => Kind::ProcessExit,
+            HookId::ProcessExec => Kind::ProcessExec,
             // Consumed by the live session; never analysed.
             HookId::SelfTest => Kind::Other,
         };

@@ -66,7 +66,8 @@ pub struct VmSummary {
     /// `unknown_because`).
     pub state: &'static str,
     /// Why its state is unknown: `file-shared` (tier 3: its file is held by an
-    /// fd kvscope does not follow) or `blind-gap` (it lived through one).
+    /// fd kvscope does not follow), `blind-gap` (it lived through one) or
+    /// `exec` (tier 3: its creator exec'd, closing its fds unseen).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unknown_because: Option<&'static str>,
     /// Who it belongs to, as read when its creation was seen.
@@ -104,6 +105,7 @@ impl VmSummary {
             unknown_because: match (v.is_destroyed(), v.file_shared, v.blind_from_ns) {
                 (false, true, _) => Some("file-shared"),
                 (false, false, Some(_)) => Some("blind-gap"),
+                (false, false, None) if v.exec_ns.is_some() => Some("exec"),
                 _ => None,
             },
             identity: v.identity.clone(),

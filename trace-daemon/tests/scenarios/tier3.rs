@@ -202,3 +202,44 @@ fn an_unexplained_reference_needs_a_late_count_to_be_a_zombie() {
     assert_eq!(kinds(&f), [FindingKind::ZombieVm]);
     assert_eq!(e.zombie_vms(), 1);
 }
+
+/// An exec by the VM's creator: its fds (O_CLOEXEC, as KVM makes them) were
+/// closed by the exec without close(2), a dup without the flag may live on.
+/// The VM's state is unknown from there, never live and never a zombie
+/// (an hour on); the exit then ends it. Before, the VM stayed "live".
+#[test]
+fn an_exec_makes_the_vm_unknown_until_the_exit() {
+    let exec = |s: &mut Script| {
+        s.ev(
+            QEMU,
+            kvscope::event::Kind::ProcessExec,
+            trace_common::HookId::ProcessExec,
+        );
+    };
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM)
+        .create_vcpu(QEMU, KVM, 0, VCPU_FILE, 2);
+    exec(&mut s);
+    let (e, f) = run3(&s);
+    assert!(f.is_empty(), "{f:#?}");
+    let vm = &e.vm_history(KVM)[0];
+    assert!(!vm.is_destroyed() && vm.state_unknown(), "{:?}", whats(vm));
+    assert_eq!(
+        whats(vm).last().map(String::as_str),
+        Some(StepKind::Exec.name())
+    );
+
+    s.sleep_ms(LATER_MS).ev(
+        QEMU,
+        kvscope::event::Kind::ProcessExit,
+        trace_common::HookId::ProcessExit,
+    );
+    let (e, f) = run3(&s);
+    assert!(f.is_empty(), "{f:#?}");
+    let vm = &e.vm_history(KVM)[0];
+    assert!(vm.is_destroyed() && !vm.state_unknown(), "{:?}", whats(vm));
+    assert_eq!(
+        vm.timeline.steps.back().unwrap().kind,
+        StepKind::InferredDestroyAtExit
+    );
+}

@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::{TracePointContext, tracing::StackIdContext},
 };
-use trace_common::{FdKey, FdKind, HookId, LockOp, Phase, fcntl, ioctl, known, tp};
+use trace_common::{FdKey, FdKind, HookId, LockOp, Phase, fcntl, ioctl, known, tp, tracked};
 
 use crate::{
     config::conf,
@@ -183,11 +183,7 @@ pub fn tp_sys_exit_ioctl(ctx: TracePointContext) -> u32 {
             }
         }
         ioctl::VFIO_GROUP_GET_DEVICE_FD => {
-            let key = FdKey {
-                tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-                fd: fd as i32,
-            };
-            let _ = TRACKED_FDS.insert(key, FdKind::VfioGroup as u32, 0);
+            remember(fd as i32, FdKind::VfioGroup);
             if let Some(gfile) = file_of_fd(fd as i32)
                 && let Some(group) = private_data(gfile)
             {
@@ -226,21 +222,41 @@ fn new_vm_holder(e: &mut trace_common::Event, fd: i32, kind: FdKind, vm: u64) {
     set_kvm(e, vm);
 }
 
-/// The kind this thread group's `fd` is tracked as.
+/// The kind this thread group's `fd` is tracked as, if tracked in the fd
+/// table's current generation (an entry from before an exec is stale:
+/// forgotten here).
 #[inline(always)]
 fn tracked_kind(fd: i32) -> Option<FdKind> {
-    let key = FdKey {
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
-        fd,
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let key = FdKey { tgid, fd };
+    let entry = *unsafe { TRACKED_FDS.get(key) }?;
+    let generation = unsafe { TRACKED_TGIDS.get(tgid) }.copied().unwrap_or(0);
+    if !tracked::is_current(entry, generation) {
+        let _ = TRACKED_FDS.remove(key);
+        return None;
+    }
+    Some(FdKind::from_u8(tracked::kind(entry)))
+}
+
+/// `fd` tracked as `kind` in this thread group's current generation (the
+/// group itself tracked from here on: its exec and exit are reported).
+#[inline(always)]
+fn remember(fd: i32, kind: FdKind) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let generation = match unsafe { TRACKED_TGIDS.get(tgid) } {
+        Some(g) => *g,
+        None => {
+            let _ = TRACKED_TGIDS.insert(tgid, 1, 0);
+            1
+        }
     };
-    unsafe { TRACKED_FDS.get(key) }.map(|k| FdKind::from_u8(*k as u8))
+    let entry = tracked::entry(kind as u8, generation);
+    let _ = TRACKED_FDS.insert(FdKey { tgid, fd }, entry, 0);
 }
 
 #[inline(always)]
 fn track(fd: i32, kind: FdKind, e: &mut trace_common::Event) {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let _ = TRACKED_FDS.insert(FdKey { tgid, fd }, kind as u32, 0);
-    let _ = TRACKED_TGIDS.insert(tgid, 1, 0);
+    remember(fd, kind);
     set_fd_kind(e, kind);
 }
 
@@ -378,17 +394,17 @@ pub fn tp_sys_enter_close(ctx: TracePointContext) -> u32 {
     let Ok(fd) = (unsafe { ctx.read_at::<u64>(tp::SYSCALL_ARG0) }) else {
         return 0;
     };
+    let Some(kind) = tracked_kind(fd as i32) else {
+        return 0;
+    };
     let key = FdKey {
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
         fd: fd as i32,
     };
-    let Some(kind) = (unsafe { TRACKED_FDS.get(key) }).copied() else {
-        return 0;
-    };
     let _ = TRACKED_FDS.remove(key);
     let mut e = new_event(HookId::SysClose, Phase::Entry);
     set_fd(&mut e, fd as i32);
-    set_fd_kind(&mut e, FdKind::from_u8(kind as u8));
+    set_fd_kind(&mut e, kind);
     // The fd is still installed at sys_enter: read what it points to, and
     // how many references its file has (this close puts the VM's only at 1).
     if let Some(file) = file_of_fd(fd as i32) {
@@ -397,8 +413,23 @@ pub fn tp_sys_enter_close(ctx: TracePointContext) -> u32 {
             e.arg = refs;
             e.known |= known::ARG;
         }
-        set_object(&mut e, FdKind::from_u8(kind as u8), file);
+        set_object(&mut e, kind, file);
     }
+    submit(&ctx, e, false);
+    0
+}
+
+/// Exec of a thread group that held tracked fds: the exec closed the
+/// O_CLOEXEC ones without close(2) (sched_process_exec comes after). Its fd
+/// entries become stale (a new generation); user space is told.
+#[tracepoint]
+pub fn tp_sched_process_exec(ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(generation) = (unsafe { TRACKED_TGIDS.get(tgid) }).copied() else {
+        return 0;
+    };
+    let _ = TRACKED_TGIDS.insert(tgid, generation.wrapping_add(1), 0);
+    let e = new_event(HookId::ProcessExec, Phase::Entry);
     submit(&ctx, e, false);
     0
 }
