@@ -46,20 +46,22 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
-/// At an idle tick: trims when at least this much was allocated or freed
-/// since the last trim (a scrape allocates tens of KiB; one trim costs well under a
+/// At a tick: trims when at least this much was allocated or freed since
+/// the last trim (a scrape allocates tens of KiB; one trim costs well under a
 /// millisecond).
 const TRIM_AFTER_BYTES: u64 = 1 << 20;
 
-/// Trims if the heap was worked since the last trim (see `TRIM_AFTER_BYTES`).
-pub fn give_back_if_worked() {
-    if WORKED
+/// Trims if the heap was worked since the last trim (see `TRIM_AFTER_BYTES`);
+/// whether it did.
+pub fn give_back_if_worked() -> bool {
+    let worked = WORKED
         .load(Relaxed)
-        .saturating_sub(TRIMMED_AT.load(Relaxed))
-        >= TRIM_AFTER_BYTES
-    {
-        give_back();
+        .saturating_sub(TRIMMED_AT.load(Relaxed));
+    if worked < TRIM_AFTER_BYTES {
+        return false;
     }
+    give_back();
+    true
 }
 
 /// Large allocations (BTF and kallsyms buffers, their tables as they grow)

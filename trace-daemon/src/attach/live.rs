@@ -28,6 +28,8 @@ pub use super::signals::{Sig, Signals, hold_signals, release_signals};
 /// (it stops between programs); past this the process exits and the kernel
 /// releases the rest.
 const DETACH_AFTER_STOP: Duration = Duration::from_secs(10);
+/// While events keep coming, freed heap goes back this often at most.
+const BUSY_TRIM_EVERY: Duration = Duration::from_secs(10);
 
 /// Attaches (in a thread of its own, since loading blocks for seconds) while
 /// honouring a stop: None when SIGINT or SIGTERM came first. Before the first
@@ -455,6 +457,7 @@ pub async fn run(
     let mut reported_lost = 0u64;
     let mut unchanged_ns = mono_now_ns();
     let mut events_at_tick = stats.events;
+    let mut trimmed = std::time::Instant::now();
     loop {
         tokio::select! {
             guard = ring.readable_mut() => {
@@ -494,11 +497,16 @@ pub async fn run(
                 session.drops = drops;
                 sink.tick(session, &lost, mono_now_ns())?;
                 session.settle_symbols();
-                // Idle (no event since the last tick): what was freed since
-                // the last trim (a burst's analysis, a re-attach, scrapes)
-                // goes back to the kernel, once.
-                if stats.events == events_at_tick {
-                    crate::memory::give_back_if_worked();
+                // What was freed since the last trim (a burst's analysis, a
+                // re-attach, scrapes) goes back to the kernel: at the first
+                // idle tick (no event since the last), or every
+                // `BUSY_TRIM_EVERY` while events keep coming (deep lock
+                // watching beside a running VM may never idle).
+                let idle = stats.events == events_at_tick;
+                if (idle || trimmed.elapsed() >= BUSY_TRIM_EVERY)
+                    && crate::memory::give_back_if_worked()
+                {
+                    trimmed = std::time::Instant::now();
                 }
                 events_at_tick = stats.events;
                 let now = Modules::now();
