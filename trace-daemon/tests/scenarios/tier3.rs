@@ -243,3 +243,68 @@ fn an_exec_makes_the_vm_unknown_until_the_exit() {
         StepKind::InferredDestroyAtExit
     );
 }
+
+/// A forked child inherits the VM fd (clone without CLONE_FILES; tier 3
+/// follows the copy into the child): the parent's close leaves the file
+/// held only by the child's followed copy and puts nothing, the parent's
+/// exit ends nothing, the child's close ends the VM. Before, the parent's
+/// exit inferred a destroy while the child held the VM.
+#[test]
+fn a_forked_childs_copy_keeps_the_vm_until_its_close() {
+    const CHILD: u32 = 200;
+    let exit = |s: &mut Script, pid| {
+        s.ev(
+            pid,
+            kvscope::event::Kind::ProcessExit,
+            trace_common::HookId::ProcessExit,
+        );
+    };
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM)
+        .with_file(VM_FILE)
+        .inherit_fd(QEMU, CHILD, KVM, VmFd, VM_FILE, 1)
+        .close_fd(QEMU, KVM, VmFd, VM_FILE, 1, 2);
+    exit(&mut s, QEMU);
+    let (e, f) = run3(&s);
+    assert!(f.is_empty(), "{f:#?}");
+    let vm = e.vm_history(KVM)[0];
+    assert!(!vm.is_destroyed() && !vm.state_unknown(), "{:?}", whats(vm));
+    s.close_fd(CHILD, KVM, VmFd, VM_FILE, 1, 1);
+    let (e, f) = run3(&s);
+    let vm = ended_quietly(&e, &f);
+    assert_eq!(
+        whats(vm),
+        [
+            "created vm fd",
+            "fd-inherited",
+            "vm-fd-close",
+            "vm-fd-close",
+            "inferred-put vm fd",
+            "inferred-destroy",
+        ]
+    );
+}
+
+/// A fork whose fd table is larger than kvscope follows into (fd -1): the
+/// child may hold fds of the parent's VMs it does not see; their state is
+/// unknown and the parent's exit ends nothing.
+#[test]
+fn a_fork_past_the_followed_fds_makes_the_vm_unknown() {
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM).with_file(VM_FILE);
+    s.ev(
+        QEMU,
+        kvscope::event::Kind::FdInherited,
+        trace_common::HookId::ProcessFork,
+    )
+    .fd = Some(-1);
+    s.ev(
+        QEMU,
+        kvscope::event::Kind::ProcessExit,
+        trace_common::HookId::ProcessExit,
+    );
+    let (e, f) = run3(&s);
+    assert!(f.is_empty(), "{f:#?}");
+    let vm = e.vm_history(KVM)[0];
+    assert!(!vm.is_destroyed() && vm.state_unknown(), "{:?}", whats(vm));
+}
