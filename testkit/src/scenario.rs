@@ -166,25 +166,6 @@ impl Script {
         self
     }
 
-    /// Tier 3: a tracked fd of `pid` inherited by its forked `child`.
-    pub fn inherit_fd(
-        &mut self,
-        pid: u32,
-        child: u32,
-        kvm: u64,
-        kind: FdKind,
-        file: u64,
-        users: i32,
-    ) -> &mut Self {
-        let e = self.ev(pid, Kind::FdInherited, HookId::ProcessFork);
-        e.kvm = Some(kvm);
-        e.users = Some(users);
-        e.fd_kind = Some(kind);
-        e.file = Some(file);
-        e.child = Some(child);
-        self
-    }
-
     /// Tier 3: close(2) of a tracked fd, with the count and the references to
     /// its file read before the close.
     pub fn close_fd(

@@ -236,9 +236,6 @@ impl Engine {
         if e.kind == Kind::ProcessExec {
             self.vms_at_exec(e);
         }
-        if e.kind == Kind::FdInherited && e.fd == Some(-1) {
-            self.vms_forked_past_bound(e);
-        }
         self.open_event(e, out);
         self.notifier_event(e);
         if let Some(kvm) = e.kvm {

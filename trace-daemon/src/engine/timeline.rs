@@ -25,8 +25,6 @@ pub enum StepKind {
     HolderFdRelease,
     /// A tracked fd duplicated: one more fd holds the same file.
     FdDup,
-    /// A tracked fd inherited by a forked child: one more fd, in the child.
-    FdInherited,
     VmFdClose,
     KvmVfioFdClose,
     DeviceOpen,
@@ -72,7 +70,6 @@ impl StepKind {
             StepKind::KvmVfioRelease => "kvm-vfio-release",
             StepKind::HolderFdRelease => "fd-release",
             StepKind::FdDup => "fd-dup",
-            StepKind::FdInherited => "fd-inherited",
             StepKind::VmFdClose => "vm-fd-close",
             StepKind::KvmVfioFdClose => "kvm-vfio-fd-close",
             StepKind::DeviceOpen => "device-open",

@@ -49,10 +49,6 @@ pub struct Vm {
     /// no longer followed: whether the VM lives is unknown until the
     /// process exits (which closes whatever was left).
     pub exec_ns: Option<u64>,
-    /// Tier 3: the thread groups holding fds of it that kvscope follows
-    /// (its creator, a forked child that inherited them): the exit of the
-    /// last one ends it when nothing else holds its file.
-    pub holder_tgids: std::collections::BTreeSet<u32>,
     /// Who it belongs to (creator, QEMU's name, libvirt domain), as read when
     /// its creation was seen.
     pub identity: Option<crate::identity::Identity>,
@@ -127,7 +123,6 @@ impl Vm {
             last_read_ns: None,
             file_shared: false,
             exec_ns: None,
-            holder_tgids: Default::default(),
             blind_from_ns: None,
             identity: None,
             fd_files: BTreeMap::new(),
@@ -232,17 +227,7 @@ impl Vm {
     fn fd_followed(&mut self, e: &Event) {
         if let (Some(f), Some(_)) = (e.file, e.fd_kind) {
             *self.followed_fds.entry(f).or_default() += 1;
-            self.holder_tgids.insert(e.child.unwrap_or(e.tgid));
         }
-    }
-
-    /// A forked child inherited one of its fds (tier 3, deep): one more fd
-    /// of the same file, in the child, whose close and exit are seen.
-    fn fd_inherited(&mut self, e: &Event, cap: usize) {
-        self.fd_followed(e);
-        self.timeline
-            .push(cap, seen(e, StepKind::FdInherited, 0, e.users));
-        self.read(e);
     }
 
     /// A tracked fd was duplicated (tier 3, deep): the new fd holds the
@@ -256,7 +241,6 @@ impl Vm {
 
     fn created(&mut self, e: &Event, cap: usize) {
         self.fd_followed(e);
-        self.holder_tgids.insert(e.tgid);
         let u = e.users.unwrap_or(1);
         *self.holders.entry(Holder::VmFd).or_default() += 1;
         let step = Step {
@@ -696,10 +680,6 @@ impl Engine {
                 vm.fd_dup(e, cap);
                 None
             }
-            Kind::FdInherited => {
-                vm.fd_inherited(e, cap);
-                None
-            }
             Kind::VfioKvmGet => {
                 vm.vfio_kvm_get(e);
                 None
@@ -738,12 +718,7 @@ impl Engine {
         let cap = self.cfg.timeline_cap;
         let destroy_observable = self.cfg.destroy_observable;
         for vm in self.vms.values_mut() {
-            // Another process (a forked child) may hold it on; a VM whose
-            // creation was not seen may be held by anyone.
-            if !vm.holder_tgids.remove(&e.tgid)
-                || !vm.holder_tgids.is_empty()
-                || vm.creator.is_none()
-            {
+            if vm.creator.as_ref().is_none_or(|c| c.tgid != e.tgid) {
                 continue;
             }
             vm.fd_closed_ns.get_or_insert(e.ts_ns);
@@ -761,17 +736,6 @@ impl Engine {
         }
     }
 
-    /// Tier 3: a process holding these VMs' fds forked a child whose fd
-    /// table is larger than kvscope follows into: the child may hold fds of
-    /// theirs it does not see, so their state is unknown.
-    pub(super) fn vms_forked_past_bound(&mut self, e: &Event) {
-        for vm in self.vms.values_mut() {
-            if vm.holder_tgids.contains(&e.tgid) && !vm.is_destroyed() {
-                vm.file_shared = true;
-            }
-        }
-    }
-
     /// Tier 3: the creator of these VMs exec'd. Their fds were made
     /// O_CLOEXEC and closed by the exec unseen; a dup without the flag is
     /// not known: each VM's state is unknown (never a zombie) until the exit.
@@ -781,7 +745,7 @@ impl Engine {
             return;
         }
         for vm in self.vms.values_mut() {
-            if !vm.holder_tgids.contains(&e.tgid) || vm.is_destroyed() {
+            if vm.creator.as_ref().is_none_or(|c| c.tgid != e.tgid) || vm.is_destroyed() {
                 continue;
             }
             vm.exec_ns = Some(e.ts_ns);

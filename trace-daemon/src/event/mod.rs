@@ -60,9 +60,6 @@ pub enum Kind {
     /// A thread group with tracked fds exec'd (tier 3, deep): its O_CLOEXEC
     /// fds closed unseen, any others no longer followed.
     ProcessExec,
-    /// A tracked fd inherited by a forked child (tier 3, deep): `arg` is the
-    /// child's tgid, `fd` the fd (-1: fds past the followed bound exist).
-    FdInherited,
     LockAttempt,
     LockAcquired,
     LockFailed,
@@ -80,7 +77,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind (a new one goes here and in `name`, whose match lists them all).
-    pub const ALL: [Kind; 33] = [
+    pub const ALL: [Kind; 32] = [
         Kind::VmCreated,
         Kind::VmGet,
         Kind::VmPut,
@@ -105,7 +102,6 @@ impl Kind {
         Kind::FdDup,
         Kind::ProcessExit,
         Kind::ProcessExec,
-        Kind::FdInherited,
         Kind::LockAttempt,
         Kind::LockAcquired,
         Kind::LockFailed,
@@ -144,7 +140,6 @@ impl Kind {
             Kind::FdDup => "fd-dup",
             Kind::ProcessExit => "process-exit",
             Kind::ProcessExec => "process-exec",
-            Kind::FdInherited => "fd-inherited",
             Kind::LockAttempt => "lock-attempt",
             Kind::LockAcquired => "lock-acquired",
             Kind::LockFailed => "lock-failed",
@@ -289,9 +284,6 @@ pub struct Event {
         with = "crate::hexaddr::opt"
     )]
     pub kvm_ops: Option<u64>,
-    /// FdInherited: the forked child (tgid) that holds a copy of `fd`.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub child: Option<u32>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -394,7 +386,6 @@ impl Event {
             stack_id: opt(e, known::STACK, e.stack_id as u32),
             ok: None,
             at_return: e.phase == abi::Phase::Exit as u8,
-            child: None,
         };
         let arg = opt(e, known::ARG, e.arg);
         // A held lock reported at a path hook (lean lock watching).
@@ -538,10 +529,6 @@ impl Event {
             HookId::SysDup => Kind::FdDup,
             HookId::ProcessExit => Kind::ProcessExit,
             HookId::ProcessExec => Kind::ProcessExec,
-            HookId::ProcessFork => {
-                ev.child = arg.map(|a| a as u32);
-                Kind::FdInherited
-            }
             // Consumed by the live session; never analysed.
             HookId::SelfTest => Kind::Other,
         };
@@ -583,7 +570,6 @@ impl Event {
             ok: None,
             at_return: false,
             kvm_ops: None,
-            child: None,
         }
     }
 
