@@ -4,10 +4,10 @@
 //! freed once the programs are in; glibc keeps freed memory in its arenas
 //! (one per thread that allocated), so without this an idle agent stays at
 //! its start-up peak. Called at the points where a large free just happened,
-//! and at an idle tick after enough was allocated since the last time (the
-//! host lab's daemon stayed 9 MiB above its idle size after some module
-//! changes and scenarios: the arena's free space, touched again after the
-//! last trim, with the bytes in use the same).
+//! and at a tick once enough was allocated or freed since the last time (the
+//! host lab's daemon stayed 9 MiB above its idle size after a re-attach, with
+//! the bytes in use the same: the old session was freed after the new one's
+//! trim, and nothing trimmed again).
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},

@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// bpf_map_update_elem flag: create only.
-const BPF_NOEXIST: u64 = 1;
+pub const BPF_NOEXIST: u64 = 1;
 
 /// False when the `--pid` filter excludes the current thread group.
 #[inline(always)]

@@ -718,7 +718,7 @@ impl Engine {
         let cap = self.cfg.timeline_cap;
         let destroy_observable = self.cfg.destroy_observable;
         for vm in self.vms.values_mut() {
-            if vm.creator.as_ref().is_none_or(|c| c.tgid != e.tgid) {
+            if !vm.created_by(e.tgid) {
                 continue;
             }
             vm.fd_closed_ns.get_or_insert(e.ts_ns);
@@ -745,7 +745,7 @@ impl Engine {
             return;
         }
         for vm in self.vms.values_mut() {
-            if vm.creator.as_ref().is_none_or(|c| c.tgid != e.tgid) || vm.is_destroyed() {
+            if !vm.created_by(e.tgid) || vm.is_destroyed() {
                 continue;
             }
             vm.exec_ns = Some(e.ts_ns);
@@ -789,8 +789,14 @@ impl Engine {
 }
 
 impl Vm {
+    /// Whether its creation was seen, made by thread group `tgid`.
+    fn created_by(&self, tgid: u32) -> bool {
+        self.creator.as_ref().is_some_and(|c| c.tgid == tgid)
+    }
+
     /// Whether kvscope cannot know if the VM still lives: its file held by an
-    /// fd it does not follow, or a blind gap passed over it.
+    /// fd it does not follow, a blind gap passed over it, or its creator
+    /// exec'd (tier 3) and has not exited yet.
     pub fn state_unknown(&self) -> bool {
         self.file_shared || self.blind_from_ns.is_some() || self.exec_ns.is_some()
     }

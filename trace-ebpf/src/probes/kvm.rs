@@ -267,8 +267,9 @@ fn on_dev_ioctl<C: EbpfContext + StackIdContext>(ctx: &C, call: &Call) {
     vm_fd_created(&mut e, ret as i32);
     // Its exit is reported (the fds go with it); no fd is tracked: no close
     // program runs here to forget it.
-    // BPF_NOEXIST: an fd table generation already there stays.
-    let _ = TRACKED_TGIDS.insert((bpf_get_current_pid_tgid() >> 32) as u32, 1, 1);
+    // An fd table generation already there stays.
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let _ = TRACKED_TGIDS.insert(tgid, 1, crate::emit::BPF_NOEXIST);
     submit(ctx, e, true);
 }
 
