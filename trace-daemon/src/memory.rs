@@ -11,7 +11,7 @@
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
 };
 
 /// Bytes allocated or freed so far (never decreases): what tells an idle
@@ -72,7 +72,11 @@ pub fn give_back_if_worked() -> bool {
 /// threads of its own, and with an arena per thread every session's
 /// long-lived data pinned pages in another one (the host lab's daemon grew
 /// by 18 MiB of heap over its module changes). kvscope's few threads do not
-/// contend for it. Called first in main, before any thread.
+/// contend for it. No transparent huge pages: where THP is `always`
+/// (Debian's kernels), a trimmed heap's 2 MiB ranges fill up again, a huge
+/// page faulted in or khugepaged collapsing around the few pages still
+/// touched (the host lab's 6.12 daemon: 7 MiB more anonymous memory than
+/// its heap held). Called first in main, before any thread.
 pub fn tune() {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt sets allocator parameters; no allocation is in flight.
@@ -80,6 +84,25 @@ pub fn tune() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
+    // SAFETY: prctl with integer arguments.
+    unsafe {
+        let was = libc::prctl(libc::PR_GET_THP_DISABLE, 0, 0, 0, 0);
+        THP_DISABLED_BEFORE.store(was == 1, Relaxed);
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
+/// Whether THP was already off for kvscope when it started (set by its
+/// parent): what a command it runs gets back.
+static THP_DISABLED_BEFORE: AtomicBool = AtomicBool::new(false);
+
+/// Between fork and exec of a command kvscope runs for the user: the THP
+/// setting kvscope started with, not the one it chose for itself (the
+/// setting is inherited through fork and exec). Async-signal-safe.
+pub fn restore_for_child() {
+    let before = libc::c_ulong::from(THP_DISABLED_BEFORE.load(Relaxed));
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, before, 0, 0, 0) };
 }
 
 /// Returns the free pages of every malloc arena to the kernel, and says

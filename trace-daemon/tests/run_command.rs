@@ -58,12 +58,27 @@ fn helper() {
                 unsafe { libc::_exit(0) };
             }
         }
+        // Its own THP setting and its parent's (kvscope's), then done.
+        Ok("thp") => println!(
+            "helper: THP_enabled {} parent {}",
+            thp_enabled("self"),
+            thp_enabled(&std::os::unix::process::parent_id().to_string())
+        ),
         Ok("wait-for-term") => {
             println!("helper: waiting");
             std::thread::sleep(Duration::from_secs(30));
         }
         other => panic!("KVSCOPE_RUN_HELPER={other:?}: not a helper mode"),
     }
+}
+
+/// /proc/PID/status's THP_enabled: 0 where prctl(PR_SET_THP_DISABLE) is set.
+fn thp_enabled(pid: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map_or_else(|| "absent".to_owned(), |v| v.trim().to_owned())
 }
 
 /// `kvscope run ARGS -- <this binary's helper in MODE>`.
@@ -362,6 +377,34 @@ fn the_commands_failure_is_never_hidden() {
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::remove_dir_all(junit.parent().unwrap()).unwrap();
+}
+
+/// kvscope turns transparent huge pages off for itself (a trimmed heap
+/// stays small), never for the command it runs: the command starts with the
+/// setting kvscope was started with.
+#[test]
+fn the_command_keeps_the_thp_setting_kvscope_was_given() {
+    if !live_or_skip("the_command_keeps_the_thp_setting_kvscope_was_given", &[]) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut child = kvscope_run(&[], "thp").spawn().unwrap();
+    let out = lines_of(child.stdout.take().unwrap(), "helper");
+    let err = lines_of(child.stderr.take().unwrap(), "kvscope");
+    let (code, err) = finish(Guard(child), err);
+    assert_eq!(code, 0, "{err}");
+    // The reader's channel closes at the pipe's end: kvscope has exited.
+    // libtest's "test helper ... " shares the line: match from the marker.
+    let line = out
+        .iter()
+        .find_map(|l| l.find("helper: THP_enabled").map(|at| l[at..].to_owned()))
+        .expect("the helper's line");
+    let ours = thp_enabled("self");
+    assert_eq!(
+        line,
+        format!("helper: THP_enabled {ours} parent 0"),
+        "{err}"
+    );
 }
 
 /// A SIGTERM sent to kvscope reaches the command, which dies of it: the

@@ -118,13 +118,15 @@ impl Command {
         let mut c = std::process::Command::new(prog);
         c.args(args);
         // kvscope blocks the signals it reads from a signalfd; the command
-        // starts with none blocked, as from a shell.
+        // starts with none blocked, as from a shell, and with the THP
+        // setting kvscope was given.
         // SAFETY: only async-signal-safe calls between fork and exec.
         unsafe {
             std::os::unix::process::CommandExt::pre_exec(&mut c, || {
                 let mut set: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut set);
                 libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+                crate::memory::restore_for_child();
                 Ok(())
             });
         }

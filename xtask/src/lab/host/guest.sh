@@ -304,13 +304,24 @@ rss_idle() {
     echo "$b"
 }
 rss0=$(rss_idle)
+# Anonymous memory in transparent huge pages: khugepaged fills a 2 MiB
+# range around a few touched pages of a trimmed heap (Debian's kernels set
+# THP to always).
+thp() { echo "AnonHugePages $(awk '$1 == "AnonHugePages:" { print $2 }' "/proc/$(prop kvscope MainPID)/smaps_rollup") kB"; }
 heap() { journalctl -u kvscope --no-pager -o cat | grep -o 'heap: .*' | tail -1; }
 # Idle RSS at a step of the script, with the heap's last split.
-rss_fact() { echo "FACT idle-rss $1: VmRSS $(rss_idle) kB, RssAnon $(rss RssAnon) kB; $(heap)"; }
+# The largest, and where, for the check at the end: every step counts.
+rss_max=$rss0 rss_max_at="after start"
+rss_fact() {
+    local r
+    r=$(rss_idle)
+    [ "$r" -gt "$rss_max" ] && rss_max=$r rss_max_at=$1
+    echo "FACT idle-rss $1: VmRSS $r kB, RssAnon $(rss RssAnon) kB, $(thp); $(heap)"
+}
 # Split: anonymous (heap, what kvscope holds), file (its binary's pages
 # touched so far, reclaimable), and the BPF maps it has mapped (the ring).
-rss_split() { echo "RssAnon $(rss RssAnon) kB, RssFile $(rss RssFile) kB, RssShmem $(rss RssShmem) kB, VmHWM $(rss VmHWM) kB"; }
-echo "FACT idle-rss after start: VmRSS ${rss0} kB ($(rss_split))"
+rss_split() { echo "RssAnon $(rss RssAnon) kB, $(thp), RssFile $(rss RssFile) kB, RssShmem $(rss RssShmem) kB, VmHWM $(rss VmHWM) kB"; }
+echo "FACT idle-rss after start: VmRSS ${rss0} kB ($(rss_split)); THP $(cat /sys/kernel/mm/transparent_hugepage/enabled)"
 
 # A real host loads vfio_pci when libvirt first assigns a device, after the
 # service started: kvscope must see the module come and attach again.
@@ -414,10 +425,11 @@ check journal/fields "$([ -n "$kind" ] && ! echo "$fields" | grep -q 'no '; echo
     "journalctl -u kvscope KVSCOPE_KIND=${kind:-(no finding in the journal)}: $fields"
 # ... and once idle again after every scenario and module change.
 rss1=$(rss_idle)
+[ "$rss1" -gt "$rss_max" ] && rss_max=$rss1 rss_max_at="at the end"
 echo "FACT idle-rss after the scenarios and module changes: VmRSS ${rss1} kB ($(rss_split)); ${rss0} kB after start"
-# Issue 22's goal for the always-on footprint: 25 MiB idle, start and after.
-check service/idle-rss "$([ "$rss0" -le 25600 ] && [ "$rss1" -le 25600 ]; echo $?)" \
-    "idle VmRSS ${rss0} kB after start, ${rss1} kB after the scenarios and module changes (goal: 25600 kB); $(heap)"
+# Issue 22's goal for the always-on footprint: 25 MiB idle at every step.
+check service/idle-rss "$([ "$rss_max" -le 25600 ]; echo $?)" \
+    "idle VmRSS ${rss0} kB after start, ${rss1} kB after the scenarios and module changes, at most ${rss_max} kB (${rss_max_at}) (goal: 25600 kB at every step); $(heap)"
 mem=$(prop kvscope MemoryCurrent) peak=$(prop kvscope MemoryPeak) max=$(prop kvscope MemoryMax)
 check service/memory "$([ "$max" = 536870912 ] && [ "$peak" -lt "$max" ] && [ "$(prop kvscope NRestarts)" = 0 ]; echo $?)" \
     "MemoryCurrent $((mem / 1048576)) MiB, MemoryPeak $((peak / 1048576)) MiB, MemoryMax $((max / 1048576)) MiB, restarts $(prop kvscope NRestarts)"
