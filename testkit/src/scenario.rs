@@ -166,6 +166,13 @@ impl Script {
         self
     }
 
+    /// Tier 3: `pid` forked `child` with a copy of its fd table (the copies
+    /// of its tracked fds followed into the child).
+    pub fn fork(&mut self, pid: u32, child: u32) -> &mut Self {
+        self.ev(pid, Kind::ProcessFork, HookId::ProcessFork).child = Some(child);
+        self
+    }
+
     /// Tier 3: close(2) of a tracked fd, with the count and the references to
     /// its file read before the close.
     pub fn close_fd(

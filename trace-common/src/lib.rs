@@ -154,6 +154,13 @@ hook_ids! {
     /// exec closed its O_CLOEXEC fds (every fd KVM and VFIO make) without
     /// close(2); a dup made without the flag lives on, no longer followed.
     ProcessExec = 47, "sched:sched_process_exec";
+    /// Tier 3 and deep: a thread group with tracked fds made a process with
+    /// a copy of its fd table (`clone`/`clone3` without CLONE_FILES or
+    /// CLONE_THREAD). Its tracked fds below [`tracked::FORK_FDS`] are
+    /// tracked in the child too, and one event says so (`arg`: the child's
+    /// tgid); fd -1: the table is larger, the fds past that bound are not
+    /// followed.
+    ProcessFork = 48, "sched:sched_process_fork";
     /// kvscope's own delivery self-test: its `ioctl(KVSCOPE_SELFTEST)` seen by
     /// the sys_enter_ioctl program. Consumed by the live session, never analysed.
     SelfTest = 45, "kvscope:self-test";
@@ -365,6 +372,12 @@ pub mod ioctl {
     pub const KVSCOPE_SELFTEST: u32 = 0x4056_4B53;
 }
 
+/// `clone(2)` flags that make a child without an fd table of its own.
+pub mod clone {
+    pub const CLONE_FILES: u64 = 0x400;
+    pub const CLONE_THREAD: u64 = 0x10000;
+}
+
 /// `fcntl(2)` commands that duplicate an fd.
 pub mod fcntl {
     pub const F_DUPFD: u64 = 0;
@@ -389,6 +402,9 @@ pub mod tp {
 /// starts a new generation: entries of an older one are stale (the exec
 /// closed those fds unseen, or they live on unfollowed).
 pub mod tracked {
+    /// Fds a fork's child is followed in: those below this (a bounded loop
+    /// in the kernel; VMM processes keep their KVM fds low).
+    pub const FORK_FDS: i32 = 256;
     pub const fn entry(kind: u8, generation: u32) -> u32 {
         kind as u32 | (generation << 8)
     }
@@ -556,7 +572,9 @@ pub struct ProbeConfig {
     pub file_ref: u32,
     /// `kvm_vcpu.vcpu_id`: the vCPU's id, as KVM_CREATE_VCPU was given it.
     pub kvm_vcpu_vcpu_id: u32,
-    pub _pad0: u32,
+    /// Offset of `child_pid` in sched_process_fork's record (44 with the
+    /// comms inline, 20 where they are `__data_loc`, 6.10+), from tracefs.
+    pub fork_child_pid: u32,
     /// Addresses (kallsyms) of KVM's `kvm_vcpu_stats_fops` and
     /// `kvm_vm_stats_fops`, 0 when unknown: the anon_inode_getfile program
     /// keeps only files made with these.
@@ -612,7 +630,7 @@ impl ProbeConfig {
         file_count: OFFSET_UNKNOWN,
         file_ref: OFFSET_UNKNOWN,
         kvm_vcpu_vcpu_id: OFFSET_UNKNOWN,
-        _pad0: 0,
+        fork_child_pid: OFFSET_UNKNOWN,
         kvm_vcpu_stats_fops: 0,
         kvm_vm_stats_fops: 0,
     };

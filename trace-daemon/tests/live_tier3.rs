@@ -493,6 +493,51 @@ fn every_reference_of_a_vms_fds_is_followed() {
     }
 }
 
+/// A fork at tier 3: the child inherits the VM fd (glibc's fork is a clone
+/// without CLONE_FILES), the parent closes its copy, and the recording ends
+/// while the child still holds the VM. The parent's close puts nothing and
+/// the VM stays known and live, its file held by the child's copy, which
+/// kvscope follows (the scenario tests take it on to the child's close).
+/// Without following the copy, the VM was `unknown` (file-shared).
+#[test]
+fn a_forked_childs_copy_is_followed() {
+    if !live_or_skip("a_forked_childs_copy_is_followed", &[]) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const KVM_CREATE_VM: u64 = 0xAE01;
+    let mut child = 0;
+    let r = record_and_replay("fork", std::process::id(), || {
+        let kvm = open_kvm();
+        let vm = ioctl_fd(&kvm, KVM_CREATE_VM, 0, "KVM_CREATE_VM");
+        let fd = vm.as_raw_fd();
+        // SAFETY: the child makes only async-signal-safe calls, then _exit.
+        child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork: {}", std::io::Error::last_os_error());
+        if child == 0 {
+            unsafe {
+                libc::sleep(2);
+                libc::close(fd);
+                libc::_exit(0);
+            }
+        }
+        drop(vm);
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    let mut status = 0;
+    assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+    assert_eq!(status, 0, "the fork's child");
+    let findings = r["findings"].as_array().cloned().unwrap_or_default();
+    assert!(findings.is_empty(), "{findings:#?}");
+    let vms = r["vms"].as_array().expect("vms");
+    assert_eq!(vms.len(), 1, "{vms:#?}");
+    let v = &vms[0];
+    assert_eq!(v["state"], "live", "{v:#}");
+    assert_eq!(v["users"], 1, "{v:#}");
+    // created, fd-inherited, the parent's close.
+    assert_eq!(v["steps"], 3, "{v:#}");
+}
+
 /// The child of `an_exec_makes_the_vms_unknown_and_the_exit_ends_them`,
 /// run by it (not on its own): waits for a line on stdin, makes VM A (fd
 /// O_CLOEXEC, as KVM makes it) and VM B with a dup made without the flag,

@@ -37,9 +37,7 @@ pub fn file_of_fd(fd: i32) -> Option<u64> {
     if fd < 0 {
         return None;
     }
-    let task = unsafe { bpf_get_current_task() };
-    let files = ptr_at(task, conf!(task_files))?;
-    let fdt = ptr_at(files, conf!(files_fdt))?;
+    let fdt = fdtable()?;
     let max = i32_at(fdt, conf!(fdtable_max_fds))?;
     if fd >= max {
         return None;
@@ -47,6 +45,20 @@ pub fn file_of_fd(fd: i32) -> Option<u64> {
     let arr = ptr_at(fdt, conf!(fdtable_fd))?;
     let file = unsafe { bpf_probe_read_kernel((arr + (fd as u64) * 8) as *const u64) }.ok()?;
     if file == 0 { None } else { Some(file) }
+}
+
+/// The current task's `struct fdtable`.
+#[inline(always)]
+fn fdtable() -> Option<u64> {
+    let task = unsafe { bpf_get_current_task() };
+    let files = ptr_at(task, conf!(task_files))?;
+    ptr_at(files, conf!(files_fdt))
+}
+
+/// The size of the current task's fd table (fds are below it).
+#[inline(always)]
+pub fn fd_table_size() -> Option<i32> {
+    i32_at(fdtable()?, conf!(fdtable_max_fds))
 }
 
 #[inline(always)]

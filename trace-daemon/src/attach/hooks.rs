@@ -486,6 +486,36 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
         since: None,
     },
     TracepointSpec {
+        hook: H::ProcessFork,
+        program: "tp_sys_enter_clone",
+        category: "syscalls",
+        name: "sys_enter_clone",
+        fields: &[("clone_flags", tp::SYSCALL_ARG0)],
+        yields: "clone of a process holding tracked fds, with its own fd table: its flags",
+        since: None,
+    },
+    TracepointSpec {
+        hook: H::ProcessFork,
+        program: "tp_sys_enter_clone3",
+        category: "syscalls",
+        name: "sys_enter_clone3",
+        fields: &[("uargs", tp::SYSCALL_ARG0)],
+        yields: "clone3 of a process holding tracked fds, with its own fd table: its flags",
+        since: None,
+    },
+    fork_exit("tp_sys_exit_clone", "sys_exit_clone"),
+    fork_exit("tp_sys_exit_clone3", "sys_exit_clone3"),
+    TracepointSpec {
+        hook: H::ProcessFork,
+        program: "tp_sched_process_fork",
+        category: "sched",
+        // child_pid's offset is read from the format at load (it moved in 6.10).
+        name: "sched_process_fork",
+        fields: &[],
+        yields: "the child of such a clone: the tracked fds it inherits (below 256), followed into it",
+        since: None,
+    },
+    TracepointSpec {
         hook: H::ProcessExec,
         program: "tp_sched_process_exec",
         category: "sched",
@@ -522,6 +552,19 @@ const fn dup_exit(program: &'static str, name: &'static str) -> TracepointSpec {
         name,
         fields: &[("ret", tp::SYSCALL_RET)],
         yields: "the new fd of a tracked fd's dup (its close is then seen too)",
+        since: None,
+    }
+}
+
+/// A clone's exit: a clone that failed forgets what its entry kept.
+const fn fork_exit(program: &'static str, name: &'static str) -> TracepointSpec {
+    TracepointSpec {
+        hook: H::ProcessFork,
+        program,
+        category: "syscalls",
+        name,
+        fields: &[("ret", tp::SYSCALL_RET)],
+        yields: "the end of such a clone",
         since: None,
     }
 }

@@ -224,10 +224,14 @@ pub fn load(facts: &Facts, opts: &LoadOptions, gate: &AttachGate) -> anyhow::Res
     config.kvm_vm_stats_fops = data("kvm_vm_stats_fops");
     // Only this process's delivery self-test is answered.
     config.self_tgid = std::process::id();
-    if let Ok(dir) = &facts.tracing
-        && let Some(off) = tracefs::field_offset(dir, "sched", "sched_process_exit", "group_dead")
-    {
-        config.exit_group_dead = off as u32;
+    if let Ok(dir) = &facts.tracing {
+        let offset = |name, field| tracefs::field_offset(dir, "sched", name, field);
+        if let Some(off) = offset("sched_process_exit", "group_dead") {
+            config.exit_group_dead = off as u32;
+        }
+        if let Some(off) = offset("sched_process_fork", "child_pid") {
+            config.fork_child_pid = off as u32;
+        }
     }
     config.flags = (if opts.stacks { config_flags::STACKS } else { 0 })
         | (if opts.lock_stacks {

@@ -65,9 +65,10 @@ impl StackVariant {
 /// The syscall tracepoints (ioctl, close, the dups): tier 3's whole view,
 /// and deep's fd view.
 fn is_syscall_tracepoint(t: &TracepointPlan) -> bool {
-    // Exec matters only where fds are followed by their system calls: the
-    // function hooks see the releases an exec makes.
-    t.tracepoint.starts_with("syscalls:") || t.program == "tp_sched_process_exec"
+    // Exec and fork matter only where fds are followed by their system
+    // calls: the function hooks see the releases an exec or a child makes.
+    t.tracepoint.starts_with("syscalls:")
+        || ["tp_sched_process_exec", "tp_sched_process_fork"].contains(&t.program)
 }
 
 /// The handler hooks lean uses in their place.

@@ -236,6 +236,9 @@ impl Engine {
         if e.kind == Kind::ProcessExec {
             self.vms_at_exec(e);
         }
+        if e.kind == Kind::ProcessFork {
+            self.vms_at_fork(e);
+        }
         self.open_event(e, out);
         self.notifier_event(e);
         if let Some(kvm) = e.kvm {

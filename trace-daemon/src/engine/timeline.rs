@@ -25,6 +25,8 @@ pub enum StepKind {
     HolderFdRelease,
     /// A tracked fd duplicated: one more fd holds the same file.
     FdDup,
+    /// A tracked fd inherited by a forked child: one more fd, in the child.
+    FdInherited,
     VmFdClose,
     KvmVfioFdClose,
     DeviceOpen,
@@ -70,6 +72,7 @@ impl StepKind {
             StepKind::KvmVfioRelease => "kvm-vfio-release",
             StepKind::HolderFdRelease => "fd-release",
             StepKind::FdDup => "fd-dup",
+            StepKind::FdInherited => "fd-inherited",
             StepKind::VmFdClose => "vm-fd-close",
             StepKind::KvmVfioFdClose => "kvm-vfio-fd-close",
             StepKind::DeviceOpen => "device-open",

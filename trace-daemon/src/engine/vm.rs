@@ -49,6 +49,16 @@ pub struct Vm {
     /// no longer followed: whether the VM lives is unknown until the
     /// process exits (which closes whatever was left).
     pub exec_ns: Option<u64>,
+    /// Tier 3: the holders behind `exec_ns`, until each exits (a forked
+    /// child's exec leaves the VM unknown only while that child lives).
+    exec_tgids: std::collections::BTreeSet<u32>,
+    /// Tier 3: the thread groups holding fds of it that kvscope follows
+    /// (its creator, a forked child that inherited them): the exit of the
+    /// last one ends it when nothing else holds its file.
+    pub holder_tgids: std::collections::BTreeSet<u32>,
+    /// Tier 3 and deep: per thread group and file, the fds of it kvscope
+    /// follows: what a fork's child inherits, and what an exit or exec ends.
+    tgid_fds: BTreeMap<(u32, u64), u32>,
     /// Who it belongs to (creator, QEMU's name, libvirt domain), as read when
     /// its creation was seen.
     pub identity: Option<crate::identity::Identity>,
@@ -123,6 +133,9 @@ impl Vm {
             last_read_ns: None,
             file_shared: false,
             exec_ns: None,
+            exec_tgids: Default::default(),
+            holder_tgids: Default::default(),
+            tgid_fds: BTreeMap::new(),
             blind_from_ns: None,
             identity: None,
             fd_files: BTreeMap::new(),
@@ -227,7 +240,48 @@ impl Vm {
     fn fd_followed(&mut self, e: &Event) {
         if let (Some(f), Some(_)) = (e.file, e.fd_kind) {
             *self.followed_fds.entry(f).or_default() += 1;
+            *self.tgid_fds.entry((e.tgid, f)).or_default() += 1;
+            self.holder_tgids.insert(e.tgid);
         }
+    }
+
+    /// One followed fd of `file` fewer (in `tgid`).
+    fn fd_unfollowed(&mut self, tgid: u32, file: u64) {
+        decrement(&mut self.followed_fds, file);
+        decrement(&mut self.tgid_fds, (tgid, file));
+    }
+
+    /// The followed fds of `tgid`: (file, how many).
+    fn fds_of(&self, tgid: u32) -> Vec<(u64, u32)> {
+        self.tgid_fds
+            .range((tgid, 0)..=(tgid, u64::MAX))
+            .map(|(&(_, f), &n)| (f, n))
+            .collect()
+    }
+
+    /// `tgid` holds none of its fds kvscope follows any more (it exited, or
+    /// exec'd: what the exec left open is no longer followed).
+    fn forget_tgid(&mut self, tgid: u32) {
+        for (f, n) in self.fds_of(tgid) {
+            for _ in 0..n {
+                self.fd_unfollowed(tgid, f);
+            }
+        }
+    }
+
+    /// `parent` forked `child` with a copy of its fd table: the child holds
+    /// a followed copy of each of the parent's followed fds. Whether it had
+    /// any.
+    fn fds_inherited(&mut self, parent: u32, child: u32) -> bool {
+        let held = self.fds_of(parent);
+        for &(f, n) in &held {
+            *self.followed_fds.entry(f).or_default() += n;
+            *self.tgid_fds.entry((child, f)).or_default() += n;
+        }
+        if !held.is_empty() {
+            self.holder_tgids.insert(child);
+        }
+        !held.is_empty()
     }
 
     /// A tracked fd was duplicated (tier 3, deep): the new fd holds the
@@ -241,6 +295,7 @@ impl Vm {
 
     fn created(&mut self, e: &Event, cap: usize) {
         self.fd_followed(e);
+        self.holder_tgids.insert(e.tgid);
         let u = e.users.unwrap_or(1);
         *self.holders.entry(Holder::VmFd).or_default() += 1;
         let step = Step {
@@ -431,13 +486,8 @@ impl Vm {
             .file_refs
             .zip(followed)
             .is_some_and(|(refs, n)| refs <= u64::from(n));
-        if let Some(f) = e.file
-            && let Some(n) = self.followed_fds.get_mut(&f)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.followed_fds.remove(&f);
-            }
+        if let Some(f) = e.file {
+            self.fd_unfollowed(e.tgid, f);
         }
         let (kind, holder) = match e.fd_kind {
             Some(FdKind::Vm) => (StepKind::VmFdClose, Some(Holder::VmFd)),
@@ -718,7 +768,17 @@ impl Engine {
         let cap = self.cfg.timeline_cap;
         let destroy_observable = self.cfg.destroy_observable;
         for vm in self.vms.values_mut() {
-            if !vm.created_by(e.tgid) {
+            vm.forget_tgid(e.tgid);
+            // What its exec left open, its exit closed.
+            if vm.exec_tgids.remove(&e.tgid) && vm.exec_tgids.is_empty() {
+                vm.exec_ns = None;
+            }
+            // Another process (a forked child) may hold it on; a VM whose
+            // creation was not seen may be held by anyone.
+            if !vm.holder_tgids.remove(&e.tgid)
+                || !vm.holder_tgids.is_empty()
+                || vm.creator.is_none()
+            {
                 continue;
             }
             vm.fd_closed_ns.get_or_insert(e.ts_ns);
@@ -731,23 +791,45 @@ impl Engine {
             {
                 continue;
             }
-            vm.exec_ns = None;
             vm.ended_unseen(e, cap, StepKind::InferredDestroyAtExit);
         }
     }
 
-    /// Tier 3: the creator of these VMs exec'd. Their fds were made
-    /// O_CLOEXEC and closed by the exec unseen; a dup without the flag is
-    /// not known: each VM's state is unknown (never a zombie) until the exit.
+    /// Tier 3 and deep: a process holding these VMs' fds forked a child
+    /// with a copy of its fd table; the kernel side followed the copies. A
+    /// table larger than it follows into (fd -1): the child may hold fds it
+    /// does not see, so the state of the parent's VMs is unknown.
+    pub(super) fn vms_at_fork(&mut self, e: &Event) {
+        let cap = self.cfg.timeline_cap;
+        let Some(child) = e.child else { return };
+        let past_bound = e.fd == Some(-1);
+        for vm in self.vms.values_mut() {
+            if !vm.holder_tgids.contains(&e.tgid) || vm.is_destroyed() {
+                continue;
+            }
+            if vm.fds_inherited(e.tgid, child) {
+                let step = seen(e, StepKind::FdInherited, 0, vm.users);
+                vm.timeline.push(cap, step);
+            }
+            vm.file_shared |= past_bound;
+        }
+    }
+
+    /// Tier 3: a holder of these VMs' fds (their creator, a forked child)
+    /// exec'd. Their fds were made O_CLOEXEC and closed by the exec unseen; a
+    /// dup without the flag is not known: each VM's state is unknown (never a
+    /// zombie) until that process exits.
     pub(super) fn vms_at_exec(&mut self, e: &Event) {
         let cap = self.cfg.timeline_cap;
         if self.cfg.destroy_observable {
             return;
         }
         for vm in self.vms.values_mut() {
-            if !vm.created_by(e.tgid) || vm.is_destroyed() {
+            if !vm.holder_tgids.contains(&e.tgid) || vm.is_destroyed() {
                 continue;
             }
+            vm.forget_tgid(e.tgid);
+            vm.exec_tgids.insert(e.tgid);
             vm.exec_ns = Some(e.ts_ns);
             vm.timeline.push(cap, seen(e, StepKind::Exec, 0, vm.users));
         }
@@ -789,11 +871,6 @@ impl Engine {
 }
 
 impl Vm {
-    /// Whether its creation was seen, made by thread group `tgid`.
-    fn created_by(&self, tgid: u32) -> bool {
-        self.creator.as_ref().is_some_and(|c| c.tgid == tgid)
-    }
-
     /// Whether kvscope cannot know if the VM still lives: its file held by an
     /// fd it does not follow, a blind gap passed over it, or its creator
     /// exec'd (tier 3) and has not exited yet.
@@ -816,5 +893,15 @@ impl Vm {
             .iter()
             .all(|(h, _)| *h != Holder::Unattributed);
         read_since || all_known
+    }
+}
+
+/// One fewer under `key`; the entry goes at zero.
+fn decrement<K: Ord>(map: &mut BTreeMap<K, u32>, key: K) {
+    if let Some(n) = map.get_mut(&key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(&key);
+        }
     }
 }

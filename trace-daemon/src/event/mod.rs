@@ -60,6 +60,10 @@ pub enum Kind {
     /// A thread group with tracked fds exec'd (tier 3, deep): its O_CLOEXEC
     /// fds closed unseen, any others no longer followed.
     ProcessExec,
+    /// A thread group with tracked fds forked a child with its own copy of
+    /// the fd table (tier 3, deep): `child` is its tgid, and its copies of the
+    /// tracked fds are followed; `fd` -1: fds past the followed bound exist.
+    ProcessFork,
     LockAttempt,
     LockAcquired,
     LockFailed,
@@ -77,7 +81,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind (a new one goes here and in `name`, whose match lists them all).
-    pub const ALL: [Kind; 32] = [
+    pub const ALL: [Kind; 33] = [
         Kind::VmCreated,
         Kind::VmGet,
         Kind::VmPut,
@@ -102,6 +106,7 @@ impl Kind {
         Kind::FdDup,
         Kind::ProcessExit,
         Kind::ProcessExec,
+        Kind::ProcessFork,
         Kind::LockAttempt,
         Kind::LockAcquired,
         Kind::LockFailed,
@@ -140,6 +145,7 @@ impl Kind {
             Kind::FdDup => "fd-dup",
             Kind::ProcessExit => "process-exit",
             Kind::ProcessExec => "process-exec",
+            Kind::ProcessFork => "process-fork",
             Kind::LockAttempt => "lock-attempt",
             Kind::LockAcquired => "lock-acquired",
             Kind::LockFailed => "lock-failed",
@@ -284,6 +290,9 @@ pub struct Event {
         with = "crate::hexaddr::opt"
     )]
     pub kvm_ops: Option<u64>,
+    /// ProcessFork: the forked child (tgid), which holds copies of the fds.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub child: Option<u32>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -386,6 +395,7 @@ impl Event {
             stack_id: opt(e, known::STACK, e.stack_id as u32),
             ok: None,
             at_return: e.phase == abi::Phase::Exit as u8,
+            child: None,
         };
         let arg = opt(e, known::ARG, e.arg);
         // A held lock reported at a path hook (lean lock watching).
@@ -529,6 +539,10 @@ impl Event {
             HookId::SysDup => Kind::FdDup,
             HookId::ProcessExit => Kind::ProcessExit,
             HookId::ProcessExec => Kind::ProcessExec,
+            HookId::ProcessFork => {
+                ev.child = arg.map(|a| a as u32);
+                Kind::ProcessFork
+            }
             // Consumed by the live session; never analysed.
             HookId::SelfTest => Kind::Other,
         };
@@ -570,6 +584,7 @@ impl Event {
             ok: None,
             at_return: false,
             kvm_ops: None,
+            child: None,
         }
     }
 

@@ -243,3 +243,131 @@ fn an_exec_makes_the_vm_unknown_until_the_exit() {
         StepKind::InferredDestroyAtExit
     );
 }
+
+/// A forked child inherits the VM fd (clone without CLONE_FILES; tier 3
+/// follows the copy into the child): the parent's close leaves the file
+/// held only by the child's followed copy and puts nothing, the parent's
+/// exit ends nothing, the child's close ends the VM. Before, the parent's
+/// exit inferred a destroy while the child held the VM.
+#[test]
+fn a_forked_childs_copy_keeps_the_vm_until_its_close() {
+    const CHILD: u32 = 200;
+    let exit = |s: &mut Script, pid| {
+        s.ev(
+            pid,
+            kvscope::event::Kind::ProcessExit,
+            trace_common::HookId::ProcessExit,
+        );
+    };
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM)
+        .with_file(VM_FILE)
+        .fork(QEMU, CHILD)
+        .close_fd(QEMU, KVM, VmFd, VM_FILE, 1, 2);
+    exit(&mut s, QEMU);
+    let (e, f) = run3(&s);
+    assert!(f.is_empty(), "{f:#?}");
+    let vm = e.vm_history(KVM)[0];
+    assert!(!vm.is_destroyed() && !vm.state_unknown(), "{:?}", whats(vm));
+    s.close_fd(CHILD, KVM, VmFd, VM_FILE, 1, 1);
+    let (e, f) = run3(&s);
+    let vm = ended_quietly(&e, &f);
+    assert_eq!(
+        whats(vm),
+        [
+            "created vm fd",
+            "fd-inherited",
+            "vm-fd-close",
+            "vm-fd-close",
+            "inferred-put vm fd",
+            "inferred-destroy",
+        ]
+    );
+}
+
+/// A fork whose fd table is larger than kvscope follows into (fd -1): the
+/// child may hold fds of the parent's VMs it does not see; their state is
+/// unknown and the parent's exit ends nothing.
+#[test]
+fn a_fork_past_the_followed_fds_makes_the_vm_unknown() {
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM).with_file(VM_FILE);
+    let fork = s.ev(
+        QEMU,
+        kvscope::event::Kind::ProcessFork,
+        trace_common::HookId::ProcessFork,
+    );
+    fork.child = Some(200);
+    fork.fd = Some(-1);
+    s.ev(
+        QEMU,
+        kvscope::event::Kind::ProcessExit,
+        trace_common::HookId::ProcessExit,
+    );
+    let (e, f) = run3(&s);
+    assert!(f.is_empty(), "{f:#?}");
+    let vm = e.vm_history(KVM)[0];
+    assert!(!vm.is_destroyed() && vm.state_unknown(), "{:?}", whats(vm));
+}
+
+/// A forked child that exits holding its copy ends nothing: the parent's
+/// fd still holds the VM, and the parent's close ends it, with no state
+/// unknown on the way (the child's copy was followed, and its exit closed it).
+#[test]
+fn a_forked_child_that_exits_leaves_the_parents_vm_known() {
+    const CHILD: u32 = 200;
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM).with_file(VM_FILE).fork(QEMU, CHILD);
+    s.ev(
+        CHILD,
+        kvscope::event::Kind::ProcessExit,
+        trace_common::HookId::ProcessExit,
+    );
+    let (e, f) = run3(&s);
+    assert!(f.is_empty(), "{f:#?}");
+    let vm = e.vm_history(KVM)[0];
+    assert!(!vm.is_destroyed() && !vm.state_unknown(), "{:?}", whats(vm));
+    s.close_fd(QEMU, KVM, VmFd, VM_FILE, 1, 1);
+    let (e, f) = run3(&s);
+    let vm = ended_quietly(&e, &f);
+    assert_eq!(
+        whats(vm),
+        [
+            "created vm fd",
+            "fd-inherited",
+            "vm-fd-close",
+            "inferred-put vm fd",
+            "inferred-destroy",
+        ]
+    );
+}
+
+/// A forked child that execs (fork then exec, as posix_spawn does): what
+/// the exec left open is not followed, so the VM is unknown while that
+/// child lives; its exit closes it, the VM is known again, and the
+/// parent's close ends it.
+#[test]
+fn a_forked_childs_exec_makes_the_vm_unknown_while_it_lives() {
+    use kvscope::event::Kind;
+    use trace_common::HookId;
+    const CHILD: u32 = 200;
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM).with_file(VM_FILE).fork(QEMU, CHILD);
+    s.ev(CHILD, Kind::ProcessExec, HookId::ProcessExec);
+    let (e, f) = run3(&s);
+    assert!(f.is_empty(), "{f:#?}");
+    let vm = e.vm_history(KVM)[0];
+    assert!(!vm.is_destroyed() && vm.state_unknown(), "{:?}", whats(vm));
+    s.ev(CHILD, Kind::ProcessExit, HookId::ProcessExit);
+    let (e, f) = run3(&s);
+    assert!(f.is_empty(), "{f:#?}");
+    let vm = e.vm_history(KVM)[0];
+    assert!(!vm.is_destroyed() && !vm.state_unknown(), "{:?}", whats(vm));
+    s.close_fd(QEMU, KVM, VmFd, VM_FILE, 1, 1);
+    let (e, f) = run3(&s);
+    let vm = ended_quietly(&e, &f);
+    assert_eq!(
+        whats(vm).last().map(String::as_str),
+        Some("inferred-destroy")
+    );
+}
