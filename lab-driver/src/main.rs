@@ -18,7 +18,9 @@
 //! - `lockdown`: `kvscope check` and the daemon at lockdown integrity, then
 //!   confidentiality (lockdown.rs); last in a guest, it cannot be undone;
 //! - `qemu quit|kill`: Debian's QEMU as the client, the edu device assigned,
-//!   ended by QMP's quit or SIGKILL (qemu.rs; with `--cdev`: its iommufd backend).
+//!   ended by QMP's quit or SIGKILL (qemu.rs; with `--cdev`: its iommufd backend);
+//! - `fork`: a VM alone, then a fork: the parent closes its VM fd at once, the
+//!   child closes its copy a second later (the last reference) and exits.
 //!
 //! Options: `--cdev` opens the edu device through its cdev bound to an
 //! iommufd instead of its group (the dev-first / vm-first / exit orders);
@@ -59,6 +61,7 @@ const MODES: &[&str] = &[
     "suite",
     "lockdown",
     "qemu",
+    "fork",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -98,6 +101,9 @@ fn main() -> anyhow::Result<()> {
     if mode == "qemu" {
         let end = qemu::End::parse(words.get(1).map(|s| s.as_str()))?;
         return qemu::run(end, flag("--cdev"));
+    }
+    if mode == "fork" {
+        return fork();
     }
     if flag("--cdev") {
         let c = cdev::CdevRig::new(!flag("--no-kvm"))?;
@@ -173,10 +179,38 @@ fn close_in_order(
     Ok(())
 }
 
-/// Opens racing the last puts: the opener thread cycles the device while the
-/// main thread, half-way through, closes the VM fd and the kvm-vfio fd (whose
-/// release unlinks the group). Whatever the interleaving, every reference
-/// taken is given back and the VM is destroyed once.
+/// A VM whose fd a forked child inherits: the parent's close puts nothing,
+/// the child's close a second later is the last reference.
+fn fork() -> anyhow::Result<()> {
+    const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
+    let kvm = std::fs::File::open("/dev/kvm").context("open /dev/kvm")?;
+    let vm = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_CREATE_VM, 0) };
+    if vm < 0 {
+        bail!("KVM_CREATE_VM: {}", std::io::Error::last_os_error());
+    }
+    println!("[driver] {:<38} -> {vm}", "KVM_CREATE_VM");
+    // SAFETY: the child makes only async-signal-safe calls, then _exit.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        bail!("fork: {}", std::io::Error::last_os_error());
+    }
+    if child == 0 {
+        unsafe {
+            libc::sleep(1);
+            libc::close(vm);
+            libc::_exit(0);
+        }
+    }
+    unsafe { libc::close(vm) };
+    println!("[driver] fork -> child {child}; parent closed its VM fd");
+    let mut status = 0;
+    if unsafe { libc::waitpid(child, &mut status, 0) } != child || status != 0 {
+        bail!("the fork's child {child}: status {status}");
+    }
+    println!("[driver] child {child} closed its copy and exited");
+    Ok(())
+}
+
 /// The test module's ABBA ioctls (mode=abba), from two threads at once: each
 /// takes one watched lock and waits for the other's. They never return; the
 /// lab kills this process, which ends both (killable) waits.
@@ -195,6 +229,10 @@ fn abba(rig: &Rig) -> anyhow::Result<()> {
     bail!("abba: both ioctls returned ({rcs:?}): no deadlock")
 }
 
+/// Opens racing the last puts: the opener thread cycles the device while the
+/// main thread, half-way through, closes the VM fd and the kvm-vfio fd (whose
+/// release unlinks the group). Whatever the interleaving, every reference
+/// taken is given back and the VM is destroyed once.
 fn race(rig: Rig, n: u64) -> anyhow::Result<()> {
     let Rig {
         kvm: rig::KvmPair { vm, kv, .. },

@@ -22,7 +22,16 @@
 //! cycles, as a user's next command would run, and that time kept too. Prints one line, `STRESS {json}`: cycles per kind,
 //! stop and release times (median, p90, max, every stop), the slow stops,
 //! slowest attach, failures.
-use std::time::{Duration, Instant};
+//!
+//! Each cycle's end is printed (`[stress] cycle I (KIND) ...`): the console
+//! shows progress, and its silence means something. A cycle still running
+//! after [`CYCLE_BOUND`] is hung: a watchdog prints what the driver and every
+//! kvscope process are doing (threads, wait channels, kernel stacks; the
+//! kernel's blocked tasks by sysrq) and ends the run with a failure.
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, bail};
 
@@ -36,6 +45,9 @@ const DAEMON_CONFIG: &str = "/tmp/stress-kvscope.toml";
 /// From a stop's signal until the kernel has released all of kvscope's
 /// programs, links and maps.
 const RELEASE_BOUND: Duration = Duration::from_secs(30);
+/// The longest a cycle can take while every wait in it keeps its bound
+/// (ready 120 s, two reloads, the switch, a lost stop's 60 s, the checks).
+const CYCLE_BOUND: Duration = Duration::from_secs(300);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -280,11 +292,19 @@ pub fn run(n: u64) -> anyhow::Result<()> {
     let mut slowest_ready = Duration::ZERO;
     let mut failures = Vec::new();
     let started = Instant::now();
+    let current = watchdog();
     for (i, kind) in plan.iter().enumerate() {
+        *current.lock().unwrap_or_else(|p| p.into_inner()) = Some((i, *kind, Instant::now()));
         match cycle(*kind, i as u64) {
             Ok((ready, stop, release)) => {
                 *counts.entry(kind.name()).or_default() += 1;
                 slowest_ready = slowest_ready.max(ready);
+                eprintln!(
+                    "[stress] cycle {i} ({}) ok: ready {} ms, stop {} ms",
+                    kind.name(),
+                    ready.as_millis(),
+                    stop.took.as_millis()
+                );
                 if *kind == Kind::Kill9 {
                     continue;
                 }
@@ -302,6 +322,8 @@ pub fn run(n: u64) -> anyhow::Result<()> {
             }
         }
     }
+    // The release checks below keep their own bound.
+    *current.lock().unwrap_or_else(|p| p.into_inner()) = None;
     let mut releases = Vec::new();
     for (i, kind, r) in pending {
         match r.join().expect("a release check panicked") {
@@ -321,6 +343,77 @@ pub fn run(n: u64) -> anyhow::Result<()> {
     });
     println!("STRESS {doc}");
     Ok(())
+}
+
+/// The cycle running now (index, kind, start), if any.
+type Current = Arc<Mutex<Option<(usize, Kind, Instant)>>>;
+
+/// The cycle running now, watched by a thread that
+/// ends the run when one passes [`CYCLE_BOUND`], after printing what every
+/// process involved is doing.
+fn watchdog() -> Current {
+    let current: Current = Arc::new(Mutex::new(None));
+    let watched = Arc::clone(&current);
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = *watched.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((i, kind, since)) = now
+                && since.elapsed() > CYCLE_BOUND
+            {
+                hung(i, kind, since.elapsed());
+            }
+        }
+    });
+    current
+}
+
+/// A hung cycle: the driver's threads, every kvscope process's, the kernel's
+/// blocked tasks; then the run ends (exit 1: no STRESS verdict).
+fn hung(i: usize, kind: Kind, running: Duration) -> ! {
+    let mut out = format!(
+        "[stress] cycle {i} ({}) hung: still running after {} s; the driver's threads:\n{}",
+        kind.name(),
+        running.as_secs(),
+        crate::running::threads_of(std::process::id())
+    );
+    for (pid, comm) in kvscope_processes() {
+        out.push_str(&format!(
+            "[stress] {comm} (pid {pid}):\n{}",
+            crate::running::threads_of(pid)
+        ));
+    }
+    eprint!("{out}");
+    // Tasks in uninterruptible sleep, with their stacks, on the console
+    // (whose level `quiet` keeps below the dump's).
+    let _ = std::fs::write("/proc/sys/kernel/printk", "8");
+    let _ = std::fs::write("/proc/sysrq-trigger", "w");
+    std::thread::sleep(Duration::from_secs(2));
+    eprintln!(
+        "[stress] cycle {i} ({}) hung: the run ends here",
+        kind.name()
+    );
+    std::process::exit(1)
+}
+
+/// Every other process whose name starts with kvscope (the release children
+/// too; the driver's own name does).
+fn kvscope_processes() -> Vec<(u32, String)> {
+    let me = std::process::id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            if pid == me {
+                return None;
+            }
+            let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            let comm = comm.trim();
+            comm.starts_with("kvscope").then(|| (pid, comm.to_owned()))
+        })
+        .collect()
 }
 
 /// Median, p90 and max of `v`.

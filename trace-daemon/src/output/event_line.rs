@@ -70,6 +70,9 @@ pub fn line(e: &Event) -> String {
     if let Some(r) = e.file_refs {
         let _ = write!(s, " file_refs={r}");
     }
+    if let Some(c) = e.child {
+        let _ = write!(s, " child={c}");
+    }
     if let Some(v) = e.vcpu {
         let _ = write!(s, " vcpu={v}");
     }
@@ -90,4 +93,25 @@ pub fn line(e: &Event) -> String {
         let _ = write!(s, " stack=#{id}");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::event::{Comm, Event, Kind};
+    use trace_common::HookId;
+
+    #[test]
+    fn a_fork_names_its_child() {
+        let mut e = Event::new(
+            1,
+            100,
+            Comm::from("qemu"),
+            Kind::ProcessFork,
+            HookId::ProcessFork,
+        );
+        e.child = Some(101);
+        let l = super::line(&e);
+        assert!(l.contains("process-fork"), "{l}");
+        assert!(l.ends_with(" child=101"), "{l}");
+    }
 }

@@ -14,6 +14,7 @@
 pub mod bench;
 pub mod btfgen;
 pub mod debian;
+pub mod frozen;
 pub mod host;
 pub mod initramfs;
 pub mod kbuild;

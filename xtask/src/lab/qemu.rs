@@ -72,6 +72,10 @@ pub struct Machine<'a> {
     /// Print the command's output lines as they come, after this prefix
     /// (a long run shows its progress).
     pub live: Option<&'a str>,
+    /// For a guest with a console heartbeat: no line for this long means the
+    /// guest froze; the vCPUs' state is read (see [`super::frozen`]) and it
+    /// is booted again, once, as for an emulator fault.
+    pub silence: Option<Duration>,
 }
 
 /// The matrix's guest: 2 GiB, one edu device, everything in the initramfs.
@@ -81,6 +85,7 @@ pub const MATRIX: Machine<'static> = Machine {
     disk: None,
     append: "",
     live: None,
+    silence: None,
 };
 
 /// Boots, collects the command's output, kills QEMU by pid on timeout. A boot
@@ -106,8 +111,7 @@ pub fn boot_on(
                 .join(format!("stranded-{}.console", k.release));
             let _ = std::fs::write(&log, &stranded.console);
             eprintln!(
-                "lab: {}: {} (\"{}\": the emulator, not the guest's code; console in {}); \
-                 booting it again, once",
+                "lab: {}: {} (\"{}\"; console in {}); booting it again, once",
                 k.release,
                 stranded.what,
                 stranded.needle,
@@ -116,11 +120,12 @@ pub fn boot_on(
             match once()? {
                 Ok(b) => Ok(b),
                 Err(again) => bail!(
-                    "guest {}: the emulator failed twice in a row ({}, then {}); first console:\n{}\n\
+                    "guest {}: stranded twice in a row ({}, then {}: {}); first console:\n{}\n\
                      second console:\n{}",
                     k.release,
                     stranded.needle,
                     again.needle,
+                    again.what,
                     stranded.console,
                     again.console
                 ),
@@ -129,10 +134,31 @@ pub fn boot_on(
     }
 }
 
-/// A boot ended on an emulator fault; its console so far.
+/// A QMP socket path of this process, removed when dropped.
+struct QmpSocket(std::path::PathBuf);
+
+impl QmpSocket {
+    fn new() -> QmpSocket {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        QmpSocket(
+            std::env::temp_dir().join(format!("kvscope-lab-qmp-{}-{n}.sock", std::process::id())),
+        )
+    }
+}
+
+impl Drop for QmpSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A boot ended on an emulator fault or a frozen guest; its console so far.
 struct Stranded {
-    needle: &'static str,
-    what: &'static str,
+    /// What ended it, in a few words (the fault's console text).
+    needle: String,
+    /// Why it is not the guest's code, with the evidence.
+    what: String,
     console: String,
 }
 
@@ -150,6 +176,12 @@ fn boot_once(
         .args(["-device", "intel-iommu"]);
     for _ in 0..m.edu {
         qemu.args(["-device", "edu"]);
+    }
+    // The monitor a frozen guest's vCPUs are read through.
+    let qmp = QmpSocket::new();
+    if m.silence.is_some() {
+        qemu.arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp.0.display()));
     }
     if let Some(disk) = m.disk {
         qemu.arg("-drive").arg(format!(
@@ -209,7 +241,7 @@ fn boot_once(
     let mut rc = None;
     loop {
         let left = timeout.saturating_sub(started.elapsed());
-        match rx.recv_timeout(left) {
+        match rx.recv_timeout(m.silence.map_or(left, |s| s.min(left))) {
             Ok(l) => {
                 let l = l.trim_end_matches('\r').to_owned();
                 console.push_str(&l);
@@ -229,8 +261,8 @@ fn boot_once(
                     let _ = child.kill();
                     let _ = child.wait();
                     return Ok(Err(Stranded {
-                        needle,
-                        what,
+                        needle: (*needle).to_owned(),
+                        what: format!("{what}: the emulator, not the guest's code"),
                         console,
                     }));
                 }
@@ -248,6 +280,24 @@ fn boot_once(
                 }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if started.elapsed() < timeout => {
+                let silent = m.silence.unwrap_or_default().as_secs();
+                let map = k
+                    .root
+                    .join("boot")
+                    .join(format!("System.map-{}", k.release));
+                let seen = super::frozen::evidence(child.id(), &qmp.0, &map, &console);
+                let _ = child.kill();
+                let _ = child.wait();
+                console.push_str(&format!("[lab] silent for {silent} s: {seen}\n"));
+                return Ok(Err(Stranded {
+                    needle: format!("no console line for {silent} s"),
+                    what: format!(
+                        "the guest froze (not even its heartbeat or watchdog printed): {seen}"
+                    ),
+                    console,
+                }));
+            }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 // Bounded: the guest is killed, never left running.
                 let _ = child.kill();

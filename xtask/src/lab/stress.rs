@@ -100,9 +100,15 @@ fn prepare(cycles: u64) -> anyhow::Result<(debian::Unpacked, std::path::PathBuf)
     let initrd = crate::setup::cache_dir()
         .join("lab")
         .join(format!("initrd-stress-{}.gz", un.release));
-    // Lockdown last: it only ever rises.
+    // The kernel's _text and idle functions (to name a frozen guest's instruction pointers), a
+    // heartbeat every 30 s (a silent console is then a frozen guest), the
+    // cycles (each printing its end), lockdown last: it only ever rises.
     let script = format!(
-        "kvscope-lab-driver stress {cycles} 2>&1 | grep -v '^\\[driver\\]'; kvscope-lab-driver lockdown"
+        "{symbols}\n\
+         (while sleep 30; do echo \"[lab] alive at $(cut -d' ' -f1 /proc/uptime) s\"; done) &\n\
+         kvscope-lab-driver stress {cycles} 2>&1 | grep -v '^\\[driver\\]'\n\
+         kvscope-lab-driver lockdown",
+        symbols = super::frozen::print_symbols()
     );
     initramfs::initramfs(
         &un,
@@ -114,6 +120,14 @@ fn prepare(cycles: u64) -> anyhow::Result<(debian::Unpacked, std::path::PathBuf)
     )?;
     Ok((un, initrd))
 }
+
+/// The stress guest: the matrix's, with its heartbeat watched.
+const MACHINE: qemu::Machine<'static> = qemu::Machine {
+    silence: Some(SILENCE),
+    ..qemu::MATRIX
+};
+/// Longer than the heartbeat's 30 s many times over, even on a loaded host.
+const SILENCE: Duration = Duration::from_secs(180);
 
 /// The guest's bound: 1500 s for the default 50 cycles (about 140 cycles of
 /// every kind, 525 s on a loaded host), scaled for longer runs (200 record
@@ -130,7 +144,7 @@ pub fn run(cycles: u64) -> anyhow::Result<()> {
     );
     let boot = {
         let _load = HostLoad::start(2)?;
-        qemu::boot(&un, &initrd, guest_timeout(cycles))?
+        qemu::boot_on(&un, &initrd, &MACHINE, guest_timeout(cycles))?
     };
     verdict(cycles, boot)
 }
@@ -158,8 +172,8 @@ pub fn run_beside(
             }
             r
         });
-        let stress =
-            qemu::boot(&un, &initrd, guest_timeout(cycles)).and_then(|b| verdict(cycles, b));
+        let stress = qemu::boot_on(&un, &initrd, &MACHINE, guest_timeout(cycles))
+            .and_then(|b| verdict(cycles, b));
         done.store(true, std::sync::atomic::Ordering::Release);
         let other = beside
             .join()

@@ -171,6 +171,7 @@ fn row(name: &str, img: &Path, payload: &Payload) -> anyhow::Result<Vec<String>>
         disk: Some(img),
         append: "systemd.show_status=false",
         live: Some(&prefix),
+        silence: None,
     };
     let boot = qemu::boot_on(&un, &initrd, &machine, Duration::from_secs(1200))?;
     let log = debian::lab_dir().join(format!("last-host-{name}.console"));
