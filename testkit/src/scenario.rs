@@ -166,6 +166,30 @@ impl Script {
         self
     }
 
+    /// Tier 3: `pid` was given an fd of `file` (a tracked kind, from another
+    /// process: SCM_RIGHTS or pidfd_getfd), followed from here on.
+    pub fn receive_fd(
+        &mut self,
+        pid: u32,
+        kvm: u64,
+        kind: FdKind,
+        file: u64,
+        users: i32,
+    ) -> &mut Self {
+        let e = self.ev(pid, Kind::FdReceived, HookId::SysRecvmsg);
+        e.kvm = Some(kvm);
+        e.users = Some(users);
+        e.fd_kind = Some(kind);
+        e.file = Some(file);
+        self
+    }
+
+    /// `pid`'s thread group exited (its fds closed without close(2)).
+    pub fn exit(&mut self, pid: u32) -> &mut Self {
+        self.ev(pid, Kind::ProcessExit, HookId::ProcessExit);
+        self
+    }
+
     /// Tier 3: `pid` forked `child` with a copy of its fd table (the copies
     /// of its tracked fds followed into the child).
     pub fn fork(&mut self, pid: u32, child: u32) -> &mut Self {

@@ -161,6 +161,14 @@ hook_ids! {
     /// tgid); fd -1: the table is larger, the fds past that bound are not
     /// followed.
     ProcessFork = 48, "sched:sched_process_fork";
+    /// Tier 3 and deep: `recvmsg(2)` returning fds passed with SCM_RIGHTS
+    /// (the first such message, its first [`passed::RIGHTS_FDS`] fds): each
+    /// whose file is of a kind kvscope tracks (by its `f_op`, learnt from
+    /// the fds it saw made) is tracked in the receiver.
+    SysRecvmsg = 49, "syscalls:sys_exit_recvmsg";
+    /// Tier 3 and deep: `pidfd_getfd(2)` returning a copy of another
+    /// process's fd, tracked the same way.
+    SysPidfdGetfd = 50, "syscalls:sys_exit_pidfd_getfd";
     /// kvscope's own delivery self-test: its `ioctl(KVSCOPE_SELFTEST)` seen by
     /// the sys_enter_ioctl program. Consumed by the live session, never analysed.
     SelfTest = 45, "kvscope:self-test";
@@ -378,6 +386,25 @@ pub mod clone {
     pub const CLONE_THREAD: u64 = 0x10000;
 }
 
+/// Fds passed over a Unix socket: where `recvmsg(2)` finds them.
+pub mod passed {
+    /// `struct user_msghdr`: msg_control and msg_controllen (the length the
+    /// kernel wrote, once the call returns).
+    pub const MSG_CONTROL: u64 = 32;
+    pub const MSG_CONTROLLEN: u64 = 40;
+    /// `struct cmsghdr`: cmsg_len (u64), cmsg_level, cmsg_type (i32), data.
+    pub const CMSG_HDR: u64 = 16;
+    pub const SOL_SOCKET: i32 = 1;
+    pub const SCM_RIGHTS: i32 = 1;
+    /// Control messages looked through for SCM_RIGHTS (one with
+    /// SCM_CREDENTIALS may come first).
+    pub const CMSGS: u32 = 2;
+    /// Fds of one SCM_RIGHTS message followed (VMMs pass one at a time);
+    /// those past it are not, and a close that leaves their file held makes
+    /// the VM's state unknown, as for any fd kvscope does not follow.
+    pub const RIGHTS_FDS: u32 = 4;
+}
+
 /// `fcntl(2)` commands that duplicate an fd.
 pub mod fcntl {
     pub const F_DUPFD: u64 = 0;
@@ -575,6 +602,8 @@ pub struct ProbeConfig {
     /// Offset of `child_pid` in sched_process_fork's record (44 with the
     /// comms inline, 20 where they are `__data_loc`, 6.10+), from tracefs.
     pub fork_child_pid: u32,
+    /// `file.f_op`: a passed fd's file is known by it.
+    pub file_f_op: u32,
     /// Addresses (kallsyms) of KVM's `kvm_vcpu_stats_fops` and
     /// `kvm_vm_stats_fops`, 0 when unknown: the anon_inode_getfile program
     /// keeps only files made with these.
@@ -631,6 +660,7 @@ impl ProbeConfig {
         file_ref: OFFSET_UNKNOWN,
         kvm_vcpu_vcpu_id: OFFSET_UNKNOWN,
         fork_child_pid: OFFSET_UNKNOWN,
+        file_f_op: OFFSET_UNKNOWN,
         kvm_vcpu_stats_fops: 0,
         kvm_vm_stats_fops: 0,
     };

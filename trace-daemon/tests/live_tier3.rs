@@ -680,3 +680,106 @@ fn a_timed_recording_says_when_it_ends_and_what_it_could_not_write() {
     );
     assert!(our_programs_loaded().is_empty());
 }
+
+/// `fd` sent over `tx` with SCM_RIGHTS and received on `rx`: the new fd.
+fn pass_over_socket(tx: &OwnedFd, rx: &OwnedFd, fd: i32) -> OwnedFd {
+    use std::os::fd::FromRawFd as _;
+    let space = unsafe { libc::CMSG_SPACE(4) } as usize;
+    let mut byte = [0u8; 1];
+    let mut cbuf = vec![0u8; space];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
+    }
+    let n = unsafe { libc::sendmsg(tx.as_raw_fd(), &msg, 0) };
+    assert_eq!(n, 1, "sendmsg: {}", std::io::Error::last_os_error());
+    let mut rbuf = vec![0u8; space];
+    let mut rmsg: libc::msghdr = unsafe { std::mem::zeroed() };
+    rmsg.msg_iov = &mut iov;
+    rmsg.msg_iovlen = 1;
+    rmsg.msg_control = rbuf.as_mut_ptr().cast();
+    rmsg.msg_controllen = space;
+    let n = unsafe { libc::recvmsg(rx.as_raw_fd(), &mut rmsg, libc::MSG_CMSG_CLOEXEC) };
+    assert_eq!(n, 1, "recvmsg: {}", std::io::Error::last_os_error());
+    let got = unsafe {
+        let c = libc::CMSG_FIRSTHDR(&rmsg);
+        assert!(
+            !c.is_null() && (*c).cmsg_type == libc::SCM_RIGHTS,
+            "no SCM_RIGHTS back"
+        );
+        std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<i32>())
+    };
+    unsafe { OwnedFd::from_raw_fd(got) }
+}
+
+/// Passed fds at tier 3: a VM fd passed with SCM_RIGHTS over a socket pair
+/// and copied with pidfd_getfd (both into this process, which kvscope
+/// records), then the three closed, the original first. Each new fd is
+/// known by its file's f_op (learnt at KVM_CREATE_VM) and followed, so the
+/// first two closes put nothing, the last ends the VM, and its state is
+/// never unknown. Without following them, the first close found the file
+/// held by fds kvscope did not follow: the VM `unknown`, not destroyed.
+#[test]
+fn passed_fds_are_followed() {
+    if !live_or_skip("passed_fds_are_followed", &[]) {
+        return;
+    }
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    use std::os::fd::FromRawFd as _;
+    const KVM_CREATE_VM: u64 = 0xAE01;
+    let r = record_and_replay("passed", std::process::id(), || {
+        let kvm = open_kvm();
+        let vm = ioctl_fd(&kvm, KVM_CREATE_VM, 0, "KVM_CREATE_VM");
+        let mut sv = [0; 2];
+        let rc = unsafe {
+            libc::socketpair(
+                libc::AF_UNIX,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                0,
+                sv.as_mut_ptr(),
+            )
+        };
+        assert_eq!(rc, 0, "socketpair: {}", std::io::Error::last_os_error());
+        let (tx, rx) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
+        let passed = pass_over_socket(&tx, &rx, vm.as_raw_fd());
+        let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, std::process::id(), 0) };
+        assert!(
+            pidfd >= 0,
+            "pidfd_open: {}",
+            std::io::Error::last_os_error()
+        );
+        let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+        let copied =
+            unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), vm.as_raw_fd(), 0) };
+        assert!(
+            copied >= 0,
+            "pidfd_getfd: {}",
+            std::io::Error::last_os_error()
+        );
+        let copied = unsafe { OwnedFd::from_raw_fd(copied as i32) };
+        drop(vm);
+        drop(passed);
+        drop(copied);
+    });
+    let findings = r["findings"].as_array().cloned().unwrap_or_default();
+    assert!(findings.is_empty(), "{findings:#?}");
+    let vms = r["vms"].as_array().expect("vms");
+    assert_eq!(vms.len(), 1, "{vms:#?}");
+    let v = &vms[0];
+    assert_eq!(v["state"], "destroyed", "{v:#}");
+    assert_eq!(v["counts"], serde_json::json!([1, 0]), "{v:#}");
+    // created, two fd-received, three closes, the inferred put and destroy.
+    assert_eq!(v["steps"], 8, "{v:#}");
+}

@@ -66,6 +66,12 @@ pub fn private_data(file: u64) -> Option<u64> {
     ptr_at(file, conf!(file_private_data)).filter(|p| *p != 0)
 }
 
+/// `file->f_op`: which kind of file it is.
+#[inline(always)]
+pub fn f_op(file: u64) -> Option<u64> {
+    ptr_at(file, conf!(file_f_op)).filter(|p| *p != 0)
+}
+
 /// The references to `file`: `f_count` before 6.13; `f_ref` after, which
 /// holds the count minus one (FILE_REF_ONEREF is 0) and, past
 /// FILE_REF_MAXREF, a released or dead file (None).

@@ -44,6 +44,12 @@ pub static ARG_STASH: HashMap<StashKey, [u64; 3]> = HashMap::with_max_entries(16
 #[map]
 pub static TRACKED_FDS: LruHashMap<FdKey, u32> = LruHashMap::with_max_entries(16384, 0);
 
+/// Tier 3 and deep: the `f_op` of each kind of file kvscope saw an fd of
+/// made (KVM_CREATE_VM, KVM_CREATE_VCPU, ...), and that kind: a file passed
+/// to another process (SCM_RIGHTS, pidfd_getfd) is known by it.
+#[map]
+pub static TRACKED_FOPS: HashMap<u64, u8> = HashMap::with_max_entries(16, 0);
+
 /// Tier 3: thread groups that own tracked fds, so that their exit is reported.
 #[map]
 pub static TRACKED_TGIDS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(4096, 0);

@@ -1,5 +1,5 @@
 //! Kernel UAPI structs the programs read from user or kernel memory
-//! (include/uapi/linux/kvm.h).
+//! (include/uapi/linux/kvm.h, include/linux/socket.h).
 
 /// `struct kvm_create_device`
 #[repr(C)]
@@ -16,4 +16,12 @@ pub struct KvmDeviceAttr {
     pub group: u32,
     pub attr: u64,
     pub addr: u64,
+}
+
+/// `struct cmsghdr` (include/linux/socket.h), its data after it.
+#[repr(C)]
+pub struct CmsgHdr {
+    pub len: u64,
+    pub level: i32,
+    pub ty: i32,
 }

@@ -148,7 +148,7 @@ pub struct SyscallCost {
 }
 
 pub fn syscall_cost(plan: &Plan) -> SyscallCost {
-    let traced = "syscalls:sys_enter_ioctl, sys_exit_ioctl and sys_enter_close attached: while kvscope runs, every task of this host takes the syscall slow path (README, \"Overhead\", has the figures)";
+    let traced = "the syscall tracepoints of ioctl, close, the dups, clone, recvmsg and pidfd_getfd attached: while kvscope runs, every task of this host takes the syscall slow path (README, \"Overhead\", has the figures)";
     if !plan.syscalls_traced() {
         let none = "no syscall tracepoint can be attached here".to_owned();
         return SyscallCost {

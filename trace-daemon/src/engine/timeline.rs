@@ -27,6 +27,9 @@ pub enum StepKind {
     FdDup,
     /// A tracked fd inherited by a forked child: one more fd, in the child.
     FdInherited,
+    /// A tracked kind's fd given to a process (SCM_RIGHTS, pidfd_getfd):
+    /// one more fd, in the receiver.
+    FdReceived,
     VmFdClose,
     KvmVfioFdClose,
     DeviceOpen,
@@ -73,6 +76,7 @@ impl StepKind {
             StepKind::HolderFdRelease => "fd-release",
             StepKind::FdDup => "fd-dup",
             StepKind::FdInherited => "fd-inherited",
+            StepKind::FdReceived => "fd-received",
             StepKind::VmFdClose => "vm-fd-close",
             StepKind::KvmVfioFdClose => "kvm-vfio-fd-close",
             StepKind::DeviceOpen => "device-open",

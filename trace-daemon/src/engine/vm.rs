@@ -269,6 +269,15 @@ impl Vm {
         }
     }
 
+    /// Whether a thread group that held its fds may still hold one: a
+    /// followed fd left, or an exec that may have kept a dup unseen. (One
+    /// that closed all of them, e.g. after passing one on, holds nothing.)
+    fn held_by_a_holder(&self) -> bool {
+        self.holder_tgids
+            .iter()
+            .any(|&t| self.exec_tgids.contains(&t) || !self.fds_of(t).is_empty())
+    }
+
     /// `parent` forked `child` with a copy of its fd table: the child holds
     /// a followed copy of each of the parent's followed fds. Whether it had
     /// any.
@@ -284,12 +293,12 @@ impl Vm {
         !held.is_empty()
     }
 
-    /// A tracked fd was duplicated (tier 3, deep): the new fd holds the
-    /// same file, and its close is seen too.
-    fn fd_dup(&mut self, e: &Event, cap: usize) {
+    /// A tracked fd was duplicated, or one of its kind given to a process
+    /// (tier 3, deep): the new fd holds the same file, and its close is
+    /// seen too.
+    fn fd_dup(&mut self, e: &Event, cap: usize, step: StepKind) {
         self.fd_followed(e);
-        self.timeline
-            .push(cap, seen(e, StepKind::FdDup, 0, e.users));
+        self.timeline.push(cap, seen(e, step, 0, e.users));
         self.read(e);
     }
 
@@ -727,7 +736,11 @@ impl Engine {
                 None
             }
             Kind::FdDup => {
-                vm.fd_dup(e, cap);
+                vm.fd_dup(e, cap, StepKind::FdDup);
+                None
+            }
+            Kind::FdReceived => {
+                vm.fd_dup(e, cap, StepKind::FdReceived);
                 None
             }
             Kind::VfioKvmGet => {
@@ -775,10 +788,7 @@ impl Engine {
             }
             // Another process (a forked child) may hold it on; a VM whose
             // creation was not seen may be held by anyone.
-            if !vm.holder_tgids.remove(&e.tgid)
-                || !vm.holder_tgids.is_empty()
-                || vm.creator.is_none()
-            {
+            if !vm.holder_tgids.remove(&e.tgid) || vm.held_by_a_holder() || vm.creator.is_none() {
                 continue;
             }
             vm.fd_closed_ns.get_or_insert(e.ts_ns);

@@ -56,6 +56,9 @@ pub enum Kind {
     /// A tracked fd was duplicated (dup, dup2, dup3, fcntl F_DUPFD): the new
     /// fd (`fd`) is tracked too; `arg` was the old one.
     FdDup,
+    /// A tracked kind's fd given to this thread group (tier 3, deep): passed
+    /// with SCM_RIGHTS or copied by pidfd_getfd; followed like a dup.
+    FdReceived,
     ProcessExit,
     /// A thread group with tracked fds exec'd (tier 3, deep): its O_CLOEXEC
     /// fds closed unseen, any others no longer followed.
@@ -81,7 +84,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind (a new one goes here and in `name`, whose match lists them all).
-    pub const ALL: [Kind; 33] = [
+    pub const ALL: [Kind; 34] = [
         Kind::VmCreated,
         Kind::VmGet,
         Kind::VmPut,
@@ -104,6 +107,7 @@ impl Kind {
         Kind::StatsFdCreated,
         Kind::FdClosed,
         Kind::FdDup,
+        Kind::FdReceived,
         Kind::ProcessExit,
         Kind::ProcessExec,
         Kind::ProcessFork,
@@ -143,6 +147,7 @@ impl Kind {
             Kind::StatsFdCreated => "stats-fd-created",
             Kind::FdClosed => "fd-close",
             Kind::FdDup => "fd-dup",
+            Kind::FdReceived => "fd-received",
             Kind::ProcessExit => "process-exit",
             Kind::ProcessExec => "process-exec",
             Kind::ProcessFork => "process-fork",
@@ -537,6 +542,7 @@ impl Event {
                 Kind::FdClosed
             }
             HookId::SysDup => Kind::FdDup,
+            HookId::SysRecvmsg | HookId::SysPidfdGetfd => Kind::FdReceived,
             HookId::ProcessExit => Kind::ProcessExit,
             HookId::ProcessExec => Kind::ProcessExec,
             HookId::ProcessFork => {

@@ -291,6 +291,7 @@ offsets! {
     vfio_group_kvm: "vfio_group" "kvm";
     vfio_device_file_device: "vfio_device_file" "device";
     file_private_data: "file" "private_data";
+    file_f_op: "file" "f_op";
     kvm_device_kvm: "kvm_device" "kvm";
     kvm_device_private: "kvm_device" "private";
     kvm_vfio_lock: "kvm_vfio" "lock";

@@ -145,11 +145,7 @@ fn an_exit_does_not_end_a_vm_whose_file_is_shared() {
     let mut s = Script::new();
     s.create_vm(QEMU, KVM).create_kvm_vfio(QEMU, KVM, 2);
     s.close_fd(QEMU, KVM, KvmVfioDevice, KV_FILE, 2, 2);
-    s.ev(
-        QEMU,
-        kvscope::event::Kind::ProcessExit,
-        trace_common::HookId::ProcessExit,
-    );
+    s.exit(QEMU);
     let (e, f) = run3(&s);
     assert!(f.is_empty(), "{f:#?}");
     assert!(!e.vm_history(KVM)[0].is_destroyed());
@@ -229,11 +225,7 @@ fn an_exec_makes_the_vm_unknown_until_the_exit() {
         Some(StepKind::Exec.name())
     );
 
-    s.sleep_ms(LATER_MS).ev(
-        QEMU,
-        kvscope::event::Kind::ProcessExit,
-        trace_common::HookId::ProcessExit,
-    );
+    s.sleep_ms(LATER_MS).exit(QEMU);
     let (e, f) = run3(&s);
     assert!(f.is_empty(), "{f:#?}");
     let vm = &e.vm_history(KVM)[0];
@@ -252,19 +244,12 @@ fn an_exec_makes_the_vm_unknown_until_the_exit() {
 #[test]
 fn a_forked_childs_copy_keeps_the_vm_until_its_close() {
     const CHILD: u32 = 200;
-    let exit = |s: &mut Script, pid| {
-        s.ev(
-            pid,
-            kvscope::event::Kind::ProcessExit,
-            trace_common::HookId::ProcessExit,
-        );
-    };
     let mut s = Script::new();
     s.create_vm(QEMU, KVM)
         .with_file(VM_FILE)
         .fork(QEMU, CHILD)
         .close_fd(QEMU, KVM, VmFd, VM_FILE, 1, 2);
-    exit(&mut s, QEMU);
+    s.exit(QEMU);
     let (e, f) = run3(&s);
     assert!(f.is_empty(), "{f:#?}");
     let vm = e.vm_history(KVM)[0];
@@ -299,11 +284,7 @@ fn a_fork_past_the_followed_fds_makes_the_vm_unknown() {
     );
     fork.child = Some(200);
     fork.fd = Some(-1);
-    s.ev(
-        QEMU,
-        kvscope::event::Kind::ProcessExit,
-        trace_common::HookId::ProcessExit,
-    );
+    s.exit(QEMU);
     let (e, f) = run3(&s);
     assert!(f.is_empty(), "{f:#?}");
     let vm = e.vm_history(KVM)[0];
@@ -318,11 +299,7 @@ fn a_forked_child_that_exits_leaves_the_parents_vm_known() {
     const CHILD: u32 = 200;
     let mut s = Script::new();
     s.create_vm(QEMU, KVM).with_file(VM_FILE).fork(QEMU, CHILD);
-    s.ev(
-        CHILD,
-        kvscope::event::Kind::ProcessExit,
-        trace_common::HookId::ProcessExit,
-    );
+    s.exit(CHILD);
     let (e, f) = run3(&s);
     assert!(f.is_empty(), "{f:#?}");
     let vm = e.vm_history(KVM)[0];
@@ -358,7 +335,7 @@ fn a_forked_childs_exec_makes_the_vm_unknown_while_it_lives() {
     assert!(f.is_empty(), "{f:#?}");
     let vm = e.vm_history(KVM)[0];
     assert!(!vm.is_destroyed() && vm.state_unknown(), "{:?}", whats(vm));
-    s.ev(CHILD, Kind::ProcessExit, HookId::ProcessExit);
+    s.exit(CHILD);
     let (e, f) = run3(&s);
     assert!(f.is_empty(), "{f:#?}");
     let vm = e.vm_history(KVM)[0];
@@ -369,5 +346,69 @@ fn a_forked_childs_exec_makes_the_vm_unknown_while_it_lives() {
     assert_eq!(
         whats(vm).last().map(String::as_str),
         Some("inferred-destroy")
+    );
+}
+
+/// A VM fd passed to another process (SCM_RIGHTS, pidfd_getfd) and then
+/// closed by its creator, which exits: the receiver's copy is followed, so
+/// the VM stays known and live, and the receiver's close ends it. Before,
+/// the creator's close found the file held by an fd kvscope did not follow:
+/// the VM unknown for good.
+#[test]
+fn a_passed_fd_is_followed_in_its_receiver() {
+    const BROKER: u32 = 300;
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM)
+        .with_file(VM_FILE)
+        .receive_fd(BROKER, KVM, VmFd, VM_FILE, 1)
+        .close_fd(QEMU, KVM, VmFd, VM_FILE, 1, 2);
+    s.exit(QEMU);
+    let (e, f) = run3(&s);
+    assert!(f.is_empty(), "{f:#?}");
+    let vm = e.vm_history(KVM)[0];
+    assert!(!vm.is_destroyed() && !vm.state_unknown(), "{:?}", whats(vm));
+    s.close_fd(BROKER, KVM, VmFd, VM_FILE, 1, 1);
+    let (e, f) = run3(&s);
+    let vm = ended_quietly(&e, &f);
+    assert_eq!(
+        whats(vm),
+        [
+            "created vm fd",
+            "fd-received",
+            "vm-fd-close",
+            "vm-fd-close",
+            "inferred-put vm fd",
+            "inferred-destroy",
+        ]
+    );
+}
+
+/// The receiver of a passed vCPU fd holds the VM after the creator closed
+/// both of its fds: known and attributed (a zombie after the grace, held by
+/// vCPU 0's fd, if it keeps it); its exit closes the last reference and the
+/// VM ends there, inferred at the exit, nothing raised.
+#[test]
+fn a_receivers_exit_ends_the_vm_it_held_last() {
+    const BROKER: u32 = 300;
+    let mut s = Script::new();
+    s.create_vm(QEMU, KVM)
+        .with_file(VM_FILE)
+        .create_vcpu(QEMU, KVM, 0, VCPU_FILE, 2)
+        .receive_fd(BROKER, KVM, Vcpu, VCPU_FILE, 2)
+        .close_fd(QEMU, KVM, Vcpu, VCPU_FILE, 2, 2)
+        .close_fd(QEMU, KVM, VmFd, VM_FILE, 2, 1);
+    let (e, f) = run3(&s);
+    let vm = e.vm_history(KVM)[0];
+    assert!(!vm.is_destroyed() && !vm.state_unknown(), "{:?}", whats(vm));
+    assert_eq!(kinds(&f), [FindingKind::ZombieVm]);
+    let text = detail(&f[0]).join("\n");
+    assert!(text.contains("vcpu 0 fd (1)"), "{text}");
+    assert!(!text.contains("unattributed"), "{text}");
+    s.exit(BROKER);
+    let (e, f) = run3(&s);
+    let vm = ended_quietly(&e, &f);
+    assert_eq!(
+        whats(vm).last().map(String::as_str),
+        Some("inferred-destroy (process exit closed its fds)")
     );
 }

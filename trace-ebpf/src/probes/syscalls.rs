@@ -10,7 +10,8 @@ use aya_ebpf::{
     programs::{TracePointContext, tracing::StackIdContext},
 };
 use trace_common::{
-    FdKey, FdKind, HookId, LockOp, OFFSET_UNKNOWN, Phase, clone, fcntl, ioctl, known, tp, tracked,
+    FdKey, FdKind, HookId, LockOp, OFFSET_UNKNOWN, Phase, clone, fcntl, ioctl, known, passed, tp,
+    tracked,
 };
 
 use crate::{
@@ -20,9 +21,11 @@ use crate::{
         watch, watch_device_locks, watched,
     },
     hook::{stash, unstash},
-    kread::{fd_table_size, file_of_fd, file_refs, private_data, ptr_at, vfio_device_of_private},
-    maps::{TRACKED_FDS, TRACKED_TGIDS},
-    uapi::{KvmCreateDevice, KvmDeviceAttr},
+    kread::{
+        f_op, fd_table_size, file_of_fd, file_refs, private_data, ptr_at, vfio_device_of_private,
+    },
+    maps::{TRACKED_FDS, TRACKED_FOPS, TRACKED_TGIDS},
+    uapi::{CmsgHdr, KvmCreateDevice, KvmDeviceAttr},
 };
 
 const IOCTL: u16 = HookId::SysIoctl as u16;
@@ -256,10 +259,114 @@ fn remember(fd: i32, kind: FdKind) {
     let _ = TRACKED_FDS.insert(FdKey { tgid, fd }, entry, 0);
 }
 
+/// A new fd of `kind`, made by the call kvscope saw: tracked, and its
+/// file's `f_op` learnt as that kind's (how a passed fd is known).
 #[inline(always)]
 fn track(fd: i32, kind: FdKind, e: &mut trace_common::Event) {
     remember(fd, kind);
     set_fd_kind(e, kind);
+    if let Some(op) = file_of_fd(fd).and_then(f_op)
+        && unsafe { TRACKED_FOPS.get(op) }.is_none()
+    {
+        let _ = TRACKED_FOPS.insert(op, kind as u8, 0);
+    }
+}
+
+/// An fd this thread group was given (SCM_RIGHTS, pidfd_getfd): tracked and
+/// reported, with its file and object, when its file is of a kind kvscope
+/// learnt; the engine counts it among the file's followed fds.
+#[inline(always)]
+fn received(ctx: &TracePointContext, fd: i32, hook: HookId) {
+    let Some(file) = file_of_fd(fd) else {
+        return;
+    };
+    let Some(op) = f_op(file) else {
+        return;
+    };
+    let Some(kind) = (unsafe { TRACKED_FOPS.get(op) }).copied() else {
+        return;
+    };
+    let kind = FdKind::from_u8(kind);
+    remember(fd, kind);
+    let mut e = new_event(hook, Phase::Exit);
+    set_fd(&mut e, fd);
+    set_fd_kind(&mut e, kind);
+    set_file(&mut e, file);
+    set_object(&mut e, kind, file);
+    submit(ctx, e, false);
+}
+
+const RECVMSG: u16 = HookId::SysRecvmsg as u16;
+
+/// recvmsg(fd, msg, flags) with room for control data (the only way fds
+/// arrive): the message header, for the exit.
+#[tracepoint]
+pub fn tp_sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
+    if !wanted() {
+        return 0;
+    }
+    let Ok(msg) = (unsafe { ctx.read_at::<u64>(tp::SYSCALL_ARG1) }) else {
+        return 0;
+    };
+    let control =
+        unsafe { bpf_probe_read_user((msg + passed::MSG_CONTROL) as *const u64) }.unwrap_or(0);
+    if control != 0 {
+        stash(&ctx, RECVMSG, &[msg, control, 0]);
+    }
+    0
+}
+
+/// recvmsg returned: the fds of its first SCM_RIGHTS message (up to
+/// `passed::RIGHTS_FDS`), each followed if its file is of a tracked kind.
+/// Two loops one after the other (find the message, then its fds): the
+/// verifier walks their sum, not their product.
+#[tracepoint]
+pub fn tp_sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
+    let Some([msg, control, _]) = unstash(RECVMSG) else {
+        return 0;
+    };
+    if unsafe { ctx.read_at::<i64>(tp::SYSCALL_RET) }.unwrap_or(-1) < 0 {
+        return 0;
+    }
+    let len =
+        unsafe { bpf_probe_read_user((msg + passed::MSG_CONTROLLEN) as *const u64) }.unwrap_or(0);
+    let (mut off, mut fds) = (0u64, 0u64);
+    for _ in 0..passed::CMSGS {
+        if off + passed::CMSG_HDR > len {
+            break;
+        }
+        let Ok(h) = (unsafe { bpf_probe_read_user((control + off) as *const CmsgHdr) }) else {
+            break;
+        };
+        if h.level == passed::SOL_SOCKET && h.ty == passed::SCM_RIGHTS {
+            fds = h.len.saturating_sub(passed::CMSG_HDR) / 4;
+            break;
+        }
+        if h.len < passed::CMSG_HDR {
+            break;
+        }
+        off += (h.len + 7) & !7;
+    }
+    let at = control + off + passed::CMSG_HDR;
+    for i in 0..passed::RIGHTS_FDS as u64 {
+        if i >= fds {
+            break;
+        }
+        if let Ok(fd) = unsafe { bpf_probe_read_user((at + 4 * i) as *const i32) } {
+            received(&ctx, fd, HookId::SysRecvmsg);
+        }
+    }
+    0
+}
+
+/// pidfd_getfd returned a copy of another process's fd.
+#[tracepoint]
+pub fn tp_sys_exit_pidfd_getfd(ctx: TracePointContext) -> u32 {
+    let ret = unsafe { ctx.read_at::<i64>(tp::SYSCALL_RET) }.unwrap_or(-1);
+    if ret >= 0 && wanted() {
+        received(&ctx, ret as i32, HookId::SysPidfdGetfd);
+    }
+    0
 }
 
 const DUP: u16 = HookId::SysDup as u16;

@@ -279,9 +279,10 @@ fn check_notifier_era(r: &Check) -> Vec<String> {
     bad
 }
 
-/// sys_enter/exit_ioctl, sys_enter_close, and the entries and exits of dup,
-/// dup2, dup3, fcntl, clone and clone3.
-const DEEP_SYSCALL_TRACEPOINTS: usize = 15;
+/// sys_enter/exit_ioctl, sys_enter_close, the entries and exits of dup,
+/// dup2, dup3, fcntl, clone, clone3 and recvmsg, and sys_exit_pidfd_getfd
+/// (5.6+: every lab kernel has it).
+const DEEP_SYSCALL_TRACEPOINTS: usize = 18;
 
 /// Every lab kernel has function hooks: deep keeps the syscall tracepoints,
 /// lean attaches none and hooks /dev/kvm's handler instead.
@@ -308,7 +309,7 @@ fn check_fd_view(name: &str, lean: bool, r: &Report, bad: &mut Vec<String>) {
             h.attach.get("vm-fd-created")
         )),
         false if syscalls != DEEP_SYSCALL_TRACEPOINTS => bad.push(format!(
-            "{name}: deep keeps the {DEEP_SYSCALL_TRACEPOINTS} syscall tracepoints (ioctl, close, the dups, clone): {:?}",
+            "{name}: deep keeps the {DEEP_SYSCALL_TRACEPOINTS} syscall tracepoints (ioctl, close, the dups, clone, recvmsg, pidfd_getfd): {:?}",
             h.tracepoints
         )),
         _ => {}
