@@ -388,6 +388,20 @@ pub mod clone {
 
 /// Fds passed over a Unix socket: where `recvmsg(2)` finds them.
 pub mod passed {
+    /// x86_64: the user registers of a task in a system call sit at the top
+    /// of its kernel stack (`task_pt_regs`: `task->stack + THREAD_SIZE -
+    /// TOP_OF_KERNEL_STACK_PADDING - sizeof(struct pt_regs)`), where
+    /// sys_exit_recvmsg finds the call's `msg` argument (`si`) without an
+    /// entry program on every recvmsg of the host. The stack is 16 KiB, the
+    /// padding 0, or 16 with FRED (6.9+): both places are tried, and one is
+    /// taken only where `orig_ax` holds recvmsg's number (at the other that
+    /// word is `cs` or `si`, never 47). A KASAN kernel's 32 KiB stack
+    /// matches neither: passed fds are then not followed, as before.
+    pub const REGS_AT: [u64; 2] = [16384, 16384 - 16];
+    pub const PT_REGS_SIZE: u64 = 168;
+    /// `si`, then `di` and `orig_ax` right after it.
+    pub const PT_REGS_SI: u64 = 104;
+    pub const NR_RECVMSG: u64 = 47;
     /// `struct user_msghdr`: msg_control and msg_controllen (the length the
     /// kernel wrote, once the call returns).
     pub const MSG_CONTROL: u64 = 32;
@@ -604,6 +618,9 @@ pub struct ProbeConfig {
     pub fork_child_pid: u32,
     /// `file.f_op`: a passed fd's file is known by it.
     pub file_f_op: u32,
+    /// `task_struct.stack`: the kernel stack, whose top holds the user
+    /// registers of a system call (see [`passed::REGS_AT`]).
+    pub task_stack: u32,
     /// Addresses (kallsyms) of KVM's `kvm_vcpu_stats_fops` and
     /// `kvm_vm_stats_fops`, 0 when unknown: the anon_inode_getfile program
     /// keeps only files made with these.
@@ -661,6 +678,7 @@ impl ProbeConfig {
         kvm_vcpu_vcpu_id: OFFSET_UNKNOWN,
         fork_child_pid: OFFSET_UNKNOWN,
         file_f_op: OFFSET_UNKNOWN,
+        task_stack: OFFSET_UNKNOWN,
         kvm_vcpu_stats_fops: 0,
         kvm_vm_stats_fops: 0,
     };

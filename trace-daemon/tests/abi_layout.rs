@@ -44,11 +44,12 @@ fn event_layout_is_pinned() {
 
 #[test]
 fn config_and_map_value_layouts_are_pinned() {
-    // 32 u32 fields (one of them padding), then two u64 addresses.
+    // 32 u32 fields, then two u64 addresses.
     assert_eq!(size_of::<ProbeConfig>(), 32 * 4 + 2 * 8);
     assert_eq!(offset_of!(ProbeConfig, kvm_vcpu_vcpu_id), 28 * 4);
     assert_eq!(offset_of!(ProbeConfig, fork_child_pid), 29 * 4);
     assert_eq!(offset_of!(ProbeConfig, file_f_op), 30 * 4);
+    assert_eq!(offset_of!(ProbeConfig, task_stack), 31 * 4);
     assert_eq!(offset_of!(ProbeConfig, kvm_vcpu_stats_fops), 32 * 4);
     assert_eq!(offset_of!(ProbeConfig, kvm_vm_stats_fops), 32 * 4 + 8);
     assert_eq!(offset_of!(ProbeConfig, file_ref), 27 * 4);

@@ -40,8 +40,8 @@ fn every_program_of_the_hook_table_is_in_its_section() {
     let progs = programs(&obj);
     let names = hooks::all_program_names();
     // 102 fentry/fexit/kprobe/kretprobe programs for the path, handler,
-    // fd-holder, notifier-era, driver and lock hooks, 23 tracepoints.
-    assert_eq!(names.len(), 125, "{names:?}");
+    // fd-holder, notifier-era, driver and lock hooks, 22 tracepoints.
+    assert_eq!(names.len(), 124, "{names:?}");
     for name in &names {
         let section = progs
             .get(name)

@@ -454,15 +454,6 @@ pub const TRACEPOINTS: &[TracepointSpec] = &[
     dup_exit("tp_sys_exit_fcntl", "sys_exit_fcntl"),
     TracepointSpec {
         hook: H::SysRecvmsg,
-        program: "tp_sys_enter_recvmsg",
-        category: "syscalls",
-        name: "sys_enter_recvmsg",
-        fields: &[("msg", tp::SYSCALL_ARG1)],
-        yields: "recvmsg with room for control data: where passed fds arrive",
-        since: None,
-    },
-    TracepointSpec {
-        hook: H::SysRecvmsg,
         program: "tp_sys_exit_recvmsg",
         category: "syscalls",
         name: "sys_exit_recvmsg",

@@ -301,6 +301,7 @@ offsets! {
     fdtable_max_fds: "fdtable" "max_fds";
     mutex_owner: "mutex" "owner";
     task_pid: "task_struct" "pid";
+    task_stack: "task_struct" "stack";
     kvm_vcpu_kvm: "kvm_vcpu" "kvm";
     kvm_vcpu_vcpu_id: "kvm_vcpu" "vcpu_id";
     file_count: "file" "f_count"."counter";

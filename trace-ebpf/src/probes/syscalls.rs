@@ -5,7 +5,9 @@
 //! users_count are real here too.
 use aya_ebpf::{
     EbpfContext,
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel, bpf_probe_read_user,
+    },
     macros::tracepoint,
     programs::{TracePointContext, tracing::StackIdContext},
 };
@@ -296,40 +298,44 @@ fn received(ctx: &TracePointContext, fd: i32, hook: HookId) {
     submit(ctx, e, false);
 }
 
-const RECVMSG: u16 = HookId::SysRecvmsg as u16;
-
-/// recvmsg(fd, msg, flags) with room for control data (the only way fds
-/// arrive): the message header, for the exit.
-#[tracepoint]
-pub fn tp_sys_enter_recvmsg(ctx: TracePointContext) -> u32 {
-    if !wanted() {
-        return 0;
+/// The `msg` argument of the recvmsg this task is returning from, read from
+/// its saved user registers (see `passed::REGS_AT`), where they are found.
+#[inline(always)]
+fn recvmsg_msg() -> Option<u64> {
+    let task = unsafe { bpf_get_current_task() };
+    let stack = ptr_at(task, conf!(task_stack))?;
+    for top in passed::REGS_AT {
+        // si, di and orig_ax, side by side: one read.
+        let at = stack + top - passed::PT_REGS_SIZE + passed::PT_REGS_SI;
+        let Ok([si, _, orig_ax]) = (unsafe { bpf_probe_read_kernel(at as *const [u64; 3]) }) else {
+            continue;
+        };
+        if orig_ax == passed::NR_RECVMSG {
+            return Some(si);
+        }
     }
-    let Ok(msg) = (unsafe { ctx.read_at::<u64>(tp::SYSCALL_ARG1) }) else {
-        return 0;
-    };
-    let control =
-        unsafe { bpf_probe_read_user((msg + passed::MSG_CONTROL) as *const u64) }.unwrap_or(0);
-    if control != 0 {
-        stash(&ctx, RECVMSG, &[msg, control, 0]);
-    }
-    0
+    None
 }
 
 /// recvmsg returned: the fds of its first SCM_RIGHTS message (up to
 /// `passed::RIGHTS_FDS`), each followed if its file is of a tracked kind.
+/// No entry program: a message without control data costs one exit here.
 /// Two loops one after the other (find the message, then its fds): the
 /// verifier walks their sum, not their product.
 #[tracepoint]
 pub fn tp_sys_exit_recvmsg(ctx: TracePointContext) -> u32 {
-    let Some([msg, control, _]) = unstash(RECVMSG) else {
-        return 0;
-    };
-    if unsafe { ctx.read_at::<i64>(tp::SYSCALL_RET) }.unwrap_or(-1) < 0 {
+    if unsafe { ctx.read_at::<i64>(tp::SYSCALL_RET) }.unwrap_or(-1) < 0 || !wanted() {
         return 0;
     }
-    let len =
-        unsafe { bpf_probe_read_user((msg + passed::MSG_CONTROLLEN) as *const u64) }.unwrap_or(0);
+    let Some(msg) = recvmsg_msg() else {
+        return 0;
+    };
+    let read = |at: u64| unsafe { bpf_probe_read_user(at as *const u64) }.unwrap_or(0);
+    let control = read(msg + passed::MSG_CONTROL);
+    if control == 0 {
+        return 0;
+    }
+    let len = read(msg + passed::MSG_CONTROLLEN);
     let (mut off, mut fds) = (0u64, 0u64);
     for _ in 0..passed::CMSGS {
         if off + passed::CMSG_HDR > len {

@@ -280,9 +280,9 @@ fn check_notifier_era(r: &Check) -> Vec<String> {
 }
 
 /// sys_enter/exit_ioctl, sys_enter_close, the entries and exits of dup,
-/// dup2, dup3, fcntl, clone, clone3 and recvmsg, and sys_exit_pidfd_getfd
-/// (5.6+: every lab kernel has it).
-const DEEP_SYSCALL_TRACEPOINTS: usize = 18;
+/// dup2, dup3, fcntl, clone and clone3, and the exits of recvmsg and
+/// pidfd_getfd (5.6+: every lab kernel has it).
+const DEEP_SYSCALL_TRACEPOINTS: usize = 17;
 
 /// Every lab kernel has function hooks: deep keeps the syscall tracepoints,
 /// lean attaches none and hooks /dev/kvm's handler instead.
