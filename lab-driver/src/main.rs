@@ -20,7 +20,9 @@
 //! - `qemu quit|kill`: Debian's QEMU as the client, the edu device assigned,
 //!   ended by QMP's quit or SIGKILL (qemu.rs; with `--cdev`: its iommufd backend);
 //! - `fork`: a VM alone, then a fork: the parent closes its VM fd at once, the
-//!   child closes its copy a second later (the last reference) and exits.
+//!   child closes its copy a second later (the last reference) and exits;
+//! - `pass`: a VM fd handed to a child by SCM_RIGHTS and pidfd_getfd
+//!   (passed.rs); the parent closes its fd, the child both copies later.
 //!
 //! Options: `--cdev` opens the edu device through its cdev bound to an
 //! iommufd instead of its group (the dev-first / vm-first / exit orders);
@@ -33,6 +35,7 @@ mod bench;
 mod cdev;
 mod lockdown;
 mod objects;
+mod passed;
 mod qemu;
 mod rig;
 mod running;
@@ -62,6 +65,7 @@ const MODES: &[&str] = &[
     "lockdown",
     "qemu",
     "fork",
+    "pass",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -104,6 +108,9 @@ fn main() -> anyhow::Result<()> {
     }
     if mode == "fork" {
         return fork();
+    }
+    if mode == "pass" {
+        return passed::run();
     }
     if flag("--cdev") {
         let c = cdev::CdevRig::new(!flag("--no-kvm"))?;
