@@ -186,9 +186,8 @@ fn close_in_order(
     Ok(())
 }
 
-/// A VM whose fd a forked child inherits: the parent's close puts nothing,
-/// the child's close a second later is the last reference.
-fn fork() -> anyhow::Result<()> {
+/// A VM alone (no vCPU, no device): its fd, which the caller closes.
+fn create_vm() -> anyhow::Result<libc::c_int> {
     const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
     let kvm = std::fs::File::open("/dev/kvm").context("open /dev/kvm")?;
     let vm = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_CREATE_VM, 0) };
@@ -196,6 +195,13 @@ fn fork() -> anyhow::Result<()> {
         bail!("KVM_CREATE_VM: {}", std::io::Error::last_os_error());
     }
     println!("[driver] {:<38} -> {vm}", "KVM_CREATE_VM");
+    Ok(vm)
+}
+
+/// A VM whose fd a forked child inherits: the parent's close puts nothing,
+/// the child's close a second later is the last reference.
+fn fork() -> anyhow::Result<()> {
+    let vm = create_vm()?;
     // SAFETY: the child makes only async-signal-safe calls, then _exit.
     let child = unsafe { libc::fork() };
     if child < 0 {

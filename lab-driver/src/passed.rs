@@ -27,13 +27,7 @@ pub fn run() -> anyhow::Result<()> {
         unsafe { libc::_exit(i32::from(rc.is_err())) };
     }
     drop(child_end);
-    const KVM_CREATE_VM: libc::c_ulong = 0xAE01;
-    let kvm = std::fs::File::open("/dev/kvm").context("open /dev/kvm")?;
-    let vm = unsafe { libc::ioctl(kvm.as_raw_fd(), KVM_CREATE_VM, 0) };
-    if vm < 0 {
-        bail!("KVM_CREATE_VM: {}", std::io::Error::last_os_error());
-    }
-    println!("[driver] {:<38} -> {vm}", "KVM_CREATE_VM");
+    let vm = crate::create_vm()?;
     send_fd(&parent_end, vm)?;
     // The child has both copies once it answers.
     let mut b = [0u8; 1];
@@ -76,6 +70,16 @@ fn receiver(sock: &OwnedFd, parent: libc::pid_t) -> Result<(), ()> {
     Ok(())
 }
 
+/// A message of one data byte (`iov`) with room for one fd (`cbuf`).
+fn message(iov: &mut libc::iovec, cbuf: &mut [u64; 4]) -> libc::msghdr {
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.as_mut_ptr().cast();
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as usize;
+    msg
+}
+
 /// `fd` over `sock` with SCM_RIGHTS, its number as the one data byte.
 fn send_fd(sock: &OwnedFd, fd: RawFd) -> anyhow::Result<()> {
     let mut byte = [u8::try_from(fd).context("a VM fd above 255")?];
@@ -84,11 +88,7 @@ fn send_fd(sock: &OwnedFd, fd: RawFd) -> anyhow::Result<()> {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
     };
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as usize;
+    let msg = message(&mut iov, &mut cbuf);
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&msg);
         (*c).cmsg_level = libc::SOL_SOCKET;
@@ -110,11 +110,7 @@ fn recv_fd(sock: &OwnedFd) -> Option<(RawFd, u8)> {
         iov_base: byte.as_mut_ptr().cast(),
         iov_len: 1,
     };
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&cbuf);
+    let mut msg = message(&mut iov, &mut cbuf);
     if unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, 0) } != 1 {
         return None;
     }
