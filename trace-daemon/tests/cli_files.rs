@@ -448,8 +448,9 @@ fn fail_on_a_severity_exits_three_after_the_output() {
     assert_eq!(code, Some(0), "{err}");
 }
 
-/// A VM whose fd was closed, then (with `gap`) a blind gap, then time passes
-/// (a second VM created 20 s later).
+/// A VM whose fd was closed, then (with `gap`) a blind gap, with a VM made
+/// inside its window (seen by the session that had not yet noticed the
+/// change, its end never seen), then time passes (another VM 20 s later).
 fn closed_vm_recording(name: &str, gap: bool) -> String {
     closed_vm_recording_named(name, gap, None)
 }
@@ -501,6 +502,8 @@ fn closed_vm_recording_named(
             why: "module kvm unloaded, module kvm loaded".into(),
         })
         .unwrap();
+        w.event(&event(3_000_000_000, HookId::KvmCreateVm, kvm + 0x20000, 1))
+            .unwrap();
     }
     w.event(&event(
         22_000_000_000,
@@ -534,6 +537,14 @@ fn a_blind_gap_is_said_everywhere_and_what_crossed_it_is_unknown() {
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["gaps"][0]["to_ns"], 4_000_000_000u64, "{out}");
     assert_eq!(j["vms"][0]["state"], "unknown", "{out}");
+    // Made inside the gap's window: what became of it in the gap is unknown.
+    let inside = j["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["addr"] == "0xffff888102789000")
+        .unwrap_or_else(|| panic!("the VM made in the gap: {out}"));
+    assert_eq!(inside["state"], "unknown", "{inside:#}");
     let (_, out, _) = kvscope(&["events", &f]);
     assert!(out.contains(&format!("# BLIND {want}")), "{out}");
     let (_, out, _) = kvscope(&["events", "--json", &f]);

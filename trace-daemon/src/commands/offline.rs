@@ -23,10 +23,16 @@ pub fn analyse(path: &Path, cfg: engine::Config) -> anyhow::Result<(Loaded, Engi
     let mut e = Engine::new(cfg);
     let mut last = 0;
     let mut gaps = loaded.gaps.iter().peekable();
+    let mut gap_ends = loaded.gaps.iter().peekable();
     let mut names = loaded.identities.iter().peekable();
     for ev in &loaded.events {
-        // What lived across a gap is no longer known (engine/blind.rs).
+        // What lived across a gap is no longer known (engine/blind.rs): told
+        // at its start, and again at its end for what the session that had
+        // not yet seen the change made inside it (live tells it then too).
         while let Some(g) = gaps.next_if(|g| g.from_ns <= ev.ts_ns) {
+            e.blind(g.from_ns, g.to_ns);
+        }
+        while let Some(g) = gap_ends.next_if(|g| g.to_ns < ev.ts_ns) {
             e.blind(g.from_ns, g.to_ns);
         }
         e.ingest(ev);
@@ -38,7 +44,7 @@ pub fn analyse(path: &Path, cfg: engine::Config) -> anyhow::Result<(Loaded, Engi
         // Thresholds are checked as the recorded time passes.
         e.tick(last);
     }
-    for g in gaps {
+    for g in gaps.chain(gap_ends) {
         e.blind(g.from_ns, g.to_ns);
     }
     for i in names {
